@@ -1,0 +1,3 @@
+from kymamesh.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command-line layer: one thin module per command; the work is in the pipeline."""

@@ -1,0 +1,27 @@
+"""The `kymamesh` command. Heavy libraries are imported only by the commands that need them."""
+
+from __future__ import annotations
+
+import typer
+
+from kymamesh.cli import charts, inject, install, patch, status, uninstall, version
+
+app = typer.Typer(
+    name="kymamesh",
+    help="Install and maintain a Kyma Service Mesh: Istio, made Kyma-ready.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command("install")(install.install)
+app.command("patch")(patch.patch)
+app.command("inject-namespace")(inject.inject_namespace)
+app.command("status")(status.status)
+app.command("uninstall")(uninstall.uninstall)
+app.add_typer(charts.app, name="charts")
+app.command("version")(version.version)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,53 @@
+"""`kymamesh charts pull`: fetch the pinned charts for an offline install later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kymamesh.cli import common as c
+from kymamesh.context import Options, RunContext
+from kymamesh.output import ItemResult, Outcome
+
+app = typer.Typer(help="Work with the pinned Istio charts.", no_args_is_help=True)
+
+
+@app.command("pull")
+def pull(
+    dest: Annotated[Path, typer.Option("--dest", help="Folder to put the chart packages in.", file_okay=False)],
+    repo: Annotated[
+        str | None,
+        typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+    ] = None,
+    helm: c.HelmPath = None,
+    output: c.Output = c.OutputFormat.text,
+    verbose: c.Verbose = False,
+) -> None:
+    """Download base, istiod and gateway at the pinned version into DEST (for --charts-dir)."""
+    options = Options(helm=helm, output=output.value, verbose=verbose)
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh.release import pinned
+
+        release = pinned()
+        source = repo or release.chart_repository
+        phase = ctx.result.phase("charts pull")
+        ctx.progress.phase(f"charts pull: Istio {release.version} from {source}")
+        for row in release.releases:
+            target = dest / f"{row.chart}-{release.version}.tgz"
+            item = ItemResult(name=row.chart, outcome=Outcome.UNCHANGED)
+            phase.items.append(item)
+            with ctx.progress.item(row.chart) as tracker:
+                if target.exists():
+                    item.summary = f"{target} already there"
+                else:
+                    ctx.helm.pull(row.chart, source, release.version, dest)
+                    item.outcome = Outcome.CHANGED
+                    item.summary = f"saved {target}"
+                tracker.done(item.outcome, item.summary)
+        ctx.result.data["dest"] = str(dest)
+        ctx.result.notes.append(f"install offline with: kymamesh install --charts-dir {dest}")
+
+    c.run_command("charts pull", options, body)

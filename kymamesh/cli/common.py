@@ -1,0 +1,120 @@
+"""Options every command takes, and the one place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kymamesh.context import Options, RunContext
+from kymamesh.errors import ExitCode, KymameshError
+from kymamesh.output import Progress, Result
+
+
+class OutputFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+Kubeconfig = Annotated[
+    str | None,
+    typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)."),
+]
+Context = Annotated[str | None, typer.Option("--context", help="Kubeconfig context to use.")]
+HelmPath = Annotated[
+    str | None,
+    typer.Option("--helm", envvar="KYMAMESH_HELM", help="The helm binary (default: helm on PATH)."),
+]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would change, as a diff; write nothing.")
+]
+Output = Annotated[
+    OutputFormat, typer.Option("--output", "-o", help="Result format: text, or json for CI.")
+]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations.")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show tracebacks and helm's own output.")
+]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for readiness.", min=1)
+]
+LockWait = Annotated[
+    float,
+    typer.Option("--lock-wait", help="Seconds to wait for another kymamesh run to finish.", min=0),
+]
+ChartsDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--charts-dir",
+        help="Install from local chart folders or .tgz packages (base, istiod, gateway).",
+        file_okay=False,
+    ),
+]
+ValuesFiles = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--values", "-f", help="Values file (top-level keys: base, istiod, gateway). Repeatable."
+    ),
+]
+SetValues = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="CHART.key=value, e.g. istiod.pilot.replicaCount=2. Repeatable."),
+]
+
+
+def run_command(
+    command: str,
+    options: Options,
+    body: Callable[[RunContext], None],
+) -> None:
+    """Run a command body; print the result; exit with its code. Never returns."""
+    if options.verbose:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    result = Result(command=command, dry_run=options.dry_run)
+    progress = Progress(quiet=False)
+    ctx = RunContext(options=options, result=result, progress=progress)
+    try:
+        with ctx.session():
+            body(ctx)
+    except KymameshError as exc:
+        if options.verbose:
+            traceback.print_exc()
+        result.fail(exc)
+        if result.exit_code == ExitCode.PRECONDITION and ctx.writes_started:
+            result.exit_code = ExitCode.PARTIAL
+    except KeyboardInterrupt:
+        result.fail(
+            KymameshError("interrupted", hint="re-run the same command; it converges")
+        )
+    except Exception as exc:  # a bug: say so plainly, with the traceback under -v
+        if options.verbose:
+            traceback.print_exc()
+        result.fail(
+            KymameshError(
+                f"unexpected error: {type(exc).__name__}: {exc}",
+                hint="re-run with -v for the traceback and report it",
+            )
+        )
+    emit(result, options)
+    raise typer.Exit(int(result.exit_code))
+
+
+def emit(result: Result, options: Options) -> None:
+    if options.output == OutputFormat.json:
+        sys.stdout.write(result.render_json() + "\n")
+    else:
+        text = result.render_text(verbose=options.verbose)
+        if text:
+            sys.stdout.write(text + "\n")
+    for error in result.errors:
+        print(f"error: {error.message}", file=sys.stderr)
+        if error.hint:
+            print(f"hint: {error.hint}", file=sys.stderr)
+    sys.stdout.flush()

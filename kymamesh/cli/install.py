@@ -1,0 +1,67 @@
+"""`kymamesh install`: phase 1 (the official Istio charts), then phase 2 (the Kyma patch)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kymamesh.cli import common as c
+from kymamesh.cli import patch_options as p
+from kymamesh.context import Options, RunContext
+
+
+def install(
+    charts_dir: c.ChartsDir = None,
+    values: c.ValuesFiles = None,
+    set_values: c.SetValues = None,
+    repo: Annotated[
+        str | None,
+        typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+    ] = None,
+    config: p.PatchConfig = None,
+    domain: p.Domain = None,
+    tls_cert: p.TlsCert = None,
+    tls_key: p.TlsKey = None,
+    restart_proxies: p.RestartProxies = False,
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    helm: c.HelmPath = None,
+    dry_run: c.DryRun = False,
+    output: c.Output = c.OutputFormat.text,
+    yes: c.Yes = False,
+    verbose: c.Verbose = False,
+    timeout: c.Timeout = 300.0,
+    lock_wait: c.LockWait = 60.0,
+) -> None:
+    """Install Istio with security on, then apply the Kyma patch. A re-run converges."""
+    options = Options(
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+        dry_run=dry_run,
+        yes=yes,
+        verbose=verbose,
+        output=output.value,
+        timeout=timeout,
+        lock_wait=lock_wait,
+    )
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh import patching, pipeline
+
+        inputs = pipeline.ChartInputs(
+            charts_dir=charts_dir,
+            values_files=tuple(values or ()),
+            set_values=tuple(set_values or ()),
+            repository=repo,
+        )
+        pipeline.build_values(inputs, pipeline.pinned())  # refuse insecure values first
+        specs = patching.load_patch_list(
+            p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        )
+        patching.preflight(ctx, specs)
+        pipeline.run_phase_charts(ctx, inputs)
+        patching.run_patch(ctx, specs)
+
+    c.run_command("install", options, body)

@@ -1,0 +1,95 @@
+"""What every command shares: options, the lazily made cluster and helm adapters,
+the lock taken before the first write, confirmations, progress and the result."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from kymamesh.errors import ConfirmationRequiredError
+from kymamesh.output import Progress, Result
+
+if TYPE_CHECKING:
+    from kymamesh.cluster import Cluster
+    from kymamesh.helm import Helm
+
+
+@dataclass
+class Options:
+    kubeconfig: str | None = None
+    context: str | None = None
+    helm: str | None = None
+    dry_run: bool = False
+    yes: bool = False
+    verbose: bool = False
+    output: str = "text"
+    timeout: float = 300.0
+    lock_wait: float = 60.0
+
+
+@dataclass
+class RunContext:
+    options: Options
+    result: Result
+    progress: Progress
+    namespace: str = "istio-system"
+    _cluster: Cluster | None = None
+    _helm: Helm | None = None
+    _stack: ExitStack = field(default_factory=ExitStack)
+    _locked: bool = False
+    writes_started: bool = False
+
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            from kymamesh.cluster import Cluster
+
+            self._cluster = Cluster.connect(self.options.kubeconfig, self.options.context)
+            self._cluster.server_version()  # fail early and clearly when unreachable
+        return self._cluster
+
+    @property
+    def helm(self) -> Helm:
+        if self._helm is None:
+            from kymamesh.helm import Helm, find_helm
+
+            self._helm = Helm(find_helm(self.options.helm), self.options.kubeconfig, self.options.context)
+        return self._helm
+
+    def before_write(self) -> None:
+        """Called before every write: takes the lock once (and never in a dry run)."""
+        if self.options.dry_run:
+            raise AssertionError("a dry run must not write")
+        self.writes_started = True
+        if self._locked:
+            return
+        self.cluster.ensure_namespace(self.namespace)
+        self._stack.enter_context(self.cluster.lock(self.namespace, self.options.lock_wait))
+        self._locked = True
+
+    def confirm(self, question: str) -> None:
+        """Go on when --yes was given or the user says yes; otherwise refuse."""
+        if self.options.yes:
+            return
+        if not sys.stdin.isatty() or self.options.output == "json":
+            raise ConfirmationRequiredError(
+                f"{question} (no terminal to ask on)",
+                hint="re-run with --yes to confirm",
+            )
+        import typer
+
+        if not typer.confirm(question, default=False, err=True):
+            raise ConfirmationRequiredError(f"{question}: declined", hint="nothing was changed by this step")
+
+    @contextmanager
+    def session(self) -> Iterator[RunContext]:
+        """The command's lifetime: the lock (if taken) is released at the end."""
+        try:
+            with self._stack:
+                yield self
+        finally:
+            if self._cluster is not None:
+                self._cluster.close()

@@ -1,0 +1,288 @@
+"""The Helm adapter: pyhelm3 over the real `helm` binary (Helm 4 first, 3.18+ works).
+
+pyhelm3 is asynchronous; kymamesh runs one Helm command at a time, so each
+method here runs its coroutine to completion and returns plain data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tarfile
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kymamesh.errors import ChartSourceError, ClusterUnreachableError, HelmMissingError, KymameshError
+from kymamesh.values import Values
+from kymamesh.versions import Version
+
+T = TypeVar("T")
+
+
+class HelmError(KymameshError):
+    code = "helm"
+
+
+@dataclass(frozen=True)
+class LoadedChart:
+    """A chart ready to install: where it came from and its metadata."""
+
+    name: str
+    version: Version
+    app_version: str
+    source: str
+    handle: Any  # the pyhelm3 Chart
+
+
+@dataclass(frozen=True)
+class DeployedRelease:
+    name: str
+    namespace: str
+    revision: int
+    status: str
+    chart: str
+    chart_version: Version
+    app_version: str
+    values: Values  # the user-supplied values of the current revision
+
+
+def find_helm(explicit: str | None) -> str:
+    """`--helm PATH`, else KYMAMESH_HELM, else `helm` on PATH."""
+    candidate = explicit or os.environ.get("KYMAMESH_HELM") or shutil.which("helm")
+    if not candidate:
+        raise HelmMissingError(
+            "no helm binary found (looked at --helm, KYMAMESH_HELM and PATH)",
+            hint="install Helm 4 (or 3.18+) and put it on PATH, or pass --helm PATH",
+        )
+    path = Path(candidate)
+    if not (path.is_file() and os.access(path, os.X_OK)) and not shutil.which(candidate):
+        raise HelmMissingError(
+            f"helm binary '{candidate}' does not exist or is not executable",
+            hint="pass --helm with the path of a Helm 4 (or 3.18+) binary",
+        )
+    return str(path if path.is_file() else shutil.which(candidate))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _helm_message(exc: BaseException) -> str:
+    stderr = getattr(exc, "stderr", b"")
+    text = stderr.decode(errors="replace").strip() if isinstance(stderr, bytes) else str(exc)
+    return text or str(exc)
+
+
+class Helm:
+    def __init__(self, executable: str, kubeconfig: str | None, context: str | None) -> None:
+        from pyhelm3 import Client
+
+        self.executable = executable
+        try:
+            self._client = Client(
+                executable=executable,
+                kubeconfig=Path(kubeconfig) if kubeconfig else None,
+                kubecontext=context,
+            )
+        except Exception as exc:
+            raise HelmMissingError(
+                f"cannot run helm at {executable}: {exc}",
+                hint="use a Helm 4 (or 3.18+) release build",
+            ) from None
+        self.version = str(self._client.version)
+        if self._client.version.major < 3 or (
+            self._client.version.major == 3 and self._client.version.minor < 18
+        ):
+            raise HelmMissingError(
+                f"helm at {executable} is {self.version}; kymamesh needs Helm 4 or 3.18+",
+                hint="install a newer Helm and pass --helm PATH",
+            )
+
+    # -- charts --------------------------------------------------------------
+
+    def load_local(self, charts_dir: Path, chart: str) -> LoadedChart:
+        """A chart from `--charts-dir`: a folder `CHART/` or a package `CHART-*.tgz`."""
+        folder = charts_dir / chart
+        candidates: list[Path] = []
+        if (folder / "Chart.yaml").is_file():
+            candidates.append(folder)
+        candidates += sorted(charts_dir.glob(f"{chart}-*.tgz")) + sorted(
+            charts_dir.glob(f"{chart}.tgz")
+        )
+        candidates = [c for c in candidates if c.is_dir() or _package_chart_name(c) == chart]
+        if not candidates:
+            raise ChartSourceError(
+                f"no chart '{chart}' in {charts_dir} (expected a folder {chart}/ with a "
+                f"Chart.yaml, or a package {chart}-VERSION.tgz)",
+                hint="run `kymamesh charts pull --dest DIR` to fetch the pinned charts",
+            )
+        if len(candidates) > 1:
+            names = ", ".join(c.name for c in candidates)
+            raise ChartSourceError(
+                f"more than one chart '{chart}' in {charts_dir}: {names}",
+                hint="keep one folder or package per chart",
+            )
+        return self._load(str(candidates[0].resolve()), repo=None, version=None)
+
+    def load_remote(self, chart: str, repo: str, version: Version) -> LoadedChart:
+        if repo.startswith("oci://"):
+            return self._load(f"{repo.rstrip('/')}/{chart}", repo=None, version=str(version))
+        return self._load(chart, repo=repo, version=str(version))
+
+    def _load(self, ref: str, repo: str | None, version: str | None) -> LoadedChart:
+        from pyhelm3 import errors
+
+        try:
+            handle = _run(self._client.get_chart(ref, repo=repo, version=version))
+        except errors.Error as exc:
+            where = f"{repo}/{ref}" if repo else ref
+            raise ChartSourceError(
+                f"cannot load chart {where}"
+                + (f" version {version}" if version else "")
+                + f": {_helm_message(exc)}",
+                hint="if the chart repository cannot be reached from here, fetch the charts "
+                "elsewhere with `kymamesh charts pull --dest DIR` and pass --charts-dir DIR",
+            ) from None
+        meta = handle.metadata
+        return LoadedChart(
+            name=str(meta.name),
+            version=Version.parse(str(meta.version)),
+            app_version=str(meta.app_version or ""),
+            source=f"{repo}/{ref}" if repo else ref,
+            handle=handle,
+        )
+
+    def pull(self, chart: str, repo: str, version: Version, dest: Path) -> Path:
+        """Download one chart package into `dest` (for `charts pull`)."""
+        from pyhelm3 import errors
+
+        dest.mkdir(parents=True, exist_ok=True)
+        ref = f"{repo.rstrip('/')}/{chart}" if repo.startswith("oci://") else chart
+        args = ["pull", ref, "--version", str(version), "--destination", str(dest)]
+        if not repo.startswith("oci://"):
+            args += ["--repo", repo]
+        try:
+            _run(self._client._command.run(args))
+        except errors.Error as exc:
+            raise ChartSourceError(
+                f"cannot download chart {chart} {version} from {repo}: {_helm_message(exc)}",
+                hint="check the network access to the chart repository, or pass --repo",
+            ) from None
+        return dest / f"{chart}-{version}.tgz"
+
+    # -- releases --------------------------------------------------------------
+
+    def deployed(self, release: str, namespace: str) -> DeployedRelease | None:
+        from pyhelm3 import errors
+
+        try:
+            revision = _run(self._client.get_current_revision(release, namespace=namespace))
+            meta = _run(revision.chart_metadata())
+            values = _run(revision.values())
+        except errors.ReleaseNotFoundError:
+            return None
+        except errors.Error as exc:
+            raise self._error(f"cannot read Helm release {namespace}/{release}", exc) from None
+        return DeployedRelease(
+            name=release,
+            namespace=namespace,
+            revision=int(revision.revision),
+            status=str(revision.status.value),
+            chart=str(meta.name),
+            chart_version=Version.parse(str(meta.version)),
+            app_version=str(meta.app_version or ""),
+            values=dict(values or {}),
+        )
+
+    def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
+        """The objects of the release's current revision."""
+        from pyhelm3 import errors
+
+        try:
+            revision = _run(self._client.get_current_revision(release, namespace=namespace))
+            return [r for r in _run(revision.resources()) if r]
+        except errors.ReleaseNotFoundError:
+            return []
+        except errors.Error as exc:
+            raise self._error(f"cannot read Helm release {namespace}/{release}", exc) from None
+
+    def template(
+        self, release: str, chart: LoadedChart, values: Values, namespace: str
+    ) -> list[dict[str, Any]]:
+        from pyhelm3 import errors
+
+        try:
+            objs = _run(
+                self._client.template_resources(
+                    chart.handle, release, values, include_crds=True, namespace=namespace
+                )
+            )
+        except errors.Error as exc:
+            raise self._error(f"cannot render chart {chart.name} {chart.version}", exc) from None
+        return [o for o in objs if o]
+
+    def install_or_upgrade(
+        self, release: str, chart: LoadedChart, values: Values, namespace: str, timeout: float
+    ) -> None:
+        from pyhelm3 import errors
+
+        try:
+            _run(
+                self._client.install_or_upgrade_release(
+                    release,
+                    chart.handle,
+                    values,
+                    namespace=namespace,
+                    create_namespace=True,
+                    timeout=f"{int(timeout)}s",
+                    wait=False,
+                )
+            )
+        except errors.Error as exc:
+            raise self._error(f"helm could not install {release} ({chart.name} {chart.version})", exc) from None
+
+    def uninstall(self, release: str, namespace: str, timeout: float) -> None:
+        from pyhelm3 import errors
+
+        try:
+            _run(
+                self._client.uninstall_release(
+                    release, namespace=namespace, timeout=f"{int(timeout)}s", wait=False
+                )
+            )
+        except errors.Error as exc:
+            raise self._error(f"helm could not uninstall {namespace}/{release}", exc) from None
+
+    @staticmethod
+    def _error(what: str, exc: BaseException) -> KymameshError:
+        from pyhelm3 import errors
+
+        message = _helm_message(exc)
+        if isinstance(exc, errors.ConnectionError) or "connection refused" in message.lower():
+            return ClusterUnreachableError(
+                f"{what}: helm cannot reach the cluster: {message}",
+                hint="check that the cluster is running and --kubeconfig/--context point to it",
+            )
+        return HelmError(f"{what}: {message}", hint="re-run with -v to see helm's own output")
+
+
+def _package_chart_name(path: Path) -> str | None:
+    """The chart name inside a package, read from its Chart.yaml."""
+    import yaml
+
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                parts = member.name.split("/")
+                if len(parts) == 2 and parts[1] == "Chart.yaml":
+                    fh = tar.extractfile(member)
+                    if fh is None:
+                        return None
+                    meta = yaml.safe_load(fh.read())
+                    return str(meta.get("name")) if isinstance(meta, dict) else None
+    except (OSError, tarfile.TarError):
+        return None
+    return None

@@ -1,0 +1,193 @@
+"""Phase 2, the Kyma patch: an ordered list of idempotent steps.
+
+The list is data (`patches/kyma.yaml`): each entry names a step, its kind and
+its parameters. A step kind (in `kymamesh/steps/`) implements two read-only
+methods:
+
+- `preflight(ctx)`: refuses bad input before anything is written, and may return
+  a question that needs the user's yes (for example: weaken a PERMISSIVE mesh);
+- `check(ctx)`: the changes that would bring the live state to the wanted one,
+  each with a summary, a diff and the action that makes it. No change means the
+  step is in place; `status` uses the same check.
+
+The runner applies the changes, then checks again to verify, and turns each step
+into an outcome: unchanged, changed (with a summary), would-change (dry run) or
+failed (with the reason). A failed step does not stop the steps after it; the
+command then exits with PARTIAL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from kymamesh.cluster import Cluster
+from kymamesh.context import RunContext
+from kymamesh.errors import KymameshError, PartialFailureError, UsageError
+from kymamesh.output import ItemResult, Outcome
+from kymamesh.resources import load_yaml, patches_dir
+from kymamesh.values import deep_merge
+
+PHASE_PATCH = "phase 2: Kyma patch"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between live and wanted, and how to remove it."""
+
+    target: str
+    summary: str
+    apply: Callable[[Cluster], None]
+    diff: str = ""
+
+
+@dataclass
+class StepContext:
+    cluster: Cluster
+    namespace: str
+    params: Mapping[str, Any]
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+class Step(Protocol):
+    def preflight(self, ctx: StepContext) -> str | None: ...
+
+    def check(self, ctx: StepContext) -> list[Change]: ...
+
+
+StepFactory = Callable[[], Step]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One row of the patch list."""
+
+    name: str
+    kind: str
+    params: Mapping[str, Any]
+    description: str = ""
+
+
+def step_kinds() -> dict[str, StepFactory]:
+    from kymamesh.steps import KINDS
+
+    return KINDS
+
+
+def load_patch_list(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[StepSpec]:
+    """The ordered patch list, with the user's parameter overrides merged in."""
+    raw = load_yaml(patches_dir() / "kyma.yaml")
+    overrides = dict(overrides or {})
+    specs = []
+    for entry in raw["steps"]:
+        name = str(entry["name"])
+        params = deep_merge(entry.get("params") or {}, overrides.pop(name, {}) or {})
+        specs.append(
+            StepSpec(
+                name=name,
+                kind=str(entry["kind"]),
+                params=params,
+                description=str(entry.get("description", "")),
+            )
+        )
+    if overrides:
+        known = ", ".join(s.name for s in specs)
+        raise UsageError(
+            f"settings given for unknown patch steps: {', '.join(sorted(overrides))}",
+            hint=f"the patch steps are: {known}",
+        )
+    kinds = step_kinds()
+    for spec in specs:
+        if spec.kind not in kinds:
+            raise UsageError(f"patch step {spec.name} has unknown kind {spec.kind}")
+    return specs
+
+
+def _context(ctx: RunContext, spec: StepSpec) -> StepContext:
+    return StepContext(
+        cluster=ctx.cluster,
+        namespace=ctx.namespace,
+        params=spec.params,
+        dry_run=ctx.options.dry_run,
+    )
+
+
+def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
+    """Read-only checks of every step, and the confirmations they need, before any write."""
+    kinds = step_kinds()
+    questions = []
+    for spec in specs:
+        question = kinds[spec.kind]().preflight(_context(ctx, spec))
+        if question:
+            questions.append(f"{spec.name}: {question}")
+    if questions and not ctx.options.dry_run:
+        for q in questions:
+            ctx.progress.info(q)
+        ctx.confirm("apply these changes?" if len(questions) > 1 else questions[0])
+
+
+def check_all(ctx: RunContext, specs: list[StepSpec]) -> dict[str, list[Change]]:
+    """The read-only check of every step (used by `status`)."""
+    kinds = step_kinds()
+    return {spec.name: kinds[spec.kind]().check(_context(ctx, spec)) for spec in specs}
+
+
+def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
+    """Phase 2: run every step in order; raise PARTIAL at the end if one failed."""
+    phase = ctx.result.phase(PHASE_PATCH)
+    ctx.progress.phase(PHASE_PATCH)
+    kinds = step_kinds()
+    failed = []
+    for spec in specs:
+        item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
+        phase.items.append(item)
+        step = kinds[spec.kind]()
+        sctx = _context(ctx, spec)
+        with ctx.progress.item(spec.name) as tracker:
+            try:
+                _run_step(ctx, step, sctx, item)
+            except KymameshError as exc:
+                item.outcome = Outcome.FAILED
+                item.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+                failed.append(spec.name)
+                if ctx.options.verbose:
+                    import traceback
+
+                    traceback.print_exc()
+            tracker.done(item.outcome, item.summary or item.error)
+            item.duration_s = tracker.duration_s
+        ctx.result.notes.extend(sctx.notes)
+    if failed:
+        raise PartialFailureError(
+            f"patch steps failed: {', '.join(failed)}",
+            hint="fix the cause named above and re-run; steps already applied are kept "
+            "and a re-run converges",
+        )
+
+
+def _run_step(ctx: RunContext, step: Step, sctx: StepContext, item: ItemResult) -> None:
+    changes = step.check(sctx)
+    if not changes:
+        return
+    if ctx.options.dry_run:
+        item.outcome = Outcome.WOULD_CHANGE
+        item.summary = "; ".join(c.summary for c in changes)
+        item.changes = [f"{c.target}: {c.summary}" for c in changes]
+        item.diff = "\n".join(c.diff for c in changes if c.diff)
+        return
+    ctx.before_write()
+    changes = step.check(sctx)  # again, under the lock
+    for change in changes:
+        change.apply(sctx.cluster)
+    item.changes = [f"{c.target}: {c.summary}" for c in changes]
+    item.summary = "; ".join(c.summary for c in changes)
+    item.outcome = Outcome.CHANGED if changes else Outcome.UNCHANGED
+    remaining = step.check(sctx)
+    if remaining:
+        item.outcome = Outcome.FAILED
+        raise PartialFailureError(
+            "not in place after applying: " + "; ".join(f"{c.target}: {c.summary}" for c in remaining),
+            hint="something else may be changing the same objects",
+        )

@@ -1,0 +1,207 @@
+"""The install pipeline: phase 1 (the official Istio charts), then phase 2 (the Kyma patch).
+
+Phase 1 is the ordered release table of `resources/istio/release.yaml`. Every
+check that can refuse (values, chart source, version gate) runs for all three
+releases before the first write. A release whose chart version and values are
+already deployed is left alone, so a re-run writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kymamesh.cluster import Ref
+from kymamesh.context import RunContext
+from kymamesh.diffs import object_diff
+from kymamesh.errors import KymameshError
+from kymamesh.helm import DeployedRelease, LoadedChart
+from kymamesh.output import ItemResult, Outcome
+from kymamesh.release import ChartRelease, IstioRelease, pinned
+from kymamesh.values import (
+    ValueStack,
+    Values,
+    check_security,
+    load_user_file,
+    parse_set,
+    project_source,
+)
+from kymamesh.versions import check_upgrade
+
+PHASE_CHARTS = "phase 1: Istio charts"
+_READY_KINDS = ("CustomResourceDefinition", "Deployment", "StatefulSet", "DaemonSet")
+
+
+@dataclass(frozen=True)
+class ChartInputs:
+    """What the user asked for: where charts come from and which values to add."""
+
+    charts_dir: Path | None = None
+    values_files: tuple[Path, ...] = ()
+    set_values: tuple[str, ...] = ()
+    repository: str | None = None
+
+
+@dataclass
+class PlannedRelease:
+    row: ChartRelease
+    chart: LoadedChart
+    values: Values
+    deployed: DeployedRelease | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.reasons)
+
+
+def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
+    """The value stack, validated for security. Reads files only: no cluster needed."""
+    charts = [r.chart for r in release.releases]
+    stack = ValueStack([project_source(charts)])
+    for path in inputs.values_files:
+        stack.sources.append(load_user_file(path, charts))
+    if inputs.set_values:
+        stack.sources.append(parse_set(inputs.set_values, charts))
+    check_security(stack, charts)
+    return stack
+
+
+def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> LoadedChart:
+    release = pinned()
+    if inputs.charts_dir is not None:
+        return ctx.helm.load_local(inputs.charts_dir, row.chart)
+    repo = inputs.repository or release.chart_repository
+    return ctx.helm.load_remote(row.chart, repo, release.version)
+
+
+def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
+    """Read-only: which releases need an install or upgrade, and why. Refuses early."""
+    release = pinned()
+    stack = build_values(inputs, release)
+    ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
+    plans = []
+    for row in release.releases:
+        chart = load_chart(ctx, inputs, row)
+        plans.append(
+            PlannedRelease(
+                row=row,
+                chart=chart,
+                values=stack.merged(row.chart),
+                deployed=ctx.helm.deployed(row.release, release.namespace),
+            )
+        )
+    for plan in plans:
+        deployed = plan.deployed
+        if deployed is None:
+            plan.reasons.append(f"install {plan.chart.name} {plan.chart.version}")
+            continue
+        check_upgrade(
+            f"release {release.namespace}/{plan.row.release}",
+            deployed.chart_version,
+            plan.chart.version,
+        )
+        if deployed.chart != plan.chart.name:
+            plan.reasons.append(f"chart {deployed.chart} -> {plan.chart.name}")
+        if deployed.chart_version != plan.chart.version:
+            plan.reasons.append(f"upgrade {deployed.chart_version} -> {plan.chart.version}")
+        if deployed.status != "deployed":
+            plan.reasons.append(f"status is {deployed.status}")
+        if deployed.values != plan.values:
+            plan.reasons.append("values changed")
+    return plans
+
+
+def readiness_refs(objects: list[dict[str, object]], namespace: str) -> list[Ref]:
+    refs = []
+    for obj in objects:
+        if obj.get("kind") not in _READY_KINDS:
+            continue
+        ref = Ref.of(obj)
+        if ref.kind != "CustomResourceDefinition" and not ref.namespace:
+            ref = Ref(ref.api_version, ref.kind, ref.name, namespace)
+        refs.append(ref)
+    return refs
+
+
+def _dry_run_diff(ctx: RunContext, plan: PlannedRelease, namespace: str) -> str:
+    rendered = ctx.helm.template(plan.row.release, plan.chart, plan.values, namespace)
+    parts = []
+    for obj in rendered:
+        if not isinstance(obj, dict) or "kind" not in obj:
+            continue
+        ref = Ref.of(obj)
+        if not ref.namespace and ref.kind not in _CLUSTER_SCOPED:
+            ref = Ref(ref.api_version, ref.kind, ref.name, namespace)
+            obj = {**obj, "metadata": {**obj["metadata"], "namespace": namespace}}
+        diff = object_diff(ctx.cluster.get(ref), obj, str(ref))
+        if diff:
+            parts.append(diff)
+    return "\n".join(parts)
+
+
+_CLUSTER_SCOPED = (
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "Namespace",
+)
+
+
+def run_phase_charts(ctx: RunContext, inputs: ChartInputs) -> None:
+    """Phase 1: install or upgrade each release in order; each ready before the next."""
+    release = pinned()
+    namespace = release.namespace
+    phase = ctx.result.phase(PHASE_CHARTS)
+    ctx.progress.phase(PHASE_CHARTS)
+    plans = plan_releases(ctx, inputs)
+    if any(p.needed for p in plans) and not ctx.options.dry_run:
+        ctx.before_write()
+        plans = plan_releases(ctx, inputs)  # again, under the lock
+    for plan in plans:
+        label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
+        item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
+        phase.items.append(item)
+        with ctx.progress.item(label) as tracker:
+            try:
+                _run_release(ctx, plan, item, namespace)
+            except KymameshError as exc:
+                item.outcome = Outcome.FAILED
+                item.error = exc.message
+                raise
+            finally:
+                tracker.done(item.outcome, item.summary)
+                item.duration_s = tracker.duration_s
+
+
+def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str) -> None:
+    item.changes = list(plan.reasons)
+    if not plan.needed:
+        item.summary = f"{plan.chart.version} already deployed"
+        if not ctx.options.dry_run:
+            _wait_ready(ctx, plan, namespace)
+        return
+    if ctx.options.dry_run:
+        item.outcome = Outcome.WOULD_CHANGE
+        item.summary = "; ".join(plan.reasons)
+        item.diff = _dry_run_diff(ctx, plan, namespace)
+        return
+    ctx.helm.install_or_upgrade(
+        plan.row.release, plan.chart, plan.values, namespace, ctx.options.timeout
+    )
+    item.outcome = Outcome.CHANGED
+    item.summary = "; ".join(plan.reasons)
+    _wait_ready(ctx, plan, namespace)
+
+
+def _wait_ready(ctx: RunContext, plan: PlannedRelease, namespace: str) -> None:
+    refs = readiness_refs(ctx.helm.manifest(plan.row.release, namespace), namespace)
+    ctx.cluster.wait_ready(refs, ctx.options.timeout)
+
+
+Phase = Callable[[RunContext], None]

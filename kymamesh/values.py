@@ -1,0 +1,194 @@
+"""Helm values: merging in order, `--set` parsing, and the security check.
+
+Values reach a chart from, in order: the chart's defaults, kymamesh's files in
+`resources/istio/values/`, the user's `-f` files, the user's `--set`. A user
+file is split by chart: its top-level keys are chart names (`base`, `istiod`,
+`gateway`), as are the first part of every `--set` key. Each source is kept
+with its origin so that a refused value names the file or flag it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kymamesh.errors import InsecureValuesError, UsageError
+from kymamesh.resources import load_yaml, resources_dir
+
+Values = dict[str, Any]
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class ValueSource:
+    """Values for some charts, and where they came from (for error messages)."""
+
+    origin: str
+    by_chart: Mapping[str, Values]
+
+
+@dataclass
+class ValueStack:
+    """Sources in precedence order, lowest first."""
+
+    sources: list[ValueSource] = field(default_factory=list)
+
+    def merged(self, chart: str) -> Values:
+        result: Values = {}
+        for source in self.sources:
+            result = deep_merge(result, source.by_chart.get(chart, {}))
+        return result
+
+    def origin_of(self, chart: str, dotted: str) -> str:
+        """The last source that set `dotted` for `chart`."""
+        for source in reversed(self.sources):
+            if lookup(source.by_chart.get(chart, {}), dotted) is not _MISSING:
+                return source.origin
+        return "chart defaults"
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Values:
+    """Maps merge key by key; anything else in `override` replaces."""
+    result: Values = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = deep_merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def lookup(values: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _scalar(text: str) -> Any:
+    """Type a `--set` value the way Helm does for the common cases."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "null":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    if text.startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def parse_set(expressions: Iterable[str], charts: Iterable[str]) -> ValueSource:
+    """`--set CHART.key.path=value`, repeatable."""
+    known = sorted(charts)
+    by_chart: dict[str, Values] = {}
+    for expr in expressions:
+        key, sep, raw = expr.partition("=")
+        if not sep or not key:
+            raise UsageError(
+                f"--set '{expr}' is not KEY=VALUE",
+                hint="write it as CHART.path.to.key=value, e.g. istiod.pilot.replicaCount=2",
+            )
+        chart, _, path = key.partition(".")
+        if chart not in known or not path:
+            raise UsageError(
+                f"--set '{expr}' does not start with a chart name",
+                hint=f"prefix the key with one of {', '.join(known)}, "
+                "e.g. istiod.meshConfig.accessLogFile=/dev/stdout",
+            )
+        node = by_chart.setdefault(chart, {})
+        parts = path.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = _scalar(raw)
+    return ValueSource(origin="--set", by_chart=by_chart)
+
+
+def load_user_file(path: Path, charts: Iterable[str]) -> ValueSource:
+    """A `-f FILE`: a map from chart name to that chart's values."""
+    known = sorted(charts)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read values file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"values file {path} is not valid YAML: {exc}") from None
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"values file {path} must be a map of chart names to values")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UsageError(
+            f"values file {path} has top-level keys {', '.join(unknown)}, which are not charts",
+            hint=f"put each chart's values under its name: {', '.join(known)}",
+        )
+    for chart, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise UsageError(f"values file {path}: '{chart}' must be a map")
+    return ValueSource(origin=str(path), by_chart={k: v or {} for k, v in raw.items()})
+
+
+def project_source(charts: Iterable[str]) -> ValueSource:
+    """kymamesh's own values, from `resources/istio/values/CHART.yaml`."""
+    by_chart: dict[str, Values] = {}
+    for chart in charts:
+        path = resources_dir() / "values" / f"{chart}.yaml"
+        if path.exists():
+            by_chart[chart] = load_yaml(path) or {}
+    return ValueSource(origin=f"kymamesh defaults ({resources_dir() / 'values'})", by_chart=by_chart)
+
+
+@dataclass(frozen=True)
+class SecurityRule:
+    chart: str
+    key: str
+    insecure: tuple[Any, ...]
+    why: str
+
+
+def security_rules() -> tuple[SecurityRule, ...]:
+    raw = load_yaml(resources_dir() / "security.yaml")
+    return tuple(
+        SecurityRule(
+            chart=str(r["chart"]), key=str(r["key"]), insecure=tuple(r["insecure"]), why=str(r["why"])
+        )
+        for r in raw["rules"]
+    )
+
+
+def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
+    """Refuse values that turn mutual TLS off, naming the key and where it came from."""
+    problems: list[str] = []
+    for rule in security_rules():
+        if rule.chart not in charts:
+            continue
+        value = lookup(stack.merged(rule.chart), rule.key)
+        if value is _MISSING:
+            continue
+        if any(type(value) is type(bad) and value == bad for bad in rule.insecure):
+            origin = stack.origin_of(rule.chart, rule.key)
+            problems.append(
+                f"{rule.chart}.{rule.key}: {json.dumps(value)} from {origin}: {rule.why}"
+            )
+    if problems:
+        raise InsecureValuesError(
+            "refusing insecure values (nothing was changed):\n  " + "\n  ".join(problems),
+            hint="remove these values; kymamesh always installs Istio with mutual TLS on",
+        )
