@@ -70,7 +70,7 @@ class StepSpec:
     description: str = ""
 
 
-def step_kinds() -> dict[str, StepFactory]:
+def step_kinds() -> Mapping[str, StepFactory]:
     from kymamesh.steps import KINDS
 
     return KINDS
