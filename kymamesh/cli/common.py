@@ -58,12 +58,12 @@ ChartsDir = Annotated[
 ValuesFiles = Annotated[
     list[Path] | None,
     typer.Option(
-        "--values", "-f", help="Values file (top-level keys: base, istiod, gateway). Repeatable."
+        "--values", "-f", help="Values file (top-level keys: base, istiod, gateway)."
     ),
 ]
 SetValues = Annotated[
     list[str] | None,
-    typer.Option("--set", help="CHART.key=value, e.g. istiod.pilot.replicaCount=2. Repeatable."),
+    typer.Option("--set", help="CHART.key=value, e.g. istiod.pilot.replicaCount=2."),
 ]
 
 

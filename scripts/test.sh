@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine, then runs them all:
+# a virtual environment with the project and its test tools, the test cluster's
+# binaries (built once, cached in ~/.cache/kymamesh/testcluster), lint, types, pytest.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh -k install`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV="${KYMAMESH_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e '.[test]'
+
+echo "==> test cluster binaries"
+"$VENV/bin/python" tests/cluster/testcluster.py build
+
+echo "==> lint and types"
+"$VENV/bin/ruff" check kymamesh tests scripts
+"$VENV/bin/ruff" format --check kymamesh tests scripts
+"$VENV/bin/mypy"
+"$VENV/bin/python" scripts/gen_reference.py --check
+
+echo "==> tests"
+exec "$VENV/bin/python" -m pytest "$@"
