@@ -8,6 +8,8 @@ are not. Every write carries the field manager and user agent `kymamesh`.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import getpass
 import json
 import os
@@ -212,10 +214,8 @@ class Cluster:
         return ApiError(f"the API server refused a request ({status}): {message}", status)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self._cache_file)
-        except OSError:
-            pass
         self._api.close()
 
     # -- reads ---------------------------------------------------------------
@@ -232,7 +232,9 @@ class Cluster:
         from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
         try:
-            return self._call(lambda: self._dynamic.resources.get(api_version=api_version, kind=kind))
+            return self._call(
+                lambda: self._dynamic.resources.get(api_version=api_version, kind=kind)
+            )
         except ResourceNotFoundError:
             raise NotFoundError(f"the API server does not serve {kind} ({api_version})") from None
 
@@ -382,13 +384,13 @@ class Cluster:
 
     def wait_ready(
         self,
-        refs: list[Ref],
+        refs: builtins.list[Ref],
         timeout: float,
-        on_poll: Callable[[list[str]], None] | None = None,
+        on_poll: Callable[[builtins.list[str]], None] | None = None,
     ) -> None:
         """Wait until every object is ready; on timeout name each one that is not, and why."""
         deadline = time.monotonic() + timeout
-        pending = list(refs)
+        pending: builtins.list[Ref] = builtins.list(refs)
         while True:
             reasons = []
             still = []
@@ -419,7 +421,9 @@ class Cluster:
         A second run waits up to `wait` seconds, then names the holder. A crashed
         run's Lease expires after LOCK_DURATION_S without renewal.
         """
-        holder = f"{getpass.getuser()}@{socket.gethostname()}/pid-{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        holder = (
+            f"{getpass.getuser()}@{socket.gethostname()}/pid-{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        )
         ref = Ref("coordination.k8s.io/v1", "Lease", LOCK_NAME, namespace)
         deadline = time.monotonic() + wait
         while not self._try_acquire(ref, holder):

@@ -56,7 +56,9 @@ class RunContext:
         if self._helm is None:
             from kymamesh.helm import Helm, find_helm
 
-            self._helm = Helm(find_helm(self.options.helm), self.options.kubeconfig, self.options.context)
+            self._helm = Helm(
+                find_helm(self.options.helm), self.options.kubeconfig, self.options.context
+            )
         return self._helm
 
     def before_write(self) -> None:
@@ -82,7 +84,9 @@ class RunContext:
         import typer
 
         if not typer.confirm(question, default=False, err=True):
-            raise ConfirmationRequiredError(f"{question}: declined", hint="nothing was changed by this step")
+            raise ConfirmationRequiredError(
+                f"{question}: declined", hint="nothing was changed by this step"
+            )
 
     @contextmanager
     def session(self) -> Iterator[RunContext]:

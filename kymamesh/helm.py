@@ -15,7 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh.errors import ChartSourceError, ClusterUnreachableError, HelmMissingError, KymameshError
+from kymamesh.errors import (
+    ChartSourceError,
+    ClusterUnreachableError,
+    HelmMissingError,
+    KymameshError,
+)
 from kymamesh.values import Values
 from kymamesh.versions import Version
 
@@ -47,6 +52,7 @@ class DeployedRelease:
     chart_version: Version
     app_version: str
     values: Values  # the user-supplied values of the current revision
+    description: str = ""  # the current revision's description (helm history)
 
 
 def find_helm(explicit: str | None) -> str:
@@ -93,6 +99,7 @@ class Helm:
                 hint="use a Helm 4 (or 3.18+) release build",
             ) from None
         self.version = str(self._client.version)
+        self.major = int(self._client.version.major)
         if self._client.version.major < 3 or (
             self._client.version.major == 3 and self._client.version.minor < 18
         ):
@@ -195,6 +202,7 @@ class Helm:
             chart_version=Version.parse(str(meta.version)),
             app_version=str(meta.app_version or ""),
             values=dict(values or {}),
+            description=str(revision.description or ""),
         )
 
     def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
@@ -225,7 +233,13 @@ class Helm:
         return [o for o in objs if o]
 
     def install_or_upgrade(
-        self, release: str, chart: LoadedChart, values: Values, namespace: str, timeout: float
+        self,
+        release: str,
+        chart: LoadedChart,
+        values: Values,
+        namespace: str,
+        timeout: float,
+        description: str | None = None,
     ) -> None:
         from pyhelm3 import errors
 
@@ -239,10 +253,17 @@ class Helm:
                     create_namespace=True,
                     timeout=f"{int(timeout)}s",
                     wait=False,
+                    description=description,
+                    # Helm 4 applies server-side: the Kyma patch owns some fields of the
+                    # chart's ConfigMaps, so take them back; phase 2 then re-applies them.
+                    # (Helm 3 merges client-side and has no conflicts to force.)
+                    force_conflicts=self.major >= 4,
                 )
             )
         except errors.Error as exc:
-            raise self._error(f"helm could not install {release} ({chart.name} {chart.version})", exc) from None
+            raise self._error(
+                f"helm could not install {release} ({chart.name} {chart.version})", exc
+            ) from None
 
     def uninstall(self, release: str, namespace: str, timeout: float) -> None:
         from pyhelm3 import errors

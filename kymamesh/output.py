@@ -169,7 +169,10 @@ class Result:
                     + ("; the changes above would be made" if self.changed else "; nothing to do")
                 )
             elif self.phases:
-                lines.append("done: " + ("changes made" if self.changed else "already in place, nothing written"))
+                lines.append(
+                    "done: "
+                    + ("changes made" if self.changed else "already in place, nothing written")
+                )
         return "\n".join(lines)
 
 
@@ -218,9 +221,7 @@ class Progress:
         start = time.monotonic()
         if not self.quiet and self._console is None:
             print(f"--> {label} ...", file=self.stream, flush=True)
-        status = (
-            self._console.status(f"  {label} …") if self._console is not None else _no_status()
-        )
+        status = self._console.status(f"  {label} …") if self._console is not None else _no_status()
         try:
             with status:
                 yield tracker

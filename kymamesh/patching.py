@@ -157,8 +157,10 @@ def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
 
                     traceback.print_exc()
             tracker.done(item.outcome, item.summary or item.error)
-            item.duration_s = tracker.duration_s
-        ctx.result.notes.extend(sctx.notes)
+        item.duration_s = tracker.duration_s
+        for note in sctx.notes:  # a step's check runs more than once: keep each note once
+            if note not in ctx.result.notes:
+                ctx.result.notes.append(note)
     if failed:
         raise PartialFailureError(
             f"patch steps failed: {', '.join(failed)}",
@@ -188,6 +190,7 @@ def _run_step(ctx: RunContext, step: Step, sctx: StepContext, item: ItemResult) 
     if remaining:
         item.outcome = Outcome.FAILED
         raise PartialFailureError(
-            "not in place after applying: " + "; ".join(f"{c.target}: {c.summary}" for c in remaining),
+            "not in place after applying: "
+            + "; ".join(f"{c.target}: {c.summary}" for c in remaining),
             hint="something else may be changing the same objects",
         )

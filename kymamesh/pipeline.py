@@ -8,7 +8,6 @@ already deployed is left alone, so a re-run writes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +16,14 @@ from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff
 from kymamesh.errors import KymameshError
 from kymamesh.helm import DeployedRelease, LoadedChart
+from kymamesh.inventory import INSTALL_DESCRIPTION
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import ChartRelease, IstioRelease, pinned
+
+__all__ = ["ChartInputs", "pinned", "plan_releases", "run_phase_charts"]
 from kymamesh.values import (
-    ValueStack,
     Values,
+    ValueStack,
     check_security,
     load_user_file,
     parse_set,
@@ -176,7 +178,7 @@ def run_phase_charts(ctx: RunContext, inputs: ChartInputs) -> None:
                 raise
             finally:
                 tracker.done(item.outcome, item.summary)
-                item.duration_s = tracker.duration_s
+        item.duration_s = tracker.duration_s
 
 
 def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str) -> None:
@@ -192,7 +194,12 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
         item.diff = _dry_run_diff(ctx, plan, namespace)
         return
     ctx.helm.install_or_upgrade(
-        plan.row.release, plan.chart, plan.values, namespace, ctx.options.timeout
+        plan.row.release,
+        plan.chart,
+        plan.values,
+        namespace,
+        ctx.options.timeout,
+        description=INSTALL_DESCRIPTION,
     )
     item.outcome = Outcome.CHANGED
     item.summary = "; ".join(plan.reasons)
@@ -202,6 +209,3 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
 def _wait_ready(ctx: RunContext, plan: PlannedRelease, namespace: str) -> None:
     refs = readiness_refs(ctx.helm.manifest(plan.row.release, namespace), namespace)
     ctx.cluster.wait_ready(refs, ctx.options.timeout)
-
-
-Phase = Callable[[RunContext], None]

@@ -152,7 +152,9 @@ def project_source(charts: Iterable[str]) -> ValueSource:
         path = resources_dir() / "values" / f"{chart}.yaml"
         if path.exists():
             by_chart[chart] = load_yaml(path) or {}
-    return ValueSource(origin=f"kymamesh defaults ({resources_dir() / 'values'})", by_chart=by_chart)
+    return ValueSource(
+        origin=f"kymamesh defaults ({resources_dir() / 'values'})", by_chart=by_chart
+    )
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,10 @@ def security_rules() -> tuple[SecurityRule, ...]:
     raw = load_yaml(resources_dir() / "security.yaml")
     return tuple(
         SecurityRule(
-            chart=str(r["chart"]), key=str(r["key"]), insecure=tuple(r["insecure"]), why=str(r["why"])
+            chart=str(r["chart"]),
+            key=str(r["key"]),
+            insecure=tuple(r["insecure"]),
+            why=str(r["why"]),
         )
         for r in raw["rules"]
     )

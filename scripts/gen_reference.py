@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-
 from typing import Any
 
 import typer.main
@@ -36,7 +35,7 @@ def _type_name(param: Any, ctx: Any) -> str:
 def _option_line(param: Any, ctx: Any) -> str:
     if param.param_type_name == "argument":
         required = "required" if param.required else "optional"
-        return f"| `{param.human_readable_name}` | argument | {required} |"
+        return f"| `{(param.metavar or param.name).upper()}` | argument | {required} |"
     names = ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
     help_text = (param.help or "").replace("|", "\\|")
     extra = []

@@ -64,7 +64,9 @@ def test_insecure_value_names_key_and_file(tmp_path: Path) -> None:
 
 
 def test_insecure_set_names_the_flag() -> None:
-    stack = ValueStack([project_source(CHARTS), parse_set(["istiod.global.mtls.auto=false"], CHARTS)])
+    stack = ValueStack(
+        [project_source(CHARTS), parse_set(["istiod.global.mtls.auto=false"], CHARTS)]
+    )
     with pytest.raises(InsecureValuesError, match=r"--set"):
         check_security(stack, CHARTS)
 

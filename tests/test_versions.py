@@ -27,7 +27,9 @@ def test_image_version(image: str, expected: Version) -> None:
     assert image_version(image) == expected
 
 
-@pytest.mark.parametrize("image", ["registry:5000/istio/pilot", "pilot@sha256:" + "c" * 64, "pilot:latest"])
+@pytest.mark.parametrize(
+    "image", ["registry:5000/istio/pilot", "pilot@sha256:" + "c" * 64, "pilot:latest"]
+)
 def test_image_without_a_version_is_a_clear_error(image: str) -> None:
     with pytest.raises(PreconditionError, match="pilot"):
         image_version(image)

@@ -16,10 +16,14 @@ app = typer.Typer(help="Work with the pinned Istio charts.", no_args_is_help=Tru
 
 @app.command("pull")
 def pull(
-    dest: Annotated[Path, typer.Option("--dest", help="Folder to put the chart packages in.", file_okay=False)],
+    dest: Annotated[
+        Path, typer.Option("--dest", help="Folder to put the chart packages in.", file_okay=False)
+    ],
     repo: Annotated[
         str | None,
-        typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+        typer.Option(
+            "--repo", help="Chart repository (https:// or oci://) instead of the pinned one."
+        ),
     ] = None,
     helm: c.HelmPath = None,
     output: c.Output = c.OutputFormat.text,

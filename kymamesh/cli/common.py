@@ -23,7 +23,11 @@ class OutputFormat(StrEnum):
 
 Kubeconfig = Annotated[
     str | None,
-    typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config)."),
+    typer.Option(
+        "--kubeconfig",
+        envvar="KUBECONFIG",
+        help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
+    ),
 ]
 Context = Annotated[str | None, typer.Option("--context", help="Kubeconfig context to use.")]
 HelmPath = Annotated[
@@ -40,9 +44,7 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmati
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show tracebacks and helm's own output.")
 ]
-Timeout = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for readiness.", min=1)
-]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for readiness.", min=1)]
 LockWait = Annotated[
     float,
     typer.Option("--lock-wait", help="Seconds to wait for another kymamesh run to finish.", min=0),
@@ -57,9 +59,7 @@ ChartsDir = Annotated[
 ]
 ValuesFiles = Annotated[
     list[Path] | None,
-    typer.Option(
-        "--values", "-f", help="Values file (top-level keys: base, istiod, gateway)."
-    ),
+    typer.Option("--values", "-f", help="Values file (top-level keys: base, istiod, gateway)."),
 ]
 SetValues = Annotated[
     list[str] | None,
@@ -73,10 +73,14 @@ def run_command(
     body: Callable[[RunContext], None],
 ) -> None:
     """Run a command body; print the result; exit with its code. Never returns."""
-    if options.verbose:
-        import logging
+    import logging
 
+    if options.verbose:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    else:
+        # pyhelm3 warns about every failed helm call, including the expected
+        # "release: not found"; kymamesh reports real failures itself.
+        logging.getLogger("pyhelm3").setLevel(logging.ERROR)
     result = Result(command=command, dry_run=options.dry_run)
     progress = Progress(quiet=False)
     ctx = RunContext(options=options, result=result, progress=progress)
@@ -90,9 +94,7 @@ def run_command(
         if result.exit_code == ExitCode.PRECONDITION and ctx.writes_started:
             result.exit_code = ExitCode.PARTIAL
     except KeyboardInterrupt:
-        result.fail(
-            KymameshError("interrupted", hint="re-run the same command; it converges")
-        )
+        result.fail(KymameshError("interrupted", hint="re-run the same command; it converges"))
     except Exception as exc:  # a bug: say so plainly, with the traceback under -v
         if options.verbose:
             traceback.print_exc()

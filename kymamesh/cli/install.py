@@ -17,7 +17,9 @@ def install(
     set_values: c.SetValues = None,
     repo: Annotated[
         str | None,
-        typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+        typer.Option(
+            "--repo", help="Chart repository (https:// or oci://) instead of the pinned one."
+        ),
     ] = None,
     config: p.PatchConfig = None,
     domain: p.Domain = None,

@@ -2,7 +2,70 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 
-def patch() -> None:
-    """Apply the Kyma patch to a running Istio (being built)."""
-    raise SystemExit(1)
+import typer
+
+from kymamesh.cli import common as c
+from kymamesh.cli import patch_options as p
+from kymamesh.context import Options, RunContext
+
+ExistingIstio = Annotated[
+    bool,
+    typer.Option(
+        "--existing-istio",
+        help="Adopt an Istio that kymamesh did not install (istioctl, plain Helm, a vendor).",
+    ),
+]
+
+
+def patch(
+    existing_istio: ExistingIstio = False,
+    config: p.PatchConfig = None,
+    domain: p.Domain = None,
+    tls_cert: p.TlsCert = None,
+    tls_key: p.TlsKey = None,
+    restart_proxies: p.RestartProxies = False,
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    dry_run: c.DryRun = False,
+    output: c.Output = c.OutputFormat.text,
+    yes: c.Yes = False,
+    verbose: c.Verbose = False,
+    timeout: c.Timeout = 300.0,
+    lock_wait: c.LockWait = 60.0,
+) -> None:
+    """Apply the Kyma patch to a running Istio. Checks it first; a re-run converges."""
+    options = Options(
+        kubeconfig=kubeconfig,
+        context=context,
+        dry_run=dry_run,
+        yes=yes,
+        verbose=verbose,
+        output=output.value,
+        timeout=timeout,
+        lock_wait=lock_wait,
+    )
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh import patching
+        from kymamesh.errors import PreconditionError
+        from kymamesh.preflight import adoption_preflight
+
+        specs = patching.load_patch_list(
+            p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        )
+        found = adoption_preflight(ctx.cluster, ctx.namespace)
+        ctx.result.data["istio"] = found.to_json()
+        ctx.progress.info(f"found {found.describe()}")
+        if not existing_istio and not found.patched_by_kymamesh:
+            raise PreconditionError(
+                f"the Istio in {ctx.namespace} was not set up by kymamesh (installed by "
+                f"{found.installed_by}; no object there carries kymamesh's label)",
+                hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`; "
+                "if `kymamesh install` was interrupted, run it again",
+            )
+        patching.preflight(ctx, specs)
+        patching.run_patch(ctx, specs)
+
+    c.run_command("patch", options, body)

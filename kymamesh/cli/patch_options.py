@@ -32,9 +32,7 @@ TlsKey = Annotated[
 ]
 RestartProxies = Annotated[
     bool,
-    typer.Option(
-        "--restart-proxies", help="Restart workloads whose sidecar is out of date."
-    ),
+    typer.Option("--restart-proxies", help="Restart workloads whose sidecar is out of date."),
 ]
 
 
@@ -69,7 +67,8 @@ def patch_overrides(
         tls["domain"] = domain
     if (tls_cert is None) != (tls_key is None):
         raise UsageError(
-            "--tls-cert and --tls-key go together", hint="give both, or neither for a self-signed one"
+            "--tls-cert and --tls-key go together",
+            hint="give both, or neither for a self-signed one",
         )
     if tls_cert is not None and tls_key is not None:
         tls["certFile"] = str(tls_cert)

@@ -1,8 +1,55 @@
-"""`kymamesh patch`: apply the Kyma patch (phase 2) to a running Istio."""
+"""`kymamesh status`: what is installed, read-only; the exit code says healthy (0) or not (7)."""
 
 from __future__ import annotations
 
+import sys
 
-def status() -> None:
-    """Apply the Kyma patch to a running Istio (being built)."""
-    raise SystemExit(1)
+from kymamesh.cli import common as c
+from kymamesh.cli import patch_options as p
+from kymamesh.context import Options, RunContext
+
+
+def status(
+    config: p.PatchConfig = None,
+    domain: p.Domain = None,
+    tls_cert: p.TlsCert = None,
+    tls_key: p.TlsKey = None,
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    helm: c.HelmPath = None,
+    output: c.Output = c.OutputFormat.text,
+    verbose: c.Verbose = False,
+) -> None:
+    """Show releases, istiod, mTLS, each patch step and sidecar coverage. Writes nothing.
+
+    Exit 0 when healthy, 7 when not, so CI can gate on it.
+
+    Give the same --config, --domain and --tls-* as to `patch`: the steps are checked with them.
+    """
+    options = Options(
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+        verbose=verbose,
+        output=output.value,
+    )
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh import patching
+        from kymamesh import status as mesh
+
+        specs = patching.load_patch_list(p.patch_overrides(config, domain, tls_cert, tls_key))
+        # Checks as a dry run: a write by mistake fails loudly instead of happening.
+        ctx.options.dry_run = True
+        state = mesh.inspect(ctx, specs)
+        ctx.result.data = state.to_json()
+        ctx.result.exit_code = mesh.exit_code(state)
+        if ctx.options.output == c.OutputFormat.json:
+            return
+        if sys.stdout.isatty():
+            mesh.print_rich(state, sys.stdout)
+        else:
+            sys.stdout.write("\n".join(mesh.plain_lines(state)) + "\n")
+        sys.stdout.flush()
+
+    c.run_command("status", options, body)

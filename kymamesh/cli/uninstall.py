@@ -1,8 +1,71 @@
-"""`kymamesh patch`: apply the Kyma patch (phase 2) to a running Istio."""
+"""`kymamesh uninstall`: remove the Kyma patch's objects and the Istio releases, in reverse."""
 
 from __future__ import annotations
 
+from typing import Annotated
 
-def uninstall() -> None:
-    """Apply the Kyma patch to a running Istio (being built)."""
-    raise SystemExit(1)
+import typer
+
+from kymamesh.cli import common as c
+from kymamesh.context import Options, RunContext
+
+Purge = Annotated[
+    bool,
+    typer.Option(
+        "--purge",
+        help="Also delete every Istio CRD (*.istio.io), and with them every Istio resource.",
+    ),
+]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force", help="Go on although Istio resources that kymamesh did not create remain."
+    ),
+]
+ExistingIstio = Annotated[
+    bool,
+    typer.Option(
+        "--existing-istio",
+        help="Also remove an Istio kymamesh did not install (Helm releases of the same names).",
+    ),
+]
+
+
+def uninstall(
+    purge: Purge = False,
+    force: Force = False,
+    existing_istio: ExistingIstio = False,
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    helm: c.HelmPath = None,
+    dry_run: c.DryRun = False,
+    output: c.Output = c.OutputFormat.text,
+    yes: c.Yes = False,
+    verbose: c.Verbose = False,
+    timeout: c.Timeout = 300.0,
+    lock_wait: c.LockWait = 60.0,
+) -> None:
+    """Uninstall Istio and the Kyma patch. CRDs and the istio-system namespace stay.
+
+    Refuses while Istio resources kymamesh did not create remain (unless --force).
+
+    Leaves an Istio kymamesh did not install alone (unless --existing-istio).
+    """
+    options = Options(
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+        dry_run=dry_run,
+        yes=yes,
+        verbose=verbose,
+        output=output.value,
+        timeout=timeout,
+        lock_wait=lock_wait,
+    )
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh.uninstall import run_uninstall
+
+        run_uninstall(ctx, purge=purge, force=force, existing_istio=existing_istio)
+
+    c.run_command("uninstall", options, body)

@@ -1,0 +1,427 @@
+"""Sidecars of running Pods: does a Pod have one, is it out of date, which workload owns it.
+
+The analysis is pure functions over Pod dicts (as the API returns them), so that
+it can be tested without a cluster; the few helpers at the end read what they
+need through the cluster adapter. Used by `restart-proxies`, `inject-namespace`
+and `status`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kymamesh.errors import PreconditionError
+from kymamesh.steps._units import same_quantity
+from kymamesh.versions import Version, image_version
+
+if TYPE_CHECKING:
+    from kymamesh.cluster import Cluster, Obj
+
+PROXY_CONTAINER = "istio-proxy"
+STATUS_ANNOTATION = "sidecar.istio.io/status"
+INJECT_LABEL = "sidecar.istio.io/inject"
+NAMESPACE_LABEL = "istio-injection"
+REVISION_LABEL = "istio.io/rev"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+DEFAULT_REVISION = "default"
+INJECTOR_CONFIGMAP = "istio-sidecar-injector"
+TEMPLATES_ANNOTATION = "inject.istio.io/templates"  # "gateway" for gateway Pods
+
+# Per-Pod annotations with which the injector overrides global.proxy.resources.
+RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
+    ("requests", "cpu"): "sidecar.istio.io/proxyCPU",
+    ("requests", "memory"): "sidecar.istio.io/proxyMemory",
+    ("limits", "cpu"): "sidecar.istio.io/proxyCPULimit",
+    ("limits", "memory"): "sidecar.istio.io/proxyMemoryLimit",
+}
+RESTARTABLE_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+_APPS = "apps/v1"
+
+# -- one Pod -------------------------------------------------------------------
+
+
+def proxy_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The `istio-proxy` container, a regular one or a native sidecar (init container)."""
+    spec = pod.get("spec") or {}
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            if container.get("name") == PROXY_CONTAINER:
+                return dict(container)
+    return None
+
+
+def has_sidecar(pod: Mapping[str, Any]) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return proxy_container(pod) is not None or STATUS_ANNOTATION in annotations
+
+
+def is_running(pod: Mapping[str, Any]) -> bool:
+    """A Pod that counts: not being deleted, not finished."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+
+
+def pod_revision(pod: Mapping[str, Any]) -> str:
+    """The control-plane revision that injected the sidecar ('default' when unnamed)."""
+    meta = pod.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(STATUS_ANNOTATION)
+    if raw:
+        try:
+            revision = json.loads(raw).get("revision")
+            if revision:
+                return str(revision)
+        except (ValueError, AttributeError):
+            pass
+    return str((meta.get("labels") or {}).get(REVISION_LABEL) or DEFAULT_REVISION)
+
+
+def proxy_version(pod: Mapping[str, Any]) -> Version | None:
+    """The Istio version of the sidecar image; None when unknown (no container, odd tag)."""
+    container = proxy_container(pod)
+    if container is None or not container.get("image"):
+        return None
+    try:
+        return image_version(str(container["image"]))
+    except PreconditionError:
+        return None
+
+
+def wanted_resources(
+    global_resources: Mapping[str, Any], annotations: Mapping[str, str]
+) -> dict[str, dict[str, str]]:
+    """What the injector gives this Pod's sidecar: the global values, then its annotations.
+
+    A request left unset takes the limit's value, as the API server defaults it.
+    """
+    wanted: dict[str, dict[str, str]] = {"requests": {}, "limits": {}}
+    for kind in ("requests", "limits"):
+        for name, value in (global_resources.get(kind) or {}).items():
+            if value is not None:
+                wanted[kind][str(name)] = str(value)
+    for (kind, name), annotation in RESOURCE_ANNOTATIONS.items():
+        if annotations.get(annotation):
+            wanted[kind][name] = str(annotations[annotation])
+    for name, value in wanted["limits"].items():
+        wanted["requests"].setdefault(name, value)
+    return wanted
+
+
+def resource_differences(
+    container: Mapping[str, Any], wanted: Mapping[str, Mapping[str, str]]
+) -> list[str]:
+    """Each wanted request or limit the container lacks: 'limits.memory 512Mi, wanted 1Gi'.
+
+    Only what the injector sets is compared; more on the container (e.g. from a
+    LimitRange) is not a difference.
+    """
+    live = container.get("resources") or {}
+    found = []
+    for kind in ("requests", "limits"):
+        for name, value in sorted((wanted.get(kind) or {}).items()):
+            have = (live.get(kind) or {}).get(name)
+            if have is None:
+                found.append(f"{kind}.{name} unset, wanted {value}")
+            elif not same_quantity(have, value):
+                found.append(f"{kind}.{name} {have}, wanted {value}")
+    return found
+
+
+def _sidecar_template(annotations: Mapping[str, Any]) -> bool:
+    """Injected with the sidecar template, which takes global.proxy.resources.
+
+    Gateways use the `gateway` template: their resources come from their own chart.
+    """
+    templates = annotations.get(TEMPLATES_ANNOTATION)
+    if not templates:
+        return True
+    return "sidecar" in [t.strip() for t in str(templates).split(",")]
+
+
+def outdated_reasons(
+    pod: Mapping[str, Any],
+    istiod_versions: Mapping[str, Version],
+    proxy_resources: Mapping[str, Any] | None,
+) -> list[str]:
+    """Why this Pod's sidecar is out of date ([] when current or when it has none).
+
+    `istiod_versions` maps a revision to its istiod version; `proxy_resources` is
+    `global.proxy.resources` of the default injector (None: not compared).
+    """
+    container = proxy_container(pod)
+    if container is None:
+        return []
+    reasons = []
+    revision = pod_revision(pod)
+    istiod = istiod_versions.get(revision) or istiod_versions.get(DEFAULT_REVISION)
+    version = proxy_version(pod)
+    if istiod is not None and version is not None and version != istiod:
+        reasons.append(f"istio-proxy {version}, istiod {istiod}")
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if (
+        proxy_resources is not None
+        and revision == DEFAULT_REVISION
+        and _sidecar_template(annotations)
+    ):
+        wanted = wanted_resources(proxy_resources, annotations)
+        differences = resource_differences(container, wanted)
+        if differences:
+            reasons.append("resources differ: " + "; ".join(differences))
+    return reasons
+
+
+# -- owners ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Workload:
+    """What owns a Pod: a Deployment, StatefulSet or DaemonSet, or something else."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    @property
+    def restartable(self) -> bool:
+        return self.kind in RESTARTABLE_KINDS
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for owner in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if owner.get("controller"):
+            return dict(owner)
+    return None
+
+
+def owner_workload(
+    pod: Mapping[str, Any], replica_sets: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> Workload:
+    """The workload to restart for this Pod (a bare Pod is its own workload)."""
+    meta = pod.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "")
+    owner = _controller(pod)
+    if owner is None:
+        return Workload("Pod", namespace, str(meta.get("name")))
+    kind, name = str(owner.get("kind")), str(owner.get("name"))
+    if kind == "ReplicaSet":
+        replica_set = replica_sets.get((namespace, name))
+        parent = _controller(replica_set) if replica_set else None
+        if parent is not None and parent.get("kind") == "Deployment":
+            return Workload("Deployment", namespace, str(parent.get("name")))
+    return Workload(kind, namespace, name)
+
+
+@dataclass
+class OutdatedWorkload:
+    workload: Workload
+    reasons: list[str] = field(default_factory=list)
+    oldest_pod: datetime | None = None  # creation of its oldest out-of-date Pod
+    versions: set[Version] = field(default_factory=set)  # sidecar versions found
+
+    def describe(self) -> str:
+        return f"{self.workload} ({'; '.join(self.reasons)})"
+
+
+def _created(obj: Mapping[str, Any]) -> datetime | None:
+    raw = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not raw:
+        return None
+    if isinstance(raw, datetime):
+        return raw
+    try:
+        return datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def outdated_workloads(
+    pods: Iterable[Mapping[str, Any]],
+    replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
+    istiod_versions: Mapping[str, Version],
+    proxy_resources: Mapping[str, Any] | None,
+) -> list[OutdatedWorkload]:
+    """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
+    found: dict[Workload, OutdatedWorkload] = {}
+    for pod in pods:
+        if not is_running(pod):
+            continue
+        reasons = outdated_reasons(pod, istiod_versions, proxy_resources)
+        if not reasons:
+            continue
+        workload = owner_workload(pod, replica_sets)
+        entry = found.setdefault(workload, OutdatedWorkload(workload))
+        for reason in reasons:
+            if reason not in entry.reasons:
+                entry.reasons.append(reason)
+        version = proxy_version(pod)
+        if version is not None:
+            entry.versions.add(version)
+        created = _created(pod)
+        if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
+            entry.oldest_pod = created
+    return [found[w] for w in sorted(found)]
+
+
+def template_proxy_version(workload: Mapping[str, Any]) -> Version | None:
+    """The version of an `istio-proxy` image written into a workload's Pod template itself.
+
+    Injection fills in `image: auto`; a concrete image there is pinned by the
+    workload, so a restart brings the same sidecar back.
+    """
+    template = (workload.get("spec") or {}).get("template") or {}
+    return proxy_version({"spec": template.get("spec") or {}})
+
+
+def restart_pending(workload: Mapping[str, Any], oldest_pod: datetime | None) -> bool:
+    """True when the workload was restarted after its oldest out-of-date Pod was made.
+
+    The rollout replaces that Pod; restarting again would only churn.
+    """
+    template = (workload.get("spec") or {}).get("template") or {}
+    raw = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
+    if not raw or oldest_pod is None:
+        return False
+    try:
+        restarted = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return restarted >= oldest_pod
+
+
+@dataclass(frozen=True)
+class WorkloadSidecars:
+    """How many running Pods of a workload have a sidecar."""
+
+    workload: Workload
+    pods: int
+    with_sidecar: int
+    pod_names_without: tuple[str, ...] = ()
+    newest_without: datetime | None = None  # creation of its newest Pod without a sidecar
+    labelled: int = 0  # Pods labelled sidecar.istio.io/inject=true
+
+    @property
+    def without(self) -> int:
+        return self.pods - self.with_sidecar
+
+
+def _labels_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (obj.get("metadata") or {}).get("labels") or {}
+
+
+def sidecar_coverage(
+    pods: Iterable[Mapping[str, Any]],
+    replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> list[WorkloadSidecars]:
+    """Per workload, running Pods and how many of them have a sidecar."""
+    counts: dict[Workload, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        if is_running(pod):
+            counts.setdefault(owner_workload(pod, replica_sets), []).append(pod)
+    result = []
+    for workload in sorted(counts):
+        members = counts[workload]
+        without = [p for p in members if not has_sidecar(p)]
+        created = [c for c in (_created(p) for p in without) if c is not None]
+        result.append(
+            WorkloadSidecars(
+                workload=workload,
+                pods=len(members),
+                with_sidecar=len(members) - len(without),
+                pod_names_without=tuple(
+                    sorted(str((p.get("metadata") or {}).get("name")) for p in without)
+                ),
+                newest_without=max(created) if created else None,
+                labelled=sum(1 for p in members if _labels_of(p).get(INJECT_LABEL) == "true"),
+            )
+        )
+    return result
+
+
+def injector_proxy_resources(configmap: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """`global.proxy.resources` from the injector ConfigMap's `values` JSON (None if absent)."""
+    if not configmap:
+        return None
+    raw = (configmap.get("data") or {}).get("values")
+    if not raw:
+        return None
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        return None
+    resources = ((values.get("global") or {}).get("proxy") or {}).get("resources")
+    return resources if isinstance(resources, Mapping) else None
+
+
+def istiod_revisions(deployments: Iterable[Mapping[str, Any]]) -> dict[str, Version]:
+    """Revision -> Istio version of each istiod Deployment (from its discovery image)."""
+    versions: dict[str, Version] = {}
+    for deployment in deployments:
+        meta = deployment.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        revision = str(labels.get(REVISION_LABEL) or DEFAULT_REVISION)
+        containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+            "containers"
+        ) or []
+        image = next(
+            (c.get("image") for c in containers if c.get("name") == "discovery"),
+            containers[0].get("image") if containers else None,
+        )
+        if not image:
+            continue
+        try:
+            version = image_version(str(image))
+        except PreconditionError:
+            continue
+        if meta.get("name") == "istiod":
+            versions.setdefault(DEFAULT_REVISION, version)
+        versions[revision] = version
+    return versions
+
+
+# -- reading the cluster ---------------------------------------------------------
+
+
+def list_pods(cluster: Cluster, namespace: str | None = None) -> list[Obj]:
+    return cluster.list("v1", "Pod", namespace)
+
+
+def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tuple[str, str], Obj]:
+    """ReplicaSets by (namespace, name), to find the Deployment behind a Pod."""
+    index = {}
+    for rs in cluster.list(_APPS, "ReplicaSet", namespace):
+        meta = rs.get("metadata") or {}
+        index[(str(meta.get("namespace") or ""), str(meta.get("name")))] = rs
+    return index
+
+
+def control_plane(
+    cluster: Cluster, istio_namespace: str
+) -> tuple[dict[str, Version], Mapping[str, Any] | None]:
+    """istiod's version per revision, and the default injector's proxy resources."""
+    from kymamesh.cluster import Ref
+
+    deployments = cluster.list(_APPS, "Deployment", istio_namespace, label_selector="app=istiod")
+    if not any((d.get("metadata") or {}).get("name") == "istiod" for d in deployments):
+        default = cluster.get(Ref(_APPS, "Deployment", "istiod", istio_namespace))
+        if default is not None:
+            deployments.append(default)
+    configmap = cluster.get(Ref("v1", "ConfigMap", INJECTOR_CONFIGMAP, istio_namespace))
+    return istiod_revisions(deployments), injector_proxy_resources(configmap)
+
+
+def find_outdated(
+    cluster: Cluster, istio_namespace: str, namespace: str | None = None
+) -> list[OutdatedWorkload]:
+    """Workloads whose sidecars differ from istiod's version or the injector's resources."""
+    versions, resources = control_plane(cluster, istio_namespace)
+    pods = [p for p in list_pods(cluster, namespace) if proxy_container(p) is not None]
+    if not pods:
+        return []
+    return outdated_workloads(pods, replica_set_index(cluster, namespace), versions, resources)

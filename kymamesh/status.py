@@ -1,0 +1,465 @@
+"""`kymamesh status`: what is installed now, read-only, and whether it is healthy.
+
+It reports the three Helm releases of the pinned release table (chart version,
+state, revision), each istiod (version from its image, revision, readiness),
+who installed Istio (see `kymamesh.inventory`), the mesh-wide mTLS mode (the
+PeerAuthentication without a selector in the mesh root namespace), every step
+of the Kyma patch as applied or not (the step's own `check`, so `status` and
+`patch` never disagree), and per namespace with injection on or sidecars
+running: injection, Pods with and without a sidecar, sidecars older than istiod.
+
+Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
+`data.problems` says why:
+
+- an istiod Deployment exists in istio-system and is ready;
+- every Helm release of the release table that exists is `deployed`, and when
+  kymamesh installed Istio all three exist;
+- every patch step's check finds nothing to change.
+
+Sidecar coverage and sidecars older than istiod are reported, not judged: the
+Kyma patch makes injection opt-in, and restarting workloads is the user's call
+(`patch --restart-proxies`).
+
+It never writes: the body runs as a dry run, so any write would be a bug that
+fails loudly instead of changing the cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import yaml
+
+from kymamesh import inventory as inv
+from kymamesh import sidecars
+from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.context import RunContext
+from kymamesh.errors import ExitCode
+from kymamesh.helm import DeployedRelease
+from kymamesh.patching import StepSpec, check_all
+from kymamesh.release import pinned
+from kymamesh.versions import Version
+
+_GATEWAY_TEMPLATES_ANNOTATION = "inject.istio.io/templates"
+_SECURITY_GROUP = "security.istio.io"
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    name: str
+    chart: str  # the chart of the release table
+    release: DeployedRelease | None
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.release
+        return {
+            "name": self.name,
+            "chart": r.chart if r else self.chart,
+            "chartVersion": str(r.chart_version) if r else None,
+            "appVersion": r.app_version if r else None,
+            "status": r.status if r else "missing",
+            "revision": r.revision if r else None,
+            "byKymamesh": inv.marked_by_kymamesh(r) if r else False,
+        }
+
+
+@dataclass(frozen=True)
+class MtlsState:
+    mode: str | None  # STRICT, PERMISSIVE or DISABLE; None when Istio's CRDs are missing
+    policy: str | None  # namespace/name of the mesh-wide PeerAuthentication, if any
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "policy": self.policy}
+
+
+@dataclass(frozen=True)
+class StepState:
+    name: str
+    description: str
+    applied: bool
+    pending: list[str] = field(default_factory=list)
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "applied": self.applied,
+            "pending": list(self.pending),
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class NamespaceState:
+    name: str
+    injection: bool
+    revision: str
+    with_sidecar: int
+    without_sidecar: int
+    outdated: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "injectionEnabled": self.injection,
+            "revision": self.revision or None,
+            "podsWithSidecar": self.with_sidecar,
+            "podsWithoutSidecar": self.without_sidecar,
+            "outdatedSidecars": self.outdated,
+        }
+
+
+@dataclass(frozen=True)
+class MeshStatus:
+    namespace: str
+    supported: Version
+    installed_by: inv.Installer
+    crds: int
+    releases: list[ReleaseState]
+    istiods: list[inv.Istiod]
+    mtls: MtlsState
+    steps: list[StepState]
+    namespaces: list[NamespaceState]
+    problems: list[str]
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """The `data` of `status -o json`: stable camelCase keys (docs/reference/json-output.md)."""
+        return {
+            "healthy": self.healthy,
+            "problems": list(self.problems),
+            "istio": {
+                "namespace": self.namespace,
+                "installed": bool(self.istiods),
+                "installedBy": self.installed_by.value,
+                "supportedVersion": str(self.supported),
+                "crds": self.crds,
+            },
+            "releases": [r.to_json() for r in self.releases],
+            "istiod": [d.to_json() for d in self.istiods],
+            "mtls": self.mtls.to_json(),
+            "steps": [s.to_json() for s in self.steps],
+            "namespaces": [n.to_json() for n in self.namespaces],
+        }
+
+
+# -- gathering ---------------------------------------------------------------
+
+
+def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
+    """Read everything `status` reports. `specs` is the patch list (`load_patch_list`)."""
+    cluster = ctx.cluster
+    release = pinned()
+    namespace = release.namespace
+    releases = [
+        ReleaseState(row.release, row.chart, ctx.helm.deployed(row.release, namespace))
+        for row in release.releases
+    ]
+    crds = inv.istio_crds(cluster)
+    kinds = inv.istio_kinds(crds)
+    istiods = inv.find_istiods(cluster, namespace)
+    installed_by = inv.installer({r.name: r.release for r in releases}, istiods)
+    mtls = mesh_mtls(cluster, kinds, root_namespace(cluster, namespace))
+    steps = check_steps(ctx, specs, istio_present=bool(istiods))
+    namespaces = namespace_states(
+        cluster.list("v1", "Namespace"), cluster.list("v1", "Pod"), istiods
+    )
+    problems = judge(installed_by, releases, istiods, steps, namespace)
+    return MeshStatus(
+        namespace=namespace,
+        supported=release.version,
+        installed_by=installed_by,
+        crds=len(crds),
+        releases=releases,
+        istiods=istiods,
+        mtls=mtls,
+        steps=steps,
+        namespaces=namespaces,
+        problems=problems,
+    )
+
+
+def root_namespace(cluster: Cluster, namespace: str) -> str:
+    """The mesh root namespace from ConfigMap `istio` (key `mesh`); istio-system by default."""
+    cm = cluster.get(Ref("v1", "ConfigMap", "istio", namespace))
+    text = ((cm or {}).get("data") or {}).get("mesh")
+    if not text:
+        return namespace
+    try:
+        mesh = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return namespace
+    root = mesh.get("rootNamespace") if isinstance(mesh, dict) else None
+    return str(root) if root else namespace
+
+
+def mesh_mtls(cluster: Cluster, kinds: list[inv.IstioKind], root: str) -> MtlsState:
+    """Mesh-wide mode: the oldest PeerAuthentication without a selector in the root namespace."""
+    api = inv.kind_api(kinds, _SECURITY_GROUP, "PeerAuthentication")
+    if api is None:
+        return MtlsState(None, None)
+    candidates = [
+        pa
+        for pa in cluster.list(api, "PeerAuthentication", namespace=root)
+        if not _has_selector((pa.get("spec") or {}).get("selector"))
+    ]
+    if not candidates:
+        return MtlsState("PERMISSIVE", None)  # Istio's default without a policy
+    candidates.sort(
+        key=lambda pa: (str(pa["metadata"].get("creationTimestamp") or ""), pa["metadata"]["name"])
+    )
+    pa = candidates[0]
+    mode = str(((pa.get("spec") or {}).get("mtls") or {}).get("mode") or "UNSET").upper()
+    if mode == "UNSET":
+        mode = "PERMISSIVE"  # at the root, UNSET inherits Istio's default
+    return MtlsState(mode, f"{root}/{pa['metadata']['name']}")
+
+
+def _has_selector(selector: Any) -> bool:
+    return bool(isinstance(selector, Mapping) and selector.get("matchLabels"))
+
+
+def check_steps(ctx: RunContext, specs: list[StepSpec], istio_present: bool) -> list[StepState]:
+    """Each step's own read-only check; a step that wants no change is applied."""
+    states = []
+    for spec in specs:
+        if not istio_present:
+            states.append(
+                StepState(spec.name, spec.description, False, error="not checked: no istiod found")
+            )
+            continue
+        try:
+            changes = check_all(ctx, [spec])[spec.name]
+        except Exception as exc:  # one failing check must not hide the others
+            if ctx.options.verbose:
+                import traceback
+
+                traceback.print_exc()
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            states.append(StepState(spec.name, spec.description, False, error=str(message)))
+            continue
+        states.append(
+            StepState(
+                spec.name,
+                spec.description,
+                applied=not changes,
+                pending=[f"{c.target}: {c.summary}" for c in changes],
+            )
+        )
+    return states
+
+
+def judge(
+    installed_by: inv.Installer,
+    releases: list[ReleaseState],
+    istiods: list[inv.Istiod],
+    steps: list[StepState],
+    namespace: str,
+) -> list[str]:
+    """The health rule of the module docstring, as a list of what is wrong."""
+    problems = []
+    if not istiods:
+        problems.append(f"Istio is not installed: no istiod Deployment in {namespace}")
+    for d in istiods:
+        if d.ready is not None:
+            problems.append(f"istiod {d.namespace}/{d.name} is not ready: {d.ready}")
+    for r in releases:
+        if r.release is None:
+            if installed_by == inv.Installer.KYMAMESH:
+                problems.append(f"Helm release {namespace}/{r.name} is missing")
+        elif r.release.status != "deployed":
+            problems.append(f"Helm release {namespace}/{r.name} is {r.release.status}")
+    for s in steps:
+        if s.error and s.error.startswith("not checked"):
+            continue
+        if s.error:
+            problems.append(f"patch step {s.name}: check failed: {s.error}")
+        elif not s.applied:
+            problems.append(f"patch step {s.name} is not applied: " + "; ".join(s.pending))
+    return problems
+
+
+# -- sidecars ----------------------------------------------------------------
+
+
+def is_gateway(pod: Mapping[str, Any]) -> bool:
+    """A gateway Pod runs the proxy as its workload, not as a sidecar."""
+    templates = inv.annotations_of(pod).get(_GATEWAY_TEMPLATES_ANNOTATION, "")
+    return "gateway" in [t.strip() for t in templates.split(",")]
+
+
+def namespace_states(
+    namespaces: list[Obj], pods: list[Obj], istiods: list[inv.Istiod]
+) -> list[NamespaceState]:
+    """Per namespace with injection on or a sidecar running: coverage and outdated sidecars."""
+    by_revision = {d.revision: d.version for d in istiods if d.version}
+    newest = max(by_revision.values(), default=None)
+    counts: dict[str, list[int]] = {}
+    for pod in pods:
+        if not sidecars.is_running(pod) or is_gateway(pod):
+            continue
+        ns = str(pod["metadata"].get("namespace") or "")
+        row = counts.setdefault(ns, [0, 0, 0])
+        if not sidecars.has_sidecar(pod):
+            row[1] += 1
+            continue
+        row[0] += 1
+        version = sidecars.proxy_version(pod)
+        wanted = by_revision.get(sidecars.pod_revision(pod), newest)
+        if version is not None and wanted is not None and version < wanted:
+            row[2] += 1
+    states = []
+    for ns_obj in namespaces:
+        name = str(ns_obj["metadata"]["name"])
+        enabled, revision = inv.injection_of(ns_obj)
+        with_sidecar, without, outdated = counts.get(name, [0, 0, 0])
+        if not enabled and not with_sidecar:
+            continue
+        states.append(NamespaceState(name, enabled, revision, with_sidecar, without, outdated))
+    return sorted(states, key=lambda s: s.name)
+
+
+# -- presentation --------------------------------------------------------------
+
+
+def plain_lines(st: MeshStatus) -> list[str]:
+    """The text result for logs and pipes: one fact per line."""
+    lines = [_headline(st)]
+    lines.append("releases:")
+    for r in st.releases:
+        j = r.to_json()
+        if r.release is None:
+            lines.append(f"  {r.name}: missing")
+        else:
+            lines.append(
+                f"  {r.name}: {j['chart']} {j['chartVersion']} {j['status']} "
+                f"(revision {j['revision']}{', by kymamesh' if j['byKymamesh'] else ''})"
+            )
+    for d in st.istiods:
+        lines.append(f"istiod: {_istiod_text(d)}")
+    lines.append(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}")
+    lines.append("patch steps:")
+    for s in st.steps:
+        lines.append(f"  {'✓' if s.applied else '✗'} {s.name}: {_step_text(s)}")
+    lines.append("namespaces:" if st.namespaces else "namespaces: none with injection or sidecars")
+    for n in st.namespaces:
+        lines.append(
+            f"  {n.name}: injection {_injection_text(n)}, {n.with_sidecar} with sidecar, "
+            f"{n.without_sidecar} without, {n.outdated} outdated"
+        )
+    lines.extend(_verdict(st))
+    return lines
+
+
+def print_rich(st: MeshStatus, stream: TextIO) -> None:
+    """The text result on a terminal: tables."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=stream)
+    console.print(f"[bold]{_headline(st)}[/bold]", highlight=False)
+
+    releases = Table(title="Helm releases", title_justify="left")
+    for column in ("release", "chart", "version", "state", "revision", "by kymamesh"):
+        releases.add_column(column)
+    for r in st.releases:
+        j = r.to_json()
+        state = j["status"]
+        color = "green" if state == "deployed" else "red"
+        releases.add_row(
+            r.name,
+            j["chart"],
+            j["chartVersion"] or "-",
+            f"[{color}]{state}[/{color}]",
+            str(j["revision"] or "-"),
+            "yes" if j["byKymamesh"] else "no",
+        )
+    console.print(releases)
+    for d in st.istiods:
+        console.print(f"istiod: {_istiod_text(d)}", highlight=False)
+    console.print(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}", highlight=False)
+
+    steps = Table(title="Kyma patch steps", title_justify="left")
+    for column in ("step", "applied", "details"):
+        steps.add_column(column)
+    for s in st.steps:
+        mark = "[green]✓ yes[/green]" if s.applied else "[red]✗ no[/red]"
+        steps.add_row(s.name, mark, s.description if s.applied else _step_text(s))
+    console.print(steps)
+
+    if st.namespaces:
+        ns_table = Table(title="Namespaces", title_justify="left")
+        for column in ("namespace", "injection", "with sidecar", "without", "outdated"):
+            ns_table.add_column(column)
+        for n in st.namespaces:
+            ns_table.add_row(
+                n.name,
+                _injection_text(n),
+                str(n.with_sidecar),
+                str(n.without_sidecar),
+                f"[yellow]{n.outdated}[/yellow]" if n.outdated else "0",
+            )
+        console.print(ns_table)
+    else:
+        console.print("namespaces: none with injection or sidecars")
+    for line in _verdict(st):
+        color = "green" if st.healthy else "red"
+        console.print(f"[{color}]{line}[/{color}]", highlight=False)
+
+
+def _headline(st: MeshStatus) -> str:
+    versions = sorted({str(d.version) for d in st.istiods if d.version})
+    found = f"Istio {', '.join(versions)}" if versions else "Istio"
+    if not st.istiods:
+        return f"Istio: not installed in {st.namespace} (kymamesh supports {st.supported})"
+    by = {
+        inv.Installer.KYMAMESH: "installed by kymamesh",
+        inv.Installer.HELM: "installed with Helm, not by kymamesh",
+        inv.Installer.OTHER: "installed by another tool (no kymamesh Helm release)",
+        inv.Installer.NONE: "installer unknown",
+    }[st.installed_by]
+    return f"{found} in {st.namespace}, {by} (kymamesh supports {st.supported})"
+
+
+def _istiod_text(d: inv.Istiod) -> str:
+    version = str(d.version) if d.version else f"unknown version (image {d.image or 'none'})"
+    ready = "ready" if d.ready is None else f"not ready: {d.ready}"
+    return f"{d.name} {version}, revision {d.revision}, {d.replicas} available, {ready}"
+
+
+def _mtls_text(m: MtlsState) -> str:
+    if m.mode is None:
+        return "unknown (the PeerAuthentication CRD is not served)"
+    if m.policy is None:
+        return f"{m.mode} (no mesh-wide PeerAuthentication: Istio's default)"
+    return f"{m.mode} (PeerAuthentication {m.policy})"
+
+
+def _step_text(s: StepState) -> str:
+    if s.error:
+        return s.error
+    if s.applied:
+        return "applied"
+    return "not applied: " + "; ".join(s.pending)
+
+
+def _injection_text(n: NamespaceState) -> str:
+    if not n.injection:
+        return "off"
+    return "on" if n.revision in ("", "default") else f"on (revision {n.revision})"
+
+
+def _verdict(st: MeshStatus) -> list[str]:
+    if st.healthy:
+        return ["healthy"]
+    return ["unhealthy:"] + [f"  - {p}" for p in st.problems]
+
+
+def exit_code(st: MeshStatus) -> ExitCode:
+    return ExitCode.OK if st.healthy else ExitCode.UNHEALTHY

@@ -1,0 +1,124 @@
+"""Kubernetes quantities and protobuf durations, compared by value.
+
+A re-run must write nothing, so "1Gi" and "1024Mi", or "1" and "1000m", must
+count as equal: live objects are rarely spelled the way kymamesh spells them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from kymamesh.errors import UsageError
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
+_QUANTITY = re.compile(
+    r"^(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))"
+    r"(?:(?P<binary>Ki|Mi|Gi|Ti|Pi|Ei)|(?P<exp>[eE][+-]?\d+)|(?P<decimal>[numkMGTPE]?))$"
+)
+
+
+def quantity(value: Any) -> Decimal:
+    """The value of a Kubernetes quantity ("1Gi", "500m", 2, "1e3")."""
+    if isinstance(value, bool):
+        raise UsageError(f"'{value}' is not a Kubernetes quantity")
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise UsageError(
+            f"'{value}' is not a Kubernetes quantity", hint="write e.g. 128Mi, 1Gi, 100m or 2"
+        )
+    try:
+        number = Decimal(match["number"])
+    except InvalidOperation:
+        raise UsageError(f"'{value}' is not a Kubernetes quantity") from None
+    if match["binary"]:
+        return number * _BINARY[match["binary"]]
+    if match["exp"]:
+        return number * (Decimal(10) ** int(match["exp"][1:]))
+    return number * _DECIMAL[match["decimal"] or ""]
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    try:
+        return quantity(a) == quantity(b)
+    except UsageError:
+        return str(a) == str(b)
+
+
+def normal_resources(resources: Any) -> dict[str, dict[str, Decimal | str]]:
+    """A resources block ({requests, limits, ...}) with every quantity as a number.
+
+    Empty sections count as absent; a value that is not a quantity is kept as text,
+    so that it differs from any wanted value instead of failing the comparison.
+    """
+    result: dict[str, dict[str, Decimal | str]] = {}
+    if not isinstance(resources, Mapping):
+        return result
+    for section, entries in resources.items():
+        if not isinstance(entries, Mapping) or not entries:
+            continue
+        normal: dict[str, Decimal | str] = {}
+        for name, value in entries.items():
+            if value is None:
+                continue
+            try:
+                normal[str(name)] = quantity(value)
+            except UsageError:
+                normal[str(name)] = str(value)
+        if normal:
+            result[str(section)] = normal
+    return result
+
+
+def same_resources(a: Any, b: Any) -> bool:
+    return normal_resources(a) == normal_resources(b)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": Decimal("1e-9"),
+    "us": Decimal("1e-6"),
+    "µs": Decimal("1e-6"),
+    "ms": Decimal("1e-3"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+}
+
+
+def duration(value: Any) -> Decimal:
+    """Seconds in a duration as the mesh config takes it ("5s", "0.5s", "1m30s", "250ms")."""
+    text = str(value).strip()
+    pos = 0
+    total = Decimal(0)
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += Decimal(match[1]) * _DURATION_UNITS[match[2]]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise UsageError(f"'{value}' is not a duration", hint="write e.g. 5s, 500ms or 1m")
+    return total
+
+
+def same_duration(a: Any, b: Any) -> bool:
+    try:
+        return duration(a) == duration(b)
+    except UsageError:
+        return str(a) == str(b)

@@ -1,0 +1,322 @@
+"""Steps 4 and 5: the mesh config (ConfigMap `istio`, key `mesh`), edited by meaning.
+
+Tracing goes to Kyma's Zipkin in kyma-system instead of the legacy addon in
+istio-system, and the Kyma webhook is registered with istiod as an external
+authorization provider. Everything else in the mesh config is kept. istiod
+re-reads the ConfigMap by itself.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kymamesh.errors import UsageError
+from kymamesh.patching import Change, StepContext
+from kymamesh.steps._configmaps import (
+    MESH_CONFIGMAP,
+    Editor,
+    KeyEdit,
+    dump_yaml,
+    key_changes,
+    parse_yaml_map,
+)
+from kymamesh.steps._units import duration, same_duration
+
+MESH_KEY = "mesh"
+# The other members of the tracer choice in ProxyConfig.tracing: at most one may be set.
+_OTHER_TRACERS = ("lightstep", "datadog", "stackdriver", "openCensusAgent")
+
+
+def host_of(address: str) -> str:
+    """`zipkin.istio-system:9411` -> `zipkin.istio-system`."""
+    host = address.strip().split("://", 1)[-1].split("/", 1)[0]
+    name, sep, port = host.rpartition(":")
+    return name if sep and port.isdigit() else host
+
+
+def in_namespace(address: str, namespace: str) -> bool:
+    """Whether a Service address (`svc.ns[.svc.cluster.local][:port]`) is in `namespace`."""
+    parts = host_of(address).split(".")
+    return len(parts) >= 2 and parts[1] == namespace
+
+
+def _name(params: Mapping[str, Any], step: str) -> str:
+    name = params.get("name")
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{step}: provider.name must be a non-empty name")
+    return name
+
+
+def _service_port(params: Mapping[str, Any], step: str) -> tuple[str, int]:
+    service = params.get("service")
+    if not isinstance(service, str) or not service or ":" in service:
+        raise UsageError(
+            f"{step}: provider.service must be a Service host name without a port "
+            f"(found {service!r})",
+            hint="write e.g. `service: zipkin.kyma-system.svc.cluster.local` and `port: 9411`",
+        )
+    port = params.get("port")
+    if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit():
+        raise UsageError(f"{step}: provider.port must be a port number (found {port!r})")
+    if not 0 < int(port) < 65536:
+        raise UsageError(f"{step}: provider.port {port} is not between 1 and 65535")
+    return service, int(port)
+
+
+def _provider_map(params: Any, step: str) -> Mapping[str, Any]:
+    if not isinstance(params, Mapping):
+        raise UsageError(f"{step}: `provider` must be a map (name, service, port, ...)")
+    return params
+
+
+# -- step 4: tracing ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ZipkinWanted:
+    """The Zipkin kymamesh points the mesh at, and the namespace of the one to drop."""
+
+    address: str
+    provider: dict[str, Any]
+    legacy_namespace: str
+
+    @property
+    def name(self) -> str:
+        return str(self.provider["name"])
+
+
+def zipkin_wanted(params: Mapping[str, Any], legacy_namespace: str) -> ZipkinWanted:
+    step = "tracing-kyma-zipkin"
+    address = params.get("zipkinAddress")
+    if not isinstance(address, str) or not address or host_of(address) == address.strip():
+        raise UsageError(
+            f"{step}: zipkinAddress must be HOST:PORT (found {address!r})",
+            hint="write e.g. `zipkinAddress: zipkin.kyma-system:9411`",
+        )
+    provider = _provider_map(params.get("provider"), step)
+    name = _name(provider, step)
+    service, port = _service_port(provider, step)
+    extra = {
+        k: v for k, v in provider.items() if k not in ("name", "service", "port") and v is not None
+    }
+    entry = {"name": name, "zipkin": {"service": service, "port": port, **extra}}
+    for what, where in (("zipkinAddress", address), ("provider.service", service)):
+        if in_namespace(where, legacy_namespace):
+            raise UsageError(
+                f"{step}: {what} {where} is in {legacy_namespace}, the Zipkin this step removes"
+            )
+    return ZipkinWanted(address=address, provider=entry, legacy_namespace=legacy_namespace)
+
+
+def _mapping_at(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """doc[key] as a map, made when missing or null."""
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        value = doc[key] = {}
+    return value
+
+
+def apply_tracing(mesh: dict[str, Any], wanted: ZipkinWanted) -> list[str]:
+    """Edit a mesh config in place; what was done, in words ([] when in place)."""
+    done: list[str] = []
+    legacy = wanted.legacy_namespace
+    live_tracing = (mesh.get("defaultConfig") or {}).get("tracing") or {}
+    live_address = (live_tracing.get("zipkin") or {}).get("address")
+    others = [t for t in _OTHER_TRACERS if t in live_tracing]
+    if live_address != wanted.address or others:
+        tracing = _mapping_at(_mapping_at(mesh, "defaultConfig"), "tracing")
+        for tracer in others:
+            del tracing[tracer]
+            done.append(f"removed defaultConfig.tracing.{tracer} (one tracer only)")
+        _mapping_at(tracing, "zipkin")["address"] = wanted.address
+        if live_address != wanted.address:
+            was = f" (was {live_address})" if live_address else ""
+            done.append(f"defaultConfig.tracing.zipkin.address {wanted.address}{was}")
+
+    providers = mesh.get("extensionProviders") or []
+    kept: list[Any] = []
+    removed: list[str] = []
+    found = False
+    for provider in providers:
+        if not isinstance(provider, dict):
+            kept.append(provider)
+            continue
+        zipkin = provider.get("zipkin")
+        if provider.get("name") == wanted.name:
+            if found:
+                continue  # a duplicate of our own entry
+            found = True
+            if provider != wanted.provider:
+                done.append(f"updated extension provider {wanted.name}")
+            kept.append(copy.deepcopy(wanted.provider))
+        elif isinstance(zipkin, dict) and in_namespace(str(zipkin.get("service", "")), legacy):
+            removed.append(str(provider.get("name")))
+            done.append(
+                f"removed extension provider {provider.get('name')} "
+                f"(Zipkin in {legacy}: {zipkin.get('service')})"
+            )
+        else:
+            kept.append(provider)
+    if not found:
+        kept.append(copy.deepcopy(wanted.provider))
+        zipkin = wanted.provider["zipkin"]
+        done.append(
+            f"added extension provider {wanted.name} (zipkin {zipkin['service']}:{zipkin['port']})"
+        )
+    if kept != providers:
+        mesh["extensionProviders"] = kept
+
+    defaults = mesh.get("defaultProviders")
+    tracers = defaults.get("tracing") if isinstance(defaults, dict) else None
+    if removed and isinstance(tracers, list) and any(t in removed for t in tracers):
+        replaced: list[Any] = []
+        for tracer in tracers:
+            name = wanted.name if tracer in removed else tracer
+            if name not in replaced:
+                replaced.append(name)
+        defaults["tracing"] = replaced  # type: ignore[index]
+        done.append(f"defaultProviders.tracing now {', '.join(map(str, replaced))}")
+    return done
+
+
+def mesh_editor(edit_mesh: Callable[[dict[str, Any]], list[str]]) -> Editor:
+    """An editor of the `mesh` key from a function that edits the parsed mesh config in place."""
+
+    def edit(text: str) -> KeyEdit | None:
+        mesh = parse_yaml_map(text, f"ConfigMap {MESH_CONFIGMAP} key `{MESH_KEY}`")
+        new = copy.deepcopy(mesh)
+        done = edit_mesh(new)
+        if new == mesh:
+            return None
+        return KeyEdit(dump_yaml(new), tuple(done))
+
+    return edit
+
+
+def _mesh_changes(ctx: StepContext, editor: Editor) -> list[Change]:
+    return key_changes(
+        ctx,
+        MESH_CONFIGMAP,
+        MESH_KEY,
+        editor,
+        lambda text: parse_yaml_map(text, MESH_KEY),
+    )
+
+
+class TracingStep:
+    """Tracing to Zipkin in kyma-system; no reference to a Zipkin in istio-system remains."""
+
+    def preflight(self, ctx: StepContext) -> str | None:
+        zipkin_wanted(ctx.params, ctx.namespace)
+        return None
+
+    def check(self, ctx: StepContext) -> list[Change]:
+        wanted = zipkin_wanted(ctx.params, ctx.namespace)
+        return _mesh_changes(ctx, mesh_editor(lambda mesh: apply_tracing(mesh, wanted)))
+
+
+# -- step 5: the Kyma webhook as an external authorizer --------------------------
+
+
+@dataclass(frozen=True)
+class ExtAuthzWanted:
+    enabled: bool
+    name: str
+    provider: dict[str, Any] = field(default_factory=dict)
+
+
+_EXT_AUTHZ = "envoyExtAuthzHttp"
+
+
+def ext_authz_wanted(params: Mapping[str, Any]) -> ExtAuthzWanted:
+    step = "pilot-webhook"
+    enabled = params.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise UsageError(f"{step}: enabled must be true or false (found {enabled!r})")
+    provider = _provider_map(params.get("provider"), step)
+    name = _name(provider, step)
+    if not enabled:
+        return ExtAuthzWanted(enabled=False, name=name)
+    service, port = _service_port(provider, step)
+    settings: dict[str, Any] = {"service": service, "port": port}
+    for key, value in provider.items():
+        if key in ("name", "service", "port") or value is None:
+            continue
+        if key == "timeout":
+            try:
+                duration(value)
+            except UsageError as exc:
+                raise UsageError(f"{step}: provider.timeout: {exc.message}", exc.hint) from None
+            value = str(value)
+        elif key.startswith(("includeRequestHeaders", "headersTo", "includeAdditional")) and (
+            not isinstance(value, list | dict)
+        ):
+            raise UsageError(f"{step}: provider.{key} must be a list of header names")
+        settings[key] = copy.deepcopy(value)
+    return ExtAuthzWanted(enabled=True, name=name, provider={"name": name, _EXT_AUTHZ: settings})
+
+
+def _same_ext_authz(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Equal, with the timeout compared as a duration ("5s" == "5000ms")."""
+    live_settings = dict(live.get(_EXT_AUTHZ) or {})
+    wanted_settings = dict(wanted.get(_EXT_AUTHZ) or {})
+    live_timeout = live_settings.pop("timeout", None)
+    wanted_timeout = wanted_settings.pop("timeout", None)
+    if (live_timeout is None) != (wanted_timeout is None):
+        return False
+    if live_timeout is not None and not same_duration(live_timeout, wanted_timeout):
+        return False
+    rest_live = {k: v for k, v in live.items() if k != _EXT_AUTHZ}
+    rest_wanted = {k: v for k, v in wanted.items() if k != _EXT_AUTHZ}
+    return rest_live == rest_wanted and live_settings == wanted_settings
+
+
+def apply_ext_authz(mesh: dict[str, Any], wanted: ExtAuthzWanted) -> list[str]:
+    """Edit a mesh config in place; what was done, in words ([] when in place)."""
+    providers = mesh.get("extensionProviders") or []
+    kept: list[Any] = []
+    found = False
+    done: list[str] = []
+    for provider in providers:
+        if not isinstance(provider, dict) or provider.get("name") != wanted.name:
+            kept.append(provider)
+            continue
+        if not wanted.enabled:
+            done.append(f"removed extension provider {wanted.name}")
+            continue
+        if found:
+            continue  # a duplicate of our own entry
+        found = True
+        if _same_ext_authz(provider, wanted.provider):
+            kept.append(provider)
+        else:
+            kept.append(copy.deepcopy(wanted.provider))
+            done.append(f"updated extension provider {wanted.name}")
+    if wanted.enabled and not found:
+        kept.append(copy.deepcopy(wanted.provider))
+        settings = wanted.provider[_EXT_AUTHZ]
+        done.append(
+            f"added extension provider {wanted.name} "
+            f"({_EXT_AUTHZ} {settings['service']}:{settings['port']})"
+        )
+    if kept != providers:
+        mesh["extensionProviders"] = kept
+    return done
+
+
+class ExtAuthzStep:
+    """The Kyma webhook registered with istiod as an HTTP external-authorization provider.
+
+    `enabled: false` removes the provider kymamesh added (found by its name).
+    """
+
+    def preflight(self, ctx: StepContext) -> str | None:
+        ext_authz_wanted(ctx.params)
+        return None
+
+    def check(self, ctx: StepContext) -> list[Change]:
+        wanted = ext_authz_wanted(ctx.params)
+        return _mesh_changes(ctx, mesh_editor(lambda mesh: apply_ext_authz(mesh, wanted)))

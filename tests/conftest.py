@@ -1,0 +1,286 @@
+"""Shared pytest fixtures: the test cluster (tests/cluster/, see its README).
+
+Fixtures:
+    cluster         session-scoped TestCluster (started once, stopped at the end; or an
+                    external one: KYMAMESH_TEST_KUBECONFIG_DIR=DIR of a running `up`)
+    namespace       a fresh namespace (str) in `cluster`, deleted after the test
+    fresh_cluster   factory: fresh_cluster() -> a new TestCluster of the test's own,
+                    stopped after the test
+
+Tests that use any of them get the `cluster` marker automatically (`-m "not cluster"`
+skips them). KYMAMESH_TEST_HELM=3 makes `cluster.env` / `cluster.helm` Helm 3 (a
+compatibility run); Helm 4 otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTCLUSTER_PY = Path(__file__).resolve().parent / "cluster" / "testcluster.py"
+
+
+def _load_testcluster():
+    name = "kymamesh_testcluster"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, TESTCLUSTER_PY)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses need the module registered
+    spec.loader.exec_module(mod)
+    return mod
+
+
+testcluster = _load_testcluster()
+CLUSTER_FIXTURES = {"cluster", "namespace", "fresh_cluster"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: talks to the test cluster (tests/cluster/)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+class TestCluster:
+    """A running test cluster, as the tests see it."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, directory: str | os.PathLike, owned: bool):
+        self._c = testcluster.Cluster.load(directory)
+        self.owned = owned  # started by these fixtures (and stopped by them)
+        self.dir: Path = self._c.dir
+        self.kubeconfig: Path = self.dir / "kubeconfig"
+        self.restricted_kubeconfig: Path = self.dir / "restricted.kubeconfig"
+        self.restricted_user: str = self._c.state["restricted_user"]
+        self.admin_user: str = self._c.state["admin_user"]
+        self.server: str = self._c.server
+        self.node: str = self._c.state["node"]
+        self.bin_dir: Path = self._c.bin_dir
+        self.helm4: Path = self.bin_dir / "helm"
+        self.helm3: Path = self.bin_dir / "helm3"
+        self.kubectl_bin: Path = self.bin_dir / "kubectl"
+        self.helm_major: int = int(os.environ.get("KYMAMESH_TEST_HELM", "4"))
+        self.helm: Path = self.helm3 if self.helm_major == 3 else self.helm4
+        self.env: dict[str, str] = self.env_for(self.helm_major)
+        self.audit = testcluster.AuditLog(self.dir / "audit.log", self._c.api())
+
+    def __repr__(self) -> str:
+        return f"TestCluster({self.server}, dir={self.dir})"
+
+    # environment ---------------------------------------------------------------------------
+    def env_for(self, helm: int = 4, restricted: bool = False) -> dict[str, str]:
+        """os.environ plus KUBECONFIG, PATH (`helm` = Helm `helm`, kubectl) and HELM_*_HOME."""
+        env = dict(os.environ)
+        first = [str(self.bin_dir.parent / "helm3-bin")] if helm == 3 else []
+        env["PATH"] = os.pathsep.join(first + [str(self.bin_dir), env.get("PATH", "")])
+        env["KUBECONFIG"] = str(self.restricted_kubeconfig if restricted else self.kubeconfig)
+        for k in ("CACHE", "CONFIG", "DATA"):
+            env[f"HELM_{k}_HOME"] = str(self.dir / "helm" / k.lower())
+        env.pop("HELM_KUBECONTEXT", None)
+        env.pop("HELM_NAMESPACE", None)
+        return env
+
+    # command-line tools ------------------------------------------------------------------------
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        restricted: bool = False,
+        timeout: float = 120,
+    ) -> subprocess.CompletedProcess:
+        """Run kubectl against this cluster (text output captured)."""
+        return self._run(
+            [str(self.kubectl_bin), *args],
+            check,
+            input,
+            self.env_for(self.helm_major, restricted),
+            timeout,
+        )
+
+    def helm_run(
+        self, *args: str, version: int | None = None, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        """Run helm (Helm 4 unless version=3 or KYMAMESH_TEST_HELM=3) against this cluster."""
+        v = version or self.helm_major
+        return self._run(
+            [str(self.helm3 if v == 3 else self.helm4), *args],
+            check,
+            None,
+            self.env_for(v),
+            timeout,
+        )
+
+    @staticmethod
+    def _run(argv, check, input, env, timeout) -> subprocess.CompletedProcess:
+        r = subprocess.run(
+            argv, input=input, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(argv)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+            )
+        return r
+
+    # API clients -------------------------------------------------------------------------------
+    def api(self, restricted: bool = False):
+        """A tiny stdlib client: .request(method, path, body=None) -> (status, json)."""
+        return self._c.api(restricted=restricted)
+
+    def client(self, restricted: bool = False) -> Any:
+        """A `kubernetes.client.ApiClient` for the admin (or the restricted user)."""
+        from kubernetes import config as kconfig
+
+        return kconfig.new_client_from_config(
+            config_file=str(self.restricted_kubeconfig if restricted else self.kubeconfig)
+        )
+
+    # namespaces --------------------------------------------------------------------------------
+    def create_namespace(
+        self, name: str, labels: dict[str, str] | None = None, timeout: float = 30
+    ) -> str:
+        api = self.api()
+        code, body = api.request(
+            "POST",
+            "/api/v1/namespaces",
+            body={
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"kymamesh-test": "true", **(labels or {})}},
+            },
+        )
+        if code not in (200, 201):
+            raise AssertionError(f"creating namespace {name}: {code} {body}")
+        # Pods need the namespace's default ServiceAccount (made by the controller-manager).
+        self.wait_for(
+            lambda: api.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] == 200,
+            timeout,
+            f"ServiceAccount {name}/default",
+        )
+        return name
+
+    def delete_namespace(self, name: str, wait: bool = False, timeout: float = 120) -> None:
+        api = self.api()
+        code, body = api.request("DELETE", f"/api/v1/namespaces/{name}")
+        if code not in (200, 202, 404):
+            raise AssertionError(f"deleting namespace {name}: {code} {body}")
+        if wait:
+            self.wait_for(
+                lambda: api.get(f"/api/v1/namespaces/{name}")[0] == 404,
+                timeout,
+                f"namespace {name} to be gone",
+            )
+
+    @staticmethod
+    def wait_for(
+        fn: Callable[[], Any], timeout: float = 60, what: str = "condition", interval: float = 0.2
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            r = fn()
+            if r:
+                return r
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(interval)
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return self._c.healthy()
+
+    def down(self, keep: bool = True) -> None:
+        """Stop the cluster (only one these fixtures started). keep=True leaves logs and audit.log."""
+        if not self.owned:
+            return
+        _cli("down", "--dir", str(self.dir), *(["--keep"] if keep else []), timeout=120)
+
+
+def _cli(*args: str, timeout: float) -> str:
+    r = subprocess.run(
+        [sys.executable, str(TESTCLUSTER_PY), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(
+            f"testcluster.py {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+        )
+    return r.stdout.strip()
+
+
+def _start(directory: Path) -> TestCluster:
+    try:
+        _cli("build", timeout=3600)  # instant when cached
+        _cli("up", "--dir", str(directory), timeout=600)
+    except RuntimeError as e:
+        pytest.fail(f"could not start the test cluster: {e}", pytrace=False)
+    return TestCluster(directory, owned=True)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    external = os.environ.get("KYMAMESH_TEST_KUBECONFIG_DIR")
+    if external:
+        try:
+            c = TestCluster(external, owned=False)
+        except Exception as e:
+            pytest.fail(f"KYMAMESH_TEST_KUBECONFIG_DIR={external}: {e}", pytrace=False)
+        if not c.healthy():
+            pytest.fail(
+                f"KYMAMESH_TEST_KUBECONFIG_DIR={external}: the cluster there is not running/ready",
+                pytrace=False,
+            )
+        yield c
+        return
+    c = _start(tmp_path_factory.mktemp("testcluster"))
+    try:
+        yield c
+    finally:
+        c.down(keep=True)
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], TestCluster]]:
+    """Factory for clusters of the test's own: `c = fresh_cluster()`; all stopped after the test."""
+    started: list[TestCluster] = []
+
+    def make() -> TestCluster:
+        c = _start(tmp_path_factory.mktemp("fresh-cluster"))
+        started.append(c)
+        return c
+
+    yield make
+    for c in started:
+        with contextlib.suppress(Exception):
+            c.down(keep=True)
+
+
+def _ns_name(nodeid: str) -> str:
+    base = re.sub(r"[^a-z0-9]+", "-", nodeid.split("::")[-1].lower()).strip("-")[:40].strip("-")
+    return f"t-{base}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(cluster: TestCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new namespace for this test (labelled kymamesh-test=true), deleted afterwards (not waited for)."""
+    name = cluster.create_namespace(_ns_name(request.node.nodeid))
+    yield name
+    with contextlib.suppress(Exception):
+        cluster.delete_namespace(name)

@@ -1,0 +1,178 @@
+"""Fakes for the status and uninstall unit tests: an in-memory cluster and Helm."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from kymamesh.cluster import Ref
+from kymamesh.context import Options, RunContext
+from kymamesh.helm import DeployedRelease
+from kymamesh.output import Progress, Result
+from kymamesh.versions import Version
+
+
+@dataclass(frozen=True)
+class MarkedRelease(DeployedRelease):
+    """A release with the revision description that kymamesh's install leaves (or not)."""
+
+    description: str = ""
+
+
+def release(
+    name: str, chart: str, *, status: str = "deployed", by_kymamesh: bool = True
+) -> MarkedRelease:
+    return MarkedRelease(
+        name=name,
+        namespace="istio-system",
+        revision=1,
+        status=status,
+        chart=chart,
+        chart_version=Version(1, 30, 3),
+        app_version="1.30.3",
+        values={},
+        description="kymamesh 0.1.0" if by_kymamesh else "Install complete",
+    )
+
+
+def crd(
+    group: str, kind: str, plural: str, versions: tuple[str, ...] = ("v1",), storage: str = "v1"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": kind, "plural": plural},
+            "versions": [{"name": v, "served": True, "storage": v == storage} for v in versions],
+        },
+    }
+
+
+def obj(
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str = "",
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    **rest: Any,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    if labels:
+        meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = annotations
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta, **rest}
+
+
+def istiod(
+    version: str = "1.30.3", revision: str = "default", release_name: str | None = "istiod"
+) -> dict[str, Any]:
+    name = "istiod" if revision == "default" else f"istiod-{revision}"
+    return obj(
+        "apps/v1",
+        "Deployment",
+        name,
+        "istio-system",
+        labels={"app": "istiod", "istio.io/rev": revision},
+        annotations={"meta.helm.sh/release-name": release_name} if release_name else None,
+        spec={
+            "replicas": 1,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "discovery", "image": f"docker.io/istio/pilot:{version}"}
+                    ]
+                }
+            },
+        },
+        status={"observedGeneration": 0, "updatedReplicas": 1, "availableReplicas": 1},
+    )
+
+
+class FakeCluster:
+    """Just enough of `kymamesh.cluster.Cluster`: get, list (with label selectors), delete."""
+
+    context = "fake"
+
+    def __init__(self, objects: list[dict[str, Any]]) -> None:
+        self.objects = [copy.deepcopy(o) for o in objects]
+        self.writes: list[str] = []
+
+    def _matches(self, o: dict[str, Any], api_version: str, kind: str) -> bool:
+        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+        o_group = o["apiVersion"].rsplit("/", 1)[0] if "/" in o["apiVersion"] else ""
+        return o["kind"] == kind and group == o_group
+
+    def get(self, ref: Ref) -> dict[str, Any] | None:
+        for o in self.objects:
+            meta = o["metadata"]
+            if (
+                self._matches(o, ref.api_version, ref.kind)
+                and meta["name"] == ref.name
+                and meta.get("namespace", "") == ref.namespace
+            ):
+                return copy.deepcopy(o)
+        return None
+
+    def list(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        wanted = (
+            dict(part.split("=", 1) for part in label_selector.split(",")) if label_selector else {}
+        )
+        found = []
+        for o in self.objects:
+            meta = o["metadata"]
+            if not self._matches(o, api_version, kind):
+                continue
+            if namespace is not None and meta.get("namespace", "") != namespace:
+                continue
+            labels = meta.get("labels") or {}
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                continue
+            found.append(copy.deepcopy(o))
+        return found
+
+    def delete(self, ref: Ref, *, propagation: str = "Background") -> bool:
+        self.writes.append(f"delete {ref}")
+        live = self.get(ref)
+        if live is None:
+            return False
+        self.objects = [
+            o for o in self.objects if o["metadata"] != live["metadata"] or o["kind"] != ref.kind
+        ]
+        return True
+
+
+class FakeHelm:
+    def __init__(self, releases: list[DeployedRelease]) -> None:
+        self.releases = {r.name: r for r in releases}
+        self.uninstalled: list[str] = []
+
+    def deployed(self, name: str, namespace: str) -> DeployedRelease | None:
+        return self.releases.get(name)
+
+    def uninstall(self, name: str, namespace: str, timeout: float) -> None:
+        self.uninstalled.append(name)
+        self.releases.pop(name, None)
+
+
+def context(cluster: FakeCluster, helm: FakeHelm, **options: Any) -> RunContext:
+    return RunContext(
+        options=Options(**options),
+        result=Result(command="test"),
+        progress=Progress(quiet=True),
+        _cluster=cluster,  # type: ignore[arg-type]
+        _helm=helm,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,84 @@
+"""Shared by the status and uninstall cluster tests: run the CLI, install Istio two ways."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHARTS = ROOT / "tests" / "fixtures" / "charts"
+NAMESPACE = "istio-system"
+RELEASES = (("istio-base", "base"), ("istiod", "istiod"), ("istio-ingressgateway", "gateway"))
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        return dict(json.loads(self.stdout))
+
+    def __str__(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def kymamesh(cluster: Any, *args: str, timeout: float = 600) -> Run:
+    """The real entry point, against `cluster`, with its helm on PATH."""
+    env = dict(cluster.env)
+    env["KYMAMESH_HELM"] = str(cluster.helm)
+    done = subprocess.run(
+        [sys.executable, "-m", "kymamesh", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def install(cluster: Any) -> None:
+    run = kymamesh(cluster, "install", "--charts-dir", str(CHARTS), "-y")
+    assert run.code == 0, str(run)
+
+
+def helm_install_foreign(cluster: Any) -> None:
+    """Istio as someone else installs it: plain `helm install` of the charts, no kymamesh."""
+    for release, chart in RELEASES:
+        cluster.helm_run(
+            "install", release, str(CHARTS / chart), "-n", NAMESPACE, "--create-namespace"
+        )
+
+
+def writes_during(cluster: Any, fn: Any) -> tuple[Any, Any]:
+    """(fn(), the writes to the cluster while it ran: by kymamesh and by helm)."""
+    mark = cluster.audit.mark()
+    result = fn()
+    return result, cluster.audit.writes_since(mark)
+
+
+def get(cluster: Any, *args: str) -> dict[str, Any] | None:
+    """`kubectl get ... -o json`, or None when not found."""
+    run = cluster.kubectl("get", *args, "-o", "json", check=False)
+    if run.returncode != 0:
+        assert "NotFound" in run.stderr or "not found" in run.stderr, run.stderr
+        return None
+    return dict(json.loads(run.stdout))
+
+
+def istio_crds(cluster: Any) -> list[str]:
+    doc = get(cluster, "crd") or {"items": []}
+    return sorted(
+        c["metadata"]["name"] for c in doc["items"] if c["spec"]["group"].endswith(".istio.io")
+    )
+
+
+def apply(cluster: Any, manifest: str) -> None:
+    cluster.kubectl("apply", "-f", "-", input=manifest)

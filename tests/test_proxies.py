@@ -1,0 +1,429 @@
+"""Sidecar analysis (kymamesh/sidecars.py) and step `restart-proxies`: which workloads run
+out-of-date sidecars, listing them without writing, restarting them on request.
+
+Pure functions over Pod dicts, the step on an in-memory cluster, and one test on the
+test cluster (Pods with an `istio-proxy` container made by hand: no injector serves there).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from kymamesh import patching
+from kymamesh.cluster import Ref
+from kymamesh.sidecars import (
+    RESTARTED_AT,
+    Workload,
+    has_sidecar,
+    injector_proxy_resources,
+    istiod_revisions,
+    outdated_reasons,
+    outdated_workloads,
+    owner_workload,
+    proxy_version,
+    resource_differences,
+    restart_pending,
+    sidecar_coverage,
+    wanted_resources,
+)
+from kymamesh.versions import Version
+from tests.support_fake_cluster import FakeCluster, run_context
+
+V130 = Version(1, 30, 3)
+RESOURCES = {
+    "requests": {"cpu": "10m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def pod(
+    name: str = "app-1",
+    namespace: str = "shop",
+    image: str | None = "docker.io/istio/proxyv2:1.30.3",
+    resources: dict[str, Any] | None = None,
+    native: bool = False,
+    owner: tuple[str, str] | None = ("ReplicaSet", "app-5d4f"),
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    created: datetime = T0,
+    phase: str = "Running",
+) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = [{"name": "app", "image": "shop:1"}]
+    init: list[dict[str, Any]] = []
+    if image is not None:
+        proxy = {
+            "name": "istio-proxy",
+            "image": image,
+            "resources": RESOURCES if resources is None else resources,
+        }
+        (init if native else containers).append(
+            {**proxy, "restartPolicy": "Always"} if native else proxy
+        )
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "annotations": annotations or {},
+        "labels": labels or {},
+    }
+    if owner:
+        meta["ownerReferences"] = [{"kind": owner[0], "name": owner[1], "controller": True}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": containers, "initContainers": init},
+        "status": {"phase": phase},
+    }
+
+
+RS = {
+    ("shop", "app-5d4f"): {
+        "metadata": {
+            "name": "app-5d4f",
+            "namespace": "shop",
+            "ownerReferences": [{"kind": "Deployment", "name": "app", "controller": True}],
+        }
+    }
+}
+
+
+# -- one Pod -----------------------------------------------------------------------------
+
+
+def test_sidecar_found_as_container_native_sidecar_or_annotation() -> None:
+    assert has_sidecar(pod())
+    assert has_sidecar(pod(native=True))
+    assert not has_sidecar(pod(image=None))
+    assert has_sidecar(pod(image=None, annotations={"sidecar.istio.io/status": "{}"}))
+
+
+@pytest.mark.parametrize(
+    ("image", "version"),
+    [
+        ("docker.io/istio/proxyv2:1.30.3", V130),
+        ("registry:5000/istio/proxyv2:1.29.4-distroless", Version(1, 29, 4)),
+        ("gcr.io/istio/proxyv2:1.30.3@sha256:" + "a" * 64, V130),
+        ("istio/proxyv2:latest", None),
+        ("istio/proxyv2", None),
+    ],
+)
+def test_proxy_version(image: str, version: Version | None) -> None:
+    assert proxy_version(pod(image=image)) == version
+
+
+def test_current_sidecar_is_not_outdated() -> None:
+    assert outdated_reasons(pod(), {"default": V130}, RESOURCES) == []
+    # same quantities spelled differently
+    spelled = {
+        "requests": {"cpu": "0.01", "memory": "131072Ki"},
+        "limits": {"cpu": "1000m", "memory": "1024Mi"},
+    }
+    assert outdated_reasons(pod(resources=spelled), {"default": V130}, RESOURCES) == []
+
+
+def test_older_proxy_version_is_outdated() -> None:
+    reasons = outdated_reasons(pod(image="istio/proxyv2:1.29.4"), {"default": V130}, None)
+    assert reasons == ["istio-proxy 1.29.4, istiod 1.30.3"]
+
+
+def test_other_resources_are_outdated() -> None:
+    old = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"cpu": "2", "memory": "512Mi"}}
+    reasons = outdated_reasons(pod(resources=old), {"default": V130}, RESOURCES)
+    assert len(reasons) == 1
+    assert "limits.cpu 2, wanted 1" in reasons[0]
+    assert "limits.memory 512Mi, wanted 1Gi" in reasons[0]
+    missing = outdated_reasons(pod(resources={}), {}, RESOURCES)
+    assert "limits.memory unset, wanted 1Gi" in missing[0]
+
+
+def test_gateway_resources_are_its_own() -> None:
+    gateway = pod(
+        resources={"limits": {"cpu": "2", "memory": "1Gi"}},
+        annotations={"inject.istio.io/templates": "gateway"},
+    )
+    assert outdated_reasons(gateway, {"default": V130}, RESOURCES) == []
+    old_gateway = pod(
+        image="istio/proxyv2:1.29.4", annotations={"inject.istio.io/templates": "gateway"}
+    )
+    assert outdated_reasons(old_gateway, {"default": V130}, RESOURCES) == [
+        "istio-proxy 1.29.4, istiod 1.30.3"
+    ]
+
+
+def test_pod_annotations_override_injector_resources() -> None:
+    annotations = {"sidecar.istio.io/proxyMemoryLimit": "2Gi", "sidecar.istio.io/proxyCPU": "50m"}
+    wanted = wanted_resources(RESOURCES, annotations)
+    assert wanted["limits"]["memory"] == "2Gi"
+    assert wanted["requests"]["cpu"] == "50m"
+    custom = {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "2Gi"},
+    }
+    assert outdated_reasons(pod(resources=custom, annotations=annotations), {}, RESOURCES) == []
+
+
+def test_requests_default_to_limits() -> None:
+    wanted = wanted_resources({"limits": {"cpu": "1", "memory": "1Gi"}}, {})
+    assert wanted["requests"] == {"cpu": "1", "memory": "1Gi"}
+    container = {
+        "resources": {
+            "requests": {"cpu": "1", "memory": "1Gi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        }
+    }
+    assert resource_differences(container, wanted) == []
+
+
+def test_revisioned_sidecar_is_compared_with_its_istiod() -> None:
+    status = json.dumps({"revision": "canary", "containers": ["istio-proxy"]})
+    canary = pod(image="istio/proxyv2:1.29.4", annotations={"sidecar.istio.io/status": status})
+    versions = {"default": V130, "canary": Version(1, 29, 4)}
+    assert outdated_reasons(canary, versions, {"limits": {"memory": "9Gi"}}) == []
+
+
+# -- owners and workloads ---------------------------------------------------------------
+
+
+def test_owner_workload() -> None:
+    assert owner_workload(pod(), RS) == Workload("Deployment", "shop", "app")
+    assert owner_workload(pod(owner=("StatefulSet", "db")), RS) == Workload(
+        "StatefulSet", "shop", "db"
+    )
+    assert owner_workload(pod(owner=None, name="lonely"), RS) == Workload("Pod", "shop", "lonely")
+    assert not Workload("Job", "shop", "x").restartable
+    assert owner_workload(pod(owner=("ReplicaSet", "orphan")), RS) == Workload(
+        "ReplicaSet", "shop", "orphan"
+    )
+
+
+def test_outdated_workloads_grouped_and_oldest_pod_kept() -> None:
+    pods = [
+        pod("app-1", image="istio/proxyv2:1.29.4", created=T0 + timedelta(minutes=5)),
+        pod("app-2", image="istio/proxyv2:1.29.4", created=T0),
+        pod("db-0", owner=("StatefulSet", "db")),  # current
+        pod("gone", image="istio/proxyv2:1.29.4", phase="Succeeded", owner=("Job", "j")),
+        pod("plain", image=None),
+    ]
+    found = outdated_workloads(pods, RS, {"default": V130}, RESOURCES)
+    assert [str(o.workload) for o in found] == ["Deployment/shop/app"]
+    assert found[0].oldest_pod == T0
+    assert "istio-proxy 1.29.4" in found[0].describe()
+
+
+def test_restart_pending() -> None:
+    def deployment(annotation: str | None) -> dict[str, Any]:
+        annotations = {RESTARTED_AT: annotation} if annotation else {}
+        return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+
+    assert not restart_pending(deployment(None), T0)
+    assert restart_pending(deployment("2026-01-01T00:00:10Z"), T0)
+    assert restart_pending(deployment("2026-01-01T00:00:00Z"), T0)
+    assert not restart_pending(deployment("2025-12-31T23:00:00Z"), T0)
+
+
+def test_sidecar_coverage() -> None:
+    pods = [
+        pod("app-1"),
+        pod("app-2", image=None, labels={"sidecar.istio.io/inject": "true"}),
+        pod("web-1", image=None, owner=("DaemonSet", "web")),
+    ]
+    coverage = {str(c.workload): c for c in sidecar_coverage(pods, RS)}
+    app = coverage["Deployment/shop/app"]
+    assert (app.pods, app.with_sidecar, app.without, app.labelled) == (2, 1, 1, 1)
+    assert app.pod_names_without == ("app-2",)
+    assert coverage["DaemonSet/shop/web"].with_sidecar == 0
+
+
+def test_injector_values_and_istiod_versions() -> None:
+    values = {"global": {"proxy": {"resources": RESOURCES}}}
+    configmap = {"data": {"values": json.dumps(values), "config": "policy: disabled"}}
+    assert injector_proxy_resources(configmap) == RESOURCES
+    assert injector_proxy_resources({"data": {"values": "not json"}}) is None
+    assert injector_proxy_resources(None) is None
+    deployments = [
+        _istiod("istiod", "docker.io/istio/pilot:1.30.3", None),
+        _istiod("istiod-canary", "registry:5000/istio/pilot:1.29.4-distroless", "canary"),
+    ]
+    assert istiod_revisions(deployments) == {"default": V130, "canary": Version(1, 29, 4)}
+
+
+def _istiod(name: str, image: str, revision: str | None) -> dict[str, Any]:
+    labels = {"app": "istiod", **({"istio.io/rev": revision} if revision else {})}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "istio-system", "labels": labels},
+        "spec": {"template": {"spec": {"containers": [{"name": "discovery", "image": image}]}}},
+    }
+
+
+# -- the step on an in-memory cluster ---------------------------------------------------
+
+
+def mesh_with_old_sidecar() -> FakeCluster:
+    cluster = FakeCluster()
+    cluster.add(_istiod("istiod", "docker.io/istio/pilot:1.30.3", None))
+    cluster.add(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "istio-sidecar-injector", "namespace": "istio-system"},
+            "data": {"values": json.dumps({"global": {"proxy": {"resources": RESOURCES}}})},
+        }
+    )
+    cluster.add(pod("app-1", image="istio/proxyv2:1.29.4"))
+    cluster.add({"apiVersion": "apps/v1", "kind": "ReplicaSet", **RS[("shop", "app-5d4f")]})
+    cluster.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "app", "namespace": "shop"},
+            "spec": {"template": {"metadata": {"labels": {"app": "app"}}}},
+        }
+    )
+    return cluster
+
+
+def proxies_spec(restart: bool) -> list[patching.StepSpec]:
+    specs = patching.load_patch_list({"restart-proxies": {"restart": restart}})
+    return [s for s in specs if s.name == "restart-proxies"]
+
+
+def test_step_lists_without_writing_by_default() -> None:
+    cluster = mesh_with_old_sidecar()
+    ctx = run_context(cluster)
+    patching.run_patch(ctx, proxies_spec(False))
+    assert ctx.result.phases[0].items[0].outcome == "unchanged"
+    assert cluster.writes == []
+    assert len(ctx.result.notes) == 1
+    assert "Deployment/shop/app (istio-proxy 1.29.4, istiod 1.30.3)" in ctx.result.notes[0]
+    assert "--restart-proxies" in ctx.result.notes[0]
+
+
+def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
+    cluster = mesh_with_old_sidecar()
+    ctx = run_context(cluster)
+    patching.run_patch(ctx, proxies_spec(True))
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "changed"
+    assert item.changes == [
+        "Deployment/shop/app: Deployment/shop/app restarted (istio-proxy 1.29.4, istiod 1.30.3)"
+    ]
+    deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
+    assert deployment is not None
+    assert RESTARTED_AT in deployment["spec"]["template"]["metadata"]["annotations"]
+    writes = list(cluster.writes)
+    again = run_context(cluster)
+    patching.run_patch(again, proxies_spec(True))  # the old Pod is still there: rollout under way
+    assert cluster.writes == writes
+    assert any("restart already under way" in n for n in again.result.notes)
+
+
+def test_step_with_no_istio_does_nothing() -> None:
+    cluster = FakeCluster()
+    cluster.add(pod("app-1", image="istio/proxyv2:1.29.4"))
+    ctx = run_context(cluster)
+    patching.run_patch(ctx, proxies_spec(True))
+    assert cluster.writes == [] and ctx.result.notes == []
+
+
+def test_step_does_not_restart_a_template_that_pins_the_old_image() -> None:
+    cluster = mesh_with_old_sidecar()
+    pinned = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
+    assert pinned is not None
+    pinned["spec"]["template"]["spec"] = {
+        "containers": [{"name": "istio-proxy", "image": "istio/proxyv2:1.29.4"}]
+    }
+    cluster.add(pinned)
+    ctx = run_context(cluster)
+    patching.run_patch(ctx, proxies_spec(True))
+    assert cluster.writes == []
+    assert any("sets the istio-proxy image itself" in n for n in ctx.result.notes)
+
+
+# -- on the test cluster ------------------------------------------------------------------
+
+
+def _workload(name: str, proxy_image: str, resources: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": [
+                        {"name": "app", "image": "example.com/app:1"},
+                        {"name": "istio-proxy", "image": proxy_image, "resources": resources},
+                    ]
+                },
+            },
+        },
+    }
+
+
+def test_restart_proxies_on_the_test_cluster(cluster: Any, namespace: str) -> None:
+    from tests.support_patch import ensure_istio, get_json, run_steps
+
+    ensure_istio(cluster)
+    small = {
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    injector = {
+        "requests": {"cpu": "10m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    # Sidecars as the injector would leave them (none serves here): `image: auto` with other
+    # resources than the injector's now are; a template pinning an old image; a bare Pod.
+    for obj in (
+        _workload("auto-app", "auto", small),
+        _workload("pinned", "docker.io/istio/proxyv2:1.29.4", injector),
+    ):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    bare = pod("bare", namespace=namespace, image="docker.io/istio/proxyv2:1.29.4", owner=None)
+    bare["metadata"].pop("creationTimestamp")
+    bare.pop("status")
+    bare["spec"].pop("initContainers")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(bare))
+    for name in ("auto-app", "pinned"):
+        cluster.kubectl(
+            "rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=120s"
+        )
+
+    with cluster.audit.counting() as writes:
+        listed = run_steps(cluster, ["restart-proxies"])
+    assert writes.total == 0, writes.describe()
+    notes = " ".join(listed.notes)
+    assert f"Deployment/{namespace}/auto-app (resources differ: " in notes
+    assert "limits.memory 512Mi, wanted 1024Mi" in notes
+    assert f"Deployment/{namespace}/pinned (istio-proxy 1.29.4, istiod 1.30.3)" in notes
+    assert f"cannot restart: Pod/{namespace}/bare" in notes
+
+    def replica_sets() -> set[str]:
+        out = get_json(cluster, "replicasets", "-n", namespace, "-l", "app=auto-app")
+        assert out is not None
+        return {rs["metadata"]["name"] for rs in out["items"]}
+
+    before = replica_sets()
+    restarted = run_steps(cluster, ["restart-proxies"], {"restart-proxies": {"restart": True}})
+    item = restarted.phases[0].items[0]
+    assert item.outcome == "changed", item
+    mine = [c for c in item.changes if f"/{namespace}/" in c]
+    assert len(mine) == 1 and mine[0].startswith(f"Deployment/{namespace}/auto-app: ")
+    auto = get_json(cluster, "deployment", "auto-app", "-n", namespace)
+    pinned = get_json(cluster, "deployment", "pinned", "-n", namespace)
+    assert auto is not None and pinned is not None
+    assert RESTARTED_AT in auto["spec"]["template"]["metadata"]["annotations"]
+    assert RESTARTED_AT not in (pinned["spec"]["template"]["metadata"].get("annotations") or {})
+    assert any("sets the istio-proxy image itself" in n for n in restarted.notes)
+    cluster.wait_for(lambda: len(replica_sets() - before) == 1, 60, "a new ReplicaSet of auto-app")
