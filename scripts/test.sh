@@ -17,8 +17,8 @@ echo "==> test cluster binaries"
 "$VENV/bin/python" tests/cluster/testcluster.py build
 
 echo "==> lint and types"
-"$VENV/bin/ruff" check kymamesh tests scripts
-"$VENV/bin/ruff" format --check kymamesh tests scripts
+"$VENV/bin/ruff" check kymamesh tests scripts benchmarks
+"$VENV/bin/ruff" format --check kymamesh tests scripts benchmarks
 "$VENV/bin/mypy"
 "$VENV/bin/python" scripts/gen_reference.py --check
 
