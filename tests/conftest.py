@@ -7,6 +7,24 @@ Fixtures:
     fresh_cluster   factory: fresh_cluster() -> a new TestCluster of the test's own,
                     stopped after the test
 
+TestCluster: .kubeconfig .restricted_kubeconfig .restricted_user .admin_user .server .node
+.dir .bin_dir .helm (per KYMAMESH_TEST_HELM) .helm4 .helm3 .kubectl_bin .env (PATH with helm
+and kubectl first, KUBECONFIG, HELM_*_HOME) .env_for(helm=4|3, restricted=False)
+.kubectl(*args, check=True, input=None, restricted=False) .helm_run(*args, version=None)
+.api(restricted=False) (stdlib client) .client(restricted=False) (kubernetes ApiClient)
+.create_namespace(name, labels) .delete_namespace(name, wait=False) .wait_for(fn, timeout)
+.healthy() .down(keep=True), and .audit, the write counter:
+
+    mark = cluster.audit.mark()
+    ...
+    w = cluster.audit.writes_since(mark, user_agent_prefix=None, include_system=False,
+                                   username=None, include_dry_run=True)
+    w.total, w.by_user_agent, w.by_verb, w.by_user, w.events, print(w.describe())
+    with cluster.audit.counting(user_agent_prefix="kymamesh") as w: ...
+
+Writes by users named system:* (controllers, scheduler, kwok) are left out unless
+include_system=True. Counts are exact right after the requests return (see AuditLog.settle).
+
 Tests that use any of them get the `cluster` marker automatically (`-m "not cluster"`
 skips them). KYMAMESH_TEST_HELM=3 makes `cluster.env` / `cluster.helm` Helm 3 (a
 compatibility run); Helm 4 otherwise.
@@ -88,7 +106,7 @@ class TestCluster:
         """os.environ plus KUBECONFIG, PATH (`helm` = Helm `helm`, kubectl) and HELM_*_HOME."""
         env = dict(os.environ)
         first = [str(self.bin_dir.parent / "helm3-bin")] if helm == 3 else []
-        env["PATH"] = os.pathsep.join(first + [str(self.bin_dir), env.get("PATH", "")])
+        env["PATH"] = os.pathsep.join([*first, str(self.bin_dir), env.get("PATH", "")])
         env["KUBECONFIG"] = str(self.restricted_kubeconfig if restricted else self.kubeconfig)
         for k in ("CACHE", "CONFIG", "DATA"):
             env[f"HELM_{k}_HOME"] = str(self.dir / "helm" / k.lower())
@@ -205,7 +223,7 @@ class TestCluster:
         return self._c.healthy()
 
     def down(self, keep: bool = True) -> None:
-        """Stop the cluster (only one these fixtures started). keep=True leaves logs and audit.log."""
+        """Stop the cluster (only if these fixtures started it); keep=True keeps logs, audit.log."""
         if not self.owned:
             return
         _cli("down", "--dir", str(self.dir), *(["--keep"] if keep else []), timeout=120)
@@ -228,9 +246,18 @@ def _cli(*args: str, timeout: float) -> str:
 def _start(directory: Path) -> TestCluster:
     try:
         _cli("build", timeout=3600)  # instant when cached
-        _cli("up", "--dir", str(directory), timeout=600)
     except RuntimeError as e:
-        pytest.fail(f"could not start the test cluster: {e}", pytrace=False)
+        pytest.fail(f"could not build the test cluster: {e}", pytrace=False)
+    for attempt in (1, 2):  # a second try, should another process take a port picked for us
+        try:
+            _cli("up", "--dir", str(directory), timeout=600)
+            break
+        except RuntimeError as e:
+            with contextlib.suppress(RuntimeError):
+                _cli("down", "--dir", str(directory), "--keep", timeout=120)
+            if attempt == 2:
+                pytest.fail(f"could not start the test cluster: {e}", pytrace=False)
+            directory = directory.with_name(directory.name + "-retry")
     return TestCluster(directory, owned=True)
 
 
@@ -279,7 +306,7 @@ def _ns_name(nodeid: str) -> str:
 
 @pytest.fixture
 def namespace(cluster: TestCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A new namespace for this test (labelled kymamesh-test=true), deleted afterwards (not waited for)."""
+    """A new namespace (labelled kymamesh-test=true), deleted after the test (not waited for)."""
     name = cluster.create_namespace(_ns_name(request.node.nodeid))
     yield name
     with contextlib.suppress(Exception):

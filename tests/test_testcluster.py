@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -466,25 +467,43 @@ def test_kubeconfig_is_yaml_with_embedded_credentials(cluster: TestCluster) -> N
     assert "system:masters" in me["status"]["userInfo"]["groups"]
 
 
-def test_no_listener_outside_loopback(cluster: TestCluster) -> None:
-    """Every port the cluster's processes listen on is bound to 127.0.0.1."""
-    pids = {
-        p["pid"]
-        for p in json.loads((cluster.dir / "cluster.json").read_text())["processes"].values()
-    }
+def _socket_inodes(pids: set[int]) -> set[str]:
     inodes: set[str] = set()
     for pid in pids:
         for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with_target = os.readlink(fd) if fd.is_symlink() else ""
-            if with_target.startswith("socket:["):
-                inodes.add(with_target[8:-1])
-    listening = []
-    for table, fam in [("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)]:
-        for line in Path(table).read_text().splitlines()[1:]:
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    return inodes
+
+
+def _hex_addr(field: str) -> tuple[str, int]:
+    host, port = field.split(":")
+    if len(host) == 8:
+        ip = socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)[::-1])
+    else:  # /proc/net/*6: four little-endian 32-bit words
+        raw = b"".join(bytes.fromhex(host[i : i + 8])[::-1] for i in range(0, 32, 8))
+        ip = socket.inet_ntop(socket.AF_INET6, raw)
+    return ip, int(port, 16)
+
+
+def test_every_socket_is_on_loopback(cluster: TestCluster) -> None:
+    """Each TCP/UDP socket of the cluster's processes: listening on, or connected to, loopback."""
+    procs = json.loads((cluster.dir / "cluster.json").read_text())["processes"].values()
+    inodes = _socket_inodes({p["pid"] for p in procs})
+    seen = []
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
             f = line.split()
-            if f[3] == "0A" and f[9] in inodes:  # LISTEN
-                listening.append((fam, f[1]))
-    assert listening
-    for fam, local in listening:
-        addr = local.split(":")[0]
-        assert fam == socket.AF_INET and addr == "0100007F", f"listener on {local} ({fam})"
+            if f[9] not in inodes:
+                continue
+            (lip, lport), (rip, rport) = _hex_addr(f[1]), _hex_addr(f[2])
+            seen.append((table, lip, lport, rip, rport, f[3]))
+    assert any(s[5] == "0A" for s in seen if s[0].startswith("tcp"))  # listeners were found
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    for table, lip, lport, rip, rport, state in seen:
+        assert lip in loopback, f"{table} socket bound to {lip}:{lport}"
+        assert rip in loopback | {"0.0.0.0", "::"}, f"{table} socket to {rip}:{rport}"
+        if state == "0A":
+            assert table == "tcp" and lip == "127.0.0.1"

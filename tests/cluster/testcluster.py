@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """A real Kubernetes control plane on loopback for kymamesh's tests.
 
-    python tests/cluster/testcluster.py build            # build/fetch binaries (cached), print bin dir
-    python tests/cluster/testcluster.py up --dir DIR     # start a cluster, write DIR/kubeconfig etc.
-    python tests/cluster/testcluster.py status --dir DIR # exit 0 when the cluster in DIR is healthy
-    python tests/cluster/testcluster.py down --dir DIR   # stop it and remove DIR
+    python tests/cluster/testcluster.py build             # build/fetch binaries, print bin dir
+    python tests/cluster/testcluster.py up --dir DIR      # start a cluster, write DIR/kubeconfig
+    python tests/cluster/testcluster.py status --dir DIR  # exit 0 when the cluster is healthy
+    python tests/cluster/testcluster.py down --dir DIR    # stop it and remove DIR
 
 Standard library only (PyYAML is not needed): this runs before the project is
 installed. See tests/cluster/README.md.
@@ -175,8 +175,7 @@ def _go_env() -> dict:
 
 
 def _build_go(out: Path) -> None:
-    env = _go_env()
-    # Same flags as the documented command, so the Go build cache is shared with it.
+    env = _go_env()  # CGO_ENABLED=0 (static binaries) unless set otherwise
     _run(
         ["go", "build", "-trimpath", "-ldflags", K8S_LDFLAGS, "-o", str(out) + "/", *K8S_PACKAGES],
         cwd=K8S_MODULE,
@@ -192,6 +191,12 @@ def _build_go(out: Path) -> None:
         cwd=KWOK_MODULE,
         env=env,
     )
+    for name, want in [("kube-apiserver", f"Kubernetes {K8S_VERSION}"), ("kwok", KWOK_VERSION)]:
+        got = subprocess.run(
+            [str(out / name), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+        if want not in got:
+            raise ClusterError(f"{name} --version says {got.strip()!r}, expected {want!r}")
 
 
 def _kwok_stages(dest: Path) -> None:
@@ -555,7 +560,7 @@ def make_tls(
     return {"ca": pki.ca_crt, "cert": crt, "key": key}
 
 
-# --------------------------------------------------------------------------- kube API client (stdlib)
+# ------------------------------------------------------------------- kube API client (stdlib)
 
 
 class Api:
@@ -623,11 +628,11 @@ class WriteCounts:
         lines = [f"{self.total} writes"]
         for e in self.events:
             o = e.get("objectRef", {})
-            lines.append(
-                f"  {e['verb']:>16} {o.get('resource')}{'/' + o['subresource'] if o.get('subresource') else ''}"
-                f" {o.get('namespace', '')}/{o.get('name', '')} -> {e.get('responseStatus', {}).get('code')}"
-                f"  [{e.get('user', {}).get('username')}] {e.get('userAgent')}"
-            )
+            res = o.get("resource", "") + ("/" + o["subresource"] if o.get("subresource") else "")
+            obj = f"{o.get('namespace', '')}/{o.get('name', '')}"
+            code = e.get("responseStatus", {}).get("code")
+            user = e.get("user", {}).get("username")
+            lines.append(f"  {e['verb']:>16} {res} {obj} -> {code}  [{user}] {e.get('userAgent')}")
         return "\n".join(lines)
 
 
@@ -635,7 +640,7 @@ class AuditLog:
     """Counts writes in DIR/audit.log.
 
     The log is written by the apiserver after each request, so reading it right after a
-    request could miss it. `settle()` sends a marker request (a dry-run create with a unique
+    request could miss it. `settle()` sends a marker request (a create with a unique
     user agent) and waits until the marker is in the log: every request that completed
     before `settle()` was called is then in the log too. `mark()` and `writes_since()` settle.
     """
@@ -654,10 +659,8 @@ class AuditLog:
         for line in data.split(b"\n")[:-1]:  # the last piece is "" or a partial line
             start, pos = pos, pos + len(line) + 1
             if line.strip():
-                try:
+                with contextlib.suppress(ValueError):
                     out.append((start, pos, json.loads(line)))
-                except ValueError:
-                    pass
         return out, pos
 
     def size(self) -> int:
@@ -671,13 +674,10 @@ class AuditLog:
         start_at = self.size()
         token = uuid.uuid4().hex
         ua = f"{AUDIT_MARKER_UA}/{token}"
-        body = {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": f"audit-marker-{token}"},
-        }
+        # A SelfSubjectReview: a "create" that stores nothing and that no webhook matches.
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
         code, resp = self.api.request(
-            "POST", "/api/v1/namespaces/default/configmaps?dryRun=All", body=body, user_agent=ua
+            "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", body=body, user_agent=ua
         )
         if code not in (200, 201):
             raise ClusterError(f"audit marker request failed: {code} {resp}")
@@ -730,7 +730,7 @@ class AuditLog:
         end, _ = self.settle()
         events, _ = self._read_from(mark)
         wc = WriteCounts()
-        for s, e, ev in events:
+        for s, _e, ev in events:
             if s >= end:
                 break
             if ev.get("verb") not in verbs:
@@ -756,7 +756,7 @@ class AuditLog:
 
     @contextlib.contextmanager
     def counting(self, **filters) -> Iterator[WriteCounts]:
-        """`with audit.counting(user_agent_prefix="kymamesh") as w: ...` then w.total, w.by_user_agent.
+        """`with audit.counting(user_agent_prefix="kymamesh") as w: ...`, then w.total etc.
 
         Takes the same filters as writes_since; the object is filled in when the block ends."""
         result = WriteCounts()
@@ -878,7 +878,7 @@ class Cluster:
 
     def healthy(self) -> bool:
         try:
-            for name, p in self.pids().items():
+            for p in self.pids().values():
                 if not (_pid_alive(p["pid"]) and _pid_is(p["pid"], p["exe"])):
                     return False
             code, _ = self.api().get("/readyz", timeout=5)
@@ -1163,7 +1163,8 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
                 f"--audit-log-path={d / 'audit.log'}",
                 "--audit-log-format=json",
                 "--audit-log-mode=blocking",
-                "--audit-log-maxsize=0",
+                # MB: lumberjack reads 0 as 100 MB; never rotate, as marks are byte offsets
+                "--audit-log-maxsize=100000",
                 "--audit-log-maxbackup=0",
                 f"--egress-selector-config-file={d / 'egress-selector.yaml'}",
                 # front proxy (aggregated APIs; also read by the controller-manager and scheduler)
@@ -1181,7 +1182,7 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
         api = c.api()
 
         def api_ready():
-            code, body = api.get("/readyz", timeout=3)
+            code, _ = api.get("/readyz", timeout=3)
             return code == 200
 
         _wait("kube-apiserver /readyz", api_ready, timeout, procs, interval=0.2)
@@ -1290,7 +1291,7 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
                 conn.close()
 
         for name in ["kube-controller-manager", "kube-scheduler"]:
-            _wait(f"{name} /healthz", lambda: healthz(name), 60, procs, interval=0.2)
+            _wait(f"{name} /healthz", lambda n=name: healthz(n), 60, procs, interval=0.2)
 
         # files for users
         c.state.update(
