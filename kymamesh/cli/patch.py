@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
 from kymamesh.context import Options, RunContext
+
+if TYPE_CHECKING:
+    from kymamesh.preflight import FoundIstio
 
 ExistingIstio = Annotated[
     bool,
@@ -28,6 +31,7 @@ def patch(
     restart_proxies: p.RestartProxies = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
+    helm: c.HelmPath = None,
     dry_run: c.DryRun = False,
     output: c.Output = c.OutputFormat.text,
     yes: c.Yes = False,
@@ -39,6 +43,7 @@ def patch(
     options = Options(
         kubeconfig=kubeconfig,
         context=context,
+        helm=helm,
         dry_run=dry_run,
         yes=yes,
         verbose=verbose,
@@ -58,14 +63,34 @@ def patch(
         found = adoption_preflight(ctx.cluster, ctx.namespace)
         ctx.result.data["istio"] = found.to_json()
         ctx.progress.info(f"found {found.describe()}")
-        if not existing_istio and not found.patched_by_kymamesh:
+        if not existing_istio and not _kymamesh_owns(ctx, found):
             raise PreconditionError(
                 f"the Istio in {ctx.namespace} was not set up by kymamesh (installed by "
-                f"{found.installed_by}; no object there carries kymamesh's label)",
-                hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`; "
-                "if `kymamesh install` was interrupted, run it again",
+                f"{found.installed_by}; neither a Helm release marked by `kymamesh install` "
+                "nor an object carrying kymamesh's label)",
+                hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
             )
         patching.preflight(ctx, specs)
         patching.run_patch(ctx, specs)
 
     c.run_command("patch", options, body)
+
+
+def _kymamesh_owns(ctx: RunContext, found: FoundIstio) -> bool:
+    """Whether kymamesh set this Istio up: its patch ran here, or its install made istiod.
+
+    The second covers an `install` interrupted between its two phases. Reading the
+    release needs helm; without one, only the patch's label counts.
+    """
+    from kymamesh.errors import KymameshError
+    from kymamesh.inventory import marked_by_kymamesh
+
+    if found.patched_by_kymamesh:
+        return True
+    if not found.helm_release:
+        return False
+    try:
+        release = ctx.helm.deployed(found.helm_release, ctx.namespace)
+    except KymameshError:
+        return False
+    return release is not None and marked_by_kymamesh(release)
