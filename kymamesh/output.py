@@ -144,10 +144,18 @@ class Result:
     def render_json(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=False, default=str)
 
-    def render_text(self, verbose: bool = False) -> str:
+    def render_text(self, verbose: bool = False, brief: bool = False) -> str:
+        """The result for people. `brief` when progress already showed each item on the
+        same terminal: then only diffs, notes and the closing line are added."""
         lines: list[str] = []
         for phase in self.phases:
             if not phase.items:
+                continue
+            if brief:
+                for item in phase.items:
+                    if item.diff and (self.dry_run or verbose):
+                        lines.append(f"{item.name}:")
+                        lines.extend("    " + d for d in item.diff.rstrip().splitlines())
                 continue
             lines.append(f"{phase.name}:")
             for item in phase.items:
@@ -155,7 +163,8 @@ class Result:
                 summary = f": {item.summary}" if item.summary else ""
                 lines.append(f"  {mark} {item.name} [{item.outcome.value}]{summary}")
                 for change in item.changes:
-                    lines.append(f"      - {change}")
+                    if change != item.summary:
+                        lines.append(f"      - {change}")
                 if item.diff and (self.dry_run or verbose):
                     lines.extend("      " + d for d in item.diff.rstrip().splitlines())
                 if item.error:
@@ -202,7 +211,9 @@ class Progress:
         if self.quiet:
             return
         if self._console is not None:
-            self._console.print(f"[bold]{name}[/bold]")
+            from rich.text import Text
+
+            self._console.print(Text(name, style="bold"))
         else:
             print(f"==> {name}", file=self.stream, flush=True)
 
@@ -210,7 +221,9 @@ class Progress:
         if self.quiet:
             return
         if self._console is not None:
-            self._console.print(f"  {message}", highlight=False)
+            from rich.text import Text
+
+            self._console.print(Text(f"  {message}"), highlight=False)
         else:
             print(f"    {message}", file=self.stream, flush=True)
 
@@ -221,7 +234,12 @@ class Progress:
         start = time.monotonic()
         if not self.quiet and self._console is None:
             print(f"--> {label} ...", file=self.stream, flush=True)
-        status = self._console.status(f"  {label} …") if self._console is not None else _no_status()
+        if self._console is not None:
+            from rich.markup import escape
+
+            status: Any = self._console.status(f"  {escape(label)} …")
+        else:
+            status = _no_status()
         try:
             with status:
                 yield tracker
@@ -240,10 +258,12 @@ class Progress:
         summary = f": {tracker.summary}" if tracker.summary else ""
         line = f"  {mark} {tracker.label} [{outcome.value}]{summary} ({tracker.duration_s:.1f}s)"
         if self._console is not None:
+            from rich.text import Text
+
             color = {"failed": "red", "changed": "green", "would-change": "yellow"}.get(
                 outcome.value, "dim"
             )
-            self._console.print(f"[{color}]{line}[/{color}]", highlight=False)
+            self._console.print(Text(line, style=color), highlight=False)
         else:
             print(line, file=self.stream, flush=True)
 

@@ -123,9 +123,12 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
         if question:
             questions.append(f"{spec.name}: {question}")
     if questions and not ctx.options.dry_run:
+        if len(questions) == 1:
+            ctx.confirm(questions[0])
+            return
         for q in questions:
             ctx.progress.info(q)
-        ctx.confirm("apply these changes?" if len(questions) > 1 else questions[0])
+        ctx.confirm("apply these changes?")
 
 
 def check_all(ctx: RunContext, specs: list[StepSpec]) -> dict[str, list[Change]]:

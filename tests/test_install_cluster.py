@@ -281,3 +281,14 @@ def test_unknown_context_is_a_clear_error(cluster: Any) -> None:
     assert code == 3
     assert "context 'nope'" in doc["errors"][0]["message"]
     assert writes.total == 0
+
+
+def test_unreachable_chart_repository_points_to_charts_dir(cluster: Any) -> None:
+    with cluster.audit.counting() as writes:
+        code, doc, _ = kymamesh(cluster, "install", "--repo", "https://127.0.0.1:9/charts", "-y")
+    assert code == 3
+    error = doc["errors"][0]
+    assert error["code"] == "chart-source"
+    assert "https://127.0.0.1:9/charts" in error["message"]
+    assert "--charts-dir" in error["hint"]
+    assert writes.total == 0

@@ -112,7 +112,9 @@ def emit(result: Result, options: Options) -> None:
     if options.output == OutputFormat.json:
         sys.stdout.write(result.render_json() + "\n")
     else:
-        text = result.render_text(verbose=options.verbose)
+        # On one terminal, progress already showed every item: do not repeat them.
+        same_terminal = sys.stdout.isatty() and sys.stderr.isatty()
+        text = result.render_text(verbose=options.verbose, brief=same_terminal)
         if text:
             sys.stdout.write(text + "\n")
     for error in result.errors:
