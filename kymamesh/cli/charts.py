@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import Options, RunContext
+from kymamesh.context import RunContext
 from kymamesh.output import ItemResult, Outcome
 
 app = typer.Typer(help="Work with the pinned Istio charts.", no_args_is_help=True)
@@ -30,7 +30,7 @@ def pull(
     verbose: c.Verbose = False,
 ) -> None:
     """Download base, istiod and gateway at the pinned version into DEST (for --charts-dir)."""
-    options = Options(helm=helm, output=output.value, verbose=verbose)
+    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh.release import pinned

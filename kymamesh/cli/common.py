@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -65,6 +66,15 @@ SetValues = Annotated[
     list[str] | None,
     typer.Option("--set", help="CHART.key=value, e.g. istiod.pilot.replicaCount=2."),
 ]
+
+
+def options_from(arguments: Mapping[str, Any]) -> Options:
+    """The shared options out of a command's arguments (pass its `locals()`)."""
+    names = {f.name for f in dataclasses.fields(Options)}
+    values = {k: v for k, v in arguments.items() if k in names}
+    if isinstance(values.get("output"), OutputFormat):
+        values["output"] = values["output"].value
+    return Options(**values)
 
 
 def run_command(

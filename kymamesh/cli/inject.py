@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import Options, RunContext
+from kymamesh.context import RunContext
 
 
 def inject_namespace(
@@ -49,16 +49,7 @@ def inject_namespace(
     Existing Pods get a sidecar only when they are re-created; the output names the
     workloads that still run without one.
     """
-    options = Options(
-        kubeconfig=kubeconfig,
-        context=context,
-        dry_run=dry_run,
-        yes=yes,
-        verbose=verbose,
-        output=output.value,
-        timeout=timeout,
-        lock_wait=lock_wait,
-    )
+    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import injection

@@ -8,7 +8,7 @@ import typer
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
-from kymamesh.context import Options, RunContext
+from kymamesh.context import RunContext
 
 if TYPE_CHECKING:
     from kymamesh.preflight import FoundIstio
@@ -40,17 +40,7 @@ def patch(
     lock_wait: c.LockWait = 60.0,
 ) -> None:
     """Apply the Kyma patch to a running Istio. Checks it first; a re-run converges."""
-    options = Options(
-        kubeconfig=kubeconfig,
-        context=context,
-        helm=helm,
-        dry_run=dry_run,
-        yes=yes,
-        verbose=verbose,
-        output=output.value,
-        timeout=timeout,
-        lock_wait=lock_wait,
-    )
+    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import patching

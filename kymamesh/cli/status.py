@@ -6,7 +6,7 @@ import sys
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
-from kymamesh.context import Options, RunContext
+from kymamesh.context import RunContext
 
 
 def status(
@@ -26,13 +26,7 @@ def status(
 
     Give the same --config, --domain and --tls-* as to `patch`: the steps are checked with them.
     """
-    options = Options(
-        kubeconfig=kubeconfig,
-        context=context,
-        helm=helm,
-        verbose=verbose,
-        output=output.value,
-    )
+    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import patching

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import Options, RunContext
+from kymamesh.context import RunContext
 
 Purge = Annotated[
     bool,
@@ -51,17 +51,7 @@ def uninstall(
 
     Leaves an Istio kymamesh did not install alone (unless --existing-istio).
     """
-    options = Options(
-        kubeconfig=kubeconfig,
-        context=context,
-        helm=helm,
-        dry_run=dry_run,
-        yes=yes,
-        verbose=verbose,
-        output=output.value,
-        timeout=timeout,
-        lock_wait=lock_wait,
-    )
+    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh.uninstall import run_uninstall
