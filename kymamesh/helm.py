@@ -287,7 +287,10 @@ class Helm:
                 f"{what}: helm cannot reach the cluster: {message}",
                 hint="check that the cluster is running and --kubeconfig/--context point to it",
             )
-        return HelmError(f"{what}: {message}", hint="re-run with -v to see helm's own output")
+        return HelmError(
+            f"{what}: {message}",
+            hint="fix what helm names above and re-run; -v shows every helm command kymamesh runs",
+        )
 
 
 def _package_chart_name(path: Path) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,11 @@ def _scalar(text: str) -> Any:
     return text
 
 
+def _split_key(key: str) -> list[str]:
+    """Split a --set key on dots; `\\.` is a dot inside a name, as in Helm."""
+    return [part.replace("\\.", ".") for part in re.split(r"(?<!\\)\.", key)]
+
+
 def parse_set(expressions: Iterable[str], charts: Iterable[str]) -> ValueSource:
     """`--set CHART.key.path=value`, repeatable."""
     known = sorted(charts)
@@ -103,7 +109,8 @@ def parse_set(expressions: Iterable[str], charts: Iterable[str]) -> ValueSource:
                 f"--set '{expr}' is not KEY=VALUE",
                 hint="write it as CHART.path.to.key=value, e.g. istiod.pilot.replicaCount=2",
             )
-        chart, _, path = key.partition(".")
+        chart, *parts = _split_key(key)
+        path = ".".join(parts)
         if chart not in known or not path:
             raise UsageError(
                 f"--set '{expr}' does not start with a chart name",
@@ -111,7 +118,6 @@ def parse_set(expressions: Iterable[str], charts: Iterable[str]) -> ValueSource:
                 "e.g. istiod.meshConfig.accessLogFile=/dev/stdout",
             )
         node = by_chart.setdefault(chart, {})
-        parts = path.split(".")
         for part in parts[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):

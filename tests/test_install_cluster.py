@@ -292,3 +292,25 @@ def test_unreachable_chart_repository_points_to_charts_dir(cluster: Any) -> None
     assert "https://127.0.0.1:9/charts" in error["message"]
     assert "--charts-dir" in error["hint"]
     assert writes.total == 0
+
+
+def test_timeout_names_what_is_not_ready_and_stops_before_the_gateway(fresh_cluster: Any) -> None:
+    c = fresh_cluster()
+    code, doc, _ = kymamesh(
+        c,
+        "install",
+        "--charts-dir",
+        str(CHARTS),
+        "--set",
+        "istiod.nodeSelector.example\\.com/pool=no-such-pool",
+        "--timeout",
+        "5",
+        "-y",
+    )
+    assert code == 4
+    error = doc["errors"][0]
+    assert error["code"] == "timeout"
+    assert "Deployment/istio-system/istiod (0 of 1 replicas available" in error["message"]
+    outcomes = {n: i["outcome"] for n, i in items(doc, "phase 1").items()}
+    assert outcomes == {"istio-base": "changed", "istiod": "failed"}
+    assert "istio-ingressgateway" not in helm_releases(c)

@@ -86,3 +86,8 @@ def test_project_values_turn_security_on() -> None:
     stack = ValueStack([project_source(CHARTS)])
     assert stack.merged("istiod")["meshConfig"]["enableAutoMtls"] is True
     assert [r.chart for r in pinned().releases] == list(CHARTS)
+
+
+def test_set_escaped_dot_stays_in_the_name() -> None:
+    source = parse_set(["istiod.nodeSelector.example\\.com/pool=mesh"], CHARTS)
+    assert source.by_chart["istiod"] == {"nodeSelector": {"example.com/pool": "mesh"}}

@@ -101,8 +101,8 @@ def run_command(
         if options.verbose:
             traceback.print_exc()
         result.fail(exc)
-        if result.exit_code == ExitCode.PRECONDITION and ctx.writes_started:
-            result.exit_code = ExitCode.PARTIAL
+        if ctx.writes_started and result.exit_code in (ExitCode.PRECONDITION, ExitCode.FAILURE):
+            result.exit_code = ExitCode.PARTIAL  # something was written before it failed
     except KeyboardInterrupt:
         result.fail(KymameshError("interrupted", hint="re-run the same command; it converges"))
     except Exception as exc:  # a bug: say so plainly, with the traceback under -v
