@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kymamesh.errors import ConfirmationRequiredError
 from kymamesh.output import Progress, Result
@@ -41,6 +41,8 @@ class RunContext:
     _stack: ExitStack = field(default_factory=ExitStack)
     _locked: bool = False
     writes_started: bool = False
+    # the patch settings to remember after a successful patch (see kymamesh.settings)
+    patch_settings: dict[str, dict[str, Any]] | None = None
 
     @property
     def cluster(self) -> Cluster:

@@ -105,6 +105,37 @@ def load_patch_list(overrides: Mapping[str, Mapping[str, Any]] | None = None) ->
     return specs
 
 
+def patch_list_for(ctx: RunContext, given: Mapping[str, Mapping[str, Any]]) -> list[StepSpec]:
+    """The patch list for this cluster: defaults, then the settings remembered there
+    (`kymamesh.settings`), then the ones given now. Unknown given steps are a usage
+    error, raised before the cluster is contacted."""
+    from kymamesh import settings
+
+    known = {spec.name for spec in load_patch_list(given)}
+    remembered = {k: v for k, v in settings.load(ctx.cluster, ctx.namespace).items() if k in known}
+    merged = settings.effective(remembered, given)
+    ctx.patch_settings = settings.to_remember(merged)
+    return load_patch_list(merged)
+
+
+def _remember_settings(ctx: RunContext) -> None:
+    from kymamesh import settings
+
+    wanted = ctx.patch_settings
+    if wanted is None or ctx.options.dry_run:
+        return
+    if settings.load(ctx.cluster, ctx.namespace) == wanted and (
+        wanted or ctx.cluster.get(settings.ref(ctx.namespace)) is None
+    ):
+        return
+    ctx.before_write()
+    if settings.remember(ctx.cluster, ctx.namespace, wanted):
+        ctx.result.notes.append(
+            f"remembered the patch settings in ConfigMap {settings.ref(ctx.namespace)}; "
+            "later runs start from them"
+        )
+
+
 def _context(ctx: RunContext, spec: StepSpec) -> StepContext:
     return StepContext(
         cluster=ctx.cluster,
@@ -164,6 +195,8 @@ def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
         for note in sctx.notes:  # a step's check runs more than once: keep each note once
             if note not in ctx.result.notes:
                 ctx.result.notes.append(note)
+    if not failed:
+        _remember_settings(ctx)
     if failed:
         raise PartialFailureError(
             f"patch steps failed: {', '.join(failed)}",

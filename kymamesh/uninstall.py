@@ -31,7 +31,7 @@ from typing import Any
 
 from kymamesh import MANAGED_BY_LABEL
 from kymamesh import inventory as inv
-from kymamesh.cluster import Ref
+from kymamesh.cluster import LOCK_NAME, Ref
 from kymamesh.context import RunContext
 from kymamesh.errors import PreconditionError, WaitTimeoutError
 from kymamesh.helm import DeployedRelease
@@ -98,8 +98,10 @@ def plan(ctx: RunContext) -> Plan:
             elif inv.helm_owner(obj) not in ours:  # a release's own objects go with it
                 result.user_resources.append(ref)
     selector = f"{MANAGED_BY_LABEL}=kymamesh"
-    for secret in cluster.list("v1", "Secret", namespace=namespace, label_selector=selector):
-        patch_objects.append(inv.ref_of(secret, "v1"))
+    for core_kind in ("Secret", "ConfigMap"):  # the TLS Secret; the remembered settings
+        for obj in cluster.list("v1", core_kind, namespace=namespace, label_selector=selector):
+            if obj["metadata"]["name"] != LOCK_NAME:
+                patch_objects.append(inv.ref_of(obj, "v1"))
     result.patch_objects = sorted(patch_objects, key=lambda r: (_DELETE_RANK.get(r.kind, 2), r))
     result.user_resources.sort(key=lambda r: (r.kind, r.namespace, r.name))
     result.injection_namespaces = inv.injection_namespaces(cluster)

@@ -49,9 +49,9 @@ def install(
             repository=repo,
         )
         pipeline.build_values(inputs, pipeline.pinned())  # refuse insecure values first
-        specs = patching.load_patch_list(
-            p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
-        )
+        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        patching.load_patch_list(given)  # refuse unknown settings before the cluster
+        specs = patching.patch_list_for(ctx, given)
         patching.preflight(ctx, specs)
         pipeline.run_phase_charts(ctx, inputs)
         patching.run_patch(ctx, specs)

@@ -47,9 +47,9 @@ def patch(
         from kymamesh.errors import PreconditionError
         from kymamesh.preflight import adoption_preflight
 
-        specs = patching.load_patch_list(
-            p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
-        )
+        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        patching.load_patch_list(given)  # refuse unknown settings before the cluster
+        specs = patching.patch_list_for(ctx, given)
         found = adoption_preflight(ctx.cluster, ctx.namespace)
         ctx.result.data["istio"] = found.to_json()
         ctx.progress.info(f"found {found.describe()}")

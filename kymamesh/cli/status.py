@@ -24,7 +24,8 @@ def status(
 
     Exit 0 when healthy, 7 when not, so CI can gate on it.
 
-    Give the same --config, --domain and --tls-* as to `patch`: the steps are checked with them.
+    The steps are checked with the settings remembered in the cluster by the last
+    install or patch; --config, --domain and --tls-* check against others.
     """
     options = c.options_from(locals())
 
@@ -32,7 +33,9 @@ def status(
         from kymamesh import patching
         from kymamesh import status as mesh
 
-        specs = patching.load_patch_list(p.patch_overrides(config, domain, tls_cert, tls_key))
+        given = p.patch_overrides(config, domain, tls_cert, tls_key)
+        patching.load_patch_list(given)  # refuse unknown settings before the cluster
+        specs = patching.patch_list_for(ctx, given)
         # Checks as a dry run: a write by mistake fails loudly instead of happening.
         ctx.options.dry_run = True
         state = mesh.inspect(ctx, specs)

@@ -1,0 +1,89 @@
+"""The patch settings kymamesh remembers in the cluster.
+
+A user who installs with `--domain example.com` or a `--config` that raises the
+sidecar memory limit expects a later `kymamesh patch`, `install` or `status`
+without those flags to keep them, not to put the defaults back. So after a run
+that applied the patch, the settings the user gave (merged over the ones stored
+before) are kept in ConfigMap `istio-system/kymamesh-settings`, and every
+command starts from them: defaults < remembered < `--config` < flags.
+
+Paths of a user's certificate and key are not remembered (they name files on one
+machine); the certificate itself lives in its Secret, and the TLS step keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh.cluster import Cluster, Ref
+from kymamesh.errors import KymameshError
+from kymamesh.values import deep_merge
+
+NAME = "kymamesh-settings"
+KEY = "settings.yaml"
+_NOT_REMEMBERED = {"ingress-gateway-tls": ("certFile", "keyFile"), "restart-proxies": ("restart",)}
+
+Overrides = dict[str, dict[str, Any]]
+
+
+def ref(namespace: str) -> Ref:
+    return Ref("v1", "ConfigMap", NAME, namespace)
+
+
+def load(cluster: Cluster, namespace: str) -> Overrides:
+    """The remembered settings; {} when there are none (or the namespace does not exist)."""
+    live = cluster.get(ref(namespace))
+    if not live:
+        return {}
+    text = (live.get("data") or {}).get(KEY) or ""
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise KymameshError(
+            f"ConfigMap {ref(namespace)} key {KEY} is not valid YAML: {exc}",
+            hint=f"fix or delete it (kubectl -n {namespace} delete configmap {NAME}); "
+            "then give the settings again",
+        ) from None
+    steps = raw.get("steps") if isinstance(raw, dict) else None
+    return {str(k): dict(v) for k, v in (steps or {}).items() if isinstance(v, dict)}
+
+
+def effective(remembered: Mapping[str, Any], given: Mapping[str, Any]) -> Overrides:
+    """What a run uses: the remembered settings with the ones given now on top."""
+    return {k: dict(v) for k, v in deep_merge(remembered, given).items()}
+
+
+def to_remember(merged: Mapping[str, Mapping[str, Any]]) -> Overrides:
+    result: Overrides = {}
+    for step, params in merged.items():
+        kept = {k: v for k, v in params.items() if k not in _NOT_REMEMBERED.get(step, ())}
+        if kept:
+            result[step] = kept
+    return result
+
+
+def desired(namespace: str, settings: Overrides) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": NAME,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: "kymamesh"},
+        },
+        "data": {KEY: yaml.safe_dump({"steps": settings}, sort_keys=True)},
+    }
+
+
+def remember(cluster: Cluster, namespace: str, settings: Overrides) -> bool:
+    """Store the settings when they differ from what is stored; True when written."""
+    if load(cluster, namespace) == settings and cluster.get(ref(namespace)) is not None:
+        return False
+    if not settings and cluster.get(ref(namespace)) is None:
+        return False
+    cluster.apply(desired(namespace, settings))
+    return True
