@@ -1,42 +1,122 @@
-"""A small in-memory stand-in for `kymamesh.cluster.Cluster`, for unit tests of step logic.
+"""The in-memory stand-in for `kymamesh.cluster.Cluster` that the unit tests share.
 
-It keeps objects by (kind, namespace, name), counts writes, and implements just
-the adapter methods the TLS, addon and proxy steps use. Anything that talks to
-a real API server is tested against the test cluster as well.
+It has the adapter's methods with the adapter's signatures and keeps objects by
+`Ref`. Like an API server it finds an object under any version of its group,
+bumps `resourceVersion` on every write (and refuses a stale one with a 409),
+stamps a `creationTimestamp` that grows with each new object, and serves Istio's
+kinds only when their CRD is there. Writes are logged in `writes` as
+"apply|create|replace|patch|delete Kind/namespace/name". Anything that talks to a
+real API server is tested against the test cluster as well.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from kymamesh.cluster import Ref
+from kymamesh.cluster import Obj, Ref
 from kymamesh.context import Options, RunContext
+from kymamesh.errors import ConflictError, NotFoundError
 from kymamesh.output import Progress, Result
+
+# The Istio kinds served without a CRD among the objects, unless a test says otherwise.
+ISTIO_KINDS = {
+    ("networking.istio.io/v1", "Gateway"),
+    ("security.istio.io/v1", "PeerAuthentication"),
+}
+
+
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (None removes a key)."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge(result.get(key), value)
+    return result
+
+
+def _group(api_version: str) -> str:
+    return api_version.rpartition("/")[0]
 
 
 class FakeCluster:
-    def __init__(self, served: set[tuple[str, str]] | None = None) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+    context = "fake"
+    server = "https://fake.invalid"
+
+    def __init__(self, objects: Iterable[Obj] = (), served: set[tuple[str, str]] | None = None):
+        self.served = set(ISTIO_KINDS if served is None else served)
         self.writes: list[str] = []
-        self.served = served if served is not None else {("networking.istio.io/v1", "Gateway")}
+        self._rv = 100
+        self.objects = objects
+
+    @property
+    def objects(self) -> dict[Ref, Obj]:
+        """The stored objects by Ref."""
+        return self._objects
+
+    @objects.setter
+    def objects(self, objects: Iterable[Obj]) -> None:
+        """Replace the store with these manifests (no writes logged)."""
+        self._objects: dict[Ref, Obj] = {}
+        for obj in objects:
+            self.add(obj)
+
+    def add(self, obj: Obj) -> Obj:
+        """Store an object as it is (replacing one of the same name), without logging a write."""
+        obj = copy.deepcopy(obj)
+        self._rv += 1
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = str(self._rv)
+        meta.setdefault("creationTimestamp", f"2026-01-01T00:00:{self._rv % 60:02d}Z")
+        ref = Ref.of(obj)
+        old = self._find(ref)
+        if old is not None:
+            del self._objects[old]
+        self._objects[ref] = obj
+        return copy.deepcopy(obj)
+
+    def _find(self, ref: Ref) -> Ref | None:
+        """The stored Ref of the object, whichever version of its group it was written in."""
+        for key in self._objects:
+            if (key.kind, key.name, key.namespace) == (ref.kind, ref.name, ref.namespace) and (
+                _group(key.api_version) == _group(ref.api_version)
+            ):
+                return key
+        return None
+
+    def _live(self, ref: Ref) -> Obj:
+        key = self._find(ref)
+        if key is None:
+            raise NotFoundError(f"{ref} not found", 404)
+        return self._objects[key]
 
     @staticmethod
-    def _key(ref: Ref) -> tuple[str, str, str]:
-        return (ref.kind, ref.namespace, ref.name)
+    def _as(api_version: str, obj: Obj) -> Obj:
+        return {**copy.deepcopy(obj), "apiVersion": api_version}
 
-    def add(self, obj: dict[str, Any]) -> None:
-        self.objects[self._key(Ref.of(obj))] = copy.deepcopy(obj)
+    # -- reads ---------------------------------------------------------------
 
     def serves(self, api_version: str, kind: str) -> bool:
-        core = {"v1", "apps/v1", "rbac.authorization.k8s.io/v1", "coordination.k8s.io/v1"}
-        return api_version in core or (api_version, kind) in self.served
+        """Built-in kinds always; Istio's when listed in `served` or when their CRD is stored."""
+        if not _group(api_version).endswith("istio.io") or (api_version, kind) in self.served:
+            return True
+        group, _, version = api_version.partition("/")
+        for crd in self.list("apiextensions.k8s.io/v1", "CustomResourceDefinition"):
+            spec = crd.get("spec") or {}
+            if spec.get("group") == group and (spec.get("names") or {}).get("kind") == kind:
+                versions = spec.get("versions") or []
+                return any(v.get("name") == version and v.get("served") for v in versions)
+        return False
 
-    def get(self, ref: Ref) -> dict[str, Any] | None:
-        obj = self.objects.get(self._key(ref))
-        return copy.deepcopy(obj) if obj is not None else None
+    def get(self, ref: Ref) -> Obj | None:
+        key = self._find(ref)
+        return self._as(ref.api_version, self._objects[key]) if key is not None else None
 
     def list(
         self,
@@ -44,40 +124,66 @@ class FakeCluster:
         kind: str,
         namespace: str | None = None,
         label_selector: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Obj]:
+        if not self.serves(api_version, kind):
+            return []
         wanted = dict(p.split("=", 1) for p in label_selector.split(",")) if label_selector else {}
         found = []
-        for (k, ns, _), obj in sorted(self.objects.items()):
-            if k != kind or (namespace is not None and ns != namespace):
+        for ref, obj in sorted(self._objects.items()):
+            if ref.kind != kind or _group(ref.api_version) != _group(api_version):
                 continue
-            labels = obj.get("metadata", {}).get("labels") or {}
-            if all(labels.get(a) == b for a, b in wanted.items()):
-                found.append(copy.deepcopy(obj))
+            if namespace and ref.namespace != namespace:
+                continue
+            labels = obj["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in wanted.items()):
+                found.append(self._as(api_version, obj))
         return found
 
-    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
-        self.writes.append(f"apply {Ref.of(obj)}")
-        key = self._key(Ref.of(obj))
-        merged = _merge(self.objects.get(key, {}), obj)
-        self.objects[key] = merged
-        return copy.deepcopy(merged)
+    # -- writes --------------------------------------------------------------
 
-    def merge_patch(self, ref: Ref, patch: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, obj: Obj, *, force: bool = True) -> Obj:
+        ref = Ref.of(obj)
+        self.writes.append(f"apply {ref}")
+        key = self._find(ref)
+        return self.add(obj if key is None else merge(self._objects[key], obj))
+
+    def create(self, obj: Obj) -> Obj:
+        ref = Ref.of(obj)
+        self.writes.append(f"create {ref}")
+        if self._find(ref) is not None:
+            raise ConflictError(f"{ref} already exists", 409)
+        return self.add(obj)
+
+    def replace(self, obj: Obj) -> Obj:
+        ref = Ref.of(obj)
+        self.writes.append(f"replace {ref}")
+        self._check_version(self._live(ref), obj)
+        return self.add(obj)
+
+    def merge_patch(self, ref: Ref, patch: Mapping[str, Any]) -> Obj:
         self.writes.append(f"patch {ref}")
-        key = self._key(ref)
-        self.objects[key] = _merge(self.objects[key], patch)
-        return copy.deepcopy(self.objects[key])
+        live = self._live(ref)
+        self._check_version(live, patch)
+        return self.add(merge(live, patch))
+
+    @staticmethod
+    def _check_version(live: Obj, change: Mapping[str, Any]) -> None:
+        wanted = (change.get("metadata") or {}).get("resourceVersion")
+        if wanted and wanted != live["metadata"]["resourceVersion"]:
+            raise ConflictError("the object has been modified", 409)
 
     def delete(self, ref: Ref, *, propagation: str = "Background") -> bool:
         self.writes.append(f"delete {ref}")
-        return self.objects.pop(self._key(ref), None) is not None
+        key = self._find(ref)
+        if key is None:
+            return False
+        del self._objects[key]
+        return True
 
     def ensure_namespace(self, name: str) -> bool:
-        ref = Ref("v1", "Namespace", name)
-        if self.get(ref) is not None:
+        if self.get(Ref("v1", "Namespace", name)) is not None:
             return False
-        self.writes.append(f"create {ref}")
-        self.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
         return True
 
     @contextmanager
@@ -86,19 +192,6 @@ class FakeCluster:
 
     def close(self) -> None:
         pass
-
-
-def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch (None removes a key)."""
-    result = copy.deepcopy(base)
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        elif isinstance(value, dict) and isinstance(result.get(key), dict):
-            result[key] = _merge(result[key], value)
-        else:
-            result[key] = copy.deepcopy(value)
-    return result
 
 
 def run_context(cluster: FakeCluster, dry_run: bool = False, command: str = "patch") -> RunContext:

@@ -1,16 +1,16 @@
-"""Fakes for the status and uninstall unit tests: an in-memory cluster and Helm."""
+"""Fakes for the status and uninstall unit tests: Helm, and the in-memory cluster of
+`tests.support_fake_cluster`."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
-from kymamesh.cluster import Ref
 from kymamesh.context import Options, RunContext
 from kymamesh.helm import DeployedRelease
 from kymamesh.output import Progress, Result
 from kymamesh.versions import Version
+from tests.support_fake_cluster import FakeCluster
 
 
 @dataclass(frozen=True)
@@ -94,65 +94,6 @@ def istiod(
         },
         status={"observedGeneration": 0, "updatedReplicas": 1, "availableReplicas": 1},
     )
-
-
-class FakeCluster:
-    """Just enough of `kymamesh.cluster.Cluster`: get, list (with label selectors), delete."""
-
-    context = "fake"
-
-    def __init__(self, objects: list[dict[str, Any]]) -> None:
-        self.objects = [copy.deepcopy(o) for o in objects]
-        self.writes: list[str] = []
-
-    def _matches(self, o: dict[str, Any], api_version: str, kind: str) -> bool:
-        group = api_version.rsplit("/", 1)[0] if "/" in api_version else ""
-        o_group = o["apiVersion"].rsplit("/", 1)[0] if "/" in o["apiVersion"] else ""
-        return o["kind"] == kind and group == o_group
-
-    def get(self, ref: Ref) -> dict[str, Any] | None:
-        for o in self.objects:
-            meta = o["metadata"]
-            if (
-                self._matches(o, ref.api_version, ref.kind)
-                and meta["name"] == ref.name
-                and meta.get("namespace", "") == ref.namespace
-            ):
-                return copy.deepcopy(o)
-        return None
-
-    def list(
-        self,
-        api_version: str,
-        kind: str,
-        namespace: str | None = None,
-        label_selector: str | None = None,
-    ) -> list[dict[str, Any]]:
-        wanted = (
-            dict(part.split("=", 1) for part in label_selector.split(",")) if label_selector else {}
-        )
-        found = []
-        for o in self.objects:
-            meta = o["metadata"]
-            if not self._matches(o, api_version, kind):
-                continue
-            if namespace is not None and meta.get("namespace", "") != namespace:
-                continue
-            labels = meta.get("labels") or {}
-            if any(labels.get(k) != v for k, v in wanted.items()):
-                continue
-            found.append(copy.deepcopy(o))
-        return found
-
-    def delete(self, ref: Ref, *, propagation: str = "Background") -> bool:
-        self.writes.append(f"delete {ref}")
-        live = self.get(ref)
-        if live is None:
-            return False
-        self.objects = [
-            o for o in self.objects if o["metadata"] != live["metadata"] or o["kind"] != ref.kind
-        ]
-        return True
 
 
 class FakeHelm:

@@ -1,94 +1,12 @@
-"""Shared by the mesh-step tests: an in-memory stand-in for `kymamesh.cluster.Cluster`
-(for the pure unit tests) and samples of the Istio ConfigMaps as the charts render them."""
+"""Shared by the mesh-step tests: the in-memory cluster (from `tests.support_fake_cluster`)
+and samples of the Istio ConfigMaps as the charts render them."""
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Mapping
-from typing import Any
 
-from kymamesh.cluster import Obj, Ref
-from kymamesh.errors import ConflictError, NotFoundError
-
-CRD_KINDS = {("security.istio.io/v1", "PeerAuthentication")}
-
-
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge(result.get(key), value)
-    return result
-
-
-class FakeCluster:
-    """Objects in a dict; counts writes; honours resourceVersion preconditions of patches."""
-
-    def __init__(self, objects: list[Obj] = (), served: set[tuple[str, str]] | None = None):
-        self.objects: dict[Ref, Obj] = {}
-        self.served = set(CRD_KINDS if served is None else served)
-        self.writes: list[tuple[str, Ref]] = []
-        self._rv = 100
-        for obj in objects:
-            self._store(copy.deepcopy(obj))
-
-    def _store(self, obj: Obj) -> Obj:
-        self._rv += 1
-        obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
-        obj["metadata"].setdefault("creationTimestamp", f"2026-01-01T00:00:{self._rv % 60:02d}Z")
-        self.objects[Ref.of(obj)] = obj
-        return copy.deepcopy(obj)
-
-    def serves(self, api_version: str, kind: str) -> bool:
-        """Built-in kinds always; Istio's only when listed in `served` (their CRDs exist)."""
-        return (api_version, kind) in self.served or not api_version.split("/")[0].endswith(
-            "istio.io"
-        )
-
-    def get(self, ref: Ref) -> Obj | None:
-        obj = self.objects.get(ref)
-        return copy.deepcopy(obj) if obj is not None else None
-
-    def list(
-        self,
-        api_version: str,
-        kind: str,
-        namespace: str | None = None,
-        label_selector: str | None = None,
-    ) -> list[Obj]:
-        if not self.serves(api_version, kind):
-            return []
-        wanted = dict(p.split("=", 1) for p in label_selector.split(",")) if label_selector else {}
-        found = []
-        for ref, obj in sorted(self.objects.items()):
-            if ref.kind != kind or (namespace and ref.namespace != namespace):
-                continue
-            labels = obj["metadata"].get("labels") or {}
-            if all(labels.get(k) == v for k, v in wanted.items()):
-                found.append(copy.deepcopy(obj))
-        return found
-
-    def apply(self, obj: Obj, *, force: bool = True) -> Obj:
-        ref = Ref.of(obj)
-        self.writes.append(("apply", ref))
-        live = self.objects.get(ref)
-        return self._store(merge(live, obj) if live else copy.deepcopy(obj))
-
-    def merge_patch(self, ref: Ref, patch: Mapping[str, Any]) -> Obj:
-        self.writes.append(("patch", ref))
-        live = self.objects.get(ref)
-        if live is None:
-            raise NotFoundError(f"{ref} not found", 404)
-        wanted_rv = (patch.get("metadata") or {}).get("resourceVersion")
-        if wanted_rv and wanted_rv != live["metadata"]["resourceVersion"]:
-            raise ConflictError("the object has been modified", 409)
-        return self._store(merge(live, patch))
+from kymamesh.cluster import Obj
+from tests.support_fake_cluster import FakeCluster as FakeCluster
 
 
 def configmap(name: str, data: dict[str, str], namespace: str = "istio-system") -> Obj:

@@ -431,7 +431,7 @@ def test_uninstall_deletes_in_reverse_order_and_a_second_run_writes_nothing() ->
     assert cluster.get(inv.Ref("v1", "Secret", "someone-elses", "istio-system")) is not None
     assert any("demo is labelled for sidecar injection" in n for n in ctx.result.notes)
 
-    cluster.objects = [o for o in cluster.objects if o["kind"] != "Deployment"]  # helm took istiod
+    cluster.objects = [o for o in cluster.objects.values() if o["kind"] != "Deployment"]
     cluster.writes.clear()
     again = context(cluster, helm)  # type: ignore[arg-type]
     uninstall.run_uninstall(again, purge=True, force=False, existing_istio=False)
