@@ -14,13 +14,11 @@ from pathlib import Path
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff
-from kymamesh.errors import KymameshError
+from kymamesh.errors import KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import ChartRelease, IstioRelease, pinned
-
-__all__ = ["ChartInputs", "pinned", "plan_releases", "run_phase_charts"]
 from kymamesh.values import (
     Values,
     ValueStack,
@@ -30,6 +28,14 @@ from kymamesh.values import (
     project_source,
 )
 from kymamesh.versions import check_upgrade
+
+__all__ = [
+    "ChartInputs",
+    "pinned",
+    "plan_releases",
+    "refuse_foreign_istiod",
+    "run_phase_charts",
+]
 
 PHASE_CHARTS = "phase 1: Istio charts"
 _READY_KINDS = ("CustomResourceDefinition", "Deployment", "StatefulSet", "DaemonSet")
@@ -94,6 +100,7 @@ def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
                 deployed=ctx.helm.deployed(row.release, release.namespace),
             )
         )
+    refuse_foreign_istiod(ctx)
     for plan in plans:
         deployed = plan.deployed
         if deployed is None:
@@ -113,6 +120,26 @@ def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
     return plans
+
+
+def refuse_foreign_istiod(ctx: RunContext) -> None:
+    """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite."""
+    release = pinned()
+    row = release.chart("istiod")
+    live = ctx.cluster.get(Ref("apps/v1", "Deployment", "istiod", release.namespace))
+    if live is None:
+        return
+    annotations = (live.get("metadata") or {}).get("annotations") or {}
+    owner = annotations.get("meta.helm.sh/release-name")
+    if owner == row.release:
+        return
+    made_by = f"Helm release {owner}" if owner else "something other than Helm"
+    raise PreconditionError(
+        f"Deployment {release.namespace}/istiod exists and was made by {made_by}, not by "
+        f"the Helm release {row.release} that `install` manages; installing over it would "
+        "fight over the same objects",
+        hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`",
+    )
 
 
 def readiness_refs(objects: list[dict[str, object]], namespace: str) -> list[Ref]:

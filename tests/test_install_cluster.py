@@ -314,3 +314,22 @@ def test_timeout_names_what_is_not_ready_and_stops_before_the_gateway(fresh_clus
     outcomes = {n: i["outcome"] for n, i in items(doc, "phase 1").items()}
     assert outcomes == {"istio-base": "changed", "istiod": "failed"}
     assert "istio-ingressgateway" not in helm_releases(c)
+
+
+def test_install_over_foreign_istiod_is_refused_with_zero_writes(fresh_cluster: Any) -> None:
+    c = fresh_cluster()
+    c.kubectl("create", "namespace", "istio-system")
+    c.kubectl(
+        "create",
+        "deployment",
+        "istiod",
+        "-n",
+        "istio-system",
+        "--image=docker.io/istio/pilot:1.30.3",
+    )
+    with c.audit.counting() as writes:
+        code, doc, _ = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y")
+    assert code == 3
+    assert "made by something other than Helm" in doc["errors"][0]["message"]
+    assert "patch --existing-istio" in doc["errors"][0]["hint"]
+    assert writes.total == 0

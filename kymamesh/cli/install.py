@@ -52,6 +52,7 @@ def install(
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
         patching.load_patch_list(given)  # refuse unknown settings before the cluster
         specs = patching.patch_list_for(ctx, given)
+        pipeline.refuse_foreign_istiod(ctx)
         patching.preflight(ctx, specs)
         pipeline.run_phase_charts(ctx, inputs)
         patching.run_patch(ctx, specs)
