@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up kymamesh, start a local test cluster,
 # install the Kyma Service Mesh into it (phase 1 with the project's fixture
-# charts, then the Kyma patch), re-run to show it converges, show the status,
-# and stop the cluster. Against a real cluster you would run just
+# charts, then the Kyma patch), re-run to show it converges, put a sample
+# workload into the mesh, show the status, and stop the cluster. Against a
+# real cluster you would run just
 # `kymamesh install` (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,10 @@ echo "==> kymamesh install"
 "$VENV/bin/kymamesh" install --charts-dir tests/fixtures/charts --domain demo.example.com -y
 echo "==> kymamesh install again (converged: nothing to write)"
 "$VENV/bin/kymamesh" install --charts-dir tests/fixtures/charts --domain demo.example.com -y
+echo "==> kymamesh inject-namespace (a sample workload into the mesh)"
+kubectl create namespace shop
+kubectl -n shop create deployment cart --image=registry.example/cart:1.0
+kubectl -n shop rollout status deployment/cart --timeout=60s
+"$VENV/bin/kymamesh" inject-namespace shop --all --wait -y
 echo "==> kymamesh status"
 "$VENV/bin/kymamesh" status
