@@ -131,7 +131,7 @@ def _remember_settings(ctx: RunContext) -> None:
     ctx.before_write()
     if settings.remember(ctx.cluster, ctx.namespace, wanted):
         ctx.result.notes.append(
-            f"remembered the patch settings in ConfigMap {settings.ref(ctx.namespace)}; "
+            f"remembered the patch settings in {settings.ref(ctx.namespace)}; "
             "later runs start from them"
         )
 
