@@ -105,14 +105,17 @@ def load_patch_list(overrides: Mapping[str, Mapping[str, Any]] | None = None) ->
     return specs
 
 
-def patch_list_for(ctx: RunContext, given: Mapping[str, Mapping[str, Any]]) -> list[StepSpec]:
+def patch_list_for(
+    ctx: RunContext, given: Mapping[str, Mapping[str, Any]], reset: bool = False
+) -> list[StepSpec]:
     """The patch list for this cluster: defaults, then the settings remembered there
-    (`kymamesh.settings`), then the ones given now. Unknown given steps are a usage
-    error, raised before the cluster is contacted."""
+    (`kymamesh.settings`; none with `reset`), then the ones given now. Unknown given
+    steps are a usage error, raised before the cluster is contacted."""
     from kymamesh import settings
 
     known = {spec.name for spec in load_patch_list(given)}
-    remembered = {k: v for k, v in settings.load(ctx.cluster, ctx.namespace).items() if k in known}
+    stored = {} if reset else settings.load(ctx.cluster, ctx.namespace)
+    remembered = {k: v for k, v in stored.items() if k in known}
     merged = settings.effective(remembered, given)
     ctx.patch_settings = settings.to_remember(merged)
     return load_patch_list(merged)

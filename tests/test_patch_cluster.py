@@ -410,7 +410,9 @@ def test_missing_injector_configmap_fails_its_steps_and_settings_apply(
     ok(km(c, "patch", "--config", str(config)))
     no_writes(c, mark)
 
-    ok(km(c, "patch"))  # back to the defaults: the webhook provider again, 1024Mi
+    ok(km(c, "patch"))  # the settings are remembered: nothing reverts
+    no_writes(c, mark)
+    ok(km(c, "patch", "--reset-settings"))  # back to the defaults: webhook again, 1024Mi
     assert_kyma_state(c)
     ok(km(c, "patch", "--config", str(config)))  # removable again
     mesh = yaml.safe_load(cm_data(c, "istio")["mesh"])

@@ -26,6 +26,7 @@ def install(
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     helm: c.HelmPath = None,
@@ -51,7 +52,7 @@ def install(
         pipeline.build_values(inputs, pipeline.pinned())  # refuse insecure values first
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
         patching.load_patch_list(given)  # refuse unknown settings before the cluster
-        specs = patching.patch_list_for(ctx, given)
+        specs = patching.patch_list_for(ctx, given, reset=reset_settings)
         pipeline.refuse_foreign_istiod(ctx)
         patching.preflight(ctx, specs)
         pipeline.run_phase_charts(ctx, inputs)

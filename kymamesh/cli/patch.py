@@ -29,6 +29,7 @@ def patch(
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     helm: c.HelmPath = None,
@@ -49,7 +50,7 @@ def patch(
 
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
         patching.load_patch_list(given)  # refuse unknown settings before the cluster
-        specs = patching.patch_list_for(ctx, given)
+        specs = patching.patch_list_for(ctx, given, reset=reset_settings)
         found = adoption_preflight(ctx.cluster, ctx.namespace)
         ctx.result.data["istio"] = found.to_json()
         ctx.progress.info(f"found {found.describe()}")

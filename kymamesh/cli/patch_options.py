@@ -35,6 +35,14 @@ RestartProxies = Annotated[
     typer.Option("--restart-proxies", help="Restart workloads whose sidecar is out of date."),
 ]
 
+ResetSettings = Annotated[
+    bool,
+    typer.Option(
+        "--reset-settings",
+        help="Forget the patch settings remembered from earlier runs; start from the defaults.",
+    ),
+]
+
 
 def patch_overrides(
     config: Path | None,
