@@ -21,9 +21,10 @@ from typing import Any
 
 from kymamesh import MANAGED_BY_LABEL, __version__
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
-from kymamesh.errors import PreconditionError
+from kymamesh.context import RunContext
+from kymamesh.errors import KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease
-from kymamesh.preflight import istiod_deployments
+from kymamesh.preflight import FoundIstio, istiod_deployments
 from kymamesh.versions import Version, image_version
 
 ISTIO_GROUP_SUFFIX = ".istio.io"
@@ -182,8 +183,24 @@ def find_istiods(cluster: Cluster, namespace: str) -> list[Istiod]:
 
 def marked_by_kymamesh(release: DeployedRelease) -> bool:
     """True when kymamesh's install made the release's current revision."""
-    description = str(getattr(release, "description", "") or "")
-    return description.strip().lower().startswith(KYMAMESH_MARK)
+    return release.description.strip().lower().startswith(KYMAMESH_MARK)
+
+
+def set_up_by_kymamesh(ctx: RunContext, found: FoundIstio) -> bool:
+    """Whether kymamesh set this Istio up: its patch ran here, or its install made istiod.
+
+    The second covers an `install` interrupted between its two phases. Reading the
+    release needs helm; without one, only the patch's label counts.
+    """
+    if found.patched_by_kymamesh:
+        return True
+    if not found.helm_release:
+        return False
+    try:
+        release = ctx.helm.deployed(found.helm_release, ctx.namespace)
+    except KymameshError:
+        return False
+    return release is not None and marked_by_kymamesh(release)
 
 
 def installer(releases: Mapping[str, DeployedRelease | None], istiods: list[Istiod]) -> Installer:

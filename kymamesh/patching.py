@@ -127,16 +127,14 @@ def _remember_settings(ctx: RunContext) -> None:
     wanted = ctx.patch_settings
     if wanted is None or ctx.options.dry_run:
         return
-    if settings.load(ctx.cluster, ctx.namespace) == wanted and (
-        wanted or ctx.cluster.get(settings.ref(ctx.namespace)) is None
-    ):
+    if not settings.differs(ctx.cluster, ctx.namespace, wanted):
         return
     ctx.before_write()
-    if settings.remember(ctx.cluster, ctx.namespace, wanted):
-        ctx.result.notes.append(
-            f"remembered the patch settings in {settings.ref(ctx.namespace)}; "
-            "later runs start from them"
-        )
+    settings.remember(ctx.cluster, ctx.namespace, wanted)
+    ctx.result.notes.append(
+        f"remembered the patch settings in {settings.ref(ctx.namespace)}; "
+        "later runs start from them"
+    )
 
 
 def _context(ctx: RunContext, spec: StepSpec) -> StepContext:

@@ -36,7 +36,10 @@ def ref(namespace: str) -> Ref:
 
 def load(cluster: Cluster, namespace: str) -> Overrides:
     """The remembered settings; {} when there are none (or the namespace does not exist)."""
-    live = cluster.get(ref(namespace))
+    return _parse(cluster.get(ref(namespace)), namespace)
+
+
+def _parse(live: Mapping[str, Any] | None, namespace: str) -> Overrides:
     if not live:
         return {}
     text = (live.get("data") or {}).get(KEY) or ""
@@ -79,11 +82,13 @@ def desired(namespace: str, settings: Overrides) -> dict[str, Any]:
     }
 
 
-def remember(cluster: Cluster, namespace: str, settings: Overrides) -> bool:
-    """Store the settings when they differ from what is stored; True when written."""
-    if load(cluster, namespace) == settings and cluster.get(ref(namespace)) is not None:
-        return False
-    if not settings and cluster.get(ref(namespace)) is None:
-        return False
+def differs(cluster: Cluster, namespace: str, settings: Overrides) -> bool:
+    """Whether storing `settings` would change anything (no ConfigMap is made for none)."""
+    live = cluster.get(ref(namespace))
+    if live is None:
+        return bool(settings)
+    return _parse(live, namespace) != settings
+
+
+def remember(cluster: Cluster, namespace: str, settings: Overrides) -> None:
     cluster.apply(desired(namespace, settings))
-    return True

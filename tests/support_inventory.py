@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from kymamesh.context import Options, RunContext
@@ -13,17 +12,10 @@ from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster
 
 
-@dataclass(frozen=True)
-class MarkedRelease(DeployedRelease):
-    """A release with the revision description that kymamesh's install leaves (or not)."""
-
-    description: str = ""
-
-
 def release(
     name: str, chart: str, *, status: str = "deployed", by_kymamesh: bool = True
-) -> MarkedRelease:
-    return MarkedRelease(
+) -> DeployedRelease:
+    return DeployedRelease(
         name=name,
         namespace="istio-system",
         revision=1,

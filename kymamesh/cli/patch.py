@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
 from kymamesh.context import RunContext
-
-if TYPE_CHECKING:
-    from kymamesh.preflight import FoundIstio
 
 ExistingIstio = Annotated[
     bool,
@@ -46,6 +43,7 @@ def patch(
     def body(ctx: RunContext) -> None:
         from kymamesh import patching
         from kymamesh.errors import PreconditionError
+        from kymamesh.inventory import set_up_by_kymamesh
         from kymamesh.preflight import adoption_preflight
 
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
@@ -54,7 +52,7 @@ def patch(
         found = adoption_preflight(ctx.cluster, ctx.namespace)
         ctx.result.data["istio"] = found.to_json()
         ctx.progress.info(f"found {found.describe()}")
-        if not existing_istio and not _kymamesh_owns(ctx, found):
+        if not existing_istio and not set_up_by_kymamesh(ctx, found):
             raise PreconditionError(
                 f"the Istio in {ctx.namespace} was not set up by kymamesh (installed by "
                 f"{found.installed_by}; neither a Helm release marked by `kymamesh install` "
@@ -65,23 +63,3 @@ def patch(
         patching.run_patch(ctx, specs)
 
     c.run_command("patch", options, body)
-
-
-def _kymamesh_owns(ctx: RunContext, found: FoundIstio) -> bool:
-    """Whether kymamesh set this Istio up: its patch ran here, or its install made istiod.
-
-    The second covers an `install` interrupted between its two phases. Reading the
-    release needs helm; without one, only the patch's label counts.
-    """
-    from kymamesh.errors import KymameshError
-    from kymamesh.inventory import marked_by_kymamesh
-
-    if found.patched_by_kymamesh:
-        return True
-    if not found.helm_release:
-        return False
-    try:
-        release = ctx.helm.deployed(found.helm_release, ctx.namespace)
-    except KymameshError:
-        return False
-    return release is not None and marked_by_kymamesh(release)

@@ -201,19 +201,9 @@ def _build_go(out: Path) -> None:
 
 def _kwok_stages(dest: Path) -> None:
     env = _go_env()
-    moddir = subprocess.run(
-        ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
-        cwd=KWOK_MODULE,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    if not moddir:
-        subprocess.run(
-            ["go", "mod", "download", "sigs.k8s.io/kwok"], cwd=KWOK_MODULE, env=env, check=True
-        )
-        moddir = subprocess.run(
+
+    def module_dir() -> str:
+        return subprocess.run(
             ["go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/kwok"],
             cwd=KWOK_MODULE,
             env=env,
@@ -221,6 +211,13 @@ def _kwok_stages(dest: Path) -> None:
             capture_output=True,
             text=True,
         ).stdout.strip()
+
+    moddir = module_dir()
+    if not moddir:
+        subprocess.run(
+            ["go", "mod", "download", "sigs.k8s.io/kwok"], cwd=KWOK_MODULE, env=env, check=True
+        )
+        moddir = module_dir()
     docs = [Path(moddir, f).read_text().strip() for f in KWOK_STAGE_FILES]
     dest.write_text("\n---\n".join(docs) + "\n")
 
