@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from kymamesh.cluster import Cluster
 from kymamesh.context import RunContext
@@ -52,12 +52,14 @@ class StepContext:
 
 
 class Step(Protocol):
+    PARAMS: ClassVar[frozenset[str]]  # the parameters the kind takes (top-level keys)
+
     def preflight(self, ctx: StepContext) -> str | None: ...
 
     def check(self, ctx: StepContext) -> list[Change]: ...
 
 
-StepFactory = Callable[[], Step]
+StepFactory = type[Step]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,8 @@ def step_kinds() -> Mapping[str, StepFactory]:
 def load_patch_list(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> list[StepSpec]:
     """The ordered patch list, with the user's parameter overrides merged in."""
     raw = load_yaml(patches_dir() / "kyma.yaml")
-    overrides = dict(overrides or {})
+    given = dict(overrides or {})
+    overrides = dict(given)
     specs = []
     for entry in raw["steps"]:
         name = str(entry["name"])
@@ -102,7 +105,20 @@ def load_patch_list(overrides: Mapping[str, Mapping[str, Any]] | None = None) ->
     for spec in specs:
         if spec.kind not in kinds:
             raise UsageError(f"patch step {spec.name} has unknown kind {spec.kind}")
+    for spec in specs:
+        unknown = sorted(set(given.get(spec.name) or {}) - known_params(spec))
+        if unknown:
+            raise UsageError(
+                f"settings given for patch step {spec.name} that it does not take: "
+                + ", ".join(map(str, unknown)),
+                hint=f"{spec.name} takes: {', '.join(sorted(known_params(spec)))}",
+            )
     return specs
+
+
+def known_params(spec: StepSpec) -> frozenset[str]:
+    """The parameters a step takes: those its kind declares."""
+    return step_kinds()[spec.kind].PARAMS
 
 
 def patch_list_for(
@@ -110,12 +126,16 @@ def patch_list_for(
 ) -> list[StepSpec]:
     """The patch list for this cluster: defaults, then the settings remembered there
     (`kymamesh.settings`; none with `reset`), then the ones given now. Unknown given
-    steps are a usage error, raised before the cluster is contacted."""
+    steps or parameters are a usage error, raised before the cluster is contacted."""
     from kymamesh import settings
 
-    known = {spec.name for spec in load_patch_list(given)}
+    known = {spec.name: known_params(spec) for spec in load_patch_list(given)}
     stored = {} if reset else settings.load(ctx.cluster, ctx.namespace)
-    remembered = {k: v for k, v in stored.items() if k in known}
+    remembered = {  # what an older kymamesh remembered that this one no longer takes is dropped
+        name: {k: v for k, v in params.items() if k in known[name]}
+        for name, params in stored.items()
+        if name in known
+    }
     merged = settings.effective(remembered, given)
     ctx.patch_settings = settings.to_remember(merged)
     return load_patch_list(merged)

@@ -104,6 +104,8 @@ def _labels_text(labels: Mapping[str, str]) -> str:
 class RemoveAddonsStep:
     """Delete the catalog's objects that are present, each matched exactly."""
 
+    PARAMS = frozenset({"catalog"})
+
     def preflight(self, ctx: StepContext) -> str | None:
         load_catalog(_catalog_path(ctx.params))
         return None

@@ -111,6 +111,8 @@ def resources_editor(wanted: Mapping[str, Mapping[str, Any] | None]) -> Editor:
 class SidecarResourcesStep:
     """Every injected sidecar (and its init container) gets requests and a memory limit."""
 
+    PARAMS = frozenset({"proxy", "proxyInit"})
+
     def _wanted(self, ctx: StepContext) -> dict[str, dict[str, dict[str, Any]] | None]:
         return {key: wanted_resources(ctx.params, name) for name, key in _RESOURCE_KEYS}
 
@@ -183,6 +185,8 @@ def policy_editor(policy: str) -> Editor:
 class InjectionPolicyStep:
     """Opt-in injection: with policy `disabled`, only Pods labelled
     `sidecar.istio.io/inject: "true"` in an `istio-injection=enabled` namespace get a sidecar."""
+
+    PARAMS = frozenset({"policy"})
 
     @staticmethod
     def _policy(ctx: StepContext) -> str:

@@ -209,6 +209,8 @@ def _mesh_changes(ctx: StepContext, editor: Editor) -> list[Change]:
 class TracingStep:
     """Tracing to Zipkin in kyma-system; no reference to a Zipkin in istio-system remains."""
 
+    PARAMS = frozenset({"zipkinAddress", "provider"})
+
     def preflight(self, ctx: StepContext) -> str | None:
         zipkin_wanted(ctx.params, ctx.namespace)
         return None
@@ -312,6 +314,8 @@ class ExtAuthzStep:
 
     `enabled: false` removes the provider kymamesh added (found by its name).
     """
+
+    PARAMS = frozenset({"enabled", "provider"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         ext_authz_wanted(ctx.params)

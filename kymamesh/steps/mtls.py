@@ -78,6 +78,8 @@ def _no_crd(namespace: str) -> PreconditionError:
 
 
 class PeerAuthenticationStep:
+    PARAMS = frozenset({"name", "mode"})
+
     def preflight(self, ctx: StepContext) -> str | None:
         _name_and_mode(ctx.params)
         api_version = served_api_version(ctx.cluster)

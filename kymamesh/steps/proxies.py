@@ -46,6 +46,8 @@ def _listing(items: list[OutdatedWorkload]) -> str:
 class RestartProxiesStep:
     """Lists (and with `restart: true` restarts) workloads with out-of-date sidecars."""
 
+    PARAMS = frozenset({"restart"})
+
     def preflight(self, ctx: StepContext) -> str | None:
         _restart(ctx.params)
         return None

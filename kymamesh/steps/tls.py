@@ -111,6 +111,10 @@ def _now() -> datetime:
 class GatewayTlsStep:
     """Secret `kyma-gateway-certs` and Gateway `kyma-system/kyma-gateway`."""
 
+    PARAMS = frozenset(
+        {"domain", "secret", "gateway", "renewBeforeDays", "validityDays", "certFile", "keyFile"}
+    )
+
     def preflight(self, ctx: StepContext) -> str | None:
         params = TlsParams.of(ctx.params)
         if params.cert_file and params.key_file:
