@@ -14,7 +14,7 @@ from pathlib import Path
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff
-from kymamesh.errors import KymameshError, PreconditionError
+from kymamesh.errors import ChartSourceError, KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION
 from kymamesh.output import ItemResult, Outcome
@@ -77,11 +77,21 @@ def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
 
 
 def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> LoadedChart:
+    """The chart for one release row; refused unless its Chart.yaml names that chart."""
     release = pinned()
     if inputs.charts_dir is not None:
-        return ctx.helm.load_local(inputs.charts_dir, row.chart)
-    repo = inputs.repository or release.chart_repository
-    return ctx.helm.load_remote(row.chart, repo, release.version)
+        chart = ctx.helm.load_local(inputs.charts_dir, row.chart)
+    else:
+        repo = inputs.repository or release.chart_repository
+        chart = ctx.helm.load_remote(row.chart, repo, release.version)
+    if chart.name != row.chart:
+        raise ChartSourceError(
+            f"chart {chart.source} is named {chart.name!r} in its Chart.yaml, but release "
+            f"{release.namespace}/{row.release} is made from chart {row.chart!r}",
+            hint=f"point the source at Istio's {row.chart} chart "
+            "(`kymamesh charts pull --dest DIR` fetches the pinned ones)",
+        )
+    return chart
 
 
 def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
