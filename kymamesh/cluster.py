@@ -41,6 +41,7 @@ from kymamesh.errors import (
     NotFoundError,
     PreconditionError,
     WaitTimeoutError,
+    yaml_problem,
 )
 from kymamesh.versions import Version
 
@@ -103,6 +104,45 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _Transient)
 
 
+_KUBECONFIG_HINT = (
+    "pass --kubeconfig with a valid kubeconfig file (e.g. one written by "
+    "`kubectl config view --minify --raw`), or set KUBECONFIG"
+)
+
+
+def _library_message(exc: Exception) -> str:
+    from kubernetes.config.config_exception import ConfigException
+
+    if isinstance(exc, ConfigException):
+        return str(exc)
+    return f"its structure is not a kubeconfig's ({type(exc).__name__}: {exc})"
+
+
+def _check_kubeconfig(path: str) -> None:
+    """A kubeconfig the client library can read: a readable file holding a YAML map."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except OSError as exc:
+        reason = "it is a directory" if os.path.isdir(path) else exc.strerror
+        raise ClusterUnreachableError(
+            f"cannot read kubeconfig {path}: {reason}", hint=_KUBECONFIG_HINT
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ClusterUnreachableError(
+            f"kubeconfig {path} is not valid YAML: {yaml_problem(exc)}", hint=_KUBECONFIG_HINT
+        ) from None
+    if raw is None:
+        raise ClusterUnreachableError(f"kubeconfig {path} is empty", hint=_KUBECONFIG_HINT)
+    if not isinstance(raw, dict):
+        raise ClusterUnreachableError(
+            f"kubeconfig {path} is not a kubeconfig: a YAML {type(raw).__name__}, not a map",
+            hint=_KUBECONFIG_HINT,
+        )
+
+
 class Cluster:
     """A connection to one cluster, from a kubeconfig and an optional context."""
 
@@ -125,29 +165,37 @@ class Cluster:
         from kubernetes.config.config_exception import ConfigException
 
         path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        paths = [p for p in path.split(os.pathsep) if p]
-        if not any(os.path.exists(p) for p in paths):
+        existing = [p for p in path.split(os.pathsep) if p and os.path.exists(p)]
+        if not existing:
             raise ClusterUnreachableError(
                 f"no kubeconfig found at {path}",
                 hint="pass --kubeconfig FILE or set KUBECONFIG",
             )
+        used = existing[0]
+        _check_kubeconfig(used)
+        # the client library reads the file's structure without checking it
+        bad_structure = (ConfigException, TypeError, KeyError, AttributeError, ValueError)
         try:
-            contexts, active = config.list_kube_config_contexts(config_file=paths[0])
-        except ConfigException as exc:
-            raise PreconditionError(f"cannot read kubeconfig {paths[0]}: {exc}") from None
+            contexts, active = config.list_kube_config_contexts(config_file=used)
+        except bad_structure as exc:
+            raise ClusterUnreachableError(
+                f"cannot read kubeconfig {used}: {_library_message(exc)}", hint=_KUBECONFIG_HINT
+            ) from None
         names = [c["name"] for c in contexts]
         if context and context not in names:
             raise PreconditionError(
-                f"context '{context}' is not in kubeconfig {paths[0]}",
+                f"context '{context}' is not in kubeconfig {used}",
                 hint=f"use one of: {', '.join(names) or '(none)'}",
             )
         configuration = client.Configuration()
         try:
             config.load_kube_config(
-                config_file=paths[0], context=context, client_configuration=configuration
+                config_file=used, context=context, client_configuration=configuration
             )
-        except ConfigException as exc:
-            raise PreconditionError(f"cannot use kubeconfig {paths[0]}: {exc}") from None
+        except bad_structure as exc:
+            raise ClusterUnreachableError(
+                f"cannot use kubeconfig {used}: {_library_message(exc)}", hint=_KUBECONFIG_HINT
+            ) from None
         configuration.retries = 0
         api_client = client.ApiClient(configuration)
         api_client.user_agent = USER_AGENT

@@ -108,3 +108,13 @@ class NotFoundError(ApiError):
 
 class ConflictError(ApiError):
     code = "conflict"
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: what is wrong and where (line, column)."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

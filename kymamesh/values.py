@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from kymamesh.errors import InsecureValuesError, UsageError
+from kymamesh.errors import InsecureValuesError, UsageError, yaml_problem
 from kymamesh.resources import load_yaml, resources_dir
 from kymamesh.security import lookup_value, security_rules
 
@@ -144,15 +144,27 @@ def parse_set(expressions: Iterable[str], charts: Iterable[str]) -> ValueSource:
 def load_user_file(path: Path, charts: Iterable[str]) -> ValueSource:
     """A `-f FILE`: a map from chart name to that chart's values."""
     known = sorted(charts)
+    shape = f"a YAML map from chart name ({', '.join(known)}) to that chart's values"
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise UsageError(f"cannot read values file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"values file {path} is not valid YAML: {exc}") from None
+        reason = "it is a directory" if path.is_dir() else exc.strerror
+        raise UsageError(
+            f"cannot read values file {path}: {reason}",
+            hint=f"pass -f with the path of {shape}",
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"values file {path} is not valid YAML: {yaml_problem(exc)}",
+            hint=f"fix the YAML; the file holds {shape}",
+        ) from None
     raw = raw or {}
     if not isinstance(raw, dict):
-        raise UsageError(f"values file {path} must be a map of chart names to values")
+        raise UsageError(
+            f"values file {path} must be a map of chart names to values, "
+            f"not a YAML {type(raw).__name__}",
+            hint=f"write {shape}, e.g. `istiod: {{pilot: {{replicaCount: 2}}}}`",
+        )
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise UsageError(
@@ -161,7 +173,10 @@ def load_user_file(path: Path, charts: Iterable[str]) -> ValueSource:
         )
     for chart, values in raw.items():
         if values is not None and not isinstance(values, dict):
-            raise UsageError(f"values file {path}: '{chart}' must be a map")
+            raise UsageError(
+                f"values file {path}: '{chart}' must be a map, not a YAML {type(values).__name__}",
+                hint=f"put {chart}'s values under it as keys, e.g. `{chart}: {{key: value}}`",
+            )
     return ValueSource(origin=str(path), by_chart={k: v or {} for k, v in raw.items()})
 
 

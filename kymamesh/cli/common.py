@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import traceback
 from collections.abc import Callable, Mapping
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from kymamesh.context import Options, RunContext
-from kymamesh.errors import ExitCode, KymameshError
+from kymamesh.errors import ExitCode, KymameshError, UsageError
 from kymamesh.output import Progress, Result
 
 
@@ -45,10 +46,12 @@ Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmati
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show tracebacks and helm's own output.")
 ]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds to wait for readiness.", min=1)]
+Timeout = Annotated[
+    float, typer.Option("--timeout", help="Seconds to wait for readiness (at least 1).")
+]
 LockWait = Annotated[
     float,
-    typer.Option("--lock-wait", help="Seconds to wait for another kymamesh run to finish.", min=0),
+    typer.Option("--lock-wait", help="Seconds to wait for another kymamesh run to finish."),
 ]
 ChartsDir = Annotated[
     Path | None,
@@ -77,6 +80,19 @@ def options_from(arguments: Mapping[str, Any]) -> Options:
     return Options(**values)
 
 
+def check_options(options: Options) -> None:
+    """Refuse waits that are not a finite number of seconds in range."""
+    for flag, value, least in (
+        ("--timeout", options.timeout, 1.0),
+        ("--lock-wait", options.lock_wait, 0.0),
+    ):
+        if not math.isfinite(value) or value < least:
+            raise UsageError(
+                f"{flag} {value} is not a number of seconds of at least {least:g}",
+                hint=f"give {flag} a finite number of seconds >= {least:g}, e.g. {flag} 300",
+            )
+
+
 def run_command(
     command: str,
     options: Options,
@@ -95,6 +111,7 @@ def run_command(
     progress = Progress(quiet=False)
     ctx = RunContext(options=options, result=result, progress=progress)
     try:
+        check_options(options)
         with ctx.session():
             body(ctx)
     except KymameshError as exc:

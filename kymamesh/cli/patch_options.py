@@ -8,14 +8,13 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from kymamesh.errors import UsageError
+from kymamesh.errors import UsageError, yaml_problem
 
 PatchConfig = Annotated[
     Path | None,
     typer.Option(
         "--config",
         help="YAML file of patch step settings: `steps: {STEP: {PARAM: VALUE}}`.",
-        dir_okay=False,
     ),
 ]
 Domain = Annotated[
@@ -44,6 +43,47 @@ ResetSettings = Annotated[
 ]
 
 
+_CONFIG_EXAMPLE = "`steps: {sidecar-resources: {proxy: {limits: {memory: 512Mi}}}}`"
+
+
+def read_config(config: Path) -> dict[str, dict[str, Any]]:
+    """The step settings of a `--config` file: `steps: {STEP: {PARAM: VALUE}}`."""
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        reason = "it is a directory" if config.is_dir() else exc.strerror
+        raise UsageError(
+            f"cannot read --config {config}: {reason}",
+            hint=f"pass --config with the path of a YAML file like {_CONFIG_EXAMPLE}",
+        ) from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"--config {config} is not valid YAML: {yaml_problem(exc)}",
+            hint=f"fix the YAML; the file holds e.g. {_CONFIG_EXAMPLE}",
+        ) from None
+    steps = raw.get("steps") if isinstance(raw, dict) else None
+    if not isinstance(steps, dict) or set(raw) - {"steps"}:
+        if not isinstance(raw, dict):
+            found = f"a YAML {type(raw).__name__}"
+        elif set(raw) - {"steps"}:
+            found = "keys " + ", ".join(sorted(map(str, raw)))
+        else:
+            found = f"`steps` is a YAML {type(steps).__name__}" if "steps" in raw else "no `steps`"
+        raise UsageError(
+            f"--config {config} must be a map with one key `steps` (found {found})",
+            hint=f"write e.g. {_CONFIG_EXAMPLE}",
+        )
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, params in steps.items():
+        if not isinstance(params, dict):
+            raise UsageError(
+                f"--config {config}: steps.{name} must be a map of settings",
+                hint=f"write e.g. {_CONFIG_EXAMPLE}",
+            )
+        overrides[str(name)] = dict(params)
+    return overrides
+
+
 def patch_overrides(
     config: Path | None,
     domain: str | None = None,
@@ -54,24 +94,15 @@ def patch_overrides(
     """Step parameters from --config, then from the flags (flags win)."""
     overrides: dict[str, dict[str, Any]] = {}
     if config is not None:
-        try:
-            raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise UsageError(f"cannot read --config {config}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise UsageError(f"--config {config} is not valid YAML: {exc}") from None
-        steps = raw.get("steps") if isinstance(raw, dict) else None
-        if not isinstance(steps, dict) or set(raw) - {"steps"}:
-            raise UsageError(
-                f"--config {config} must be a map with one key `steps`",
-                hint="write e.g. `steps: {sidecar-resources: {proxy: {limits: {memory: 512Mi}}}}`",
-            )
-        for name, params in steps.items():
-            if not isinstance(params, dict):
-                raise UsageError(f"--config {config}: steps.{name} must be a map of settings")
-            overrides[str(name)] = dict(params)
+        overrides.update(read_config(config))
     tls = overrides.setdefault("ingress-gateway-tls", {})
-    if domain:
+    if domain is not None:
+        if not domain.strip():
+            raise UsageError(
+                "--domain is empty",
+                hint="give the domain the ingress gateway serves, e.g. --domain example.com, "
+                "or leave --domain out to keep the remembered (or default) one",
+            )
         tls["domain"] = domain
     if (tls_cert is None) != (tls_key is None):
         raise UsageError(
