@@ -12,11 +12,11 @@ real API server is tested against the test cluster as well.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from kymamesh.cluster import Obj, Ref
+from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import ConflictError, NotFoundError
 from kymamesh.output import Progress, Result
@@ -172,6 +172,9 @@ class FakeCluster:
         if wanted and wanted != live["metadata"]["resourceVersion"]:
             raise ConflictError("the object has been modified", 409)
 
+    # read, edit, write with one retry on a conflict: the adapter's own logic over the fake
+    update = Cluster.update
+
     def delete(self, ref: Ref, *, propagation: str = "Background") -> bool:
         self.writes.append(f"delete {ref}")
         key = self._find(ref)
@@ -187,8 +190,13 @@ class FakeCluster:
         return True
 
     @contextmanager
-    def lock(self, namespace: str, wait: float) -> Iterator[str]:
+    def lock(
+        self, namespace: str, wait: float, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[str]:
         yield "fake"
+
+    def check_lock(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -255,6 +255,7 @@ def test_user_pair_installed_and_dry_run_diff_is_redacted(tmp_path: Path) -> Non
     item = dry.result.phases[0].items[0]
     assert item.outcome == "would-change"
     assert "(redacted)" in item.diff and "issuer: CN=Real CA" in item.diff
+    assert "+  tls.key: (redacted, changed)" in item.diff  # a new key, never its value
     rendered = dry.result.render_json() + dry.result.render_text(verbose=True)
     assert_no_key(rendered, key)
     assert_no_key(rendered, old_key)

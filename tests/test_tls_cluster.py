@@ -117,6 +117,7 @@ def test_user_pair_is_installed_and_kept(istio: Any, tmp_path: Path) -> None:
     dry = kymamesh(istio, "patch", "-y", "--dry-run", "-v", *flags)
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "(redacted)" in dry.stdout and "issuer: CN=Example Issuing CA" in dry.stdout
+    assert "tls.key: (redacted, " in dry.stdout  # new or changed, never the key
     assert_no_key(dry.stdout + dry.stderr, key_pem)
 
     done = kymamesh(istio, "patch", "-y", "-v", *flags)

@@ -28,7 +28,7 @@ from kymamesh.certs import (
     self_signed,
 )
 from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.diffs import object_diff, unified
+from kymamesh.diffs import REDACTED, object_diff, secret_markers, unified
 from kymamesh.errors import PreconditionError, UsageError
 from kymamesh.patching import Change, StepContext
 
@@ -37,7 +37,6 @@ SOURCE_ANNOTATION = "kymamesh.io/certificate-source"  # self-signed | user
 SOURCE_SELF_SIGNED = "self-signed"
 SOURCE_USER = "user"
 GATEWAY_API_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1")
-REDACTED = "(redacted)"
 
 
 @dataclass(frozen=True)
@@ -161,6 +160,7 @@ class GatewayTlsStep:
                 summary,
                 lambda: wanted,
                 SOURCE_USER,
+                wanted.key_pem,
             )
 
         why = self._why_new_self_signed(ctx, params, live, live_pair, unusable, now)
@@ -186,6 +186,7 @@ class GatewayTlsStep:
             summary,
             lambda: self_signed(params.domain, params.validity_days),
             SOURCE_SELF_SIGNED,
+            None,
         )
 
     @staticmethod
@@ -232,15 +233,25 @@ class GatewayTlsStep:
         summary: str,
         make: Callable[[], TlsPair],
         source: str,
+        wanted_key: bytes | None,
     ) -> Change:
+        """The write of the Secret. `wanted_key` is the key to store, or None when a new
+        one is made on apply; the diff only says whether the key changes."""
+        live_key = _decode((live or {}).get("data") or {}, "tls.key")
+        live_marks, wanted_marks = secret_markers(
+            None if live is None else ({"tls.key": live_key} if live_key is not None else {}),
+            {"tls.key": wanted_key},
+        )
         before = _redacted_view(live, _live_view(live_pair, unusable)) if live else None
+        if before is not None and live_marks:
+            before["data"].update(live_marks)
         after = {
             "metadata": {
                 "annotations": {SOURCE_ANNOTATION: source},
                 "labels": {MANAGED_BY_LABEL: "kymamesh"},
             },
             "type": TLS_TYPE,
-            "data": {"tls.crt": dict(wanted_description), "tls.key": REDACTED},
+            "data": {"tls.crt": dict(wanted_description), **wanted_marks},
         }
         diff = unified(before, after, str(params.secret_ref))
 
