@@ -14,7 +14,9 @@ Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
 - an istiod Deployment exists in istio-system and is ready;
 - every Helm release of the release table that exists is `deployed`, and when
   kymamesh installed Istio all three exist;
-- every patch step's check finds nothing to change.
+- every patch step's check finds nothing to change;
+- the live mesh config (ConfigMap istio, key `mesh`) breaks none of the
+  install's security rules under `meshConfig.` (`resources/istio/security.yaml`).
 
 Sidecar coverage and sidecars older than istiod are reported, not judged: the
 Kyma patch makes injection opt-in, and restarting workloads is the user's call
@@ -40,6 +42,7 @@ from kymamesh.errors import ExitCode
 from kymamesh.helm import DeployedRelease
 from kymamesh.patching import StepSpec, check_all
 from kymamesh.release import pinned
+from kymamesh.security import mesh_config_problems
 from kymamesh.versions import Version
 
 _GATEWAY_TEMPLATES_ANNOTATION = "inject.istio.io/templates"
@@ -171,6 +174,8 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         cluster.list("v1", "Namespace"), cluster.list("v1", "Pod"), istiods
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
+    if istiods:
+        problems += mesh_config_security(cluster, namespace)
     return MeshStatus(
         namespace=namespace,
         supported=release.version,
@@ -197,6 +202,19 @@ def root_namespace(cluster: Cluster, namespace: str) -> str:
         return namespace
     root = mesh.get("rootNamespace") if isinstance(mesh, dict) else None
     return str(root) if root else namespace
+
+
+def mesh_config_security(cluster: Cluster, namespace: str) -> list[str]:
+    """The live mesh config judged by the install's security rules (`kymamesh.security`)."""
+    cm = cluster.get(Ref("v1", "ConfigMap", "istio", namespace))
+    text = ((cm or {}).get("data") or {}).get("mesh")
+    try:
+        mesh = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError:
+        return [f"ConfigMap {namespace}/istio: key mesh is not valid YAML"]
+    if not isinstance(mesh, dict):
+        return [f"ConfigMap {namespace}/istio: key mesh is not a map"]
+    return [f"ConfigMap {namespace}/istio: {p}" for p in mesh_config_problems(mesh)]
 
 
 def mesh_mtls(cluster: Cluster, kinds: list[inv.IstioKind], root: str) -> MtlsState:

@@ -21,9 +21,9 @@ import yaml
 
 from kymamesh.errors import InsecureValuesError, UsageError
 from kymamesh.resources import load_yaml, resources_dir
+from kymamesh.security import lookup_value, security_rules
 
 Values = dict[str, Any]
-_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,22 @@ class ValueStack:
         return result
 
     def origin_of(self, chart: str, dotted: str) -> str:
-        """The last source that set `dotted` for `chart`."""
+        """The last source that set `dotted` for `chart`, or replaced a map above it."""
         for source in reversed(self.sources):
-            if lookup(source.by_chart.get(chart, {}), dotted) is not _MISSING:
+            if _sets(source.by_chart.get(chart, {}), dotted):
                 return source.origin
         return "chart defaults"
+
+
+def _sets(values: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+        if not isinstance(node, Mapping):
+            return True  # the key itself, or a null or scalar that replaces its parent
+    return True
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Values:
@@ -65,32 +76,35 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Values:
     return result
 
 
-def lookup(values: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = values
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
+_INT64 = range(-(2**63), 2**63)
 
 
 def _scalar(text: str) -> Any:
-    """Type a `--set` value the way Helm does for the common cases."""
+    """Type a `--set` value the way Helm does.
+
+    true/false/null in any case are a boolean or null; `0` and a base-10
+    integer that does not start with 0 are an int (so `007` stays a string);
+    everything else, `no` and `off` included, is a string. A value starting with
+    `[` or `{` that is JSON is taken as JSON (kymamesh's addition).
+    """
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered == "null":
         return None
-    try:
+    if text == "0":
+        return 0
+    if _INTEGER.fullmatch(text) and not text.startswith("0") and int(text) in _INT64:
         return int(text)
-    except ValueError:
-        pass
     if text.startswith(("[", "{")):
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             pass
     return text
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _split_key(key: str) -> list[str]:
@@ -163,43 +177,24 @@ def project_source(charts: Iterable[str]) -> ValueSource:
     )
 
 
-@dataclass(frozen=True)
-class SecurityRule:
-    chart: str
-    key: str
-    insecure: tuple[Any, ...]
-    why: str
-
-
-def security_rules() -> tuple[SecurityRule, ...]:
-    raw = load_yaml(resources_dir() / "security.yaml")
-    return tuple(
-        SecurityRule(
-            chart=str(r["chart"]),
-            key=str(r["key"]),
-            insecure=tuple(r["insecure"]),
-            why=str(r["why"]),
-        )
-        for r in raw["rules"]
-    )
-
-
 def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
-    """Refuse values that turn mutual TLS off, naming the key and where it came from."""
+    """Refuse values that weaken mutual TLS, naming the key and where it came from.
+
+    Each value is judged as the chart will read it (`kymamesh.security`): every
+    spelling of off, and a null, which drops the key back to the default.
+    """
     problems: list[str] = []
     for rule in security_rules():
         if rule.chart not in charts:
             continue
-        value = lookup(stack.merged(rule.chart), rule.key)
-        if value is _MISSING:
-            continue
-        if any(type(value) is type(bad) and value == bad for bad in rule.insecure):
+        value, absent = lookup_value(stack.merged(rule.chart), rule.key)
+        problem = rule.problem(value, absent)
+        if problem:
             origin = stack.origin_of(rule.chart, rule.key)
-            problems.append(
-                f"{rule.chart}.{rule.key}: {json.dumps(value)} from {origin}: {rule.why}"
-            )
+            problems.append(f"{rule.chart}.{rule.key} from {origin}: {problem}")
     if problems:
         raise InsecureValuesError(
             "refusing insecure values (nothing was changed):\n  " + "\n  ".join(problems),
-            hint="remove these values; kymamesh always installs Istio with mutual TLS on",
+            hint="remove these values or set them secure (a switch: true); "
+            "kymamesh always installs Istio with mutual TLS on",
         )

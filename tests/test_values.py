@@ -8,6 +8,7 @@ import pytest
 
 from kymamesh.errors import ExitCode, InsecureValuesError, UsageError
 from kymamesh.release import pinned
+from kymamesh.security import SecurityRule, lookup_value, mesh_config_problems, security_rules
 from kymamesh.values import (
     ValueSource,
     ValueStack,
@@ -91,3 +92,135 @@ def test_project_values_turn_security_on() -> None:
 def test_set_escaped_dot_stays_in_the_name() -> None:
     source = parse_set(["istiod.nodeSelector.example\\.com/pool=mesh"], CHARTS)
     assert source.by_chart["istiod"] == {"nodeSelector": {"example.com/pool": "mesh"}}
+
+
+# -- each value judged as the chart reads it ----------------------------------
+
+AUTO_MTLS = "istiod.meshConfig.enableAutoMtls"
+
+
+@pytest.mark.parametrize(
+    ("text", "typed"),
+    [
+        ("0", 0),
+        ("-0", 0),
+        ("12", 12),
+        ("-5", -5),
+        ("007", "007"),
+        ("1.5", "1.5"),
+        ("no", "no"),
+        ("off", "off"),
+        ("False", False),
+        ("TRUE", True),
+        ("Null", None),
+        ("", ""),
+        ("1_000", "1_000"),
+        ("9223372036854775808", "9223372036854775808"),
+    ],
+)
+def test_set_types_scalars_like_helm(text: str, typed: object) -> None:
+    source = parse_set([f"istiod.x={text}"], CHARTS)
+    assert source.by_chart["istiod"]["x"] == typed
+    assert type(source.by_chart["istiod"]["x"]) is type(typed)
+
+
+@pytest.mark.parametrize(
+    "spelling", ["false", "False", "FALSE", "0", "-0", "no", "No", "off", "OFF", "n", "f", ""]
+)
+def test_set_refuses_every_spelling_of_auto_mtls_off(spelling: str) -> None:
+    stack = ValueStack([project_source(CHARTS), parse_set([f"{AUTO_MTLS}={spelling}"], CHARTS)])
+    with pytest.raises(InsecureValuesError) as err:
+        check_security(stack, CHARTS)
+    assert f"{AUTO_MTLS} from --set" in err.value.message
+    assert "reads as off" in err.value.message
+    assert err.value.hint
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ['"no"', "no", "0", "off", '"off"', "False", '"false"', '"0"', '""', "0.0", "[]", "{}", "n"],
+)
+def test_values_file_refuses_every_spelling_of_auto_mtls_off(tmp_path: Path, spelling: str) -> None:
+    user = tmp_path / "values.yaml"
+    user.write_text(f"istiod:\n  meshConfig:\n    enableAutoMtls: {spelling}\n")
+    stack = ValueStack([project_source(CHARTS), load_user_file(user, CHARTS)])
+    with pytest.raises(InsecureValuesError) as err:
+        check_security(stack, CHARTS)
+    assert f"{AUTO_MTLS} from {user}" in err.value.message
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "istiod.global.mtls.auto=0",
+        "istiod.global.mtls.enabled=off",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=TLSV1_0",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=tlsv1_1",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=1",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=2",
+    ],
+)
+def test_every_rule_judges_by_meaning(expr: str) -> None:
+    stack = ValueStack([project_source(CHARTS), parse_set([expr], CHARTS)])
+    with pytest.raises(InsecureValuesError):
+        check_security(stack, CHARTS)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        f"{AUTO_MTLS}=true",
+        f"{AUTO_MTLS}=yes",
+        f"{AUTO_MTLS}=1",
+        # null drops the key: istiod's own default, auto mTLS on, applies.
+        f"{AUTO_MTLS}=null",
+        "istiod.meshConfig=null",
+        "istiod.global.mtls.auto=null",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=TLSV1_2",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=3",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=TLS_AUTO",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=null",
+    ],
+)
+def test_secure_values_and_nulls_back_to_a_secure_default_pass(expr: str) -> None:
+    check_security(ValueStack([project_source(CHARTS), parse_set([expr], CHARTS)]), CHARTS)
+
+
+def test_null_where_the_default_is_insecure_is_refused_naming_its_source() -> None:
+    rule = SecurityRule(chart="istiod", key="a.b", why="off", falsy=True, absent_secure=False)
+    assert rule.problem(None, absent=True) == "missing or null, so the default applies: off"
+    assert rule.problem(True, absent=False) is None
+    stack = ValueStack(
+        [
+            ValueSource("defaults", {"istiod": {"a": {"b": True}}}),
+            parse_set(["istiod.a=null"], CHARTS),
+        ]
+    )
+    assert lookup_value(stack.merged("istiod"), "a.b") == (None, True)
+    assert stack.origin_of("istiod", "a.b") == "--set"
+
+
+def test_rules_are_data_by_meaning() -> None:
+    rules = {r.key: r for r in security_rules()}
+    assert rules["meshConfig.enableAutoMtls"].falsy
+    assert rules["meshConfig.enableAutoMtls"].absent_secure
+    assert rules["meshConfig.meshMTLS.minProtocolVersion"].one_of == ("TLSV1_0", "TLSV1_1")
+
+
+@pytest.mark.parametrize(
+    ("mesh", "bad"),
+    [
+        ({"enableAutoMtls": False}, ["enableAutoMtls"]),
+        ({"enableAutoMtls": "no"}, ["enableAutoMtls"]),
+        ({"enableAutoMtls": 0}, ["enableAutoMtls"]),
+        ({"meshMTLS": {"minProtocolVersion": "TLSV1_1"}}, ["meshMTLS.minProtocolVersion"]),
+        ({"enableAutoMtls": None}, []),
+        ({"enableAutoMtls": True, "meshMTLS": {"minProtocolVersion": "TLSV1_3"}}, []),
+        ({}, []),
+    ],
+)
+def test_live_mesh_config_is_judged_by_the_mesh_config_rules(
+    mesh: dict[str, object], bad: list[str]
+) -> None:
+    problems = mesh_config_problems(mesh)
+    assert [p.split(":")[0].removeprefix("mesh config ") for p in problems] == bad
