@@ -59,7 +59,10 @@ class RunContext:
             from kymamesh.helm import Helm, find_helm
 
             self._helm = Helm(
-                find_helm(self.options.helm), self.options.kubeconfig, self.options.context
+                find_helm(self.options.helm),
+                self.options.kubeconfig,
+                self.options.context,
+                fence=self._check_lock,
             )
         return self._helm
 
@@ -69,10 +72,18 @@ class RunContext:
             raise AssertionError("a dry run must not write")
         self.writes_started = True
         if self._locked:
+            self.cluster.check_lock()
             return
         self.cluster.ensure_namespace(self.namespace)
-        self._stack.enter_context(self.cluster.lock(self.namespace, self.options.lock_wait))
+        self._stack.enter_context(
+            self.cluster.lock(self.namespace, self.options.lock_wait, self.progress.info)
+        )
         self._locked = True
+
+    def _check_lock(self) -> None:
+        """The fence for writes made through helm: the same check as the cluster adapter's."""
+        if self._cluster is not None:
+            self._cluster.check_lock()
 
     def confirm(self, question: str) -> None:
         """Go on when --yes was given or the user says yes; otherwise refuse."""

@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     PARTIAL = 5  # some changes were made, then a step failed: re-run to converge
     NEEDS_CONFIRMATION = 6  # a change needs --yes (no terminal) or was declined
     UNHEALTHY = 7  # `status`: the mesh is not in the state kymamesh leaves
+    LOCK_LOST = 8  # the run lost its lock while writing and stopped before its next write
 
 
 class KymameshError(Exception):
@@ -80,6 +81,13 @@ class WaitTimeoutError(KymameshError):
 class LockHeldError(KymameshError):
     exit_code = ExitCode.TIMEOUT
     code = "lock-held"
+
+
+class LockLostError(KymameshError):
+    """The run no longer holds its lock (the Lease went unrenewed, or another run took it)."""
+
+    exit_code = ExitCode.LOCK_LOST
+    code = "lock-lost"
 
 
 class PartialFailureError(KymameshError):

@@ -10,7 +10,7 @@ import asyncio
 import os
 import shutil
 import tarfile
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -83,10 +83,18 @@ def _helm_message(exc: BaseException) -> str:
 
 
 class Helm:
-    def __init__(self, executable: str, kubeconfig: str | None, context: str | None) -> None:
+    def __init__(
+        self,
+        executable: str,
+        kubeconfig: str | None,
+        context: str | None,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
+        """`fence` is called before every write (it raises when the run lost its lock)."""
         from pyhelm3 import Client
 
         self.executable = executable
+        self._fence = fence or (lambda: None)
         try:
             self._client = Client(
                 executable=executable,
@@ -243,6 +251,7 @@ class Helm:
     ) -> None:
         from pyhelm3 import errors
 
+        self._fence()
         try:
             _run(
                 self._client.install_or_upgrade_release(
@@ -268,6 +277,7 @@ class Helm:
     def uninstall(self, release: str, namespace: str, timeout: float) -> None:
         from pyhelm3 import errors
 
+        self._fence()
         try:
             _run(
                 self._client.uninstall_release(

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from kymamesh.cluster import Cluster
 from kymamesh.context import RunContext
-from kymamesh.errors import KymameshError, PartialFailureError, UsageError
+from kymamesh.errors import KymameshError, LockLostError, PartialFailureError, UsageError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.resources import load_yaml, patches_dir
 from kymamesh.values import deep_merge
@@ -183,6 +183,11 @@ def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
         with ctx.progress.item(spec.name) as tracker:
             try:
                 _run_step(ctx, step, sctx, item)
+            except LockLostError as exc:  # no further step may write: stop the run here
+                item.outcome = Outcome.FAILED
+                item.error = exc.message
+                tracker.done(item.outcome, item.error)
+                raise
             except KymameshError as exc:
                 item.outcome = Outcome.FAILED
                 item.error = exc.message + (f" ({exc.hint})" if exc.hint else "")

@@ -12,7 +12,7 @@ real API server is tested against the test cluster as well.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -187,8 +187,13 @@ class FakeCluster:
         return True
 
     @contextmanager
-    def lock(self, namespace: str, wait: float) -> Iterator[str]:
+    def lock(
+        self, namespace: str, wait: float, on_wait: Callable[[str], None] | None = None
+    ) -> Iterator[str]:
         yield "fake"
+
+    def check_lock(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

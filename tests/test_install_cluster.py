@@ -163,7 +163,7 @@ def test_lock_held_by_another_run_blocks_then_names_it(installed: Any) -> None:
     installed.kubectl("apply", "-f", "-", input=json.dumps(lease))
     start = time.monotonic()
     with installed.audit.counting(user_agent_prefix="kymamesh") as writes:
-        code, doc, _ = kymamesh(
+        code, doc, err = kymamesh(
             installed,
             "install",
             "--charts-dir",
@@ -179,6 +179,10 @@ def test_lock_held_by_another_run_blocks_then_names_it(installed: Any) -> None:
     assert doc["errors"][0]["code"] == "lock-held"
     assert "ci-runner@build-7" in doc["errors"][0]["message"]
     assert waited >= 3
+    # while it waited, it said once who holds the lock and until when
+    waiting = [line for line in err.splitlines() if "waiting for the lock" in line]
+    assert len(waiting) == 1, err
+    assert "ci-runner@build-7/pid-42/abcd" in waiting[0] and "until" in waiting[0]
     assert writes.total == 0
     installed.kubectl("delete", "lease", "kymamesh-lock", "-n", "istio-system")
 

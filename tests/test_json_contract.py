@@ -72,6 +72,7 @@ def test_exit_codes_are_stable() -> None:
         "PARTIAL": 5,
         "NEEDS_CONFIRMATION": 6,
         "UNHEALTHY": 7,
+        "LOCK_LOST": 8,
     }
 
 

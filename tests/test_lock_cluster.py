@@ -1,0 +1,330 @@
+"""The lock Lease against the test cluster: a run that loses it (taken by another run, or
+left unrenewed) writes nothing more; expiry is judged by watching the Lease, not by
+comparing clocks; a create whose answer was lost is recognised; the release is
+conditional; a waiting run says who holds the lock; two runs take turns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_install_cluster import CHARTS, kymamesh
+
+from kymamesh import cluster as adapter
+from kymamesh.cluster import Cluster, Ref
+from kymamesh.errors import ExitCode, LockHeldError, LockLostError
+
+ROOT = Path(__file__).resolve().parent.parent
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+
+
+def stamp(delta: timedelta = timedelta(0)) -> str:
+    return (datetime.now(UTC) + delta).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def lease(c: Any, ns: str) -> dict[str, Any] | None:
+    code, body = c.api().get(f"{LEASES.format(ns=ns)}/{adapter.LOCK_NAME}")
+    return body if code == 200 else None
+
+
+def put_lease(c: Any, ns: str, holder: str, renew: str, duration: int, rv: str = "") -> str:
+    """Create (or, with rv, update) the lock Lease as another run would; its resourceVersion."""
+    body: dict[str, Any] = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": adapter.LOCK_NAME, "namespace": ns},
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": duration,
+            "acquireTime": renew,
+            "renewTime": renew,
+        },
+    }
+    if rv:
+        body["metadata"]["resourceVersion"] = rv
+        code, out = c.api().request(
+            "PUT", f"{LEASES.format(ns=ns)}/{adapter.LOCK_NAME}", body=body, user_agent="thief"
+        )
+    else:
+        code, out = c.api().request("POST", LEASES.format(ns=ns), body=body, user_agent="thief")
+    assert code in (200, 201), (code, out)
+    return str(out["metadata"]["resourceVersion"])
+
+
+@pytest.fixture
+def adapter_for(cluster: Any) -> Iterator[Any]:
+    made: list[Cluster] = []
+
+    def make() -> Cluster:
+        cl = Cluster.connect(str(cluster.kubeconfig))
+        made.append(cl)
+        return cl
+
+    yield make
+    for cl in made:
+        cl.close()
+
+
+@pytest.fixture
+def fast_renewal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(adapter, "LOCK_RENEW_EVERY_S", 0.3)
+    monkeypatch.setattr(adapter, "LOCK_RETRY_EVERY_S", 0.3)
+
+
+def wait_until_lost(cluster: Any, cl: Cluster) -> LockLostError:
+    def lost() -> LockLostError | None:
+        try:
+            cl.check_lock()
+        except LockLostError as exc:
+            return exc
+        return None
+
+    found = cluster.wait_for(lost, timeout=60, what="the run to notice it lost its lock")
+    assert isinstance(found, LockLostError)
+    return found
+
+
+def every_write(cl: Cluster, ns: str) -> dict[str, Any]:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fenced", "namespace": ns}}
+    ref = Ref.of(cm)
+    return {
+        "apply": lambda: cl.apply(cm),
+        "create": lambda: cl.create(cm),
+        "replace": lambda: cl.replace(cm),
+        "merge_patch": lambda: cl.merge_patch(ref, {"data": {"a": "b"}}),
+        "delete": lambda: cl.delete(ref),
+        "ensure_namespace": lambda: cl.ensure_namespace(f"{ns}-not-made"),
+    }
+
+
+@pytest.mark.usefixtures("fast_renewal")
+def test_stolen_lock_stops_every_write_and_is_not_released(
+    cluster: Any, namespace: str, adapter_for: Any
+) -> None:
+    cl = adapter_for()
+    with cl.lock(namespace, wait=5) as holder:
+        cl.check_lock()  # held: writes may go on
+        live = lease(cluster, namespace)
+        assert live is not None and live["spec"]["holderIdentity"] == holder
+        put_lease(
+            cluster, namespace, "other-run", stamp(), 30, rv=live["metadata"]["resourceVersion"]
+        )
+        lost = wait_until_lost(cluster, cl)
+        assert lost.exit_code == ExitCode.LOCK_LOST
+        assert "other-run" in lost.message
+        with cluster.audit.counting() as writes:
+            for name, write in every_write(cl, namespace).items():
+                with pytest.raises(LockLostError):
+                    write()
+                assert (
+                    cluster.kubectl("get", "cm", "fenced", "-n", namespace, check=False).returncode
+                    != 0
+                ), name
+        assert writes.total == 0, writes.describe()
+    after = lease(cluster, namespace)
+    assert after is not None and after["spec"]["holderIdentity"] == "other-run"
+
+
+@pytest.mark.usefixtures("fast_renewal")
+def test_unrenewable_lock_counts_as_lost_before_it_could_expire(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib3.exceptions import ProtocolError
+
+    monkeypatch.setattr(adapter, "LOCK_RENEW_DEADLINE_S", 2.0)
+    cl = adapter_for()
+    with cl.lock(namespace, wait=5):
+        real = cl._dynamic.replace
+
+        def unreachable(resource: Any, *args: Any, **kwargs: Any) -> Any:
+            if resource.kind == "Lease":
+                raise ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+            return real(resource, *args, **kwargs)
+
+        monkeypatch.setattr(cl._dynamic, "replace", unreachable)
+        lost = wait_until_lost(cluster, cl)
+        assert "could not be renewed" in lost.message
+        with cluster.audit.counting() as writes, pytest.raises(LockLostError):
+            cl.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "x", "namespace": namespace},
+                }
+            )
+        assert writes.total == 0, writes.describe()
+
+
+def test_lease_renewed_by_a_host_whose_clock_lags_is_not_taken(
+    cluster: Any, namespace: str, adapter_for: Any
+) -> None:
+    # Its renewTime is an hour old by our clock, but it keeps being renewed.
+    rv = put_lease(cluster, namespace, "lagging-host", stamp(timedelta(hours=-1)), 4)
+    stop = threading.Event()
+
+    def renew() -> None:
+        version = rv
+        while not stop.wait(0.5):
+            version = put_lease(
+                cluster, namespace, "lagging-host", stamp(timedelta(hours=-1)), 4, rv=version
+            )
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        cl = adapter_for()
+        with pytest.raises(LockHeldError) as held, cl.lock(namespace, wait=10):
+            pass
+    finally:
+        stop.set()
+        renewer.join()
+    assert "lagging-host" in held.value.message
+    assert lease(cluster, namespace)["spec"]["holderIdentity"] == "lagging-host"  # type: ignore[index]
+
+
+def test_unrenewed_lease_stamped_in_the_future_is_taken_over(
+    cluster: Any, namespace: str, adapter_for: Any
+) -> None:
+    # A crashed run on a host whose clock runs an hour ahead: unchanged for its 3 s, it is free.
+    put_lease(cluster, namespace, "fast-clock-host", stamp(timedelta(hours=1)), 3)
+    lines: list[str] = []
+    cl = adapter_for()
+    with cl.lock(namespace, wait=30, on_wait=lines.append) as holder:
+        assert lease(cluster, namespace)["spec"]["holderIdentity"] == holder  # type: ignore[index]
+    assert len(lines) == 1, lines  # said once who holds it and until when, then waited quietly
+    assert "fast-clock-host" in lines[0] and "until" in lines[0]
+    assert lease(cluster, namespace) is None  # released
+
+
+def test_create_whose_answer_was_lost_is_recognised(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib3.exceptions import ProtocolError
+
+    cl = adapter_for()
+    real = cl._dynamic.create
+    lost: list[str] = []
+
+    def create_then_lose_answer(resource: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(resource, *args, **kwargs)
+        if resource.kind == "Lease" and not lost:
+            lost.append("answer")
+            raise ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        return result
+
+    monkeypatch.setattr(cl._dynamic, "create", create_then_lose_answer)
+    lines: list[str] = []
+    with cl.lock(namespace, wait=5, on_wait=lines.append) as holder:
+        assert lease(cluster, namespace)["spec"]["holderIdentity"] == holder  # type: ignore[index]
+        cl.check_lock()
+    assert lost == ["answer"]
+    assert lines == []  # it never waited on itself
+
+
+def test_release_after_the_lock_was_taken_over_leaves_the_new_holder(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No renewal happens in this test: the other run takes the Lease right after ours.
+    monkeypatch.setattr(adapter, "LOCK_RENEW_EVERY_S", 3600.0)
+    cl = adapter_for()
+    with cl.lock(namespace, wait=5):
+        live = lease(cluster, namespace)
+        assert live is not None
+        put_lease(
+            cluster, namespace, "next-run", stamp(), 30, rv=live["metadata"]["resourceVersion"]
+        )
+    after = lease(cluster, namespace)
+    assert after is not None and after["spec"]["holderIdentity"] == "next-run"
+
+
+def test_two_runs_take_turns(cluster: Any, namespace: str, adapter_for: Any) -> None:
+    first, second = adapter_for(), adapter_for()
+    order: list[str] = []
+    lines: list[str] = []
+    with first.lock(namespace, wait=5) as holder:
+        waiting = threading.Thread(
+            target=lambda: _hold_briefly(second, namespace, order, lines), daemon=True
+        )
+        waiting.start()
+        cluster.wait_for(lambda: lines, timeout=30, what="the second run to wait")
+        order.append("first done")
+    waiting.join(timeout=60)
+    assert order == ["first done", "second has it"]
+    assert len(lines) == 1 and holder in lines[0]
+
+
+def _hold_briefly(cl: Cluster, ns: str, order: list[str], lines: list[str]) -> None:
+    with cl.lock(ns, wait=60, on_wait=lines.append):
+        order.append("second has it")
+
+
+# -- through the command line -------------------------------------------------------------------
+
+# Runs the real CLI; after its first Helm upgrade, another run takes the lock Lease, and
+# this one goes on only once it has noticed.
+THIEF = """
+import sys, time
+from kymamesh import cluster as c, helm as h
+from kymamesh.errors import LockLostError
+
+c.LOCK_RENEW_EVERY_S = 0.3
+made = []
+init = c.Cluster.__init__
+def remember(self, *a, **k):
+    init(self, *a, **k)
+    made.append(self)
+c.Cluster.__init__ = remember
+
+upgrade = h.Helm.install_or_upgrade
+def then_steal(self, release, *a, **k):
+    upgrade(self, release, *a, **k)
+    cl = made[0]
+    ref = c.Ref("coordination.k8s.io/v1", "Lease", c.LOCK_NAME, "istio-system")
+    live = cl.get(ref)
+    live["spec"]["holderIdentity"] = "other-run"
+    cl.replace(live)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            cl.check_lock()
+        except LockLostError:
+            return
+        time.sleep(0.1)
+h.Helm.install_or_upgrade = then_steal
+
+sys.argv = ["kymamesh", *sys.argv[1:]]
+from kymamesh.cli.app import main
+main()
+"""
+
+
+def test_cli_run_that_lost_its_lock_stops_with_its_exit_code(fresh_cluster: Any) -> None:
+    c = fresh_cluster()
+    run = subprocess.run(
+        [sys.executable, "-c", THIEF, "install", "--charts-dir", str(CHARTS), "-y", "-o", "json"],
+        cwd=ROOT,
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
+    doc = json.loads(run.stdout)
+    assert run.returncode == ExitCode.LOCK_LOST, run.stderr
+    assert doc["exitCode"] == 8 and doc["errors"][0]["code"] == "lock-lost"
+    assert doc["errors"][0]["hint"]
+    releases = json.loads(c.helm_run("list", "-n", "istio-system", "-o", "json").stdout)
+    assert [r["name"] for r in releases] == ["istio-base"]  # istiod was not written
+    left = lease(c, "istio-system")
+    assert left is not None and left["spec"]["holderIdentity"] == "other-run"
+    # once the other run is done, a re-run converges
+    c.kubectl("delete", "lease", adapter.LOCK_NAME, "-n", "istio-system")
+    code, doc, err = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y")
+    assert code == 0, (doc["errors"], err)
