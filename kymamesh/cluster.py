@@ -2,8 +2,9 @@
 
 Objects are plain dicts (as in a manifest) addressed by `Ref`. API errors are
 mapped once, here, to the named errors of `kymamesh.errors`; transient ones
-(connection reset, 429, 5xx, 409 on update) are retried with tenacity, others
-are not. Every write carries the
+(connection reset, 429, 5xx) are retried with tenacity, others are not. A 409 on
+an update made with `update` (read, edit, write conditional on the
+resourceVersion) is retried once with a fresh read. Every write carries the
 field manager and user agent `kymamesh`, and is fenced by the lock: while a run
 holds the lock Lease, a write after the lock was lost raises LockLostError
 instead of reaching the API.
@@ -29,6 +30,7 @@ from typing import Any, TypeVar
 from tenacity import (
     retry,
     retry_if_exception,
+    retry_if_exception_type,
     stop_after_attempt,
     wait_exponential,
 )
@@ -58,6 +60,7 @@ LOCK_RETRY_EVERY_S = 2.0  # after a failed renewal
 LOCK_RENEW_DEADLINE_S = 20.0  # no renewal for this long: the lock counts as lost
 LOCK_CALL_TIMEOUT = (3, 5)  # connect, read: a Lease call must fit well inside the deadline
 _REQUEST_TIMEOUT = (5, 30)  # connect, read
+_UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 
 
 @dataclass(frozen=True, order=True)
@@ -363,6 +366,41 @@ class Cluster:
             )
         )
         return dict(result.to_dict())
+
+    def update(self, ref: Ref, edit: Callable[[Obj], Mapping[str, Any] | None]) -> Obj:
+        """Read, edit, write: `edit(live)` returns a JSON merge patch (None: nothing to
+        change), sent conditional on the resourceVersion it was computed from.
+
+        A 409 means the object changed between the read and the write: the edit is
+        made again, once, on a fresh read (tenacity). A second 409 is a ConflictError
+        naming the object. NotFoundError when the object does not exist.
+        """
+
+        @retry(
+            retry=retry_if_exception_type(ConflictError),
+            stop=stop_after_attempt(_UPDATE_ATTEMPTS),
+            reraise=True,
+        )
+        def attempt() -> Obj:
+            live = self.get(ref)
+            if live is None:
+                raise NotFoundError(f"{ref} does not exist", 404)
+            patch = edit(live)
+            if patch is None:
+                return live
+            meta = dict(patch.get("metadata") or {})
+            meta["resourceVersion"] = live["metadata"]["resourceVersion"]
+            return self.merge_patch(ref, {**patch, "metadata": meta})
+
+        try:
+            return attempt()
+        except ConflictError as exc:
+            raise ConflictError(
+                f"{ref} changed again while kymamesh updated it ({exc.message})",
+                409,
+                hint="something else keeps rewriting it (a Helm upgrade, an operator); "
+                "re-run when it has settled",
+            ) from exc
 
     def delete(self, ref: Ref, *, propagation: str = "Background") -> bool:
         """Delete; False when it was already gone."""

@@ -19,11 +19,10 @@ import yaml
 
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import unified
-from kymamesh.errors import ConflictError, PreconditionError
+from kymamesh.errors import ConflictError, NotFoundError, PreconditionError
 from kymamesh.patching import Change, StepContext
 from kymamesh.preflight import istiod_deployments
 
-_ATTEMPTS = 5
 _ABSENT = object()
 
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
@@ -185,25 +184,25 @@ def changed_parts(before: Any, after: Any) -> tuple[Any, Any]:
 
 
 def _applier(ref: Ref, key: str, editor: Editor) -> Callable[[Cluster], None]:
+    """Edit the key on the live text; the adapter redoes the edit on a fresh read when
+    the ConfigMap changed between the read and the write."""
+
     def apply(cluster: Cluster) -> None:
-        for _ in range(_ATTEMPTS):
-            live, text = read_key(cluster, ref, key)
-            edit = editor(text)
-            if edit is None or edit.text == text:
-                return
-            patch = {
-                "metadata": {"resourceVersion": live["metadata"]["resourceVersion"]},
-                "data": {key: edit.text},
-            }
-            try:
-                cluster.merge_patch(ref, patch)
-            except ConflictError:
-                continue  # changed since we read it: edit the new content
-            return
-        raise ConflictError(
-            f"ConfigMap {ref.namespace}/{ref.name} kept changing while kymamesh edited "
-            f"its key `{key}`",
-            hint="something else is rewriting it (a Helm upgrade, an operator); re-run later",
-        )
+        def edit(live: Obj) -> dict[str, Any] | None:
+            data = live.get("data") or {}
+            if key not in data:
+                read_key(cluster, ref, key)  # raises the error naming what is missing
+                raise ConflictError(f"{ref}: key `{key}` appeared meanwhile", 409)
+            text = str(data[key] or "")
+            change = editor(text)
+            if change is None or change.text == text:
+                return None
+            return {"data": {key: change.text}}
+
+        try:
+            cluster.update(ref, edit)
+        except NotFoundError:
+            read_key(cluster, ref, key)  # raises the error naming what is missing
+            raise
 
     return apply
