@@ -177,7 +177,7 @@ def _labels_text(labels: Mapping[str, str]) -> str:
 class RemoveAddonsStep:
     """Delete the catalog's objects that are present, each matched exactly."""
 
-    PARAMS = frozenset({"catalog"})
+    PARAMS = frozenset({"catalog", "deleteVolumeClaims"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         load_catalog(_catalog_path(ctx.params))

@@ -260,7 +260,7 @@ class TracingStep:
     """Active tracing to Zipkin in kyma-system (or, chosen by `tracer`, to an OpenTelemetry
     collector); no reference to a Zipkin in istio-system remains."""
 
-    PARAMS = frozenset({"zipkinAddress", "provider"})
+    PARAMS = frozenset({"tracer", "zipkinAddress", "provider", "opentelemetry"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         tracing_wanted(ctx.params, ctx.namespace)
