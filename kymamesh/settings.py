@@ -25,7 +25,11 @@ from kymamesh.values import deep_merge
 
 NAME = "kymamesh-settings"
 KEY = "settings.yaml"
-_NOT_REMEMBERED = {"ingress-gateway-tls": ("certFile", "keyFile"), "restart-proxies": ("restart",)}
+_NOT_REMEMBERED = {
+    "ingress-gateway-tls": ("certFile", "keyFile"),
+    "restart-proxies": ("restart",),
+    "remove-legacy-addons": ("deleteVolumeClaims",),  # a yes to losing data is for one run
+}
 
 Overrides = dict[str, dict[str, Any]]
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from kymamesh.cluster import Ref
+from kymamesh.errors import UsageError
 from kymamesh.resources import patches_dir
 from kymamesh.steps.addons import load_catalog
 from tests.support_patch import ADDONS, ensure_istio, kymamesh_json
@@ -96,17 +97,23 @@ def test_legacy_addons_deleted_look_alikes_survive(istio: Any, scenario: str) ->
     legacy_files, look_alike_files = SCENARIOS[scenario]
     for name in [*legacy_files, *look_alike_files]:
         istio.kubectl("apply", "-f", str(ADDONS / name))
-    legacy = refs_in(*legacy_files)
+    everything = refs_in(*legacy_files)
+    claims = [r for r in everything if r.kind == "PersistentVolumeClaim"]
+    legacy = [r for r in everything if r not in claims]
     survivors = refs_in(*look_alike_files)
     try:
-        assert all(exists(istio, r) for r in legacy + survivors)
+        assert all(exists(istio, r) for r in everything + survivors)
         code, result, stderr = kymamesh_json(istio, "patch", "-y")
         assert code == 0, (result, stderr)
         item = addon_item(result)
         gone = [r for r in legacy if exists(istio, r)]
         assert gone == [], f"legacy objects left: {gone}"
-        lost = [r for r in survivors if not exists(istio, r)]
-        assert lost == [], f"look-alikes deleted: {lost}"
+        lost = [r for r in survivors + claims if not exists(istio, r)]
+        assert lost == [], f"look-alikes or volume claims deleted: {lost}"
+        for claim in claims:  # data: kept, and the output says how to delete it
+            assert any(
+                f"kept {claim}" in n and "deleteVolumeClaims: true" in n for n in result["notes"]
+            ), result["notes"]
         reported = {c.split(": ", 1)[1] for c in item["changes"]}
         assert reported == {f"{r} deleted" for r in legacy}
         if legacy:
@@ -120,8 +127,70 @@ def test_legacy_addons_deleted_look_alikes_survive(istio: Any, scenario: str) ->
         assert code == 0
         assert addon_item(again)["outcome"] == "unchanged"
         assert writes.total == 0, writes.describe()
+        assert all(exists(istio, r) for r in survivors + claims)
     finally:
         remove(istio, *legacy_files, *look_alike_files)
+
+
+def test_volume_claim_deleted_only_when_asked_for_that_run(istio: Any, tmp_path: Path) -> None:
+    istio.kubectl("apply", "-f", str(ADDONS / "legacy-addons.yaml"))
+    claim = Ref("v1", "PersistentVolumeClaim", "istio-grafana-pvc", "istio-system")
+    try:
+        code, result, stderr = kymamesh_json(istio, "patch", "-y")
+        assert code == 0, (result, stderr)
+        assert exists(istio, claim)
+        code, status, _ = kymamesh_json(istio, "status")
+        steps = {s["name"]: s for s in status["data"]["steps"]}
+        assert steps["remove-legacy-addons"]["applied"] is True, steps
+
+        config = tmp_path / "config.yaml"
+        config.write_text("steps: {remove-legacy-addons: {deleteVolumeClaims: true}}\n")
+        dry_code, dry, _ = kymamesh_json(istio, "patch", "-y", "--dry-run", "--config", str(config))
+        assert dry_code == 0
+        assert addon_item(dry)["changes"] == [f"grafana (Istio 1.0) addon: {claim} deleted"]
+        assert exists(istio, claim)
+
+        code, result, stderr = kymamesh_json(istio, "patch", "-y", "--config", str(config))
+        assert code == 0, (result, stderr)
+        assert addon_item(result)["changes"] == [f"grafana (Istio 1.0) addon: {claim} deleted"]
+        assert not exists(istio, claim)
+        # the yes was for that run: it is not remembered
+        settings = istio.kubectl(
+            "get", "configmap", "kymamesh-settings", "-n", "istio-system",
+            "-o", "jsonpath={.data}", check=False,
+        ).stdout  # fmt: skip
+        assert "deleteVolumeClaims" not in settings
+    finally:
+        remove(istio, "legacy-addons.yaml")
+
+
+def test_external_name_zipkin_service_survives(istio: Any) -> None:
+    """A user's ExternalName Service istio-system/zipkin, beside the rest of the Zipkin addon."""
+    addon = [
+        d
+        for d in yaml.safe_load_all((ADDONS / "legacy-addons-zipkin.yaml").read_text())
+        if d and (d["kind"], d["metadata"]["name"]) != ("Service", "zipkin")
+    ]
+    external = next(
+        d
+        for d in yaml.safe_load_all((ADDONS / "look-alikes-same-name.yaml").read_text())
+        if d and d["kind"] == "Service" and d["metadata"]["name"] == "zipkin"
+    )
+    assert external["spec"]["type"] == "ExternalName"
+    istio.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([*addon, external]))
+    try:
+        code, result, stderr = kymamesh_json(istio, "patch", "-y")
+        assert code == 0, (result, stderr)
+        assert exists(istio, Ref.of(external))
+        assert not any(exists(istio, Ref.of(d)) for d in addon)
+        assert {c.split(": ", 1)[1] for c in addon_item(result)["changes"]} == {
+            f"{Ref.of(d)} deleted" for d in addon
+        }
+    finally:
+        istio.kubectl(
+            "delete", "-f", "-", "--ignore-not-found", "--wait=false",
+            input=yaml.safe_dump_all([*addon, external]),
+        )  # fmt: skip
 
 
 def test_prometheus_operator_objects_survive(istio: Any) -> None:
@@ -137,7 +206,8 @@ def test_prometheus_operator_objects_survive(istio: Any) -> None:
         code, result, stderr = kymamesh_json(istio, "patch", "-y")
         assert code == 0, (result, stderr)
         assert all(exists(istio, r) for r in operator)
-        assert not any(exists(istio, r) for r in refs_in("legacy-addons.yaml"))
+        legacy = [r for r in refs_in("legacy-addons.yaml") if r.kind != "PersistentVolumeClaim"]
+        assert not any(exists(istio, r) for r in legacy)
     finally:
         remove(istio, "look-alikes-operator.yaml", "legacy-addons.yaml")
 
@@ -151,8 +221,12 @@ def test_dry_run_lists_without_deleting(istio: Any) -> None:
         item = addon_item(result)
         assert item["outcome"] == "would-change"
         assert (
-            "- Deployment/istio-system/zipkin (labels: app=zipkin; matched zipkin addon)"
-            in (item["diff"])
+            "- Deployment/istio-system/zipkin (matched the zipkin addon by labels app=zipkin)"
+            in item["diff"]
+        )
+        assert (
+            "- Service/istio-system/zipkin (matched the zipkin addon by labels name=zipkin; "
+            "selector app=zipkin; port 9411)" in item["diff"]
         )
         assert writes.total == 0, writes.describe()
         assert all(exists(istio, r) for r in refs_in("legacy-addons-zipkin.yaml"))
@@ -175,6 +249,12 @@ def test_catalog_rows_are_complete_and_in_the_known_namespaces() -> None:
         ("ConfigMap", "istio-services-grafana-dashboards"),
         ("Service", "zipkin"),
     ]
+    # what tells those from a user's object of the same name
+    assert all(r.selector or r.data_keys for r in catalog if not r.labels)
+    zipkin = [r for r in catalog if (r.kind, r.name) == ("Service", "zipkin")]
+    assert len(zipkin) == 3
+    assert all(r.selector in ({"app": "jaeger"}, {"app": "zipkin"}) for r in zipkin)
+    assert all(r.ports == (9411,) for r in zipkin)
     cluster_scoped = {r.kind for r in catalog if not r.namespace}
     assert cluster_scoped == {"ClusterRole", "ClusterRoleBinding"}
 
@@ -189,6 +269,62 @@ def test_every_fixture_legacy_object_has_a_catalog_row() -> None:
         for doc in yaml.safe_load_all((ADDONS / name).read_text()):
             if doc:
                 assert not any(r.matches(doc) for r in catalog), f"{name}: {Ref.of(doc)}"
+
+
+def service(name: str, labels: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "istio-system", "labels": labels},
+        "spec": spec,
+    }
+
+
+ZIPKIN_PORT = {"ports": [{"name": "http-query", "port": 9411, "targetPort": 9411}]}
+
+
+def test_zipkin_service_matched_by_istio_shape_not_by_name() -> None:
+    catalog = load_catalog(patches_dir() / "legacy-addons.yaml")
+
+    def matched(obj: dict[str, Any]) -> bool:
+        return any(r.matches(obj) for r in catalog)
+
+    # Istio's Jaeger addon: no labels (older samples) or `name: zipkin` (newer ones)
+    assert matched(service("zipkin", {}, {"selector": {"app": "jaeger"}, **ZIPKIN_PORT}))
+    assert matched(
+        service("zipkin", {"name": "zipkin"}, {"selector": {"app": "jaeger"}, **ZIPKIN_PORT})
+    )
+    # a user's: ExternalName (no selector), own Pods, another port
+    external = {"type": "ExternalName", "externalName": "zipkin.tracing.svc", **ZIPKIN_PORT}
+    assert not matched(service("zipkin", {}, external))
+    assert not matched(service("zipkin", {"name": "zipkin"}, external))
+    assert not matched(service("zipkin", {}, {"selector": {"app": "my-zipkin"}, **ZIPKIN_PORT}))
+    other_port = {"selector": {"app": "jaeger"}, "ports": [{"port": 80}]}
+    assert not matched(service("zipkin", {}, other_port))
+
+
+def test_dashboards_matched_by_their_keys() -> None:
+    catalog = load_catalog(patches_dir() / "legacy-addons.yaml")
+
+    def configmap(data: dict[str, str]) -> dict[str, Any]:
+        meta = {"name": "istio-grafana-dashboards", "namespace": "istio-system"}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+    istio_keys = {"pilot-dashboard.json": "{}", "ztunnel-dashboard.json": "{}"}
+    assert any(r.matches(configmap(istio_keys)) for r in catalog)
+    assert not any(r.matches(configmap({})) for r in catalog)
+    mixed = {**istio_keys, "shop-dashboard.json": "{}"}
+    assert not any(r.matches(configmap(mixed)) for r in catalog)
+
+
+def test_a_row_that_matches_a_name_alone_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "objects:\n  - {addon: jaeger, kind: Service, apiVersion: v1, "
+        "namespace: istio-system, name: zipkin, labels: {}}\n"
+    )
+    with pytest.raises(UsageError, match="would match any object of that name"):
+        load_catalog(path)
 
 
 def test_fixture_paths_exist() -> None:

@@ -206,6 +206,7 @@ def assert_kyma_state(c: TestCluster, foreign: dict[str, str] | None = None) -> 
     assert mesh["defaultConfig"]["tracing"] == {"zipkin": {"address": "zipkin.kyma-system:9411"}}
     providers = mesh["extensionProviders"]
     assert KYMA_ZIPKIN in providers and KYMA_WEBHOOK in providers
+    assert mesh["defaultProviders"]["tracing"] == ["kyma-zipkin"]  # tracing is active
     assert "zipkin.istio-system" not in mesh_text
     for provider in providers:
         if "zipkin" in provider:

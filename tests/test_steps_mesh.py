@@ -3,6 +3,7 @@ against an in-memory cluster (the real cluster runs are in tests/test_patch_clus
 
 from __future__ import annotations
 
+import copy
 import json
 from decimal import Decimal
 from typing import Any
@@ -30,7 +31,7 @@ from kymamesh.steps.meshconfig import (
     apply_tracing,
     ext_authz_wanted,
     in_namespace,
-    zipkin_wanted,
+    tracing_wanted,
 )
 from kymamesh.steps.mtls import PeerAuthenticationStep
 from tests.support_mesh import (
@@ -209,7 +210,7 @@ def test_bad_policy_param() -> None:
 def test_tracing_edit() -> None:
     mesh = yaml.safe_load(MESH)
     original = yaml.safe_load(MESH)
-    done = apply_tracing(mesh, zipkin_wanted(params_of("tracing-kyma-zipkin"), NS))
+    done = apply_tracing(mesh, tracing_wanted(params_of("tracing-kyma-zipkin"), NS))
     assert mesh["defaultConfig"]["tracing"] == {"zipkin": {"address": "zipkin.kyma-system:9411"}}
     assert mesh["extensionProviders"] == [
         original["extensionProviders"][1],  # otel, elsewhere: kept
@@ -231,8 +232,92 @@ def test_tracing_edit() -> None:
     )
 
 
+def test_tracing_provider_present_but_not_selected_is_not_in_place() -> None:
+    wanted = tracing_wanted(params_of("tracing-kyma-zipkin"), NS)
+    mesh: dict[str, Any] = {
+        "defaultConfig": {"tracing": {"zipkin": {"address": "zipkin.kyma-system:9411"}}},
+        "extensionProviders": [copy.deepcopy(wanted.provider)],
+        "defaultProviders": {"metrics": ["prometheus"]},
+    }
+    done = apply_tracing(mesh, wanted)
+    assert done == ["defaultProviders.tracing kyma-zipkin (was none): tracing is active"]
+    assert mesh["defaultProviders"] == {"metrics": ["prometheus"], "tracing": ["kyma-zipkin"]}
+    assert apply_tracing(mesh, wanted) == []
+    # another provider selected instead of ours (or beside it) is not in place either
+    for selected in (["otel"], ["kyma-zipkin", "otel"]):
+        mesh["defaultProviders"]["tracing"] = selected
+        assert apply_tracing(copy.deepcopy(mesh), wanted) != []
+
+
+def test_tracing_step_check_reports_an_unselected_provider() -> None:
+    params = params_of("tracing-kyma-zipkin")
+    wanted = tracing_wanted(params, NS)
+    mesh = {
+        "defaultConfig": {"tracing": {"zipkin": {"address": wanted.address}}},
+        "extensionProviders": [wanted.provider],
+    }
+    cluster = FakeCluster([configmap("istio", {"mesh": dump_yaml(mesh)})])
+    changes = TracingStep().check(ctx(cluster, params))
+    assert [c.summary for c in changes] == [
+        "defaultProviders.tracing kyma-zipkin (was none): tracing is active"
+    ]
+    assert "+  tracing:\n+  - kyma-zipkin" in changes[0].diff
+
+
+def test_tracing_to_opentelemetry_and_back() -> None:
+    params = {**params_of("tracing-kyma-zipkin"), "tracer": "opentelemetry"}
+    otel = tracing_wanted(params, NS)
+    mesh = yaml.safe_load(MESH)
+    done = apply_tracing(mesh, otel)
+    assert mesh["defaultProviders"]["tracing"] == ["kyma-opentelemetry"]
+    names = [p["name"] for p in mesh["extensionProviders"]]
+    assert names == ["otel", "kyma-opentelemetry"]  # the user's own kept; istio-system's gone
+    assert mesh["extensionProviders"][1] == {
+        "name": "kyma-opentelemetry",
+        "opentelemetry": {
+            "service": "telemetry-otlp-traces.kyma-system.svc.cluster.local",
+            "port": 4317,
+        },
+    }
+    assert "added extension provider kyma-opentelemetry (opentelemetry " in " | ".join(done)
+    assert "zipkin.istio-system" not in yaml.safe_dump(mesh)
+    assert apply_tracing(mesh, otel) == []
+
+    zipkin = tracing_wanted(params_of("tracing-kyma-zipkin"), NS)
+    done = apply_tracing(mesh, zipkin)
+    assert [p["name"] for p in mesh["extensionProviders"]] == ["otel", "kyma-zipkin"]
+    assert mesh["defaultProviders"]["tracing"] == ["kyma-zipkin"]
+    assert "removed extension provider kyma-opentelemetry (not the chosen tracer)" in done
+    assert apply_tracing(mesh, zipkin) == []
+
+
+def test_opentelemetry_service_and_port_are_configurable() -> None:
+    params = {
+        **params_of("tracing-kyma-zipkin"),
+        "tracer": "opentelemetry",
+        "opentelemetry": {
+            "name": "otlp",
+            "service": "collector.observability.svc.cluster.local",
+            "port": "4318",
+            "http": {"path": "/v1/traces", "timeout": "3s"},
+        },
+    }
+    wanted = tracing_wanted(params, NS)
+    assert wanted.provider == {
+        "name": "otlp",
+        "opentelemetry": {
+            "service": "collector.observability.svc.cluster.local",
+            "port": 4318,
+            "http": {"path": "/v1/traces", "timeout": "3s"},
+        },
+    }
+    mesh: dict[str, Any] = {}
+    apply_tracing(mesh, wanted)
+    assert mesh["defaultProviders"] == {"tracing": ["otlp"]}
+
+
 def test_tracing_in_place_and_other_tracer_replaced() -> None:
-    wanted = zipkin_wanted(params_of("tracing-kyma-zipkin"), NS)
+    wanted = tracing_wanted(params_of("tracing-kyma-zipkin"), NS)
     mesh: dict[str, Any] = {
         "defaultConfig": {"tracing": {"sampling": 10, "datadog": {"address": "dd:8126"}}}
     }
@@ -261,12 +346,21 @@ def test_in_namespace(address: str, inside: bool) -> None:
 
 
 def test_tracing_params_are_checked() -> None:
+    base = params_of("tracing-kyma-zipkin")
+    with pytest.raises(UsageError, match="tracer must be zipkin or opentelemetry"):
+        tracing_wanted({**base, "tracer": "jaeger"}, NS)
+    with pytest.raises(UsageError, match=r"opentelemetry\.port must be a port number"):
+        tracing_wanted({**base, "opentelemetry": {**base["opentelemetry"], "port": "x"}}, NS)
+    with pytest.raises(UsageError, match="both 'kyma-zipkin'"):
+        tracing_wanted(
+            {**base, "opentelemetry": {**base["opentelemetry"], "name": "kyma-zipkin"}}, NS
+        )
     with pytest.raises(UsageError, match="HOST:PORT"):
-        zipkin_wanted(
+        tracing_wanted(
             {**params_of("tracing-kyma-zipkin"), "zipkinAddress": "zipkin.kyma-system"}, NS
         )
     with pytest.raises(UsageError, match="the Zipkin this step removes"):
-        zipkin_wanted(
+        tracing_wanted(
             {**params_of("tracing-kyma-zipkin"), "zipkinAddress": "zipkin.istio-system:9411"}, NS
         )
 

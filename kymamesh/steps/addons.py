@@ -1,9 +1,15 @@
 """Step `remove-legacy-addons`: delete Istio's old observability addons, and nothing else.
 
 What may be deleted is data, `patches/legacy-addons.yaml`: one row per object
-with its kind, name, namespace and the labels it must carry. Matching is exact
-on all of them, so look-alikes (another namespace, another kind, the same name
-without the labels, Prometheus Operator objects) survive.
+with its kind, name, namespace, the labels it must carry and, where Istio's
+object had no labels of its own, the shape that tells it from a user's object of
+the same name (a Service's selector and ports, a ConfigMap's keys). Matching is
+exact on all of them, so look-alikes (another namespace, another kind, the same
+name without the labels or the shape, Prometheus Operator objects) survive.
+
+A PersistentVolumeClaim holds data (Grafana's dashboards and users): it is never
+deleted unless the step's `deleteVolumeClaims` parameter says so for this run;
+otherwise a note names it and how to delete it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ class AddonObject:
     name: str
     namespace: str  # "" when cluster-scoped
     labels: Mapping[str, str]
+    selector: Mapping[str, str] | None = None  # a Service's spec.selector, exactly
+    ports: tuple[int, ...] = ()  # ports a Service must serve (among others)
+    data_keys: frozenset[str] | None = None  # a ConfigMap's keys: a non-empty subset
+
+    @property
+    def holds_data(self) -> bool:
+        """Deleting it loses data: only with the user's explicit yes."""
+        return self.kind == "PersistentVolumeClaim"
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
@@ -37,7 +51,30 @@ class AddonObject:
         if (meta.get("namespace") or "") != self.namespace:
             return False
         live_labels = meta.get("labels") or {}
-        return all(live_labels.get(k) == v for k, v in self.labels.items())
+        if not all(live_labels.get(k) == v for k, v in self.labels.items()):
+            return False
+        spec = obj.get("spec") or {}
+        if self.selector is not None and dict(spec.get("selector") or {}) != self.selector:
+            return False
+        served = {p.get("port") for p in spec.get("ports") or [] if isinstance(p, Mapping)}
+        if not set(self.ports) <= served:
+            return False
+        if self.data_keys is not None:
+            keys = {*(obj.get("data") or {}), *(obj.get("binaryData") or {})}
+            if not keys or not keys <= self.data_keys:
+                return False
+        return True
+
+    def shape(self) -> str:
+        """What besides kind, name and namespace the row matched on, in words."""
+        parts = [f"labels {_labels_text(self.labels)}"] if self.labels else []
+        if self.selector is not None:
+            parts.append(f"selector {_labels_text(self.selector)}")
+        if self.ports:
+            parts.append("port " + ", ".join(map(str, self.ports)))
+        if self.data_keys is not None:
+            parts.append("its data keys")
+        return "; ".join(parts) or "name only"
 
 
 def load_catalog(path: Path) -> tuple[AddonObject, ...]:
@@ -52,25 +89,50 @@ def load_catalog(path: Path) -> tuple[AddonObject, ...]:
     catalog = []
     for number, row in enumerate(rows, start=1):
         try:
-            labels = row.get("labels") or {}
-            if not isinstance(labels, Mapping):
-                raise TypeError("labels must be a map")
-            catalog.append(
-                AddonObject(
-                    addon=str(row["addon"]),
-                    kind=str(row["kind"]),
-                    api_version=str(row["apiVersion"]),
-                    name=str(row["name"]),
-                    namespace=str(row.get("namespace") or ""),
-                    labels={str(k): str(v) for k, v in labels.items()},
-                )
-            )
-        except (KeyError, TypeError, AttributeError) as exc:
+            catalog.append(_row(row))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UsageError(
                 f"the addon catalog {path}: row {number} is malformed ({exc})",
-                hint="each row needs addon, kind, apiVersion, name, namespace and labels",
+                hint="each row needs addon, kind, apiVersion, name, namespace and labels; "
+                "optional: selector (a map), ports (numbers), dataKeys (names)",
             ) from None
+        if not (catalog[-1].labels or catalog[-1].selector or catalog[-1].data_keys):
+            raise UsageError(
+                f"the addon catalog {path}: row {number} ({catalog[-1].kind} "
+                f"{catalog[-1].name}) would match any object of that name",
+                hint="give the row labels, or a selector or dataKeys that only the addon's "
+                "object has",
+            )
     return tuple(catalog)
+
+
+def _string_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be a map")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _row(row: Mapping[str, Any]) -> AddonObject:
+    selector = row.get("selector")
+    ports = row.get("ports") or []
+    data_keys = row.get("dataKeys")
+    if not isinstance(ports, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) for p in ports
+    ):
+        raise TypeError("ports must be a list of port numbers")
+    if data_keys is not None and not (isinstance(data_keys, list) and data_keys):
+        raise TypeError("dataKeys must be a non-empty list of key names")
+    return AddonObject(
+        addon=str(row["addon"]),
+        kind=str(row["kind"]),
+        api_version=str(row["apiVersion"]),
+        name=str(row["name"]),
+        namespace=str(row.get("namespace") or ""),
+        labels=_string_map(row.get("labels") or {}, "labels"),
+        selector=None if selector is None else _string_map(selector, "selector"),
+        ports=tuple(ports),
+        data_keys=None if data_keys is None else frozenset(str(k) for k in data_keys),
+    )
 
 
 def legacy_matches(
@@ -91,6 +153,17 @@ def legacy_matches(
     return found
 
 
+def _delete_volume_claims(params: Mapping[str, Any]) -> bool:
+    value = params.get("deleteVolumeClaims", False)
+    if not isinstance(value, bool):
+        raise UsageError(
+            f"remove-legacy-addons: deleteVolumeClaims must be true or false (found {value!r})",
+            hint="set `steps: {remove-legacy-addons: {deleteVolumeClaims: true}}` in --config "
+            "to delete the addons' PersistentVolumeClaims (their data is lost)",
+        )
+    return value
+
+
 def _catalog_path(params: Mapping[str, Any]) -> Path:
     name = str(params.get("catalog") or "legacy-addons.yaml")
     path = Path(name)
@@ -106,10 +179,12 @@ class RemoveAddonsStep:
 
     def preflight(self, ctx: StepContext) -> str | None:
         load_catalog(_catalog_path(ctx.params))
+        _delete_volume_claims(ctx.params)
         return None
 
     def check(self, ctx: StepContext) -> list[Change]:
         catalog = load_catalog(_catalog_path(ctx.params))
+        delete_data = _delete_volume_claims(ctx.params)
         groups: dict[tuple[str, str, str], list[AddonObject]] = {}
         for row in catalog:
             groups.setdefault((row.api_version, row.kind, row.namespace), []).append(row)
@@ -127,13 +202,24 @@ class RemoveAddonsStep:
                 if ref in seen:
                     continue
                 seen.add(ref)
+                if row.holds_data and not delete_data:
+                    _note(
+                        ctx,
+                        f"kept {ref} of the {row.addon} addon: it holds data, so it is deleted "
+                        "only when asked; to delete it, re-run with `--config FILE` where FILE "
+                        "has `steps: {remove-legacy-addons: {deleteVolumeClaims: true}}`",
+                    )
+                    continue
                 changes.append(_delete_change(row, ref, obj))
         return changes
 
 
-def _delete_change(row: AddonObject, ref: Ref, obj: Obj) -> Change:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+def _note(ctx: StepContext, text: str) -> None:
+    if text not in ctx.notes:
+        ctx.notes.append(text)
 
+
+def _delete_change(row: AddonObject, ref: Ref, obj: Obj) -> Change:
     def apply(cluster: Cluster) -> None:
         cluster.delete(ref, propagation="Background")
 
@@ -141,5 +227,5 @@ def _delete_change(row: AddonObject, ref: Ref, obj: Obj) -> Change:
         target=f"{row.addon} addon",
         summary=f"{ref} deleted",
         apply=apply,
-        diff=f"- {ref} (labels: {_labels_text(labels)}; matched {row.addon} addon)",
+        diff=f"- {ref} (matched the {row.addon} addon by {row.shape()})",
     )

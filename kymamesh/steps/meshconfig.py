@@ -1,9 +1,10 @@
 """Steps 4 and 5: the mesh config (ConfigMap `istio`, key `mesh`), edited by meaning.
 
 Tracing goes to Kyma's Zipkin in kyma-system instead of the legacy addon in
-istio-system, and the Kyma webhook is registered with istiod as an external
-authorization provider. Everything else in the mesh config is kept. istiod
-re-reads the ConfigMap by itself.
+istio-system, made active by selecting the provider in `defaultProviders.tracing`
+(an OpenTelemetry collector instead, when the step's `tracer` says so), and the
+Kyma webhook is registered with istiod as an external authorization provider.
+Everything else in the mesh config is kept. istiod re-reads the ConfigMap by itself.
 """
 
 from __future__ import annotations
@@ -43,72 +44,114 @@ def in_namespace(address: str, namespace: str) -> bool:
     return len(parts) >= 2 and parts[1] == namespace
 
 
-def _name(params: Mapping[str, Any], step: str) -> str:
+def _name(params: Mapping[str, Any], step: str, key: str = "provider") -> str:
     name = params.get("name")
     if not isinstance(name, str) or not name:
-        raise UsageError(f"{step}: provider.name must be a non-empty name")
+        raise UsageError(f"{step}: {key}.name must be a non-empty name")
     return name
 
 
-def _service_port(params: Mapping[str, Any], step: str) -> tuple[str, int]:
+def _service_port(params: Mapping[str, Any], step: str, key: str = "provider") -> tuple[str, int]:
     service = params.get("service")
     if not isinstance(service, str) or not service or ":" in service:
         raise UsageError(
-            f"{step}: provider.service must be a Service host name without a port "
-            f"(found {service!r})",
+            f"{step}: {key}.service must be a Service host name without a port (found {service!r})",
             hint="write e.g. `service: zipkin.kyma-system.svc.cluster.local` and `port: 9411`",
         )
     port = params.get("port")
     if isinstance(port, bool) or not isinstance(port, int | str) or not str(port).isdigit():
-        raise UsageError(f"{step}: provider.port must be a port number (found {port!r})")
+        raise UsageError(f"{step}: {key}.port must be a port number (found {port!r})")
     if not 0 < int(port) < 65536:
-        raise UsageError(f"{step}: provider.port {port} is not between 1 and 65535")
+        raise UsageError(f"{step}: {key}.port {port} is not between 1 and 65535")
     return service, int(port)
 
 
-def _provider_map(params: Any, step: str) -> Mapping[str, Any]:
+def _provider_map(params: Any, step: str, key: str = "provider") -> Mapping[str, Any]:
     if not isinstance(params, Mapping):
-        raise UsageError(f"{step}: `provider` must be a map (name, service, port, ...)")
+        raise UsageError(f"{step}: `{key}` must be a map (name, service, port, ...)")
     return params
 
 
 # -- step 4: tracing ----------------------------------------------------------
 
+ZIPKIN = "zipkin"
+OPENTELEMETRY = "opentelemetry"
+TRACERS = (ZIPKIN, OPENTELEMETRY)
+
 
 @dataclass(frozen=True)
-class ZipkinWanted:
-    """The Zipkin kymamesh points the mesh at, and the namespace of the one to drop."""
+class TracingWanted:
+    """The tracing kymamesh makes active, and the namespace of the Zipkin to drop.
+
+    Both of kymamesh's providers are known by name (Zipkin and OpenTelemetry, both
+    in kyma-system by default); `tracer` says which one is present in
+    `extensionProviders` and selected by `defaultProviders.tracing`. The other one
+    is removed, so that switching back and forth leaves no stale entry.
+    """
 
     address: str
-    provider: dict[str, Any]
+    providers: Mapping[str, dict[str, Any]]  # tracer -> its extensionProviders entry
+    tracer: str
     legacy_namespace: str
+
+    @property
+    def provider(self) -> dict[str, Any]:
+        return self.providers[self.tracer]
 
     @property
     def name(self) -> str:
         return str(self.provider["name"])
 
+    @property
+    def unselected(self) -> str:
+        other = next(t for t in TRACERS if t != self.tracer)
+        return str(self.providers[other]["name"])
 
-def zipkin_wanted(params: Mapping[str, Any], legacy_namespace: str) -> ZipkinWanted:
+
+def _provider_entry(params: Mapping[str, Any], step: str, key: str, kind: str) -> dict[str, Any]:
+    provider = _provider_map(params.get(key), step, key)
+    name = _name(provider, step, key)
+    service, port = _service_port(provider, step, key)
+    extra = {
+        k: v for k, v in provider.items() if k not in ("name", "service", "port") and v is not None
+    }
+    return {"name": name, kind: {"service": service, "port": port, **extra}}
+
+
+def tracing_wanted(params: Mapping[str, Any], legacy_namespace: str) -> TracingWanted:
     step = "tracing-kyma-zipkin"
+    tracer = params.get("tracer", ZIPKIN)
+    if tracer not in TRACERS:
+        raise UsageError(
+            f"{step}: tracer must be {' or '.join(TRACERS)} (found {tracer!r})",
+            hint="`tracer: zipkin` sends traces to Zipkin (`provider`), `tracer: opentelemetry` "
+            "to an OTLP collector (`opentelemetry`)",
+        )
     address = params.get("zipkinAddress")
     if not isinstance(address, str) or not address or host_of(address) == address.strip():
         raise UsageError(
             f"{step}: zipkinAddress must be HOST:PORT (found {address!r})",
             hint="write e.g. `zipkinAddress: zipkin.kyma-system:9411`",
         )
-    provider = _provider_map(params.get("provider"), step)
-    name = _name(provider, step)
-    service, port = _service_port(provider, step)
-    extra = {
-        k: v for k, v in provider.items() if k not in ("name", "service", "port") and v is not None
-    }
-    entry = {"name": name, "zipkin": {"service": service, "port": port, **extra}}
+    zipkin = _provider_entry(params, step, "provider", ZIPKIN)
+    otel = _provider_entry(params, step, OPENTELEMETRY, OPENTELEMETRY)
+    if zipkin["name"] == otel["name"]:
+        raise UsageError(
+            f"{step}: provider.name and opentelemetry.name are both {zipkin['name']!r}",
+            hint="give the two providers different names",
+        )
+    service = zipkin[ZIPKIN]["service"]
     for what, where in (("zipkinAddress", address), ("provider.service", service)):
         if in_namespace(where, legacy_namespace):
             raise UsageError(
                 f"{step}: {what} {where} is in {legacy_namespace}, the Zipkin this step removes"
             )
-    return ZipkinWanted(address=address, provider=entry, legacy_namespace=legacy_namespace)
+    return TracingWanted(
+        address=address,
+        providers={ZIPKIN: zipkin, OPENTELEMETRY: otel},
+        tracer=str(tracer),
+        legacy_namespace=legacy_namespace,
+    )
 
 
 def _mapping_at(doc: dict[str, Any], key: str) -> dict[str, Any]:
@@ -119,8 +162,20 @@ def _mapping_at(doc: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def apply_tracing(mesh: dict[str, Any], wanted: ZipkinWanted) -> list[str]:
-    """Edit a mesh config in place; what was done, in words ([] when in place)."""
+def _describe(provider: Mapping[str, Any]) -> str:
+    kind = next((k for k in TRACERS if k in provider), "")
+    settings = provider.get(kind) or {}
+    return f"{kind} {settings.get('service')}:{settings.get('port')}"
+
+
+def apply_tracing(mesh: dict[str, Any], wanted: TracingWanted) -> list[str]:
+    """Edit a mesh config in place; what was done, in words ([] when in place).
+
+    Leaves: the chosen provider in `extensionProviders` and selected, alone, by
+    `defaultProviders.tracing` (what makes tracing active); the older ProxyConfig
+    setting `defaultConfig.tracing.zipkin.address` pointing at Kyma's Zipkin; no
+    Zipkin provider in the legacy namespace; kymamesh's other provider removed.
+    """
     done: list[str] = []
     legacy = wanted.legacy_namespace
     live_tracing = (mesh.get("defaultConfig") or {}).get("tracing") or {}
@@ -138,7 +193,6 @@ def apply_tracing(mesh: dict[str, Any], wanted: ZipkinWanted) -> list[str]:
 
     providers = mesh.get("extensionProviders") or []
     kept: list[Any] = []
-    removed: list[str] = []
     found = False
     for provider in providers:
         if not isinstance(provider, dict):
@@ -150,10 +204,13 @@ def apply_tracing(mesh: dict[str, Any], wanted: ZipkinWanted) -> list[str]:
                 continue  # a duplicate of our own entry
             found = True
             if provider != wanted.provider:
-                done.append(f"updated extension provider {wanted.name}")
+                done.append(
+                    f"updated extension provider {wanted.name} ({_describe(wanted.provider)})"
+                )
             kept.append(copy.deepcopy(wanted.provider))
+        elif provider.get("name") == wanted.unselected:
+            done.append(f"removed extension provider {wanted.unselected} (not the chosen tracer)")
         elif isinstance(zipkin, dict) and in_namespace(str(zipkin.get("service", "")), legacy):
-            removed.append(str(provider.get("name")))
             done.append(
                 f"removed extension provider {provider.get('name')} "
                 f"(Zipkin in {legacy}: {zipkin.get('service')})"
@@ -162,23 +219,16 @@ def apply_tracing(mesh: dict[str, Any], wanted: ZipkinWanted) -> list[str]:
             kept.append(provider)
     if not found:
         kept.append(copy.deepcopy(wanted.provider))
-        zipkin = wanted.provider["zipkin"]
-        done.append(
-            f"added extension provider {wanted.name} (zipkin {zipkin['service']}:{zipkin['port']})"
-        )
+        done.append(f"added extension provider {wanted.name} ({_describe(wanted.provider)})")
     if kept != providers:
         mesh["extensionProviders"] = kept
 
     defaults = mesh.get("defaultProviders")
     tracers = defaults.get("tracing") if isinstance(defaults, dict) else None
-    if removed and isinstance(tracers, list) and any(t in removed for t in tracers):
-        replaced: list[Any] = []
-        for tracer in tracers:
-            name = wanted.name if tracer in removed else tracer
-            if name not in replaced:
-                replaced.append(name)
-        defaults["tracing"] = replaced  # type: ignore[index]
-        done.append(f"defaultProviders.tracing now {', '.join(map(str, replaced))}")
+    if tracers != [wanted.name]:
+        _mapping_at(mesh, "defaultProviders")["tracing"] = [wanted.name]
+        was = ", ".join(map(str, tracers)) if isinstance(tracers, list) and tracers else "none"
+        done.append(f"defaultProviders.tracing {wanted.name} (was {was}): tracing is active")
     return done
 
 
@@ -207,14 +257,15 @@ def _mesh_changes(ctx: StepContext, editor: Editor) -> list[Change]:
 
 
 class TracingStep:
-    """Tracing to Zipkin in kyma-system; no reference to a Zipkin in istio-system remains."""
+    """Active tracing to Zipkin in kyma-system (or, chosen by `tracer`, to an OpenTelemetry
+    collector); no reference to a Zipkin in istio-system remains."""
 
     def preflight(self, ctx: StepContext) -> str | None:
-        zipkin_wanted(ctx.params, ctx.namespace)
+        tracing_wanted(ctx.params, ctx.namespace)
         return None
 
     def check(self, ctx: StepContext) -> list[Change]:
-        wanted = zipkin_wanted(ctx.params, ctx.namespace)
+        wanted = tracing_wanted(ctx.params, ctx.namespace)
         return _mesh_changes(ctx, mesh_editor(lambda mesh: apply_tracing(mesh, wanted)))
 
 
