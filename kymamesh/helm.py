@@ -2,18 +2,36 @@
 
 pyhelm3 is asynchronous; kymamesh runs one Helm command at a time, so each
 method here runs its coroutine to completion and returns plain data.
+
+Helm talks to the API server on its own, so a transient fault there (a refused
+or reset connection, a reply cut short, 429, 5xx, an apiserver asking to retry)
+fails a helm command. Reads of a release (status, get, history) and upgrades
+(`upgrade --install` of a chart with fixed values: the same command converges)
+are retried on such faults, with a bound on attempts and time; any other
+failure (a bad chart, invalid values, a refused object) is reported at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from kymamesh.errors import (
     ChartSourceError,
@@ -25,6 +43,7 @@ from kymamesh.values import Values
 from kymamesh.versions import Version
 
 T = TypeVar("T")
+_log = logging.getLogger("kymamesh.helm")
 
 
 class HelmError(KymameshError):
@@ -74,6 +93,72 @@ def find_helm(explicit: str | None) -> str:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+HELM_ATTEMPTS = 4  # one command, tried at most this often on transient faults
+HELM_RETRY_WITHIN_S = 120.0  # no new attempt once this long has passed since the first
+
+# What helm (its Go HTTP client, client-go, the apiserver) says when a request failed
+# on the way rather than on its merits; lower case.
+_TRANSIENT_FAULTS = re.compile(
+    "|".join(
+        [
+            r"connection refused",
+            r"connection reset by peer",
+            r"broken pipe",
+            r"unexpected eof",
+            r"\beof\b\s*$",
+            r"i/o timeout",
+            r"tls handshake timeout",
+            r"http2: (server sent goaway|client connection lost|client connection force closed)",
+            r"use of closed network connection",
+            r"please retry",
+            r"try again later",
+            r"too many requests",
+            r"the server is currently unable to handle the request",
+            r"the server was unable to return a response in the time allotted",
+            r"an error on the server .* has prevented the request from succeeding",
+            r"internal error occurred",
+            r"service unavailable",
+            r"bad gateway",
+            r"gateway timeout",
+            r"etcdserver: (request timed out|leader changed|too many requests)",
+        ]
+    ),
+    re.MULTILINE,
+)
+
+
+def is_transient(message: str) -> bool:
+    """Whether a helm failure came from the way to the API server, not from what was asked."""
+    return _TRANSIENT_FAULTS.search(message.lower()) is not None
+
+
+def _retrying(what: str, call: Callable[[], T]) -> T:
+    """Run `call` (one helm command); again on a transient fault, within the bounds."""
+    from pyhelm3 import errors
+
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, errors.Error) and is_transient(_helm_message(exc))
+
+    def log(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        _log.info(
+            "%s: transient fault (attempt %d of %d), retrying: %s",
+            what,
+            state.attempt_number,
+            HELM_ATTEMPTS,
+            _helm_message(exc) if exc else "",
+        )
+
+    retrying = Retrying(
+        retry=retry_if_exception(transient),
+        stop=stop_after_attempt(HELM_ATTEMPTS) | stop_after_delay(HELM_RETRY_WITHIN_S),
+        wait=wait_exponential(multiplier=0.5, max=4),
+        before_sleep=log,
+        reraise=True,
+    )
+    return retrying(call)
 
 
 def _helm_message(exc: BaseException) -> str:
@@ -193,10 +278,14 @@ class Helm:
     def deployed(self, release: str, namespace: str) -> DeployedRelease | None:
         from pyhelm3 import errors
 
+        what = f"reading Helm release {namespace}/{release}"
         try:
-            revision = _run(self._client.get_current_revision(release, namespace=namespace))
-            meta = _run(revision.chart_metadata())
-            values = _run(revision.values())
+            revision = _retrying(
+                what,
+                lambda: _run(self._client.get_current_revision(release, namespace=namespace)),
+            )
+            meta = _retrying(what, lambda: _run(revision.chart_metadata()))
+            values = _retrying(what, lambda: _run(revision.values()))
         except errors.ReleaseNotFoundError:
             return None
         except errors.Error as exc:
@@ -217,9 +306,13 @@ class Helm:
         """The objects of the release's current revision."""
         from pyhelm3 import errors
 
+        what = f"reading Helm release {namespace}/{release}"
         try:
-            revision = _run(self._client.get_current_revision(release, namespace=namespace))
-            return [r for r in _run(revision.resources()) if r]
+            revision = _retrying(
+                what,
+                lambda: _run(self._client.get_current_revision(release, namespace=namespace)),
+            )
+            return [r for r in _retrying(what, lambda: _run(revision.resources())) if r]
         except errors.ReleaseNotFoundError:
             return []
         except errors.Error as exc:
@@ -251,8 +344,8 @@ class Helm:
     ) -> None:
         from pyhelm3 import errors
 
-        self._fence()
-        try:
+        def upgrade() -> None:
+            self._fence()  # before every attempt: a retry is a write too
             _run(
                 self._client.install_or_upgrade_release(
                     release,
@@ -269,6 +362,9 @@ class Helm:
                     force_conflicts=self.major >= 4,
                 )
             )
+
+        try:
+            _retrying(f"installing {release}", upgrade)
         except errors.Error as exc:
             raise self._error(
                 f"helm could not install {release} ({chart.name} {chart.version})", exc
