@@ -494,23 +494,15 @@ def test_same_name_look_alikes_carry_no_addon_labels() -> None:
 def test_addon_catalog_agrees_with_the_fixtures() -> None:
     """Every legacy fixture object matches a row of patches/legacy-addons.yaml; no look-alike does.
 
-    The rule is the catalog's own: kind, namespace and name equal, and every label of the row.
+    The rule is the product's own (kymamesh.steps.addons): kind, namespace and name equal,
+    every label of the row, and the row's selector, ports and data keys where it has them.
     """
-    catalog_path = FIXTURES.parents[1] / "patches" / "legacy-addons.yaml"
-    catalog = yaml.safe_load(catalog_path.read_text()) if catalog_path.is_file() else None
-    if not isinstance(catalog, dict) or not isinstance(catalog.get("objects"), list):
-        pytest.skip("no addon catalog with an `objects` list at patches/legacy-addons.yaml")
-    rows: list[Obj] = catalog["objects"]
+    from kymamesh.steps.addons import legacy_matches, load_catalog
+
+    rows = load_catalog(FIXTURES.parents[1] / "patches" / "legacy-addons.yaml")
 
     def matched(obj: Obj) -> bool:
-        meta, labels = obj["metadata"], obj["metadata"].get("labels") or {}
-        return any(
-            row["kind"] == obj["kind"]
-            and row["name"] == meta["name"]
-            and (row.get("namespace") or "") == meta.get("namespace", "")
-            and all(labels.get(k) == v for k, v in (row.get("labels") or {}).items())
-            for row in rows
-        )
+        return bool(legacy_matches(rows, [obj]))
 
     for name in LEGACY:
         assert [key(o) for o in load_manifest(name) if not matched(o)] == [], name
