@@ -877,6 +877,12 @@ def not_ready_reason(ref: Ref, obj: Obj | None) -> str | None:
         updated = int(status.get("updatedReplicas") or 0)
         available = int(status.get("availableReplicas") or 0)
         if updated < want:
+            # Pods that cannot be created (a webhook refuses them, a quota, ...): the
+            # controller copies its ReplicaSet's ReplicaFailure condition here.
+            failure = conditions.get("ReplicaFailure", {})
+            if failure.get("status") == "True":
+                why = failure.get("message") or "no message"
+                return f"{updated} of {want} replicas updated; {failure.get('reason')}: {why}"
             return f"{updated} of {want} replicas updated"
         if available < want:
             avail = conditions.get("Available", {})

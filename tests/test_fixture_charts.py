@@ -332,7 +332,7 @@ def test_istiod_injector_webhooks_have_the_official_names_and_selectors() -> Non
         assert hook["clientConfig"] == {
             "service": {"name": "istiod", "namespace": NAMESPACE, "path": "/inject", "port": 443}
         }
-        assert hook["failurePolicy"] == "Ignore"
+        assert hook["failurePolicy"] == "Fail"  # as Istio's: no Pod slips past the injector
         assert hook["rules"] == [
             {
                 "operations": ["CREATE"],
@@ -354,6 +354,32 @@ def test_istiod_injector_webhooks_have_the_official_names_and_selectors() -> Non
 
 
 @needs_helm
+@pytest.mark.parametrize("revision", ["", "canary"])
+def test_istiod_pod_is_runnable_as_istiod(revision: str) -> None:
+    """What tests/cluster/podrunner.py needs to run pilot-discovery for the Pod, per revision."""
+    suffix = f"-{revision}" if revision else ""
+    objs = render("charts", "istiod", "--set", f"revision={revision}")
+    pod = find(objs, "Deployment", f"istiod{suffix}")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][0] == "discovery"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 8080}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config-volume"]["configMap"]["name"] == f"istio{suffix}"
+    assert volumes["inject"]["configMap"]["name"] == f"istio-sidecar-injector{suffix}"
+    (token,) = volumes["istio-token"]["projected"]["sources"]
+    assert token["serviceAccountToken"]["audience"] == "istio-ca"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["config-volume"] == "/etc/istio/config"
+    assert mounts["inject"] == "/var/lib/istio/inject"
+    find(objs, "ConfigMap", f"istio{suffix}")
+    find(objs, "ConfigMap", f"istio-sidecar-injector{suffix}")
+    role = find(objs, "Role", f"istiod{suffix}")
+    assert any("leases" in r["resources"] for r in role["rules"])
+    binding = find(objs, "RoleBinding", f"istiod{suffix}")
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == f"istiod{suffix}"
+
+
+@needs_helm
 def test_istiod_injector_webhooks_can_call_a_url() -> None:
     objs = render(
         "charts",
@@ -362,8 +388,6 @@ def test_istiod_injector_webhooks_can_call_a_url() -> None:
         "istiodRemote.injectionURL=https://127.0.0.1:9443/inject",
         "--set",
         "istiodRemote.injectionCABundle=Q0E=",
-        "--set",
-        "fixture.injectorFailurePolicy=Fail",
     )
     for hook in find(objs, "MutatingWebhookConfiguration", "istio-sidecar-injector")["webhooks"]:
         assert hook["clientConfig"] == {"url": "https://127.0.0.1:9443/inject", "caBundle": "Q0E="}

@@ -318,8 +318,11 @@ def _vwc(name: str, namespace: str, client_config: dict, failure_policy: str) ->
     }
 
 
-def test_service_webhooks_fail_locally_and_fast(cluster: TestCluster, namespace: str) -> None:
-    """The apiserver never dials a Service address: cluster egress goes to a dead unix socket."""
+def test_service_webhooks_without_a_ready_endpoint_fail_fast_and_say_why(
+    cluster: TestCluster, namespace: str
+) -> None:
+    """Cluster egress goes to podrunner's proxy: a Service with no ready Pod behind it is
+    refused at once, and the apiserver's error names the Service and port."""
     cluster.kubectl("-n", namespace, "create", "service", "clusterip", "hook", "--tcp=443:8443")
     ip = cluster.kubectl(
         "-n", namespace, "get", "service", "hook", "-o", "jsonpath={.spec.clusterIP}"
@@ -338,7 +341,7 @@ def test_service_webhooks_fail_locally_and_fast(cluster: TestCluster, namespace:
         r = cluster.kubectl("-n", namespace, "create", "configmap", "refused", check=False)
         assert time.monotonic() - t0 < 3
         assert r.returncode != 0
-        assert "dial unix" in r.stderr and "egress.sock" in r.stderr, r.stderr
+        assert f"no ready endpoint for Service {namespace}/hook port 443" in r.stderr, r.stderr
     finally:
         cluster.kubectl("delete", "validatingwebhookconfiguration", name, "--ignore-not-found")
 
