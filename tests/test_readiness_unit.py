@@ -46,5 +46,6 @@ def test_a_cleared_replica_failure_is_not_reported() -> None:
 def test_ready_and_unobserved_deployments() -> None:
     ready = _deployment({"observedGeneration": 1, "updatedReplicas": 2, "availableReplicas": 2}, 2)
     assert not_ready_reason(GATEWAY, ready) is None
-    assert not_ready_reason(GATEWAY, _deployment({})) == "rollout not yet observed by its controller"
+    unobserved = not_ready_reason(GATEWAY, _deployment({}))
+    assert unobserved == "rollout not yet observed by its controller"
     assert not_ready_reason(GATEWAY, None) == "not found"
