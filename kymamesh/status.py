@@ -170,8 +170,12 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     installed_by = inv.installer({r.name: r.release for r in releases}, istiods)
     mtls = mesh_mtls(cluster, kinds, root_namespace(cluster, namespace))
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
+    injector = cluster.get(Ref("v1", "ConfigMap", sidecars.INJECTOR_CONFIGMAP, namespace))
     namespaces = namespace_states(
-        cluster.list("v1", "Namespace"), cluster.list("v1", "Pod"), istiods
+        cluster.list("v1", "Namespace"),
+        cluster.list("v1", "Pod"),
+        istiods,
+        sidecars.injector_proxy_resources(injector),
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
     if istiods:
@@ -313,11 +317,18 @@ def is_gateway(pod: Mapping[str, Any]) -> bool:
 
 
 def namespace_states(
-    namespaces: list[Obj], pods: list[Obj], istiods: list[inv.Istiod]
+    namespaces: list[Obj],
+    pods: list[Obj],
+    istiods: list[inv.Istiod],
+    proxy_resources: Mapping[str, Any] | None = None,
 ) -> list[NamespaceState]:
-    """Per namespace with injection on or a sidecar running: coverage and outdated sidecars."""
+    """Per namespace with injection on or a sidecar running: coverage and outdated sidecars.
+
+    Outdated is the judgement of step restart-proxies (`sidecars.outdated_reasons`): a
+    proxy of another version than its istiod, or resources other than the injector's
+    `proxy_resources` would give it now.
+    """
     by_revision = {d.revision: d.version for d in istiods if d.version}
-    newest = max(by_revision.values(), default=None)
     counts: dict[str, list[int]] = {}
     for pod in pods:
         if not sidecars.is_running(pod) or is_gateway(pod):
@@ -328,9 +339,7 @@ def namespace_states(
             row[1] += 1
             continue
         row[0] += 1
-        version = sidecars.proxy_version(pod)
-        wanted = by_revision.get(sidecars.pod_revision(pod), newest)
-        if version is not None and wanted is not None and version < wanted:
+        if sidecars.outdated_reasons(pod, by_revision, proxy_resources):
             row[2] += 1
     states = []
     for ns_obj in namespaces:

@@ -455,3 +455,24 @@ def test_uninstall_dry_run_lists_and_writes_nothing() -> None:
         uninstall.PHASE_RELEASES: ["istio-ingressgateway", "istiod", "istio-base"],
     }
     assert any("3 Istio CRDs are kept" in n for n in ctx.result.notes)
+
+
+def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() -> None:
+    """The same judgement as step restart-proxies: version or resources."""
+    namespaces = [obj("v1", "Namespace", "meshed", labels={"istio-injection": "enabled"})]
+    wanted = {"requests": {"memory": "128Mi"}, "limits": {"memory": "1Gi"}}
+    current = _pod("meshed", "current", "1.30.3")
+    older = _pod("meshed", "older", "1.30.3")
+    current["spec"]["containers"][1]["resources"] = {  # type: ignore[index]
+        "requests": {"memory": "128Mi"},
+        "limits": {"memory": "1024Mi"},
+    }
+    older["spec"]["containers"][1]["resources"] = {  # type: ignore[index]
+        "requests": {"memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    deps = [inv.Istiod("istiod", "istio-system", "default", "", Version(1, 30, 3), None, "1/1", "")]
+    (state,) = mesh.namespace_states(namespaces, [current, older], deps, wanted)  # type: ignore[arg-type]
+    assert (state.with_sidecar, state.outdated) == (2, 1)
+    (unjudged,) = mesh.namespace_states(namespaces, [current, older], deps)  # type: ignore[arg-type]
+    assert unjudged.outdated == 0
