@@ -1,0 +1,270 @@
+"""With a real istiod: the Kyma patch as Pods see it, and istiod's webhooks failing closed.
+
+The test cluster runs pilot-discovery for every istiod Pod (tests/cluster/podrunner.py), so
+the injector and validator webhooks of the fixture charts are istiod's own, with
+`failurePolicy: Fail` as in Istio's charts. These tests install the mesh once into a
+cluster of their own and look at what istiod does with kymamesh's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TestCluster, _start
+from tests.support_lifecycle import CHARTS, Run, get, kymamesh
+
+pytestmark = pytest.mark.cluster
+
+NS = "istio-system"
+KYMA_PROXY = {
+    "requests": {"cpu": "10m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fn()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def deployment(name: str, labels: dict[str, str] | None = None) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name, **(labels or {})}},
+                    "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+                },
+            },
+        }
+    )
+
+
+def pods(cluster: TestCluster, namespace: str, app: str) -> list[dict[str, Any]]:
+    doc = get(cluster, "pods", "-n", namespace, "-l", f"app={app}") or {"items": []}
+    return [p for p in doc["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def proxy(pod: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in pod["spec"]["containers"] if c["name"] == "istio-proxy"), None)
+
+
+def rolled_out(cluster: TestCluster, namespace: str, name: str) -> None:
+    cluster.kubectl("rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=120s")
+
+
+def ok(run: Run) -> Run:
+    assert run.code == 0, str(run)
+    return run
+
+
+def status(cluster: TestCluster) -> dict[str, Any]:
+    run = kymamesh(cluster, "status", "-o", "json")
+    assert run.code in (0, 7), str(run)
+    return run.doc
+
+
+def namespace_row(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    data = doc.get("data", doc)
+    return next(n for n in data["namespaces"] if n["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """A cluster of this module's own with the mesh installed and istiod serving."""
+    c = _start(tmp_path_factory.mktemp("istiod-cluster"))
+    try:
+        ok(kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "180"))
+        yield c
+    finally:
+        c.down(keep=True)
+
+
+def test_istiod_runs_and_owns_its_webhooks(mesh: TestCluster) -> None:
+    running = json.loads((mesh.dir / "pods.json").read_text())
+    (istiod,) = [p for p in running.values() if p["namespace"] == NS]
+    assert istiod["ready"] and istiod["pid"], istiod
+    deploy = get(mesh, "deployment", "istiod", "-n", NS)
+    assert deploy is not None and deploy["status"].get("availableReplicas") == 1
+
+    injector = get(mesh, "mutatingwebhookconfiguration", "istio-sidecar-injector")
+    assert injector is not None
+    for hook in injector["webhooks"]:
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["clientConfig"].get("caBundle"), f"istiod did not patch {hook['name']}"
+
+    def validator_closed() -> bool:
+        vwc = get(mesh, "validatingwebhookconfiguration", "istiod-default-validator") or {}
+        return all(
+            h["failurePolicy"] == "Fail" and h["clientConfig"].get("caBundle")
+            for h in vwc.get("webhooks") or [{}]
+        )
+
+    wait_for("istiod to switch its validator to Fail", validator_closed)
+    root = get(mesh, "configmap", "istio-ca-root-cert", "-n", "default")
+    assert root is not None and "BEGIN CERTIFICATE" in root["data"]["root-cert.pem"]
+
+
+def test_the_gateway_is_injected_with_istiods_gateway_template(mesh: TestCluster) -> None:
+    (pod,) = pods(mesh, NS, "istio-ingressgateway")
+    container = proxy(pod)
+    assert container is not None
+    assert container["image"] != "auto" and "proxyv2" in container["image"], container["image"]
+    assert "router" in container["args"]
+    assert "sidecar.istio.io/status" in pod["metadata"]["annotations"]
+
+
+def test_injection_gives_pods_the_kyma_sidecar_and_status_counts_them(mesh: TestCluster) -> None:
+    mesh.create_namespace("shop")
+    mesh.create_namespace("plain")
+    mesh.kubectl("apply", "-n", "shop", "-f", "-", input=deployment("cart"))
+    mesh.kubectl("apply", "-n", "plain", "-f", "-", input=deployment("web"))
+    rolled_out(mesh, "shop", "cart")
+    assert proxy(pods(mesh, "shop", "cart")[0]) is None  # not in the mesh yet
+
+    ok(kymamesh(mesh, "inject-namespace", "shop", "--all", "--wait", "-y"))
+    (pod,) = pods(mesh, "shop", "cart")
+    container = proxy(pod)
+    assert container is not None, "istiod did not inject the labelled Pod"
+    assert container["resources"] == KYMA_PROXY
+    init = next(c for c in pod["spec"]["initContainers"] if c["name"] == "istio-init")
+    assert init["resources"]["limits"] == {"cpu": "100m", "memory": "50Mi"}
+    status_annotation = json.loads(pod["metadata"]["annotations"]["sidecar.istio.io/status"])
+    assert "istio-proxy" in status_annotation["containers"]
+    assert pod["metadata"]["labels"]["security.istio.io/tlsMode"] == "istio"
+
+    # Opt-in (policy disabled): a Deployment added later without the Pod label gets none.
+    mesh.kubectl("apply", "-n", "shop", "-f", "-", input=deployment("legacy"))
+    rolled_out(mesh, "shop", "legacy")
+    assert proxy(pods(mesh, "shop", "legacy")[0]) is None
+    assert proxy(pods(mesh, "plain", "web")[0]) is None
+
+    doc = status(mesh)
+    assert namespace_row(doc, "shop") | {"name": "shop"} == {
+        "name": "shop",
+        "injectionEnabled": True,
+        "revision": "default",
+        "podsWithSidecar": 1,
+        "podsWithoutSidecar": 1,
+        "outdatedSidecars": 0,
+    }
+    names = [n["name"] for n in doc.get("data", doc)["namespaces"]]
+    assert "plain" not in names
+
+
+def test_istiod_rejects_an_invalid_istio_object(mesh: TestCluster) -> None:
+    bad = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "ports-without-selector", "namespace": "default"},
+        "spec": {"mtls": {"mode": "STRICT"}, "portLevelMtls": {"8080": {"mode": "DISABLE"}}},
+    }
+    run = mesh.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
+    assert run.returncode != 0
+    assert "validation.istio.io" in run.stderr and "denied the request" in run.stderr, run.stderr
+    assert get(mesh, "peerauthentication", "ports-without-selector", "-n", "default") is None
+
+
+def test_a_rerun_writes_nothing_while_istiod_keeps_working(mesh: TestCluster) -> None:
+    mark = mesh.audit.mark()
+    ok(kymamesh(mesh, "install", "--charts-dir", str(CHARTS), "-y"))
+    ours = mesh.audit.writes_since(mark)
+    assert ours.total == 0, ours.describe()
+    istiod = mesh.audit.writes_since(
+        mark, include_system=True, username=f"system:serviceaccount:{NS}:istiod"
+    )
+    if istiod.total == 0:  # its leader-election leases renew every few seconds
+        time.sleep(12)
+        istiod = mesh.audit.writes_since(
+            mark, include_system=True, username=f"system:serviceaccount:{NS}:istiod"
+        )
+    assert istiod.total > 0, "istiod made no writes at all: is it running?"
+
+
+def test_new_sidecar_settings_reach_new_pods_and_restart_proxies_rolls_the_old(
+    mesh: TestCluster, tmp_path: Path
+) -> None:
+    mesh.create_namespace("orders")
+    mesh.kubectl("apply", "-n", "orders", "-f", "-", input=deployment("api"))
+    ok(kymamesh(mesh, "inject-namespace", "orders", "--all", "--wait", "-y"))
+    (before,) = pods(mesh, "orders", "api")
+    assert (proxy(before) or {}).get("resources") == KYMA_PROXY
+
+    smaller = {
+        "requests": {"cpu": "10m", "memory": "64Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    config = tmp_path / "smaller.yaml"
+    config.write_text(json.dumps({"steps": {"sidecar-resources": {"proxy": smaller}}}))
+    ok(kymamesh(mesh, "patch", "--config", str(config), "-y"))
+
+    # istiod reads the injector's ConfigMap from its volume: a new Pod gets the new
+    # resources once the volume has been updated and istiod has reloaded it.
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", "labels": {"sidecar.istio.io/inject": "true"}},
+        "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+    }
+
+    def injected_resources() -> bool:
+        run = mesh.kubectl(
+            "create", "-n", "orders", "--dry-run=server", "-o", "json", "-f", "-",
+            input=json.dumps(probe),
+        )  # fmt: skip
+        return (proxy(json.loads(run.stdout)) or {}).get("resources") == smaller
+
+    wait_for("istiod to inject the new sidecar resources", injected_resources, timeout=90)
+    row = namespace_row(status(mesh), "orders")
+    assert (row["podsWithSidecar"], row["outdatedSidecars"]) == (1, 1), row
+
+    ok(kymamesh(mesh, "patch", "--restart-proxies", "-y"))
+    rolled_out(mesh, "orders", "api")
+    wait_for("the old Pod to go", lambda: len(pods(mesh, "orders", "api")) == 1)
+    (after,) = pods(mesh, "orders", "api")
+    assert after["metadata"]["uid"] != before["metadata"]["uid"]
+    assert (proxy(after) or {}).get("resources") == smaller
+    row = namespace_row(status(mesh), "orders")
+    assert row["outdatedSidecars"] == 0, row
+
+
+def test_without_a_serving_istiod_the_gateway_is_refused_and_install_says_why(
+    fresh_cluster: Callable[[], TestCluster],
+) -> None:
+    """Istio's injector fails closed: with istiod scaled to zero, the gateway's Pods are
+    rejected, and the timed-out install names the webhook's refusal, not just a count."""
+    c = fresh_cluster()
+    run = kymamesh(
+        c,
+        "install",
+        "--charts-dir",
+        str(CHARTS),
+        "-y",
+        "--set",
+        "istiod.autoscaleEnabled=false",
+        "--set",
+        "istiod.replicaCount=0",
+        "--timeout",
+        "25",
+    )
+    assert run.code == 4, str(run)  # TIMEOUT
+    assert "Deployment/istio-system/istio-ingressgateway" in run.stderr, str(run)
+    assert "FailedCreate" in run.stderr, str(run)
+    assert "no ready endpoint for Service istio-system/istiod port 443" in run.stderr, str(run)
