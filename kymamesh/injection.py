@@ -276,17 +276,16 @@ def _report(ctx: RunContext, request: InjectRequest, edits: list[LabelEdit], wai
             ctx.result.notes.append(
                 f"running without a sidecar after the rollout: {listing}. These Pods were "
                 "created after injection was enabled, so istiod's injector should have added "
-                "one: it did not run (is istiod running and its injection webhook reachable "
-                "from the API server? On a cluster where no injector serves, e.g. kymamesh's "
-                "test cluster, this is expected)"
+                "one: it did not run. Is istiod running, and does the API server reach its "
+                "injection webhook? (A webhook with failurePolicy Ignore lets Pods through "
+                "without a sidecar while istiod does not answer.)"
             )
         else:
             ctx.result.notes.append(
                 f"running without a sidecar: {listing}. Existing Pods get a sidecar only when "
                 "they are re-created (a changed template rolls the Deployment; use --wait to "
                 "wait for it, or `kubectl rollout restart`); Pods created after injection was "
-                "enabled that still have none mean istiod's injector did not run (expected "
-                "where no injector serves, e.g. on a test cluster)"
+                "enabled that still have none mean istiod's injector did not run"
             )
     outside = [w for w in coverage if w.without and not _is_opted_in(w, opted_in)]
     if outside:

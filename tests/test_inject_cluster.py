@@ -1,14 +1,14 @@
 """`kymamesh inject-namespace` on the test cluster: labels the namespace and the chosen
 Deployments (which roll), waits for the rollouts, reverses with --disable, refuses unknown
-names before any write, and writes nothing on a re-run. No injector serves on the test
-cluster, so Pods never get a sidecar here; the output must say so."""
+names before any write, and writes nothing on a re-run. istiod really injects on the test
+cluster: a rolled Pod gets its sidecar."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from tests.support_patch import get_json, kymamesh, kymamesh_json
+from tests.support_patch import ensure_istio, get_json, kymamesh, kymamesh_json
 
 
 def deployment(name: str, replicas: int = 1) -> dict[str, Any]:
@@ -60,6 +60,7 @@ def outcomes(result: dict[str, Any]) -> dict[str, str]:
 
 
 def test_enable_rolls_the_chosen_deployment_and_waits(cluster: Any, namespace: str) -> None:
+    ensure_istio(cluster)
     make_deployments(cluster, namespace, "web", "api")
     before = replica_sets(cluster, namespace, "web")
     api_before = replica_sets(cluster, namespace, "api")
@@ -90,15 +91,17 @@ def test_enable_rolls_the_chosen_deployment_and_waits(cluster: Any, namespace: s
     live = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
     assert [p["metadata"]["ownerReferences"][0]["name"] for p in live] == [new_rs]
 
-    # no injector serves on the test cluster: the output says so, per workload
+    # istiod injected the new Pod; the workload left out is named
     notes = " ".join(result["notes"])
-    assert f"Deployment/{namespace}/web (1 of 1 Pods)" in notes
-    assert "injector" in notes and "expected" in notes
+    assert "without a sidecar" not in notes, notes
     assert "not opted in, so no sidecar (Kyma injects only Pods labelled " in notes
+    assert f"Deployment/{namespace}/api" in notes
     workloads = {w["name"]: w for w in result["data"]["workloads"]}
     assert workloads["web"] == {
-        "kind": "Deployment", "name": "web", "pods": 1, "podsWithSidecar": 0, "optedIn": True,
+        "kind": "Deployment", "name": "web", "pods": 1, "podsWithSidecar": 1, "optedIn": True,
     }  # fmt: skip
+    (pod,) = live
+    assert "istio-proxy" in [c["name"] for c in pod["spec"]["containers"]]
     assert workloads["api"]["optedIn"] is False
 
     with cluster.audit.counting() as writes:
