@@ -2,7 +2,9 @@
 out-of-date sidecars, listing them without writing, restarting them on request.
 
 Pure functions over Pod dicts, the step on an in-memory cluster, and one test on the
-test cluster (Pods with an `istio-proxy` container made by hand: no injector serves there).
+test cluster (Pods with an `istio-proxy` container made by hand, in a namespace outside the
+mesh, so the injector leaves them as written). tests/test_istiod_cluster.py has the same
+judgement on sidecars istiod really injected.
 """
 
 from __future__ import annotations
@@ -383,7 +385,7 @@ def test_restart_proxies_on_the_test_cluster(cluster: Any, namespace: str) -> No
         "requests": {"cpu": "10m", "memory": "128Mi"},
         "limits": {"cpu": "1", "memory": "1Gi"},
     }
-    # Sidecars as the injector would leave them (none serves here): `image: auto` with other
+    # Sidecars as the injector would leave them (written by hand): `image: auto` with other
     # resources than the injector's now are; a template pinning an old image; a bare Pod.
     for obj in (
         _workload("auto-app", "auto", small),
