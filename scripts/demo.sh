@@ -2,9 +2,9 @@
 # The main job on a fresh machine: set up kymamesh, start a local test cluster,
 # install the Kyma Service Mesh into it (phase 1 with the project's fixture
 # charts, then the Kyma patch), re-run to show it converges, put a sample
-# workload into the mesh, show the status, and stop the cluster. Against a
-# real cluster you would run just
-# `kymamesh install` (see the README).
+# workload into the mesh (istiod runs in the test cluster and injects its
+# sidecar), show the status, and stop the cluster. Against a real cluster you
+# would run just `kymamesh install` (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,3 +30,10 @@ kubectl -n shop rollout status deployment/cart --timeout=60s
 "$VENV/bin/kymamesh" inject-namespace shop --all --wait -y
 echo "==> kymamesh status"
 "$VENV/bin/kymamesh" status
+echo "==> the sample workload's Pod, with the sidecar istiod injected"
+kubectl -n shop get pods -l app=cart \
+  -o jsonpath='{range .items[*]}{.metadata.name}: {range .spec.containers[*]}{.name} (memory limit {.resources.limits.memory}) {end}{"\n"}{end}'
+if ! kubectl -n shop get pods -l app=cart -o jsonpath='{.items[*].spec.containers[*].name}' | grep -qw istio-proxy; then
+  echo "demo failed: the cart Pod has no istio-proxy sidecar" >&2
+  exit 1
+fi
