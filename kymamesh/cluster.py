@@ -381,6 +381,23 @@ class Cluster:
         )
         return dict(result.to_dict())
 
+    def dry_run_create(self, obj: Obj) -> Obj:
+        """The object as the API server would create it (admission and mutating webhooks
+        run, nothing is stored): a server-side dry run. `metadata.generateName` is enough."""
+        meta = obj.get("metadata") or {}
+        resource = self._resource(obj["apiVersion"], obj["kind"])
+        result = self._call(
+            lambda: self._dynamic.create(
+                resource,
+                body=obj,
+                namespace=meta.get("namespace") or None,
+                field_manager=FIELD_MANAGER,
+                dry_run="All",
+                _request_timeout=_REQUEST_TIMEOUT,
+            )
+        )
+        return dict(result.to_dict())
+
     def replace(self, obj: Obj) -> Obj:
         """Update with the object's resourceVersion (optimistic concurrency)."""
         self.check_lock()

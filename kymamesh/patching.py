@@ -49,6 +49,7 @@ class StepContext:
     params: Mapping[str, Any]
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    timeout: float = 300.0  # --timeout: how long a step may wait for the cluster
 
 
 class Step(Protocol):
@@ -163,6 +164,7 @@ def _context(ctx: RunContext, spec: StepSpec) -> StepContext:
         namespace=ctx.namespace,
         params=spec.params,
         dry_run=ctx.options.dry_run,
+        timeout=ctx.options.timeout,
     )
 
 

@@ -54,6 +54,9 @@ class FakeCluster:
         self.writes: list[str] = []
         self._rv = 100
         self.objects = objects
+        # What mutating webhooks do to an object on its way in (e.g. a test's stand-in for
+        # istiod's injector); None: nothing, as on a cluster without webhooks.
+        self.admit: Callable[[Obj], Obj] | None = None
 
     @property
     def objects(self) -> dict[Ref, Obj]:
@@ -153,6 +156,11 @@ class FakeCluster:
         if self._find(ref) is not None:
             raise ConflictError(f"{ref} already exists", 409)
         return self.add(obj)
+
+    def dry_run_create(self, obj: Obj) -> Obj:
+        """Admission only: the object as it would be created; nothing stored, no write."""
+        out = copy.deepcopy(obj)
+        return self.admit(out) if self.admit else out
 
     def replace(self, obj: Obj) -> Obj:
         ref = Ref.of(obj)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh import patching
+from kymamesh import errors, patching
 from kymamesh.cluster import Ref
 from kymamesh.sidecars import (
     RESTARTED_AT,
@@ -289,7 +289,22 @@ def mesh_with_old_sidecar() -> FakeCluster:
             "spec": {"template": {"metadata": {"labels": {"app": "app"}}}},
         }
     )
+    cluster.admit = inject(RESOURCES)
     return cluster
+
+
+def inject(resources: dict[str, Any], image: str = "docker.io/istio/proxyv2:1.30.3") -> Any:
+    """A stand-in for istiod's injector in the fake cluster: adds this sidecar to a Pod."""
+
+    def admit(obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] == "Pod":
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("containers", []).append(
+                {"name": "istio-proxy", "image": image, "resources": resources}
+            )
+        return obj
+
+    return admit
 
 
 def proxies_spec(restart: bool) -> list[patching.StepSpec]:
@@ -325,6 +340,43 @@ def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
     patching.run_patch(again, proxies_spec(True))  # the old Pod is still there: rollout under way
     assert cluster.writes == writes
     assert any("restart already under way" in n for n in again.result.notes)
+
+
+def test_step_restarts_only_once_the_injector_gives_the_current_sidecar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """istiod sees a changed injector ConfigMap only when the kubelet refreshes its volume:
+    a restart before that would bring back the old sidecar."""
+    cluster = mesh_with_old_sidecar()
+    stale = inject({"limits": {"memory": "512Mi"}})
+    current = inject(RESOURCES)
+    answers = [stale, stale, current]
+    cluster.admit = lambda obj: answers.pop(0)(obj)
+    slept: list[float] = []
+    monkeypatch.setattr("kymamesh.steps.proxies.time.sleep", slept.append)
+    ctx = run_context(cluster)
+    patching.run_patch(ctx, proxies_spec(True))
+    assert ctx.result.phases[0].items[0].outcome == "changed"
+    assert answers == [] and len(slept) == 2
+    deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
+    assert deployment is not None
+    assert RESTARTED_AT in deployment["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_step_does_not_restart_while_the_injector_gives_an_old_sidecar() -> None:
+    cluster = mesh_with_old_sidecar()
+    cluster.admit = inject({"limits": {"memory": "512Mi"}})
+    ctx = run_context(cluster)
+    ctx.options.timeout = 0.0
+    with pytest.raises(errors.PartialFailureError):
+        patching.run_patch(ctx, proxies_spec(True))
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "failed"
+    assert "not restarted, because istiod's injector still gives an out-of-date sidecar" in (
+        item.error or ""
+    )
+    assert "limits.memory 512Mi, wanted 1Gi" in (item.error or "")
+    assert [w for w in cluster.writes if "Deployment" in w] == []  # nothing restarted
 
 
 def test_step_with_no_istio_does_nothing() -> None:

@@ -7,21 +7,31 @@ as a change, so a re-run still writes nothing. With `restart: true`
 (`--restart-proxies`) each Deployment, StatefulSet or DaemonSet among them is
 restarted the way `kubectl rollout restart` does it: a new
 `kubectl.kubernetes.io/restartedAt` annotation on its Pod template.
+
+A restart is worth it only once istiod's injector gives the new sidecar: istiod reads
+its ConfigMaps from a volume, which the kubelet refreshes up to a minute or more after a
+change (a patch run changes them just before this step). So before restarting a
+workload, the step asks the API server for a dry-run Pod of its template and waits, up
+to --timeout, until the sidecar injected into that Pod is current.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kymamesh.cluster import Cluster, Ref
-from kymamesh.errors import UsageError
+from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.errors import ApiError, UsageError, WaitTimeoutError
 from kymamesh.patching import Change, StepContext
 from kymamesh.sidecars import (
     RESTARTED_AT,
     OutdatedWorkload,
+    control_plane,
     find_outdated,
+    outdated_reasons,
+    proxy_container,
     restart_pending,
     template_proxy_version,
 )
@@ -91,7 +101,7 @@ class RestartProxiesStep:
             if restart_pending(live, entry.oldest_pod):
                 pending.append(entry)
                 continue
-            changes.append(_restart_change(ref, entry))
+            changes.append(_restart_change(ref, entry, ctx.namespace, ctx.timeout))
         if pinned:
             _note(
                 ctx,
@@ -107,8 +117,11 @@ class RestartProxiesStep:
         return changes
 
 
-def _restart_change(ref: Ref, entry: OutdatedWorkload) -> Change:
+def _restart_change(
+    ref: Ref, entry: OutdatedWorkload, istio_namespace: str, timeout: float
+) -> Change:
     def apply(cluster: Cluster) -> None:
+        wait_for_injector(cluster, ref, istio_namespace, timeout)
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}}
         cluster.merge_patch(ref, patch)
@@ -119,3 +132,54 @@ def _restart_change(ref: Ref, entry: OutdatedWorkload) -> Change:
         apply=apply,
         diff=f"  {entry.workload}: spec.template.metadata.annotations[{RESTARTED_AT}] = <now>",
     )
+
+
+def _probe_pod(workload: Obj) -> Obj:
+    """A Pod of the workload's template, to be created as a dry run only."""
+    meta = workload["metadata"]
+    template = (workload.get("spec") or {}).get("template") or {}
+    tmeta = template.get("metadata") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{meta['name']}-",
+            "namespace": meta["namespace"],
+            "labels": dict(tmeta.get("labels") or {}),
+            "annotations": dict(tmeta.get("annotations") or {}),
+        },
+        "spec": template.get("spec") or {},
+    }
+
+
+def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> list[str]:
+    """What is still out of date in the sidecar the injector gives this workload's Pods now
+    ([] when it is current). A dry run: nothing is created."""
+    versions, resources = control_plane(cluster, istio_namespace)
+    try:
+        pod = cluster.dry_run_create(_probe_pod(workload))
+    except ApiError as exc:  # e.g. the injector refuses while istiod restarts
+        return [f"the dry-run Pod was refused: {exc.message}"]
+    if proxy_container(pod) is None:
+        return ["the dry-run Pod got no sidecar"]
+    return outdated_reasons(pod, versions, resources)
+
+
+def wait_for_injector(cluster: Cluster, ref: Ref, istio_namespace: str, timeout: float) -> None:
+    """Wait until istiod injects a current sidecar into the workload's Pods."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workload = cluster.get(ref)
+        if workload is None:
+            return  # gone: nothing to restart, and merge_patch will say so
+        reasons = injector_gives(cluster, workload, istio_namespace)
+        if not reasons:
+            return
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"{ref}: not restarted, because istiod's injector still gives an out-of-date "
+                f"sidecar after {timeout:.0f}s ({'; '.join(reasons)})",
+                hint="istiod reads its ConfigMaps from a volume the kubelet refreshes within "
+                "a minute or two; check that istiod runs, then re-run with --restart-proxies",
+            )
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
