@@ -350,14 +350,19 @@ def test_step_restarts_only_once_the_injector_gives_the_current_sidecar(
     cluster = mesh_with_old_sidecar()
     stale = inject({"limits": {"memory": "512Mi"}})
     current = inject(RESOURCES)
-    answers = [stale, stale, current]
-    cluster.admit = lambda obj: answers.pop(0)(obj)
+    calls: list[int] = []
+
+    def admit(obj: dict[str, Any]) -> dict[str, Any]:
+        calls.append(1)  # stale for the step's two checks and the first wait
+        return (stale if len(calls) <= 3 else current)(obj)
+
+    cluster.admit = admit
     slept: list[float] = []
     monkeypatch.setattr("kymamesh.steps.proxies.time.sleep", slept.append)
     ctx = run_context(cluster)
     patching.run_patch(ctx, proxies_spec(True))
     assert ctx.result.phases[0].items[0].outcome == "changed"
-    assert answers == [] and len(slept) == 2
+    assert len(calls) == 4 and len(slept) == 1
     deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
     assert deployment is not None
     assert RESTARTED_AT in deployment["spec"]["template"]["metadata"]["annotations"]
@@ -377,6 +382,16 @@ def test_step_does_not_restart_while_the_injector_gives_an_old_sidecar() -> None
     )
     assert "limits.memory 512Mi, wanted 1Gi" in (item.error or "")
     assert [w for w in cluster.writes if "Deployment" in w] == []  # nothing restarted
+
+
+def test_step_does_not_restart_workloads_whose_new_pods_would_get_no_sidecar() -> None:
+    cluster = mesh_with_old_sidecar()
+    cluster.admit = None  # no injector: e.g. injection turned off for the namespace
+    ctx = run_context(cluster)
+    patching.run_patch(ctx, proxies_spec(True))
+    assert ctx.result.phases[0].items[0].outcome == "unchanged"
+    assert [w for w in cluster.writes if "Deployment" in w] == []
+    assert any("would get no sidecar at all" in n for n in ctx.result.notes)
 
 
 def test_step_with_no_istio_does_nothing() -> None:

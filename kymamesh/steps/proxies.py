@@ -89,6 +89,7 @@ class RestartProxiesStep:
         changes = []
         pending = []
         pinned = []
+        uninjected = []
         for entry in restartable:
             workload = entry.workload
             ref = Ref("apps/v1", workload.kind, workload.name, workload.namespace)
@@ -101,6 +102,9 @@ class RestartProxiesStep:
             if restart_pending(live, entry.oldest_pod):
                 pending.append(entry)
                 continue
+            if injector_gives(ctx.cluster, live, ctx.namespace) is None:
+                uninjected.append(entry)
+                continue
             changes.append(_restart_change(ref, entry, ctx.namespace, ctx.timeout))
         if pinned:
             _note(
@@ -108,6 +112,13 @@ class RestartProxiesStep:
                 "not restarted, because their Pod template sets the istio-proxy image itself "
                 f"and a restart would bring the same one back: {_listing(pinned)}; update "
                 "the image in the template (or use `image: auto`)",
+            )
+        if uninjected:
+            _note(
+                ctx,
+                "not restarted, because their new Pods would get no sidecar at all (injection "
+                "is off for them, or istiod's injector does not answer and its webhook lets "
+                f"Pods through): {_listing(uninjected)}",
             )
         if pending:
             _note(
@@ -152,16 +163,16 @@ def _probe_pod(workload: Obj) -> Obj:
     }
 
 
-def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> list[str]:
-    """What is still out of date in the sidecar the injector gives this workload's Pods now
-    ([] when it is current). A dry run: nothing is created."""
+def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> list[str] | None:
+    """What is still out of date in the sidecar the injector gives this workload's Pods now:
+    [] when it is current, None when they would get none. A dry run: nothing is created."""
     versions, resources = control_plane(cluster, istio_namespace)
     try:
         pod = cluster.dry_run_create(_probe_pod(workload))
     except ApiError as exc:  # e.g. the injector refuses while istiod restarts
         return [f"the dry-run Pod was refused: {exc.message}"]
     if proxy_container(pod) is None:
-        return ["the dry-run Pod got no sidecar"]
+        return None
     return outdated_reasons(pod, versions, resources)
 
 
@@ -173,7 +184,7 @@ def wait_for_injector(cluster: Cluster, ref: Ref, istio_namespace: str, timeout:
         if workload is None:
             return  # gone: nothing to restart, and merge_patch will say so
         reasons = injector_gives(cluster, workload, istio_namespace)
-        if not reasons:
+        if not reasons:  # current, or no sidecar at all (the step's check leaves those out)
             return
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(
