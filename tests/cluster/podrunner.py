@@ -715,8 +715,9 @@ class _EgressHandler(socketserver.StreamRequestHandler):
         _pipe(self.connection, upstream)
 
     def _refuse(self, code: int, why: str) -> None:
+        """The reason goes in the status line too: the apiserver's error quotes only that."""
         body = why.encode()
-        reason = {405: "Method Not Allowed", 503: "Service Unavailable"}[code]
+        reason = why.replace("\r", " ").replace("\n", " ")
         self.wfile.write(
             f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
