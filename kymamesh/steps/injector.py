@@ -54,11 +54,16 @@ def wanted_resources(params: Mapping[str, Any], name: str) -> dict[str, dict[str
         kept = {str(k): v for k, v in entries.items() if v is not None}
         for resource, value in kept.items():
             try:
-                quantity(value)
+                amount = quantity(value)
             except UsageError as exc:
                 raise UsageError(
                     f"sidecar-resources: {name}.{section}.{resource}: {exc.message}", exc.hint
                 ) from None
+            if amount < 0:
+                raise UsageError(
+                    f"sidecar-resources: {name}.{section}.{resource} is {value}, below zero",
+                    hint="Kubernetes refuses negative requests and limits; write e.g. 128Mi",
+                )
         if kept:
             result[str(section)] = kept
     requests = result.get("requests", {})
