@@ -13,9 +13,9 @@ import yaml
 
 from kymamesh.cluster import Ref
 from kymamesh.errors import ConflictError, PreconditionError, UsageError
-from kymamesh.patching import StepContext, load_patch_list
+from kymamesh.patching import load_patch_list
 from kymamesh.steps._configmaps import MissingConfigError, changed_parts, dump_yaml
-from kymamesh.steps._units import duration, quantity, same_resources
+from kymamesh.steps.base import StepContext
 from kymamesh.steps.injector import (
     InjectionPolicyStep,
     SidecarResourcesStep,
@@ -34,6 +34,7 @@ from kymamesh.steps.meshconfig import (
     tracing_wanted,
 )
 from kymamesh.steps.mtls import PeerAuthenticationStep
+from kymamesh.units import duration, quantity, same_resources
 from tests.support_mesh import (
     INJECTOR_CONFIG,
     INJECTOR_VALUES,
