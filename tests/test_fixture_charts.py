@@ -205,7 +205,7 @@ def test_istiod_deployment_tells_its_version(chart_set: str) -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "discovery"
     assert container["image"] == f"docker.io/istio/pilot:{CHART_SETS[chart_set]}"
-    assert "readinessProbe" not in container and "livenessProbe" not in container
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"  # istiod runs here
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 

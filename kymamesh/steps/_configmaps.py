@@ -20,8 +20,8 @@ import yaml
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import unified
 from kymamesh.errors import ConflictError, NotFoundError, PreconditionError
-from kymamesh.patching import Change, StepContext
 from kymamesh.preflight import istiod_deployments
+from kymamesh.steps.base import Change, StepContext
 
 _ABSENT = object()
 

@@ -15,14 +15,14 @@ there is nothing to switch and nothing to ask.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import object_diff
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.patching import Change, StepContext
 from kymamesh.preflight import MANAGED_BY, istiod_deployments
 from kymamesh.steps._configmaps import not_in_dry_run
+from kymamesh.steps.base import Change, StepContext
 
 KIND = "PeerAuthentication"
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -78,7 +78,7 @@ def _no_crd(namespace: str) -> PreconditionError:
 
 
 class PeerAuthenticationStep:
-    PARAMS = frozenset({"name", "mode"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"name", "mode"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         _name_and_mode(ctx.params)
