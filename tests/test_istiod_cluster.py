@@ -198,6 +198,26 @@ def test_a_rerun_writes_nothing_while_istiod_keeps_working(mesh: TestCluster) ->
     assert istiod.total > 0, "istiod made no writes at all: is it running?"
 
 
+def test_an_upgrade_leaves_istiods_ca_bundle_and_injection_working(mesh: TestCluster) -> None:
+    """Helm upgrades the istiod release (a changed value); the caBundle istiod patched into
+    its webhooks is not taken back, so injection keeps working."""
+    ok(
+        kymamesh(
+            mesh, "install", "--charts-dir", str(CHARTS), "-y", "--set", "istiod.traceSampling=2"
+        )
+    )
+    injector = get(mesh, "mutatingwebhookconfiguration", "istio-sidecar-injector")
+    assert injector is not None
+    assert all(h["clientConfig"].get("caBundle") for h in injector["webhooks"])
+    mesh.create_namespace("after-upgrade", labels={"istio-injection": "enabled"})
+    mesh.kubectl(
+        "apply", "-n", "after-upgrade", "-f", "-",
+        input=deployment("svc", {"sidecar.istio.io/inject": "true"}),
+    )  # fmt: skip
+    rolled_out(mesh, "after-upgrade", "svc")
+    assert proxy(pods(mesh, "after-upgrade", "svc")[0]) is not None
+
+
 def test_new_sidecar_settings_reach_new_pods_and_restart_proxies_rolls_the_old(
     mesh: TestCluster, tmp_path: Path
 ) -> None:
@@ -243,6 +263,21 @@ def test_new_sidecar_settings_reach_new_pods_and_restart_proxies_rolls_the_old(
     assert (proxy(after) or {}).get("resources") == smaller
     row = namespace_row(status(mesh), "orders")
     assert row["outdatedSidecars"] == 0, row
+
+
+def test_uninstall_stops_istiod(mesh: TestCluster) -> None:
+    before = json.loads((mesh.dir / "pods.json").read_text())
+    pids = [p["pid"] for p in before.values() if p["namespace"] == NS]
+    assert pids
+    ok(kymamesh(mesh, "uninstall", "-y", "--force"))
+
+    def stopped() -> bool:
+        return json.loads((mesh.dir / "pods.json").read_text()) == {}
+
+    wait_for("podrunner to stop istiod", stopped, timeout=60)
+    for pid in pids:  # gone (podrunner waits for its children)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(") ", 1)[1][0] == "Z", pid
 
 
 def test_without_a_serving_istiod_the_gateway_is_refused_and_install_says_why(
