@@ -532,20 +532,34 @@ class Runner:
             return
         status = "True" if ready else "False"
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        live = self.store.get("pods", self.ns, self.name) or self.pod
+        # containerStatuses is replaced as a whole by a patch: write every entry complete
+        statuses = []
+        for c in self.pod["spec"]["containers"]:
+            old = next(
+                (x for x in (live.get("status") or {}).get("containerStatuses") or []
+                 if x.get("name") == c["name"]),
+                {},
+            )  # fmt: skip
+            entry = {
+                "name": c["name"],
+                "image": old.get("image") or c.get("image", ""),
+                "imageID": old.get("imageID", ""),
+                "started": True,
+                "state": old.get("state") or {"running": {"startedAt": now}},
+                "ready": old.get("ready", True),
+                "restartCount": old.get("restartCount", 0),
+            }
+            if c["name"] == self.container["name"]:
+                entry["ready"], entry["restartCount"] = ready, self.restarts
+            statuses.append(entry)
         patch = {
             "status": {
                 "conditions": [
                     {"type": "Ready", "status": status, "lastTransitionTime": now},
                     {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
                 ],
-                "containerStatuses": [
-                    {
-                        "name": c["name"],
-                        "ready": ready or c["name"] != self.container["name"],
-                        "restartCount": self.restarts if c is self.container else 0,
-                    }
-                    for c in self.pod["spec"]["containers"]
-                ],
+                "containerStatuses": statuses,
             }
         }
         code, body = self.api.request(
