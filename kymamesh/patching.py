@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 from kymamesh.cluster import Cluster
 from kymamesh.context import RunContext
+from kymamesh.controlplane import ControlPlane, find_control_planes
 from kymamesh.errors import KymameshError, LockLostError, PartialFailureError, UsageError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.resources import load_yaml, patches_dir
@@ -44,11 +45,27 @@ class Change:
 
 @dataclass
 class StepContext:
+    """What a step works on. `control_planes` are the istiod revisions found in the
+    cluster (each one gets the patch), or, when there is none yet, the one `install`
+    is about to make (not `installed`)."""
+
     cluster: Cluster
     namespace: str
     params: Mapping[str, Any]
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
+    planes: tuple[ControlPlane, ...] | None = None
+
+    @property
+    def control_planes(self) -> tuple[ControlPlane, ...]:
+        if self.planes is None:  # found on first use when not given
+            found = find_control_planes(self.cluster, self.namespace)
+            self.planes = tuple(found) or (ControlPlane(self.namespace),)
+        return self.planes
+
+    @property
+    def istio_present(self) -> bool:
+        return any(p.installed for p in self.control_planes)
 
 
 class Step(Protocol):
@@ -157,12 +174,24 @@ def _remember_settings(ctx: RunContext) -> None:
     )
 
 
-def _context(ctx: RunContext, spec: StepSpec) -> StepContext:
+def control_planes(ctx: RunContext) -> tuple[ControlPlane, ...]:
+    """The control planes the patch applies to: every revision in the cluster, or the
+    planned one (`install` sets it from the istiod values; the default revision otherwise)."""
+    found = find_control_planes(ctx.cluster, ctx.namespace)
+    if found:
+        return tuple(found)
+    return (ctx.planned_control_plane or ControlPlane(ctx.namespace),)
+
+
+def _context(
+    ctx: RunContext, spec: StepSpec, planes: tuple[ControlPlane, ...] | None = None
+) -> StepContext:
     return StepContext(
         cluster=ctx.cluster,
         namespace=ctx.namespace,
         params=spec.params,
         dry_run=ctx.options.dry_run,
+        planes=control_planes(ctx) if planes is None else planes,
     )
 
 
@@ -170,8 +199,9 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
     """Read-only checks of every step, and the confirmations they need, before any write."""
     kinds = step_kinds()
     questions = []
+    planes = control_planes(ctx)
     for spec in specs:
-        question = kinds[spec.kind]().preflight(_context(ctx, spec))
+        question = kinds[spec.kind]().preflight(_context(ctx, spec, planes))
         if question:
             questions.append(f"{spec.name}: {question}")
     if questions and not ctx.options.dry_run:
@@ -186,7 +216,8 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
 def check_all(ctx: RunContext, specs: list[StepSpec]) -> dict[str, list[Change]]:
     """The read-only check of every step (used by `status`)."""
     kinds = step_kinds()
-    return {spec.name: kinds[spec.kind]().check(_context(ctx, spec)) for spec in specs}
+    planes = control_planes(ctx)
+    return {spec.name: kinds[spec.kind]().check(_context(ctx, spec, planes)) for spec in specs}
 
 
 def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kymamesh import controlplane
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
+from kymamesh.controlplane import ControlPlane
 from kymamesh.diffs import object_diff
 from kymamesh.errors import ChartSourceError, KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease, LoadedChart
@@ -33,6 +35,7 @@ __all__ = [
     "ChartInputs",
     "pinned",
     "plan_releases",
+    "planned_control_plane",
     "refuse_foreign_istiod",
     "run_phase_charts",
 ]
@@ -132,11 +135,19 @@ def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
     return plans
 
 
+def planned_control_plane(stack: ValueStack) -> ControlPlane:
+    """The control plane the istiod release makes from these values (its revision and
+    mesh root namespace); a bad revision name is a usage error."""
+    return controlplane.planned_control_plane(pinned().namespace, stack.merged("istiod"))
+
+
 def refuse_foreign_istiod(ctx: RunContext) -> None:
-    """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite."""
+    """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite:
+    the Deployment of the revision `install` makes (`istiod`, or `istiod-REV`)."""
     release = pinned()
     row = release.chart("istiod")
-    live = ctx.cluster.get(Ref("apps/v1", "Deployment", "istiod", release.namespace))
+    plane = ctx.planned_control_plane or ControlPlane(release.namespace)
+    live = ctx.cluster.get(plane.istiod_ref)
     if live is None:
         return
     annotations = (live.get("metadata") or {}).get("annotations") or {}
@@ -145,10 +156,11 @@ def refuse_foreign_istiod(ctx: RunContext) -> None:
         return
     made_by = f"Helm release {owner}" if owner else "something other than Helm"
     raise PreconditionError(
-        f"Deployment {release.namespace}/istiod exists and was made by {made_by}, not by "
-        f"the Helm release {row.release} that `install` manages; installing over it would "
+        f"Deployment {release.namespace}/{plane.istiod} exists and was made by {made_by}, not "
+        f"by the Helm release {row.release} that `install` manages; installing over it would "
         "fight over the same objects",
-        hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`",
+        hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`"
+        + ("" if not plane.suffix else f", or install another revision than {plane.revision}"),
     )
 
 

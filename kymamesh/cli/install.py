@@ -49,7 +49,8 @@ def install(
             set_values=tuple(set_values or ()),
             repository=repo,
         )
-        pipeline.build_values(inputs, pipeline.pinned())  # refuse insecure values first
+        stack = pipeline.build_values(inputs, pipeline.pinned())  # refuse insecure values first
+        ctx.planned_control_plane = pipeline.planned_control_plane(stack)
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
         patching.load_patch_list(given)  # refuse unknown settings before the cluster
         specs = patching.patch_list_for(ctx, given, reset=reset_settings)
