@@ -263,7 +263,7 @@ def test_status_json_keys_are_stable() -> None:
         crds=14,
         releases=_releases(*ours()),
         istiods=READY,
-        mtls=mesh.MtlsState("STRICT", "istio-system/default"),
+        mtls=mesh.MtlsState("STRICT", "istio-system/default", "istio-system"),
         steps=[mesh.StepState("mtls-strict", "mesh-wide strict mutual TLS", True)],
         namespaces=[mesh.NamespaceState("demo", True, "default", 2, 1, 0)],
         problems=[],
