@@ -42,6 +42,7 @@ from kymamesh import sidecars
 from kymamesh.cluster import Cluster, Obj
 from kymamesh.context import RunContext
 from kymamesh.controlplane import (
+    MESH_CONFIGMAP,
     MESH_KEY,
     ControlPlane,
     effective_mtls,
@@ -205,7 +206,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
 def mesh_config_security(cluster: Cluster, plane: ControlPlane) -> list[str]:
     """A revision's live mesh config judged by the install's security rules
     (`kymamesh.security`)."""
-    ref = plane.configmap("istio")
+    ref = plane.configmap(MESH_CONFIGMAP)
     cm = cluster.get(ref)
     mesh = parse_mesh(((cm or {}).get("data") or {}).get(MESH_KEY))
     where = f"ConfigMap {ref.namespace}/{ref.name}"
