@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from tenacity import (
@@ -82,6 +83,20 @@ class Ref:
         if self.namespace:
             return f"{self.kind}/{self.namespace}/{self.name}"
         return f"{self.kind}/{self.name}"
+
+
+def parse_quantity(text: str) -> Decimal:
+    """The value of a Kubernetes quantity ("1Gi", "500m"), by the official client's parser.
+
+    Raises ValueError when `text` is not one. Here because the adapters are the only
+    modules that import the kubernetes library (`.importlinter`).
+    """
+    from kubernetes.utils.quantity import parse_quantity as parse
+
+    value = parse(text)
+    if not isinstance(value, Decimal):  # the library is untyped: keep the promise checked
+        raise ValueError(f"{text!r} parsed to {value!r}, not a number")
+    return value
 
 
 class _Transient(Exception):

@@ -1,8 +1,9 @@
 """Phase 2, the Kyma patch: an ordered list of idempotent steps.
 
 The list is data (`patches/kyma.yaml`): each entry names a step, its kind and
-its parameters. A step kind (in `kymamesh/steps/`) implements two read-only
-methods:
+its parameters. A step kind (a class in `kymamesh/steps/`, registered in the
+typed table `kymamesh.steps.KINDS`; the contract is `kymamesh.steps.base.Step`)
+implements two read-only methods:
 
 - `preflight(ctx)`: refuses bad input before anything is written, and may return
   a question that needs the user's yes (for example: weaken a PERMISSIVE mesh);
@@ -18,65 +19,19 @@ command then exits with PARTIAL.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from kymamesh.cluster import Cluster
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane, find_control_planes
 from kymamesh.errors import KymameshError, LockLostError, PartialFailureError, UsageError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.resources import load_yaml, patches_dir
+from kymamesh.steps.base import Change, Step, StepContext, StepKind
 from kymamesh.values import deep_merge
 
 PHASE_PATCH = "phase 2: Kyma patch"
-
-
-@dataclass(frozen=True)
-class Change:
-    """One difference between live and wanted, and how to remove it."""
-
-    target: str
-    summary: str
-    apply: Callable[[Cluster], None]
-    diff: str = ""
-
-
-@dataclass
-class StepContext:
-    """What a step works on. `control_planes` are the istiod revisions found in the
-    cluster (each one gets the patch), or, when there is none yet, the one `install`
-    is about to make (not `installed`)."""
-
-    cluster: Cluster
-    namespace: str
-    params: Mapping[str, Any]
-    dry_run: bool = False
-    notes: list[str] = field(default_factory=list)
-    planes: tuple[ControlPlane, ...] | None = None
-
-    @property
-    def control_planes(self) -> tuple[ControlPlane, ...]:
-        if self.planes is None:  # found on first use when not given
-            found = find_control_planes(self.cluster, self.namespace)
-            self.planes = tuple(found) or (ControlPlane(self.namespace),)
-        return self.planes
-
-    @property
-    def istio_present(self) -> bool:
-        return any(p.installed for p in self.control_planes)
-
-
-class Step(Protocol):
-    PARAMS: ClassVar[frozenset[str]]  # the parameters the kind takes (top-level keys)
-
-    def preflight(self, ctx: StepContext) -> str | None: ...
-
-    def check(self, ctx: StepContext) -> list[Change]: ...
-
-
-StepFactory = type[Step]
 
 
 @dataclass(frozen=True)
@@ -89,7 +44,7 @@ class StepSpec:
     description: str = ""
 
 
-def step_kinds() -> Mapping[str, StepFactory]:
+def step_kinds() -> Mapping[str, StepKind]:
     from kymamesh.steps import KINDS
 
     return KINDS

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kymamesh.errors import PreconditionError
-from kymamesh.steps._units import same_quantity
+from kymamesh.units import same_quantity
 from kymamesh.versions import Version, image_version
 
 if TYPE_CHECKING:

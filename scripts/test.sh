@@ -20,6 +20,7 @@ echo "==> lint and types"
 "$VENV/bin/ruff" check kymamesh tests scripts benchmarks
 "$VENV/bin/ruff" format --check kymamesh tests scripts benchmarks
 "$VENV/bin/mypy"
+"$VENV/bin/lint-imports" --no-cache  # the layers: docs/explanation/architecture.md
 "$VENV/bin/python" scripts/gen_reference.py --check
 
 echo "==> tests"

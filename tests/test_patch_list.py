@@ -39,3 +39,12 @@ def test_known_parameters_pass() -> None:
     )
     tls = next(s for s in specs if s.name == "ingress-gateway-tls")
     assert tls.params["domain"] == "shop.example.com"
+
+
+def test_kind_table_matches_the_patch_list() -> None:
+    """Every kind the list names is registered, no registered kind is dead, the table is frozen."""
+    kinds = patching.step_kinds()
+    used = {entry["kind"] for entry in load_yaml(patches_dir() / "kyma.yaml")["steps"]}
+    assert used == set(kinds)
+    with pytest.raises(TypeError):
+        kinds["extra"] = kinds["restart-proxies"]  # type: ignore[index]

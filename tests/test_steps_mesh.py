@@ -13,9 +13,9 @@ import yaml
 
 from kymamesh.cluster import Ref
 from kymamesh.errors import ConflictError, PreconditionError, UsageError
-from kymamesh.patching import StepContext, load_patch_list
+from kymamesh.patching import load_patch_list
 from kymamesh.steps._configmaps import MissingConfigError, changed_parts, dump_yaml
-from kymamesh.steps._units import duration, quantity, same_resources
+from kymamesh.steps.base import StepContext
 from kymamesh.steps.injector import (
     InjectionPolicyStep,
     SidecarResourcesStep,
@@ -34,6 +34,7 @@ from kymamesh.steps.meshconfig import (
     tracing_wanted,
 )
 from kymamesh.steps.mtls import PeerAuthenticationStep
+from kymamesh.units import duration, quantity, same_resources
 from tests.support_mesh import (
     INJECTOR_CONFIG,
     INJECTOR_VALUES,
@@ -75,16 +76,32 @@ def converge(step: Any, context: StepContext) -> list[str]:
         ("1e3", "1k"),
         (2, "2000m"),
         ("128Mi", 134217728),
+        ("1E3", "1k"),
+        (".5", "500m"),
+        (0.1, "100m"),
+        ("1Ei", 2**60),
+        ("100n", "0.0000001"),
+        (" 1Gi ", "1Gi"),
     ],
 )
 def test_equal_quantities(a: Any, b: Any) -> None:
     assert quantity(a) == quantity(b)
 
 
-@pytest.mark.parametrize("bad", ["1GB", "lots", "", "1.2.3Mi", True])
-def test_bad_quantity(bad: Any) -> None:
-    with pytest.raises(UsageError):
+def test_quantities_compare_by_value() -> None:
+    assert quantity("1Gi") > quantity("1G")
+    assert quantity("999m") < quantity("1")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["1GB", "lots", "", "1.2.3Mi", True, None, "1 Gi", "1_000", "Infinity", "NaN", "1ki", "1Mb"],
+)
+def test_bad_quantity_is_a_clear_error(bad: Any) -> None:
+    with pytest.raises(UsageError, match="is not a Kubernetes quantity") as raised:
         quantity(bad)
+    assert raised.value.message.startswith(f"'{bad}'")
+    assert raised.value.hint and "128Mi" in raised.value.hint
 
 
 def test_resources_compared_by_value() -> None:
@@ -155,6 +172,8 @@ def test_resources_params_are_checked() -> None:
         wanted_resources(
             {"proxy": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}, "proxy"
         )
+    with pytest.raises(UsageError, match=r"proxy\.requests\.cpu is -100m, below zero"):
+        wanted_resources({"proxy": {"requests": {"cpu": "-100m"}}}, "proxy")
     assert wanted_resources({"proxy": {"limits": {"cpu": None, "memory": "1Gi"}}}, "proxy") == {
         "limits": {"memory": "1Gi"}
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kymamesh.errors import PreconditionError, VersionGateError
@@ -51,3 +53,96 @@ def test_adoption_accepts_supported_minor_and_one_below() -> None:
     for found in (Version(1, 28, 5), Version(1, 31, 0), Version(2, 30, 0)):
         with pytest.raises(PreconditionError):
             check_supported_for_adoption(found, supported)
+
+
+# -- pre-releases and build metadata (SemVer 2.0 order) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1.31.0-rc.0", Version(1, 31, 0, ("rc", 0))),
+        ("1.30.0-beta.1", Version(1, 30, 0, ("beta", 1))),
+        ("v1.30.0-alpha", Version(1, 30, 0, ("alpha",))),
+        ("1.31-alpha.0a1b2c", Version(1, 31, 0, ("alpha", "0a1b2c"))),
+        ("1.30.0-rc.01", Version(1, 30, 0, ("rc", "01"))),  # a leading zero: a word, not 1
+        ("v1.30.2+k3s1", Version(1, 30, 2)),
+        ("1.31.0-rc.1+build.7", Version(1, 31, 0, ("rc", 1))),
+    ],
+)
+def test_prerelease_parses(text: str, expected: Version) -> None:
+    assert Version.parse(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("1.31.0-rc.0", "1.31.0-rc.0"), ("v1.30.2+k3s1", "1.30.2+k3s1"), ("1.30", "1.30.0")],
+)
+def test_version_shown_as_parsed(text: str, shown: str) -> None:
+    assert str(Version.parse(text)) == shown
+
+
+@pytest.mark.parametrize("bad", ["1.31.0-", "1.31.0-rc..0", "1.31.0+", "1.31.0-rc_0", "1", ""])
+def test_malformed_version_is_a_clear_error(bad: str) -> None:
+    with pytest.raises(PreconditionError, match="is not a version number"):
+        Version.parse(bad)
+
+
+def test_semver_order() -> None:
+    # the example order of semver.org, section 11, then Istio's own sequence
+    ordered = [
+        "1.0.0-alpha",
+        "1.0.0-alpha.1",
+        "1.0.0-alpha.beta",
+        "1.0.0-beta",
+        "1.0.0-beta.2",
+        "1.0.0-beta.11",
+        "1.0.0-rc.1",
+        "1.0.0",
+        "1.30.0-beta.1",
+        "1.30.0-rc.0",
+        "1.30.0",
+        "1.30.3",
+        "1.31.0-rc.0",
+        "1.31.0",
+    ]
+    versions = [Version.parse(t) for t in ordered]
+    assert sorted(reversed(versions)) == versions
+    for low, high in itertools.pairwise(versions):
+        assert low < high and high > low and low != high and low <= high
+
+
+def test_build_metadata_is_not_compared() -> None:
+    assert Version.parse("1.30.2+k3s1") == Version.parse("1.30.2+gke.7")
+    assert hash(Version.parse("1.30.2+k3s1")) == hash(Version(1, 30, 2))
+    assert not Version.parse("1.30.2+k3s1") < Version.parse("1.30.2")
+
+
+def test_release_candidate_is_not_the_release() -> None:
+    assert Version.parse("1.31.0-rc.0") != Version(1, 31, 0)
+    assert Version.parse("1.31.0-rc.0") < Version(1, 31, 0)
+    assert Version.parse("1.31.0-rc.0") > Version(1, 30, 9)
+
+
+def test_prerelease_images() -> None:
+    assert image_version("istio/pilot:1.31.0-rc.0") == Version(1, 31, 0, ("rc", 0))
+    assert image_version("istio/pilot:1.31.0-rc.0-distroless") == Version(1, 31, 0, ("rc", 0))
+    assert image_version("istio/proxyv2:1.30.3-distroless-debug") == Version(1, 30, 3)
+
+
+def test_upgrade_gate_with_prereleases() -> None:
+    check_upgrade("r", Version.parse("1.30.3"), Version.parse("1.31.0-rc.0"))
+    check_upgrade("r", Version.parse("1.31.0-rc.0"), Version.parse("1.31.0"))
+    check_upgrade("r", Version.parse("1.31.0-beta.1"), Version.parse("1.31.0-rc.0"))
+    with pytest.raises(VersionGateError, match="downgrade"):
+        check_upgrade("r", Version.parse("1.31.0"), Version.parse("1.31.0-rc.0"))
+    with pytest.raises(VersionGateError, match="downgrade"):
+        check_upgrade("r", Version.parse("1.31.0-rc.1"), Version.parse("1.31.0-rc.0"))
+    with pytest.raises(VersionGateError, match=r"1\.29\.4; 1\.31\.0-rc\.0 is more than one minor"):
+        check_upgrade("r", Version.parse("1.29.4"), Version.parse("1.31.0-rc.0"))
+
+
+def test_adoption_of_a_prerelease_istiod() -> None:
+    check_supported_for_adoption(Version.parse("1.30.0-rc.0"), Version(1, 30, 3))
+    with pytest.raises(PreconditionError, match=r"1\.31\.0-rc\.0"):
+        check_supported_for_adoption(Version.parse("1.31.0-rc.0"), Version(1, 30, 3))

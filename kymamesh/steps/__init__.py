@@ -1,42 +1,37 @@
 """The step kinds of the Kyma patch.
 
 `KINDS` maps a kind name, as used in `patches/kyma.yaml`, to the class that
-carries it out. Modules are imported when a kind is first used, so that
-`kymamesh --help` stays fast.
+carries it out. It is a typed table: mypy checks that every class in it is a
+`Step` (its `PARAMS`, `preflight` and `check`), so a kind that does not keep the
+contract fails the type check, not a run. The CLI imports this package only when
+a command runs the patch, so that `kymamesh --help` stays fast.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
 
-if TYPE_CHECKING:
-    from kymamesh.patching import StepFactory
+from kymamesh.steps.addons import RemoveAddonsStep
+from kymamesh.steps.base import Change, Step, StepContext, StepKind
+from kymamesh.steps.injector import InjectionPolicyStep, SidecarResourcesStep
+from kymamesh.steps.meshconfig import ExtAuthzStep, TracingStep
+from kymamesh.steps.mtls import PeerAuthenticationStep
+from kymamesh.steps.proxies import RestartProxiesStep
+from kymamesh.steps.tls import GatewayTlsStep
 
-_WHERE = {
-    "peer-authentication": "kymamesh.steps.mtls:PeerAuthenticationStep",
-    "sidecar-resources": "kymamesh.steps.injector:SidecarResourcesStep",
-    "injection-policy": "kymamesh.steps.injector:InjectionPolicyStep",
-    "mesh-tracing": "kymamesh.steps.meshconfig:TracingStep",
-    "mesh-ext-authz": "kymamesh.steps.meshconfig:ExtAuthzStep",
-    "gateway-tls": "kymamesh.steps.tls:GatewayTlsStep",
-    "remove-addons": "kymamesh.steps.addons:RemoveAddonsStep",
-    "restart-proxies": "kymamesh.steps.proxies:RestartProxiesStep",
-}
+__all__ = ["KINDS", "Change", "Step", "StepContext", "StepKind"]
 
-
-class _Kinds(Mapping[str, "StepFactory"]):
-    def __getitem__(self, kind: str) -> StepFactory:
-        module, _, name = _WHERE[kind].partition(":")
-        factory: StepFactory = getattr(importlib.import_module(module), name)
-        return factory
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_WHERE)
-
-    def __len__(self) -> int:
-        return len(_WHERE)
-
-
-KINDS: Mapping[str, StepFactory] = _Kinds()
+KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
+    {
+        "peer-authentication": PeerAuthenticationStep,
+        "sidecar-resources": SidecarResourcesStep,
+        "injection-policy": InjectionPolicyStep,
+        "mesh-tracing": TracingStep,
+        "mesh-ext-authz": ExtAuthzStep,
+        "gateway-tls": GatewayTlsStep,
+        "remove-addons": RemoveAddonsStep,
+        "restart-proxies": RestartProxiesStep,
+    }
+)

@@ -21,7 +21,7 @@ from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.controlplane import INJECTOR_CONFIGMAP, MESH_CONFIGMAP, ControlPlane
 from kymamesh.diffs import unified
 from kymamesh.errors import ConflictError, NotFoundError, PreconditionError
-from kymamesh.patching import Change, StepContext
+from kymamesh.steps.base import Change, StepContext
 
 _ABSENT = object()
 

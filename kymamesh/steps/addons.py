@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.errors import UsageError
-from kymamesh.patching import Change, StepContext
 from kymamesh.resources import load_yaml, patches_dir
+from kymamesh.steps.base import Change, StepContext
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def _labels_text(labels: Mapping[str, str]) -> str:
 class RemoveAddonsStep:
     """Delete the catalog's objects that are present, each matched exactly."""
 
-    PARAMS = frozenset({"catalog", "deleteVolumeClaims"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"catalog", "deleteVolumeClaims"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         load_catalog(_catalog_path(ctx.params))

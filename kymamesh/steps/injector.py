@@ -11,10 +11,9 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.patching import Change, StepContext
 from kymamesh.steps._configmaps import (
     INJECTOR_CONFIGMAP,
     Editor,
@@ -25,7 +24,8 @@ from kymamesh.steps._configmaps import (
     parse_json_map,
     parse_yaml_map,
 )
-from kymamesh.steps._units import quantity, same_resources
+from kymamesh.steps.base import Change, StepContext
+from kymamesh.units import quantity, same_resources
 
 VALUES_KEY = "values"
 CONFIG_KEY = "config"
@@ -54,11 +54,16 @@ def wanted_resources(params: Mapping[str, Any], name: str) -> dict[str, dict[str
         kept = {str(k): v for k, v in entries.items() if v is not None}
         for resource, value in kept.items():
             try:
-                quantity(value)
+                amount = quantity(value)
             except UsageError as exc:
                 raise UsageError(
                     f"sidecar-resources: {name}.{section}.{resource}: {exc.message}", exc.hint
                 ) from None
+            if amount < 0:
+                raise UsageError(
+                    f"sidecar-resources: {name}.{section}.{resource} is {value}, below zero",
+                    hint="Kubernetes refuses negative requests and limits; write e.g. 128Mi",
+                )
         if kept:
             result[str(section)] = kept
     requests = result.get("requests", {})
@@ -111,7 +116,7 @@ def resources_editor(wanted: Mapping[str, Mapping[str, Any] | None]) -> Editor:
 class SidecarResourcesStep:
     """Every injected sidecar (and its init container) gets requests and a memory limit."""
 
-    PARAMS = frozenset({"proxy", "proxyInit"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"proxy", "proxyInit"})
 
     def _wanted(self, ctx: StepContext) -> dict[str, dict[str, dict[str, Any]] | None]:
         return {key: wanted_resources(ctx.params, name) for name, key in _RESOURCE_KEYS}
@@ -186,7 +191,7 @@ class InjectionPolicyStep:
     """Opt-in injection: with policy `disabled`, only Pods labelled
     `sidecar.istio.io/inject: "true"` in an `istio-injection=enabled` namespace get a sidecar."""
 
-    PARAMS = frozenset({"policy"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"policy"})
 
     @staticmethod
     def _policy(ctx: StepContext) -> str:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh.errors import UsageError
-from kymamesh.patching import Change, StepContext
 from kymamesh.steps._configmaps import (
     MESH_CONFIGMAP,
     Editor,
@@ -24,7 +23,8 @@ from kymamesh.steps._configmaps import (
     key_changes,
     parse_yaml_map,
 )
-from kymamesh.steps._units import duration, same_duration
+from kymamesh.steps.base import Change, StepContext
+from kymamesh.units import duration, same_duration
 
 MESH_KEY = "mesh"
 # The other members of the tracer choice in ProxyConfig.tracing: at most one may be set.
@@ -260,7 +260,9 @@ class TracingStep:
     """Active tracing to Zipkin in kyma-system (or, chosen by `tracer`, to an OpenTelemetry
     collector); no reference to a Zipkin in istio-system remains."""
 
-    PARAMS = frozenset({"tracer", "zipkinAddress", "provider", "opentelemetry"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset(
+        {"tracer", "zipkinAddress", "provider", "opentelemetry"}
+    )
 
     def preflight(self, ctx: StepContext) -> str | None:
         tracing_wanted(ctx.params, ctx.namespace)
@@ -366,7 +368,7 @@ class ExtAuthzStep:
     `enabled: false` removes the provider kymamesh added (found by its name).
     """
 
-    PARAMS = frozenset({"enabled", "provider"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"enabled", "provider"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         ext_authz_wanted(ctx.params)

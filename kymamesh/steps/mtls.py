@@ -16,7 +16,7 @@ there is nothing to switch and nothing to ask.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.controlplane import (
@@ -32,9 +32,9 @@ from kymamesh.controlplane import (
 )
 from kymamesh.diffs import object_diff
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.patching import Change, StepContext
 from kymamesh.preflight import MANAGED_BY
 from kymamesh.steps._configmaps import not_in_dry_run
+from kymamesh.steps.base import Change, StepContext
 
 KIND = PEER_AUTHENTICATION
 STRICT = "STRICT"
@@ -61,7 +61,7 @@ def _no_crd(namespace: str) -> PreconditionError:
 
 
 class PeerAuthenticationStep:
-    PARAMS = frozenset({"name", "mode"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"name", "mode"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         _name_and_mode(ctx.params)

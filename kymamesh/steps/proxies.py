@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh.cluster import Cluster, Ref
 from kymamesh.errors import UsageError
-from kymamesh.patching import Change, StepContext
 from kymamesh.sidecars import (
     RESTARTED_AT,
     OutdatedWorkload,
@@ -25,6 +24,7 @@ from kymamesh.sidecars import (
     restart_pending,
     template_proxy_version,
 )
+from kymamesh.steps.base import Change, StepContext
 
 
 def _note(ctx: StepContext, text: str) -> None:
@@ -46,7 +46,7 @@ def _listing(items: list[OutdatedWorkload]) -> str:
 class RestartProxiesStep:
     """Lists (and with `restart: true` restarts) workloads with out-of-date sidecars."""
 
-    PARAMS = frozenset({"restart"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"restart"})
 
     def preflight(self, ctx: StepContext) -> str | None:
         _restart(ctx.params)

@@ -15,7 +15,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from kymamesh import MANAGED_BY_LABEL
 from kymamesh.certs import (
@@ -30,7 +30,7 @@ from kymamesh.certs import (
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import REDACTED, object_diff, secret_markers, unified
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.patching import Change, StepContext
+from kymamesh.steps.base import Change, StepContext
 
 TLS_TYPE = "kubernetes.io/tls"
 SOURCE_ANNOTATION = "kymamesh.io/certificate-source"  # self-signed | user
@@ -110,7 +110,7 @@ def _now() -> datetime:
 class GatewayTlsStep:
     """Secret `kyma-gateway-certs` and Gateway `kyma-system/kyma-gateway`."""
 
-    PARAMS = frozenset(
+    PARAMS: ClassVar[frozenset[str]] = frozenset(
         {"domain", "secret", "gateway", "renewBeforeDays", "validityDays", "certFile", "keyFile"}
     )
 

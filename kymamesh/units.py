@@ -8,50 +8,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
+from kymamesh.cluster import parse_quantity
 from kymamesh.errors import UsageError
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-    "m": Decimal("1e-3"),
-    "": Decimal(1),
-    "k": Decimal("1e3"),
-    "M": Decimal("1e6"),
-    "G": Decimal("1e9"),
-    "T": Decimal("1e12"),
-    "P": Decimal("1e15"),
-    "E": Decimal("1e18"),
-}
-_QUANTITY = re.compile(
-    r"^(?P<number>[+-]?(?:\d+\.?\d*|\.\d+))"
-    r"(?:(?P<binary>Ki|Mi|Gi|Ti|Pi|Ei)|(?P<exp>[eE][+-]?\d+)|(?P<decimal>[numkMGTPE]?))$"
-)
+_HINT = "write e.g. 128Mi, 1Gi, 100m or 2"
 
 
 def quantity(value: Any) -> Decimal:
-    """The value of a Kubernetes quantity ("1Gi", "500m", 2, "1e3")."""
-    if isinstance(value, bool):
-        raise UsageError(f"'{value}' is not a Kubernetes quantity")
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    match = _QUANTITY.match(str(value).strip())
-    if not match:
-        raise UsageError(
-            f"'{value}' is not a Kubernetes quantity", hint="write e.g. 128Mi, 1Gi, 100m or 2"
-        )
+    """The value of a Kubernetes quantity ("1Gi", "500m", 2, "1e3").
+
+    The parsing is the official client's (`kubernetes.utils.parse_quantity`, through
+    the cluster adapter); this
+    adds what it lets through but the API server refuses: booleans, blanks inside,
+    digit separators, infinities and NaN.
+    """
+    if isinstance(value, bool) or value is None:
+        raise UsageError(f"'{value}' is not a Kubernetes quantity", hint=_HINT)
+    text = str(value).strip()  # a float by its shortest spelling: 0.1, not 0.1000000000000000055
+    if not text or any(c.isspace() or c == "_" for c in text):
+        raise UsageError(f"'{value}' is not a Kubernetes quantity", hint=_HINT)
     try:
-        number = Decimal(match["number"])
-    except InvalidOperation:
-        raise UsageError(f"'{value}' is not a Kubernetes quantity") from None
-    if match["binary"]:
-        return number * _BINARY[match["binary"]]
-    if match["exp"]:
-        return number * (Decimal(10) ** int(match["exp"][1:]))
-    return number * _DECIMAL[match["decimal"] or ""]
+        number = parse_quantity(text)
+    except (ValueError, ArithmeticError):
+        raise UsageError(f"'{value}' is not a Kubernetes quantity", hint=_HINT) from None
+    if not number.is_finite():
+        raise UsageError(f"'{value}' is not a Kubernetes quantity", hint=_HINT)
+    return number
 
 
 def same_quantity(a: Any, b: Any) -> bool:

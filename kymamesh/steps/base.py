@@ -1,0 +1,63 @@
+"""What a step kind is: the contract between the patch runner and the steps.
+
+A step kind is a class with the parameters it takes (`PARAMS`) and two read-only
+methods, `preflight` and `check` (see `kymamesh.patching` for how the runner uses
+them). It lives here, in the steps layer, so that a step needs nothing from the
+runner above it: the layers (cli -> pipeline -> steps -> adapters) only point down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from kymamesh.cluster import Cluster
+from kymamesh.controlplane import ControlPlane, find_control_planes
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between live and wanted, and how to remove it."""
+
+    target: str
+    summary: str
+    apply: Callable[[Cluster], None]
+    diff: str = ""
+
+
+@dataclass
+class StepContext:
+    """What a step works on. `control_planes` are the istiod revisions found in the
+    cluster (each one gets the patch), or, when there is none yet, the one `install`
+    is about to make (not `installed`)."""
+
+    cluster: Cluster
+    namespace: str
+    params: Mapping[str, Any]
+    dry_run: bool = False
+    notes: list[str] = field(default_factory=list)
+    planes: tuple[ControlPlane, ...] | None = None
+
+    @property
+    def control_planes(self) -> tuple[ControlPlane, ...]:
+        if self.planes is None:  # found on first use when not given
+            found = find_control_planes(self.cluster, self.namespace)
+            self.planes = tuple(found) or (ControlPlane(self.namespace),)
+        return self.planes
+
+    @property
+    def istio_present(self) -> bool:
+        return any(p.installed for p in self.control_planes)
+
+
+class Step(Protocol):
+    PARAMS: ClassVar[frozenset[str]]  # the parameters the kind takes (top-level keys)
+
+    def preflight(self, ctx: StepContext) -> str | None: ...
+
+    def check(self, ctx: StepContext) -> list[Change]: ...
+
+
+StepKind = type[Step]
+"""A step kind: the class, made once per run of the step with no arguments."""
