@@ -159,7 +159,7 @@ def test_status_on_a_foreign_install(fresh_cluster: Any) -> None:
         ("istio-ingressgateway", "deployed", False),
     ]
     assert data["istiod"][0]["version"] == "1.30.3"
-    assert data["mtls"] == {"mode": "PERMISSIVE", "policy": None}
+    assert data["mtls"] == {"mode": "PERMISSIVE", "policy": None, "rootNamespace": NAMESPACE}
     steps = {s["name"]: s for s in data["steps"]}
     assert steps["mtls-strict"]["applied"] is False
     assert steps["sidecar-resources"]["applied"] is False
