@@ -84,7 +84,7 @@ def istiod(
                 }
             },
         },
-        status={"observedGeneration": 0, "updatedReplicas": 1, "availableReplicas": 1},
+        status={"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": 1},
     )
 
 

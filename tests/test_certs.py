@@ -199,6 +199,8 @@ def test_step_creates_self_signed_then_leaves_it_alone() -> None:
     assert_no_key(
         ctx.result.render_json() + ctx.result.render_text(verbose=True), live_key(cluster)
     )
+    # the Lease lives in istio-system, so that namespace comes first; all else under the lock
+    assert cluster.unlocked_writes == ["create Namespace/istio-system"]
 
     writes = len(cluster.writes)
     again = run_context(cluster)

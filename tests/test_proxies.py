@@ -318,6 +318,7 @@ def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
     deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
     assert deployment is not None
     assert RESTARTED_AT in deployment["spec"]["template"]["metadata"]["annotations"]
+    assert [w for w in cluster.unlocked_writes if not w.startswith("create Namespace/")] == []
     writes = list(cluster.writes)
     again = run_context(cluster)
     patching.run_patch(again, proxies_spec(True))  # the old Pod is still there: rollout under way

@@ -7,6 +7,7 @@ import pytest
 from kymamesh import inventory as inv
 from kymamesh import status as mesh
 from kymamesh import uninstall
+from kymamesh.cluster import Ref
 from kymamesh.errors import ExitCode, PreconditionError
 from kymamesh.versions import Version
 from tests.support_inventory import FakeCluster, FakeHelm, context, crd, istiod, obj, release
@@ -83,6 +84,12 @@ def test_istiod_version_revision_and_readiness() -> None:
         ("istiod", "default", "1.30.3", None, "istiod"),
         ("istiod-canary", "canary", "1.29.4", None, ""),
     ]
+    cluster.merge_patch(  # a new rollout: its generation moves on, observedGeneration stays
+        Ref("apps/v1", "Deployment", "istiod", "istio-system"),
+        {"spec": {"template": {"metadata": {"annotations": {"restartedAt": "now"}}}}},
+    )
+    found = inv.find_istiods(cluster, "istio-system")  # type: ignore[arg-type]
+    assert [d.ready for d in found] == ["rollout not yet observed by its controller", None]
 
 
 # -- mTLS ---------------------------------------------------------------------------
@@ -418,8 +425,11 @@ def test_uninstall_deletes_in_reverse_order_and_a_second_run_writes_nothing() ->
     cluster = _installed()
     helm = FakeHelm(ours())
     ctx = context(cluster, helm, yes=True)  # type: ignore[arg-type]
-    ctx._locked = True  # the fake has no Lease
-    uninstall.run_uninstall(ctx, purge=True, force=False, existing_istio=False)
+    with ctx.session():
+        uninstall.run_uninstall(ctx, purge=True, force=False, existing_istio=False)
+        assert cluster.lock_holder is not None
+    assert cluster.lock_holder is None  # released when the command ends
+    assert [w for w in cluster.unlocked_writes if not w.startswith("create Namespace/")] == []
     assert cluster.writes[:3] == [
         "delete Gateway/kyma-system/kyma-gateway",
         "delete Secret/istio-system/kyma-gateway-certs",

@@ -562,7 +562,7 @@ def pa(
 
 
 def test_strict_created_on_a_fresh_mesh() -> None:
-    cluster = FakeCluster([])
+    cluster = FakeCluster([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}])
     context = ctx(cluster, params_of("mtls-strict"))
     assert PeerAuthenticationStep().preflight(context) is None  # no istiod: nothing to ask
     assert converge(PeerAuthenticationStep(), context) == ["created with mtls.mode STRICT"]
