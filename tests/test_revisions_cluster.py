@@ -64,6 +64,24 @@ def _mtls_policy(c: Any, namespace: str) -> dict[str, Any] | None:
 def test_revisioned_install_then_a_second_revision(fresh_cluster: Any) -> None:
     c = fresh_cluster()
 
+    # A revision name Istio cannot use as a name suffix and label: refused, nothing written.
+    bad, writes = writes_during(c, lambda: _install(c, "--set", "istiod.revision=Canary_1"))
+    assert bad.code == 2, str(bad)
+    assert writes.total == 0, writes.describe()
+    assert "Canary_1" in bad.doc["errors"][0]["message"] and bad.doc["errors"][0]["hint"]
+
+    # The dry run before phase 1 shows the patch of the revision's own ConfigMaps.
+    dry, writes = writes_during(
+        c, lambda: _install(c, "--set", "istiod.revision=canary", "--dry-run")
+    )
+    assert dry.code == 0, str(dry)
+    assert writes.total == 0, writes.describe()
+    changes = [x for p in dry.doc["phases"] for i in p["items"] for x in i.get("changes") or []]
+    assert any(
+        x.startswith(f"ConfigMap/{NAMESPACE}/istio-sidecar-injector-canary ") for x in changes
+    )
+    assert any(x.startswith(f"ConfigMap/{NAMESPACE}/istio-canary ") for x in changes), changes
+
     # One revision: installed with its suffixed names, patched there.
     run = _install(c, "--set", "istiod.revision=canary")
     assert run.code == 0, str(run)
