@@ -14,6 +14,7 @@ from kymamesh.output import Progress, Result
 
 if TYPE_CHECKING:
     from kymamesh.cluster import Cluster
+    from kymamesh.controlplane import ControlPlane
     from kymamesh.helm import Helm
 
 
@@ -43,6 +44,8 @@ class RunContext:
     writes_started: bool = False
     # the patch settings to remember after a successful patch (see kymamesh.settings)
     patch_settings: dict[str, dict[str, Any]] | None = None
+    # the control plane `install` makes (from the istiod values), for steps run before it exists
+    planned_control_plane: ControlPlane | None = None
 
     @property
     def cluster(self) -> Cluster:

@@ -17,6 +17,7 @@ from typing import Any
 
 from kymamesh.cluster import Obj, Ref
 from kymamesh.context import RunContext
+from kymamesh.controlplane import istiod_deployments
 from kymamesh.diffs import unified
 from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
 from kymamesh.output import ItemResult, Outcome
@@ -264,7 +265,7 @@ def _report(ctx: RunContext, request: InjectRequest, edits: list[LabelEdit], wai
                 + "; existing Pods keep their sidecar until they are re-created"
             )
         return
-    if not cluster.list(_APPS, "Deployment", ctx.namespace, label_selector="app=istiod"):
+    if not istiod_deployments(cluster, ctx.namespace):
         ctx.result.notes.append(
             f"no istiod found in {ctx.namespace}: the labels take effect once Istio is "
             "installed (kymamesh install)"

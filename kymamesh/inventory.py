@@ -22,14 +22,14 @@ from typing import Any
 from kymamesh import MANAGED_BY_LABEL, __version__
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.context import RunContext
+from kymamesh.controlplane import REVISION_LABEL, ControlPlane, find_control_planes
 from kymamesh.errors import KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease
-from kymamesh.preflight import FoundIstio, istiod_deployments
+from kymamesh.preflight import FoundIstio
 from kymamesh.versions import Version, image_version
 
 ISTIO_GROUP_SUFFIX = ".istio.io"
 INJECTION_LABEL = "istio-injection"
-REVISION_LABEL = "istio.io/rev"
 HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 HELM_NAMESPACE_ANNOTATION = "meta.helm.sh/release-namespace"
 KYMAMESH_MARK = "kymamesh"  # start of the Helm revision description kymamesh's install leaves
@@ -69,12 +69,21 @@ class Istiod:
     ready: str | None  # None when ready, else why not
     replicas: str  # "available/wanted"
     helm_release: str  # from Helm's ownership annotation; "" when none
+    plane: ControlPlane | None = None
+
+    @property
+    def root_namespace(self) -> str:
+        return self.plane.root_namespace if self.plane else self.namespace
 
     def to_json(self) -> dict[str, Any]:
+        plane = self.plane or ControlPlane.named(self.namespace, self.revision)
         return {
             "name": self.name,
             "namespace": self.namespace,
             "revision": self.revision,
+            "rootNamespace": plane.root_namespace,
+            "meshConfigMap": plane.mesh_configmap,
+            "injectorConfigMap": plane.injector_configmap,
             "version": str(self.version) if self.version else None,
             "image": self.image,
             "ready": self.ready is None,
@@ -150,7 +159,9 @@ def helm_owner(obj: Mapping[str, Any]) -> tuple[str, str] | None:
 def find_istiods(cluster: Cluster, namespace: str) -> list[Istiod]:
     """The istiod Deployments in `namespace`, found by the label every Istio install sets."""
     found = []
-    for dep in istiod_deployments(cluster, namespace):
+    for plane in find_control_planes(cluster, namespace):
+        dep = plane.deployment
+        assert dep is not None
         meta = dep["metadata"]
         containers = ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get(
             "containers"
@@ -170,12 +181,13 @@ def find_istiods(cluster: Cluster, namespace: str) -> list[Istiod]:
             Istiod(
                 name=str(meta["name"]),
                 namespace=namespace,
-                revision=labels_of(dep).get(REVISION_LABEL) or "default",
+                revision=plane.revision,
                 image=image,
                 version=version,
                 ready=not_ready_reason(Ref("apps/v1", "Deployment", meta["name"], namespace), dep),
                 replicas=f"{int(status.get('availableReplicas') or 0)}/{wanted}",
                 helm_release=owner[1] if owner else "",
+                plane=plane,
             )
         )
     return sorted(found, key=lambda d: d.name)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kymamesh.context import RunContext
+from kymamesh.controlplane import ControlPlane, find_control_planes
 from kymamesh.errors import KymameshError, LockLostError, PartialFailureError, UsageError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.resources import load_yaml, patches_dir
@@ -128,13 +129,25 @@ def _remember_settings(ctx: RunContext) -> None:
     )
 
 
-def _context(ctx: RunContext, spec: StepSpec) -> StepContext:
+def control_planes(ctx: RunContext) -> tuple[ControlPlane, ...]:
+    """The control planes the patch applies to: every revision in the cluster, or the
+    planned one (`install` sets it from the istiod values; the default revision otherwise)."""
+    found = find_control_planes(ctx.cluster, ctx.namespace)
+    if found:
+        return tuple(found)
+    return (ctx.planned_control_plane or ControlPlane(ctx.namespace),)
+
+
+def _context(
+    ctx: RunContext, spec: StepSpec, planes: tuple[ControlPlane, ...] | None = None
+) -> StepContext:
     return StepContext(
         cluster=ctx.cluster,
         namespace=ctx.namespace,
         params=spec.params,
         dry_run=ctx.options.dry_run,
         timeout=ctx.options.timeout,
+        planes=control_planes(ctx) if planes is None else planes,
     )
 
 
@@ -142,8 +155,9 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
     """Read-only checks of every step, and the confirmations they need, before any write."""
     kinds = step_kinds()
     questions = []
+    planes = control_planes(ctx)
     for spec in specs:
-        question = kinds[spec.kind]().preflight(_context(ctx, spec))
+        question = kinds[spec.kind]().preflight(_context(ctx, spec, planes))
         if question:
             questions.append(f"{spec.name}: {question}")
     if questions and not ctx.options.dry_run:
@@ -158,7 +172,8 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
 def check_all(ctx: RunContext, specs: list[StepSpec]) -> dict[str, list[Change]]:
     """The read-only check of every step (used by `status`)."""
     kinds = step_kinds()
-    return {spec.name: kinds[spec.kind]().check(_context(ctx, spec)) for spec in specs}
+    planes = control_planes(ctx)
+    return {spec.name: kinds[spec.kind]().check(_context(ctx, spec, planes)) for spec in specs}
 
 
 def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:

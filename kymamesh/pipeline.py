@@ -1,5 +1,9 @@
 """The install pipeline: phase 1 (the official Istio charts), then phase 2 (the Kyma patch).
 
+`install()` and `adopt()` are the two workflows, whole: every refusal before the
+first write, then the phases. The values, the patch list and the foreign-istiod
+check are computed once per run.
+
 Phase 1 is the ordered release table of `resources/istio/release.yaml`. Every
 check that can refuse (values, chart source, version gate) runs for all three
 releases before the first write. A release whose chart version and values are
@@ -8,11 +12,15 @@ already deployed is left alone, so a re-run writes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from kymamesh import controlplane
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
+from kymamesh.controlplane import ControlPlane
 from kymamesh.diffs import object_diff
 from kymamesh.errors import ChartSourceError, KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease, LoadedChart
@@ -31,8 +39,11 @@ from kymamesh.versions import check_upgrade
 
 __all__ = [
     "ChartInputs",
+    "adopt",
+    "install",
     "pinned",
     "plan_releases",
+    "planned_control_plane",
     "refuse_foreign_istiod",
     "run_phase_charts",
 ]
@@ -94,10 +105,49 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
     return chart
 
 
-def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
+PatchSettings = Mapping[str, Mapping[str, Any]]
+
+
+def install(ctx: RunContext, inputs: ChartInputs, given: PatchSettings, reset: bool) -> None:
+    """`kymamesh install`: insecure values, unknown patch settings, a foreign istiod and
+    every step's preflight are refused before the first write; then phase 1, then phase 2.
+    `given` are the patch settings of this run; `reset` forgets the remembered ones."""
+    from kymamesh import patching
+
+    stack = build_values(inputs, pinned())  # insecure values first, before the cluster
+    ctx.planned_control_plane = planned_control_plane(stack)
+    specs = patching.patch_list_for(ctx, given, reset=reset)
+    refuse_foreign_istiod(ctx)
+    patching.preflight(ctx, specs)
+    run_phase_charts(ctx, inputs, stack)
+    patching.run_patch(ctx, specs)
+
+
+def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
+    """`kymamesh patch`: the adoption preflight (an Istio kymamesh can patch, and, without
+    `existing_istio`, one kymamesh set up), every step's preflight, then phase 2."""
+    from kymamesh import patching
+    from kymamesh.inventory import set_up_by_kymamesh
+    from kymamesh.preflight import adoption_preflight
+
+    specs = patching.patch_list_for(ctx, given, reset=reset)
+    found = adoption_preflight(ctx.cluster, ctx.namespace)
+    ctx.result.data["istio"] = found.to_json()
+    ctx.progress.info(f"found {found.describe()}")
+    if not existing_istio and not set_up_by_kymamesh(ctx, found):
+        raise PreconditionError(
+            f"the Istio in {ctx.namespace} was not set up by kymamesh (installed by "
+            f"{found.installed_by}; neither a Helm release marked by `kymamesh install` "
+            "nor an object carrying kymamesh's label)",
+            hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
+        )
+    patching.preflight(ctx, specs)
+    patching.run_patch(ctx, specs)
+
+
+def plan_releases(ctx: RunContext, inputs: ChartInputs, stack: ValueStack) -> list[PlannedRelease]:
     """Read-only: which releases need an install or upgrade, and why. Refuses early."""
     release = pinned()
-    stack = build_values(inputs, release)
     ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
     plans = []
     for row in release.releases:
@@ -110,7 +160,6 @@ def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
                 deployed=ctx.helm.deployed(row.release, release.namespace),
             )
         )
-    refuse_foreign_istiod(ctx)
     for plan in plans:
         deployed = plan.deployed
         if deployed is None:
@@ -132,11 +181,19 @@ def plan_releases(ctx: RunContext, inputs: ChartInputs) -> list[PlannedRelease]:
     return plans
 
 
+def planned_control_plane(stack: ValueStack) -> ControlPlane:
+    """The control plane the istiod release makes from these values (its revision and
+    mesh root namespace); a bad revision name is a usage error."""
+    return controlplane.planned_control_plane(pinned().namespace, stack.merged("istiod"))
+
+
 def refuse_foreign_istiod(ctx: RunContext) -> None:
-    """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite."""
+    """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite:
+    the Deployment of the revision `install` makes (`istiod`, or `istiod-REV`)."""
     release = pinned()
     row = release.chart("istiod")
-    live = ctx.cluster.get(Ref("apps/v1", "Deployment", "istiod", release.namespace))
+    plane = ctx.planned_control_plane or ControlPlane(release.namespace)
+    live = ctx.cluster.get(plane.istiod_ref)
     if live is None:
         return
     annotations = (live.get("metadata") or {}).get("annotations") or {}
@@ -145,10 +202,11 @@ def refuse_foreign_istiod(ctx: RunContext) -> None:
         return
     made_by = f"Helm release {owner}" if owner else "something other than Helm"
     raise PreconditionError(
-        f"Deployment {release.namespace}/istiod exists and was made by {made_by}, not by "
-        f"the Helm release {row.release} that `install` manages; installing over it would "
+        f"Deployment {release.namespace}/{plane.istiod} exists and was made by {made_by}, not "
+        f"by the Helm release {row.release} that `install` manages; installing over it would "
         "fight over the same objects",
-        hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`",
+        hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`"
+        + ("" if not plane.suffix else f", or install another revision than {plane.revision}"),
     )
 
 
@@ -192,16 +250,16 @@ _CLUSTER_SCOPED = (
 )
 
 
-def run_phase_charts(ctx: RunContext, inputs: ChartInputs) -> None:
+def run_phase_charts(ctx: RunContext, inputs: ChartInputs, stack: ValueStack) -> None:
     """Phase 1: install or upgrade each release in order; each ready before the next."""
     release = pinned()
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(PHASE_CHARTS)
-    plans = plan_releases(ctx, inputs)
+    plans = plan_releases(ctx, inputs, stack)
     if any(p.needed for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
-        plans = plan_releases(ctx, inputs)  # again, under the lock
+        plans = plan_releases(ctx, inputs, stack)  # again, under the lock
     for plan in plans:
         label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
         item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)

@@ -1,9 +1,10 @@
 """The read-only preflight of adopting an Istio: is there one kymamesh can patch?
 
 Checks, in order, each failure a `PreconditionError` (exit 3) that names what
-was found, and never a write: the namespace exists; istiod (the default
-revision's Deployment `istiod`) is there; its version, read from the image of
-its `discovery` container, is the supported minor or the one below; the
+was found, and never a write: the namespace exists; istiod is there (every
+control plane revision: `istiod`, `istiod-REV`, see `kymamesh.controlplane`);
+each one's version, read from the image of its `discovery` container, is the
+supported minor or the one below; the
 security CRDs exist and are Established. What it found is returned, for the
 command's output and for `status`.
 """
@@ -14,13 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.controlplane import (
+    DISCOVERY_CONTAINER,
+    ControlPlane,
+    discovery_image,
+    find_control_planes,
+    root_namespaces,
+    served_peer_authentication,
+)
 from kymamesh.errors import PreconditionError
 from kymamesh.versions import Version, check_supported_for_adoption, image_version
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
-ISTIOD = "istiod"
-ISTIOD_SELECTOR = "app=istiod"
-DISCOVERY_CONTAINER = "discovery"
 SECURITY_CRDS = (
     "peerauthentications.security.istio.io",
     "requestauthentications.security.istio.io",
@@ -43,6 +49,8 @@ class FoundIstio:
     installed_by: str
     helm_release: str | None
     patched_by_kymamesh: bool
+    # every control plane revision found (the first is the one described above)
+    control_planes: tuple[ControlPlane, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,18 +62,18 @@ class FoundIstio:
             "installedBy": self.installed_by,
             "helmRelease": self.helm_release,
             "patchedByKymamesh": self.patched_by_kymamesh,
+            "controlPlanes": [p.to_json() for p in self.control_planes],
         }
 
     def describe(self) -> str:
-        return (
+        text = (
             f"Istio {self.version} (Deployment {self.namespace}/{self.deployment}, image "
             f"{self.image}, revision {self.revision}), installed by {self.installed_by}"
         )
-
-
-def istiod_deployments(cluster: Cluster, namespace: str) -> list[Obj]:
-    """Every istiod Deployment in the namespace, of any revision."""
-    return cluster.list("apps/v1", "Deployment", namespace, label_selector=ISTIOD_SELECTOR)
+        others = [p.revision for p in self.control_planes if p.istiod != self.deployment]
+        if others:
+            text += f"; also revision(s) {', '.join(others)}"
+        return text
 
 
 def installed_by(obj: Obj) -> tuple[str, str | None]:
@@ -84,39 +92,29 @@ def installed_by(obj: Obj) -> tuple[str, str | None]:
     return (str(manager) if manager else "unknown"), None
 
 
-def patched_by_kymamesh(cluster: Cluster, namespace: str) -> bool:
+def patched_by_kymamesh(
+    cluster: Cluster, namespace: str, planes: tuple[ControlPlane, ...] = ()
+) -> bool:
     """Whether kymamesh's patch has run here: objects it owns carry its label.
 
-    `install` creates the PeerAuthentication first thing in phase 2, so a mesh it
-    installed has it; an Istio installed by anything else does not until
-    `patch --existing-istio` adopts it. (The lock Lease does not count.)
+    `install` creates the PeerAuthentication (in the mesh root namespace) first
+    thing in phase 2, so a mesh it installed has it; an Istio installed by anything
+    else does not until `patch --existing-istio` adopts it. (The lock Lease does not
+    count.)
     """
     selector = f"{MANAGED_BY}=kymamesh"
-    for api_version in ("security.istio.io/v1", "security.istio.io/v1beta1"):
-        if cluster.serves(api_version, "PeerAuthentication"):
-            if cluster.list(api_version, "PeerAuthentication", namespace, label_selector=selector):
+    api_version = served_peer_authentication(cluster)
+    if api_version is not None:
+        for root in root_namespaces(planes) or [namespace]:
+            if cluster.list(api_version, "PeerAuthentication", root, label_selector=selector):
                 return True
-            break
     return bool(cluster.list("v1", "Secret", namespace, label_selector=selector))
 
 
-def _the_istiod(cluster: Cluster, namespace: str) -> Obj:
-    live = cluster.get(Ref("apps/v1", "Deployment", ISTIOD, namespace))
-    if live is not None:
-        return live
-    others = istiod_deployments(cluster, namespace)
-    if others:
-        found = ", ".join(
-            f"{d['metadata']['name']} (revision "
-            f"{(d['metadata'].get('labels') or {}).get('istio.io/rev', '?')})"
-            for d in others
-        )
-        raise PreconditionError(
-            f"no Deployment {namespace}/{ISTIOD} (the default revision); found only "
-            f"revisioned istiod Deployments: {found}",
-            hint="kymamesh patches the default revision; install one, or make a revisioned "
-            "control plane the default one",
-        )
+def _control_planes(cluster: Cluster, namespace: str) -> list[ControlPlane]:
+    planes = find_control_planes(cluster, namespace)
+    if planes:
+        return planes
     names = [d["metadata"]["name"] for d in cluster.list("apps/v1", "Deployment", namespace)]
     raise PreconditionError(
         f"no istiod in namespace {namespace} (Deployments there: "
@@ -127,14 +125,12 @@ def _the_istiod(cluster: Cluster, namespace: str) -> Obj:
 
 def _discovery_image(deployment: Obj) -> str:
     ref = Ref.of(deployment)
+    image = discovery_image(deployment)
+    if image:
+        return image
     containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get(
         "containers"
     ) or []
-    for container in containers:
-        if container.get("name") == DISCOVERY_CONTAINER:
-            image = container.get("image")
-            if image:
-                return str(image)
     names = ", ".join(str(c.get("name")) for c in containers) or "none"
     raise PreconditionError(
         f"{ref} has no container `{DISCOVERY_CONTAINER}` with an image (containers: {names})",
@@ -174,9 +170,30 @@ def find_istio(cluster: Cluster, namespace: str, supported: Version | None) -> F
             f"namespace {namespace} does not exist, so there is no Istio to adopt",
             hint="install Istio with `kymamesh install`, or check --kubeconfig/--context",
         )
-    deployment = _the_istiod(cluster, namespace)
-    image = _discovery_image(deployment)
-    ref = Ref.of(deployment)
+    planes = _control_planes(cluster, namespace)
+    versions = [_checked_version(p, supported) for p in planes]
+    check_security_crds(cluster)
+    first = planes[0]  # the default revision when there is one
+    assert first.deployment is not None
+    by, release = installed_by(first.deployment)
+    return FoundIstio(
+        namespace=namespace,
+        deployment=first.istiod,
+        image=_discovery_image(first.deployment),
+        version=versions[0],
+        revision=first.revision,
+        installed_by=by,
+        helm_release=release,
+        patched_by_kymamesh=patched_by_kymamesh(cluster, namespace, tuple(planes)),
+        control_planes=tuple(planes),
+    )
+
+
+def _checked_version(plane: ControlPlane, supported: Version | None) -> Version:
+    """The version of a control plane's istiod, judged against `supported` when given."""
+    assert plane.deployment is not None
+    image = _discovery_image(plane.deployment)
+    ref = plane.istiod_ref
     try:
         version = image_version(image)
     except PreconditionError as exc:
@@ -186,19 +203,7 @@ def find_istio(cluster: Cluster, namespace: str, supported: Version | None) -> F
             check_supported_for_adoption(version, supported)
         except PreconditionError as exc:
             raise PreconditionError(f"{exc.message} (image {image} of {ref})", exc.hint) from None
-    check_security_crds(cluster)
-    by, release = installed_by(deployment)
-    labels = deployment["metadata"].get("labels") or {}
-    return FoundIstio(
-        namespace=namespace,
-        deployment=ref.name,
-        image=image,
-        version=version,
-        revision=str(labels.get("istio.io/rev") or "default"),
-        installed_by=by,
-        helm_release=release,
-        patched_by_kymamesh=patched_by_kymamesh(cluster, namespace),
-    )
+    return version
 
 
 def adoption_preflight(cluster: Cluster, namespace: str) -> FoundIstio:

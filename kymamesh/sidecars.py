@@ -405,14 +405,12 @@ def control_plane(
     cluster: Cluster, istio_namespace: str
 ) -> tuple[dict[str, Version], Mapping[str, Any] | None]:
     """istiod's version per revision, and the default injector's proxy resources."""
-    from kymamesh.cluster import Ref
+    from kymamesh.controlplane import find_control_planes
 
-    deployments = cluster.list(_APPS, "Deployment", istio_namespace, label_selector="app=istiod")
-    if not any((d.get("metadata") or {}).get("name") == "istiod" for d in deployments):
-        default = cluster.get(Ref(_APPS, "Deployment", "istiod", istio_namespace))
-        if default is not None:
-            deployments.append(default)
-    configmap = cluster.get(Ref("v1", "ConfigMap", INJECTOR_CONFIGMAP, istio_namespace))
+    planes = find_control_planes(cluster, istio_namespace)
+    deployments = [p.deployment for p in planes if p.deployment is not None]
+    default = next((p for p in planes if not p.suffix), None)
+    configmap = cluster.get(default.configmap(INJECTOR_CONFIGMAP)) if default else None
     return istiod_revisions(deployments), injector_proxy_resources(configmap)
 
 

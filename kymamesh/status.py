@@ -11,12 +11,17 @@ running: injection, Pods with and without a sidecar, sidecars older than istiod.
 Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
 `data.problems` says why:
 
-- an istiod Deployment exists in istio-system and is ready;
+- an istiod Deployment (of any revision) exists in istio-system, and each one is ready;
 - every Helm release of the release table that exists is `deployed`, and when
   kymamesh installed Istio all three exist;
 - every patch step's check finds nothing to change;
-- the live mesh config (ConfigMap istio, key `mesh`) breaks none of the
-  install's security rules under `meshConfig.` (`resources/istio/security.yaml`).
+- the live mesh config of every revision (ConfigMap istio or istio-REV, key
+  `mesh`) breaks none of the install's security rules under `meshConfig.`
+  (`resources/istio/security.yaml`).
+
+Each control plane revision is reported with its ConfigMaps and mesh root
+namespace; the patch steps check every revision, so a revision left unpatched
+shows as a step not applied, naming its ConfigMap.
 
 Sidecar coverage and sidecars older than istiod are reported, not judged: the
 Kyma patch makes injection opt-in, and restarting workloads is the user's call
@@ -32,12 +37,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import yaml
-
 from kymamesh import inventory as inv
 from kymamesh import sidecars
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.cluster import Cluster, Obj
 from kymamesh.context import RunContext
+from kymamesh.controlplane import (
+    MESH_CONFIGMAP,
+    MESH_KEY,
+    ControlPlane,
+    effective_mtls,
+    mesh_wide_policies,
+    parse_mesh,
+    served_peer_authentication,
+)
 from kymamesh.errors import ExitCode
 from kymamesh.helm import DeployedRelease
 from kymamesh.patching import StepSpec, check_all
@@ -46,7 +58,6 @@ from kymamesh.security import mesh_config_problems
 from kymamesh.versions import Version
 
 _GATEWAY_TEMPLATES_ANNOTATION = "inject.istio.io/templates"
-_SECURITY_GROUP = "security.istio.io"
 
 
 @dataclass(frozen=True)
@@ -72,9 +83,10 @@ class ReleaseState:
 class MtlsState:
     mode: str | None  # STRICT, PERMISSIVE or DISABLE; None when Istio's CRDs are missing
     policy: str | None  # namespace/name of the mesh-wide PeerAuthentication, if any
+    root_namespace: str = ""  # the mesh root namespace judged
 
     def to_json(self) -> dict[str, Any]:
-        return {"mode": self.mode, "policy": self.policy}
+        return {"mode": self.mode, "policy": self.policy, "rootNamespace": self.root_namespace}
 
 
 @dataclass(frozen=True)
@@ -165,12 +177,16 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         for row in release.releases
     ]
     crds = inv.istio_crds(cluster)
-    kinds = inv.istio_kinds(crds)
     istiods = inv.find_istiods(cluster, namespace)
     installed_by = inv.installer({r.name: r.release for r in releases}, istiods)
-    mtls = mesh_mtls(cluster, kinds, root_namespace(cluster, namespace))
+    planes = [d.plane for d in istiods if d.plane is not None]
+    planes.sort(key=lambda p: (p.suffix != "", p.revision))
+    mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
-    injector = cluster.get(Ref("v1", "ConfigMap", sidecars.INJECTOR_CONFIGMAP, namespace))
+    default_plane = next((p for p in planes if not p.suffix), None)
+    injector = (
+        cluster.get(default_plane.configmap(sidecars.INJECTOR_CONFIGMAP)) if default_plane else None
+    )
     namespaces = namespace_states(
         cluster.list("v1", "Namespace"),
         cluster.list("v1", "Pod"),
@@ -178,8 +194,8 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         sidecars.injector_proxy_resources(injector),
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
-    if istiods:
-        problems += mesh_config_security(cluster, namespace)
+    for plane in planes:
+        problems += mesh_config_security(cluster, plane)
     return MeshStatus(
         namespace=namespace,
         supported=release.version,
@@ -194,57 +210,26 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     )
 
 
-def root_namespace(cluster: Cluster, namespace: str) -> str:
-    """The mesh root namespace from ConfigMap `istio` (key `mesh`); istio-system by default."""
-    cm = cluster.get(Ref("v1", "ConfigMap", "istio", namespace))
-    text = ((cm or {}).get("data") or {}).get("mesh")
-    if not text:
-        return namespace
-    try:
-        mesh = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return namespace
-    root = mesh.get("rootNamespace") if isinstance(mesh, dict) else None
-    return str(root) if root else namespace
+def mesh_config_security(cluster: Cluster, plane: ControlPlane) -> list[str]:
+    """A revision's live mesh config judged by the install's security rules
+    (`kymamesh.security`)."""
+    ref = plane.configmap(MESH_CONFIGMAP)
+    cm = cluster.get(ref)
+    mesh = parse_mesh(((cm or {}).get("data") or {}).get(MESH_KEY))
+    where = f"ConfigMap {ref.namespace}/{ref.name}"
+    if mesh is None:
+        return [f"{where}: key mesh is not a YAML map"]
+    return [f"{where}: {p}" for p in mesh_config_problems(mesh)]
 
 
-def mesh_config_security(cluster: Cluster, namespace: str) -> list[str]:
-    """The live mesh config judged by the install's security rules (`kymamesh.security`)."""
-    cm = cluster.get(Ref("v1", "ConfigMap", "istio", namespace))
-    text = ((cm or {}).get("data") or {}).get("mesh")
-    try:
-        mesh = yaml.safe_load(text) if text else {}
-    except yaml.YAMLError:
-        return [f"ConfigMap {namespace}/istio: key mesh is not valid YAML"]
-    if not isinstance(mesh, dict):
-        return [f"ConfigMap {namespace}/istio: key mesh is not a map"]
-    return [f"ConfigMap {namespace}/istio: {p}" for p in mesh_config_problems(mesh)]
-
-
-def mesh_mtls(cluster: Cluster, kinds: list[inv.IstioKind], root: str) -> MtlsState:
+def mesh_mtls(cluster: Cluster, root: str) -> MtlsState:
     """Mesh-wide mode: the oldest PeerAuthentication without a selector in the root namespace."""
-    api = inv.kind_api(kinds, _SECURITY_GROUP, "PeerAuthentication")
+    api = served_peer_authentication(cluster)
     if api is None:
-        return MtlsState(None, None)
-    candidates = [
-        pa
-        for pa in cluster.list(api, "PeerAuthentication", namespace=root)
-        if not _has_selector((pa.get("spec") or {}).get("selector"))
-    ]
-    if not candidates:
-        return MtlsState("PERMISSIVE", None)  # Istio's default without a policy
-    candidates.sort(
-        key=lambda pa: (str(pa["metadata"].get("creationTimestamp") or ""), pa["metadata"]["name"])
-    )
-    pa = candidates[0]
-    mode = str(((pa.get("spec") or {}).get("mtls") or {}).get("mode") or "UNSET").upper()
-    if mode == "UNSET":
-        mode = "PERMISSIVE"  # at the root, UNSET inherits Istio's default
-    return MtlsState(mode, f"{root}/{pa['metadata']['name']}")
-
-
-def _has_selector(selector: Any) -> bool:
-    return bool(isinstance(selector, Mapping) and selector.get("matchLabels"))
+        return MtlsState(None, None, root)
+    mode, policy = effective_mtls(mesh_wide_policies(cluster, api, root))
+    name = f"{root}/{policy['metadata']['name']}" if policy else None
+    return MtlsState(mode, name, root)
 
 
 def check_steps(ctx: RunContext, specs: list[StepSpec], istio_present: bool) -> list[StepState]:
@@ -457,14 +442,19 @@ def _headline(st: MeshStatus) -> str:
 def _istiod_text(d: inv.Istiod) -> str:
     version = str(d.version) if d.version else f"unknown version (image {d.image or 'none'})"
     ready = "ready" if d.ready is None else f"not ready: {d.ready}"
-    return f"{d.name} {version}, revision {d.revision}, {d.replicas} available, {ready}"
+    plane = d.plane or ControlPlane.named(d.namespace, d.revision)
+    return (
+        f"{d.name} {version}, revision {d.revision}, {d.replicas} available, {ready} "
+        f"(ConfigMaps {plane.mesh_configmap}, {plane.injector_configmap}; mesh root "
+        f"namespace {plane.root_namespace})"
+    )
 
 
 def _mtls_text(m: MtlsState) -> str:
     if m.mode is None:
         return "unknown (the PeerAuthentication CRD is not served)"
     if m.policy is None:
-        return f"{m.mode} (no mesh-wide PeerAuthentication: Istio's default)"
+        return f"{m.mode} (no mesh-wide PeerAuthentication in {m.root_namespace}: Istio's default)"
     return f"{m.mode} (PeerAuthentication {m.policy})"
 
 

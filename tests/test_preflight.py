@@ -69,9 +69,21 @@ def test_no_istiod_names_what_is_there() -> None:
         adoption_preflight(cluster_with(other), NS)  # type: ignore[arg-type]
 
 
-def test_only_a_revisioned_istiod() -> None:
-    with pytest.raises(PreconditionError, match=r"istiod-1-29 \(revision 1-29\)"):
-        adoption_preflight(cluster_with(istiod_deployment(name="istiod-1-29", revision="1-29")), NS)  # type: ignore[arg-type]
+def test_only_a_revisioned_istiod_is_adopted_with_its_names() -> None:
+    dep = istiod_deployment(name="istiod-1-29", revision="1-29", image="x/pilot:1.29.4")
+    found = adoption_preflight(cluster_with(dep), NS)  # type: ignore[arg-type]
+    assert (found.deployment, found.revision) == ("istiod-1-29", "1-29")
+    [plane] = found.control_planes
+    assert (plane.mesh_configmap, plane.injector_configmap) == (
+        "istio-1-29",
+        "istio-sidecar-injector-1-29",
+    )
+
+
+def test_every_revision_is_judged() -> None:
+    deps = [istiod_deployment(), istiod_deployment("x/pilot:1.28.0", "istiod-old", revision="old")]
+    with pytest.raises(PreconditionError, match=r"1.28.0 .*Deployment/istio-system/istiod-old"):
+        adoption_preflight(cluster_with(*deps), NS)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,15 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
     istiod = [d for d in data["istiod"] if d["name"] == "istiod"]
     assert istiod and istiod[0]["version"] == "1.30.3" and istiod[0]["revision"] == "default"
     assert istiod[0]["ready"] is True and istiod[0]["helmRelease"] == "istiod"
-    assert data["mtls"] == {"mode": "STRICT", "policy": f"{NAMESPACE}/default"}
+    assert data["mtls"] == {
+        "mode": "STRICT",
+        "policy": f"{NAMESPACE}/default",
+        "rootNamespace": NAMESPACE,
+    }
+    assert (istiod[0]["meshConfigMap"], istiod[0]["injectorConfigMap"]) == (
+        "istio",
+        "istio-sidecar-injector",
+    )
     assert [(s["name"], s["applied"]) for s in data["steps"]] == [(s, True) for s in STEPS]
     mine = [n for n in data["namespaces"] if n["name"] == namespace]
     assert mine == [
@@ -110,7 +118,11 @@ def test_status_on_a_partly_patched_install(cluster: Any) -> None:
         assert writes == 0
         data = doc["data"]
         assert doc["status"] == "unhealthy" and doc["exitCode"] == 7
-        assert data["mtls"] == {"mode": "PERMISSIVE", "policy": f"{NAMESPACE}/default"}
+        assert data["mtls"] == {
+            "mode": "PERMISSIVE",
+            "policy": f"{NAMESPACE}/default",
+            "rootNamespace": NAMESPACE,
+        }
         steps = {s["name"]: s for s in data["steps"]}
         assert steps["mtls-strict"]["applied"] is False
         assert steps["mtls-strict"]["pending"], steps["mtls-strict"]
@@ -147,7 +159,7 @@ def test_status_on_a_foreign_install(fresh_cluster: Any) -> None:
         ("istio-ingressgateway", "deployed", False),
     ]
     assert data["istiod"][0]["version"] == "1.30.3"
-    assert data["mtls"] == {"mode": "PERMISSIVE", "policy": None}
+    assert data["mtls"] == {"mode": "PERMISSIVE", "policy": None, "rootNamespace": NAMESPACE}
     steps = {s["name"]: s for s in data["steps"]}
     assert steps["mtls-strict"]["applied"] is False
     assert steps["sidecar-resources"]["applied"] is False

@@ -106,35 +106,30 @@ def _pa(
     return pa
 
 
+ROOT = "istio-system"
+
+
 @pytest.mark.parametrize(
     ("objects", "expected"),
     [
-        ([], mesh.MtlsState("PERMISSIVE", None)),
-        ([_pa("default", "STRICT")], mesh.MtlsState("STRICT", "istio-system/default")),
-        ([_pa("default", None)], mesh.MtlsState("PERMISSIVE", "istio-system/default")),
-        ([_pa("only-app", "DISABLE", selector=True)], mesh.MtlsState("PERMISSIVE", None)),
+        ([], mesh.MtlsState("PERMISSIVE", None, ROOT)),
+        ([_pa("default", "STRICT")], mesh.MtlsState("STRICT", "istio-system/default", ROOT)),
+        ([_pa("default", None)], mesh.MtlsState("PERMISSIVE", "istio-system/default", ROOT)),
+        ([_pa("only-app", "DISABLE", selector=True)], mesh.MtlsState("PERMISSIVE", None, ROOT)),
         (
             [_pa("newer", "DISABLE", ts="2025-01-01T00:00:00Z"), _pa("older", "STRICT")],
-            mesh.MtlsState("STRICT", "istio-system/older"),
+            mesh.MtlsState("STRICT", "istio-system/older", ROOT),
         ),
     ],
 )
 def test_mesh_wide_mtls(objects: list[dict[str, object]], expected: mesh.MtlsState) -> None:
     cluster = FakeCluster([SECURITY, *objects])
-    kinds = inv.istio_kinds(inv.istio_crds(cluster))  # type: ignore[arg-type]
-    assert mesh.mesh_mtls(cluster, kinds, "istio-system") == expected  # type: ignore[arg-type]
+    assert mesh.mesh_mtls(cluster, ROOT) == expected  # type: ignore[arg-type]
 
 
 def test_mtls_unknown_without_the_crd() -> None:
-    assert mesh.mesh_mtls(FakeCluster([]), [], "istio-system") == mesh.MtlsState(None, None)  # type: ignore[arg-type]
-
-
-def test_root_namespace_from_the_mesh_config() -> None:
-    cm = obj(
-        "v1", "ConfigMap", "istio", "istio-system", data={"mesh": "rootNamespace: mesh-root\n"}
-    )
-    assert mesh.root_namespace(FakeCluster([cm]), "istio-system") == "mesh-root"  # type: ignore[arg-type]
-    assert mesh.root_namespace(FakeCluster([]), "istio-system") == "istio-system"  # type: ignore[arg-type]
+    no_crd = FakeCluster([], served=set())
+    assert mesh.mesh_mtls(no_crd, ROOT) == mesh.MtlsState(None, None, ROOT)  # type: ignore[arg-type]
 
 
 # -- sidecar coverage -------------------------------------------------------------------
@@ -275,7 +270,7 @@ def test_status_json_keys_are_stable() -> None:
         crds=14,
         releases=_releases(*ours()),
         istiods=READY,
-        mtls=mesh.MtlsState("STRICT", "istio-system/default"),
+        mtls=mesh.MtlsState("STRICT", "istio-system/default", "istio-system"),
         steps=[mesh.StepState("mtls-strict", "mesh-wide strict mutual TLS", True)],
         namespaces=[mesh.NamespaceState("demo", True, "default", 2, 1, 0)],
         problems=[],
@@ -317,6 +312,14 @@ def test_status_json_keys_are_stable() -> None:
         "notReadyReason",
         "replicas",
         "helmRelease",
+        "rootNamespace",
+        "meshConfigMap",
+        "injectorConfigMap",
+    }
+    assert doc["mtls"] == {
+        "mode": "STRICT",
+        "policy": "istio-system/default",
+        "rootNamespace": "istio-system",
     }
     assert doc["steps"] == [
         {

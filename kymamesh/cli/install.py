@@ -41,7 +41,7 @@ def install(
     options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import patching, pipeline
+        from kymamesh import pipeline
 
         inputs = pipeline.ChartInputs(
             charts_dir=charts_dir,
@@ -49,13 +49,7 @@ def install(
             set_values=tuple(set_values or ()),
             repository=repo,
         )
-        pipeline.build_values(inputs, pipeline.pinned())  # refuse insecure values first
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
-        patching.load_patch_list(given)  # refuse unknown settings before the cluster
-        specs = patching.patch_list_for(ctx, given, reset=reset_settings)
-        pipeline.refuse_foreign_istiod(ctx)
-        patching.preflight(ctx, specs)
-        pipeline.run_phase_charts(ctx, inputs)
-        patching.run_patch(ctx, specs)
+        pipeline.install(ctx, inputs, given, reset=reset_settings)
 
     c.run_command("install", options, body)

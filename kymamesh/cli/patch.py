@@ -41,25 +41,9 @@ def patch(
     options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import patching
-        from kymamesh.errors import PreconditionError
-        from kymamesh.inventory import set_up_by_kymamesh
-        from kymamesh.preflight import adoption_preflight
+        from kymamesh import pipeline
 
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
-        patching.load_patch_list(given)  # refuse unknown settings before the cluster
-        specs = patching.patch_list_for(ctx, given, reset=reset_settings)
-        found = adoption_preflight(ctx.cluster, ctx.namespace)
-        ctx.result.data["istio"] = found.to_json()
-        ctx.progress.info(f"found {found.describe()}")
-        if not existing_istio and not set_up_by_kymamesh(ctx, found):
-            raise PreconditionError(
-                f"the Istio in {ctx.namespace} was not set up by kymamesh (installed by "
-                f"{found.installed_by}; neither a Helm release marked by `kymamesh install` "
-                "nor an object carrying kymamesh's label)",
-                hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
-            )
-        patching.preflight(ctx, specs)
-        patching.run_patch(ctx, specs)
+        pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
 
     c.run_command("patch", options, body)

@@ -34,8 +34,7 @@ def status(
         from kymamesh import status as mesh
 
         given = p.patch_overrides(config, domain, tls_cert, tls_key)
-        patching.load_patch_list(given)  # refuse unknown settings before the cluster
-        specs = patching.patch_list_for(ctx, given)
+        specs = patching.patch_list_for(ctx, given)  # unknown settings: before the cluster
         # Checks as a dry run: a write by mistake fails loudly instead of happening.
         ctx.options.dry_run = True
         state = mesh.inspect(ctx, specs)

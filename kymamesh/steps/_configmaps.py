@@ -18,15 +18,14 @@ from typing import Any
 import yaml
 
 from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.controlplane import INJECTOR_CONFIGMAP, MESH_CONFIGMAP, ControlPlane
 from kymamesh.diffs import unified
 from kymamesh.errors import ConflictError, NotFoundError, PreconditionError
-from kymamesh.preflight import istiod_deployments
 from kymamesh.steps.base import Change, StepContext
 
 _ABSENT = object()
 
-INJECTOR_CONFIGMAP = "istio-sidecar-injector"
-MESH_CONFIGMAP = "istio"
+__all__ = ["INJECTOR_CONFIGMAP", "MESH_CONFIGMAP", "key_changes"]
 
 
 @dataclass(frozen=True)
@@ -43,24 +42,23 @@ Editor = Callable[[str], "KeyEdit | None"]
 Parser = Callable[[str], Any]
 
 
-def configmap(namespace: str, name: str) -> Ref:
-    return Ref("v1", "ConfigMap", name, namespace)
-
-
 class MissingConfigError(PreconditionError):
     """The ConfigMap or its key is not there: istiod is not installed, or not by its chart."""
 
     code = "missing-config"
 
 
-def read_key(cluster: Cluster, ref: Ref, key: str) -> tuple[Obj, str]:
+def read_key(
+    cluster: Cluster, ref: Ref, key: str, plane: ControlPlane | None = None
+) -> tuple[Obj, str]:
     """The live ConfigMap and the text of one key; a clear error when either is missing."""
     live = cluster.get(ref)
     if live is None:
+        which = plane.describe() if plane else "its revision"
         raise MissingConfigError(
             f"ConfigMap {ref.namespace}/{ref.name} does not exist, so its key `{key}` "
             "cannot be set",
-            hint=f"istiod's chart creates it; check that istiod (default revision) is "
+            hint=f"istiod's chart creates it; check that istiod {which} is "
             f"installed in {ref.namespace}, e.g. with `kymamesh install`",
         )
     data = live.get("data") or {}
@@ -128,17 +126,25 @@ def dump_yaml(value: Mapping[str, Any]) -> str:
 def key_changes(
     ctx: StepContext, name: str, key: str, editor: Editor, parse: Parser
 ) -> list[Change]:
-    """The change that `editor` makes to one key (none when in place), with a diff by meaning.
+    """The changes that `editor` makes to one key of ConfigMap `name` of every control
+    plane revision (`name-REV`), none where in place, each with a diff by meaning."""
+    changes: list[Change] = []
+    for plane in ctx.control_planes:
+        changes += _key_change(ctx, plane, name, key, editor, parse)
+    return changes
 
-    In a dry run on a cluster without istiod (an `install` before phase 1), the
-    ConfigMap does not exist yet: the change is shown against an empty key.
-    """
-    ref = configmap(ctx.namespace, name)
+
+def _key_change(
+    ctx: StepContext, plane: ControlPlane, name: str, key: str, editor: Editor, parse: Parser
+) -> list[Change]:
+    """In a dry run on a cluster without istiod (an `install` before phase 1), the
+    ConfigMap does not exist yet: the change is shown against an empty key."""
+    ref = plane.configmap(name)
     pending = ""
     try:
-        _, text = read_key(ctx.cluster, ref, key)
+        _, text = read_key(ctx.cluster, ref, key, plane)
     except MissingConfigError:
-        if not ctx.dry_run or istiod_deployments(ctx.cluster, ctx.namespace):
+        if not ctx.dry_run or ctx.istio_present:
             raise
         text, pending = "", " (once phase 1 has installed istiod)"
     edit = editor(text)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from kymamesh.cluster import Cluster
+from kymamesh.controlplane import ControlPlane, find_control_planes
 
 
 @dataclass(frozen=True)
@@ -27,12 +28,28 @@ class Change:
 
 @dataclass
 class StepContext:
+    """What a step works on. `control_planes` are the istiod revisions found in the
+    cluster (each one gets the patch), or, when there is none yet, the one `install`
+    is about to make (not `installed`)."""
+
     cluster: Cluster
     namespace: str
     params: Mapping[str, Any]
     dry_run: bool = False
     notes: list[str] = field(default_factory=list)
     timeout: float = 300.0  # --timeout: how long a step may wait for the cluster
+    planes: tuple[ControlPlane, ...] | None = None
+
+    @property
+    def control_planes(self) -> tuple[ControlPlane, ...]:
+        if self.planes is None:  # found on first use when not given
+            found = find_control_planes(self.cluster, self.namespace)
+            self.planes = tuple(found) or (ControlPlane(self.namespace),)
+        return self.planes
+
+    @property
+    def istio_present(self) -> bool:
+        return any(p.installed for p in self.control_planes)
 
 
 class Step(Protocol):
