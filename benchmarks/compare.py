@@ -4,9 +4,10 @@ The plain script is benchmarks/plain-install.sh (three `helm upgrade --install -
 with the Kyma settings as values, then `kubectl apply`). Each round starts a fresh test
 cluster for each of the two, one after the other (which goes first alternates from round
 to round), and times there a fresh install and then a re-run on the same cluster. Writes
-come from the cluster's audit log (requests by the admin user; controllers left out).
+and reads (API requests, helm's included) come from the cluster's audit log (requests by
+the admin user; controllers left out).
 Then `kymamesh --help` and `kymamesh version`, without a cluster. Prints each figure's
-median, the ratio kymamesh / plain, and the write counts.
+median, the ratio kymamesh / plain, and the request counts of every round.
 
     python benchmarks/compare.py [--runs 3] [--charts-dir DIR] [--code DIR] [--only kymamesh]
 
@@ -77,6 +78,9 @@ def _round(tc, tool: str, charts: Path, base_env: dict[str, str]) -> dict[str, f
                 mark = log.mark()
                 figures[f"{label} (s)"] = _timed(_commands(tool, charts), env)
                 figures[f"{label} writes"] = log.writes_since(mark).total
+                if hasattr(tc, "READ_VERBS"):  # clusters that log reads (admin group only)
+                    reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
+                    figures[f"{label} reads"] = reads
         finally:
             subprocess.run(
                 [sys.executable, str(TESTCLUSTER), "down", "--dir", str(directory)],

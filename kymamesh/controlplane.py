@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from kymamesh import yamlfast
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.errors import UsageError
 
@@ -144,7 +145,7 @@ def parse_mesh(text: str | None) -> dict[str, Any] | None:
     if not text:
         return {}
     try:
-        mesh = yaml.safe_load(text)
+        mesh = yamlfast.load(text)
     except yaml.YAMLError:
         return None
     if mesh is None:
