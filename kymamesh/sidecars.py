@@ -145,12 +145,13 @@ def _sidecar_template(annotations: Mapping[str, Any]) -> bool:
 def outdated_reasons(
     pod: Mapping[str, Any],
     istiod_versions: Mapping[str, Version],
-    proxy_resources: Mapping[str, Any] | None,
+    proxy_resources: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
     """Why this Pod's sidecar is out of date ([] when current or when it has none).
 
-    `istiod_versions` maps a revision to its istiod version; `proxy_resources` is
-    `global.proxy.resources` of the default injector (None: not compared).
+    `istiod_versions` maps a revision to its istiod version; `proxy_resources` maps
+    a revision to `global.proxy.resources` of its injector (a revision without an
+    entry: resources not compared). The Pod's revision is the one that injected it.
     """
     container = proxy_container(pod)
     if container is None:
@@ -162,12 +163,9 @@ def outdated_reasons(
     if istiod is not None and version is not None and version != istiod:
         reasons.append(f"istio-proxy {version}, istiod {istiod}")
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if (
-        proxy_resources is not None
-        and revision == DEFAULT_REVISION
-        and _sidecar_template(annotations)
-    ):
-        wanted = wanted_resources(proxy_resources, annotations)
+    resources = proxy_resources.get(revision)
+    if resources is not None and _sidecar_template(annotations):
+        wanted = wanted_resources(resources, annotations)
         differences = resource_differences(container, wanted)
         if differences:
             reasons.append("resources differ: " + "; ".join(differences))
@@ -245,7 +243,7 @@ def outdated_workloads(
     pods: Iterable[Mapping[str, Any]],
     replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
     istiod_versions: Mapping[str, Version],
-    proxy_resources: Mapping[str, Any] | None,
+    proxy_resources: Mapping[str, Mapping[str, Any]],
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
@@ -403,15 +401,18 @@ def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tu
 
 def control_plane(
     cluster: Cluster, istio_namespace: str
-) -> tuple[dict[str, Version], Mapping[str, Any] | None]:
-    """istiod's version per revision, and the default injector's proxy resources."""
+) -> tuple[dict[str, Version], dict[str, Mapping[str, Any]]]:
+    """istiod's version per revision, and each revision's injector proxy resources."""
     from kymamesh.controlplane import find_control_planes
 
     planes = find_control_planes(cluster, istio_namespace)
     deployments = [p.deployment for p in planes if p.deployment is not None]
-    default = next((p for p in planes if not p.suffix), None)
-    configmap = cluster.get(default.configmap(INJECTOR_CONFIGMAP)) if default else None
-    return istiod_revisions(deployments), injector_proxy_resources(configmap)
+    resources = {}
+    for plane in planes:
+        found = injector_proxy_resources(cluster.get(plane.configmap(INJECTOR_CONFIGMAP)))
+        if found is not None:
+            resources[plane.revision] = found
+    return istiod_revisions(deployments), resources
 
 
 def find_outdated(
