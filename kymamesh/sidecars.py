@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from kymamesh.controlplane import (
+    DEFAULT_REVISION,
+    INJECT_LABEL,
+    INJECTOR_CONFIGMAP,
+    REVISION_LABEL,
+    STATUS_ANNOTATION,
+    TEMPLATES_ANNOTATION,
+    istiod_version,
+    revision_of,
+)
 from kymamesh.errors import PreconditionError
 from kymamesh.units import same_quantity
 from kymamesh.versions import Version, image_version
@@ -22,14 +32,7 @@ if TYPE_CHECKING:
     from kymamesh.cluster import Cluster, Obj
 
 PROXY_CONTAINER = "istio-proxy"
-STATUS_ANNOTATION = "sidecar.istio.io/status"
-INJECT_LABEL = "sidecar.istio.io/inject"
-NAMESPACE_LABEL = "istio-injection"
-REVISION_LABEL = "istio.io/rev"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-DEFAULT_REVISION = "default"
-INJECTOR_CONFIGMAP = "istio-sidecar-injector"
-TEMPLATES_ANNOTATION = "inject.istio.io/templates"  # "gateway" for gateway Pods
 
 # Per-Pod annotations with which the injector overrides global.proxy.resources.
 RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
@@ -361,25 +364,12 @@ def istiod_revisions(deployments: Iterable[Mapping[str, Any]]) -> dict[str, Vers
     """Revision -> Istio version of each istiod Deployment (from its discovery image)."""
     versions: dict[str, Version] = {}
     for deployment in deployments:
-        meta = deployment.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        revision = str(labels.get(REVISION_LABEL) or DEFAULT_REVISION)
-        containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get(
-            "containers"
-        ) or []
-        image = next(
-            (c.get("image") for c in containers if c.get("name") == "discovery"),
-            containers[0].get("image") if containers else None,
-        )
-        if not image:
+        version = istiod_version(deployment)
+        if version is None:
             continue
-        try:
-            version = image_version(str(image))
-        except PreconditionError:
-            continue
-        if meta.get("name") == "istiod":
+        if (deployment.get("metadata") or {}).get("name") == "istiod":
             versions.setdefault(DEFAULT_REVISION, version)
-        versions[revision] = version
+        versions[revision_of(deployment)] = version
     return versions
 
 
