@@ -57,12 +57,49 @@ def _planes(doc: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
     }
 
 
+def _canary_pod(namespace: str, name: str) -> dict[str, Any]:
+    status = json.dumps({"revision": "canary", "containers": ["istio-proxy"]})
+    proxy = {
+        "name": "istio-proxy",
+        "image": "docker.io/istio/proxyv2:1.30.3",
+        "resources": {"limits": {"memory": "2Gi"}, "requests": {"memory": "128Mi"}},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"sidecar.istio.io/status": status},
+        },
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}, proxy]},
+    }
+
+
 def _mtls_policy(c: Any, namespace: str) -> dict[str, Any] | None:
     return get(c, "peerauthentication", "default", "-n", namespace)
 
 
 def test_revisioned_install_then_a_second_revision(fresh_cluster: Any) -> None:
     c = fresh_cluster()
+
+    # A revision name Istio cannot use as a name suffix and label: refused, nothing written.
+    bad, writes = writes_during(c, lambda: _install(c, "--set", "istiod.revision=Canary_1"))
+    assert bad.code == 2, str(bad)
+    assert writes.total == 0, writes.describe()
+    assert "Canary_1" in bad.doc["errors"][0]["message"] and bad.doc["errors"][0]["hint"]
+
+    # The dry run before phase 1 shows the patch of the revision's own ConfigMaps.
+    dry, writes = writes_during(
+        c, lambda: _install(c, "--set", "istiod.revision=canary", "--dry-run")
+    )
+    assert dry.code == 0, str(dry)
+    assert writes.total == 0, writes.describe()
+    changes = [x for p in dry.doc["phases"] for i in p["items"] for x in i.get("changes") or []]
+    assert any(
+        x.startswith(f"ConfigMap/{NAMESPACE}/istio-sidecar-injector-canary ") for x in changes
+    )
+    assert any(x.startswith(f"ConfigMap/{NAMESPACE}/istio-canary ") for x in changes), changes
 
     # One revision: installed with its suffixed names, patched there.
     run = _install(c, "--set", "istiod.revision=canary")
@@ -107,9 +144,16 @@ def test_revisioned_install_then_a_second_revision(fresh_cluster: Any) -> None:
     assert run.code == 0, str(run)
     _patched(c, "")
     _patched(c, "-canary")
+
+    # A sidecar the canary injected with other resources than its injector now gives is
+    # judged against the canary's injector (step restart-proxies lists it).
+    c.create_namespace("shop")
+    c.kubectl("apply", "-f", "-", input=json.dumps(_canary_pod("shop", "old-sidecar")))
     rerun, writes = writes_during(c, lambda: kymamesh(c, "patch", "-y", "-o", "json"))
     assert rerun.code == 0, str(rerun)
     assert writes.total == 0, writes.describe()
+    notes = " ".join(rerun.doc["notes"])
+    assert "Pod/shop/old-sidecar" in notes and "limits.memory 2Gi, wanted 1024Mi" in notes, notes
 
     status = _status(c)
     assert status.code == 0, status.doc["data"]["problems"]
