@@ -115,6 +115,15 @@ def test_revisioned_install_then_a_second_revision(fresh_cluster: Any) -> None:
     assert writes.total == 0, writes.describe()
     assert rerun.doc["changed"] is False
 
+    # A dry run towards another revision shows the patch of that revision's ConfigMaps too.
+    dry, writes = writes_during(
+        c, lambda: _install(c, "--set", "istiod.revision=blue", "--dry-run")
+    )
+    assert dry.code == 0, str(dry)
+    assert writes.total == 0, writes.describe()
+    changes = [x for p in dry.doc["phases"] for i in p["items"] for x in i.get("changes") or []]
+    assert any(x.startswith(f"ConfigMap/{NAMESPACE}/istio-sidecar-injector-blue ") for x in changes)
+
     status = _status(c)
     assert status.code == 0, status.doc["data"]["problems"]
     canary = (
