@@ -1,3 +1,3 @@
-from kymamesh.cli.app import main
+from kymamesh.cli import main
 
 main()

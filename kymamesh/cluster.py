@@ -62,6 +62,8 @@ LOCK_RETRY_EVERY_S = 2.0  # after a failed renewal
 LOCK_RENEW_DEADLINE_S = 20.0  # no renewal for this long: the lock counts as lost
 LOCK_CALL_TIMEOUT = (3, 5)  # connect, read: a Lease call must fit well inside the deadline
 _REQUEST_TIMEOUT = (5, 30)  # connect, read
+WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
+WAIT_MAX_POLL_S = 1.0  # ... and the longest
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 
 
@@ -519,9 +521,14 @@ class Cluster:
         timeout: float,
         on_poll: Callable[[builtins.list[str]], None] | None = None,
     ) -> None:
-        """Wait until every object is ready; on timeout name each one that is not, and why."""
+        """Wait until every object is ready; on timeout name each one that is not, and why.
+
+        Polls soon after a change (most objects turn ready within a second), then less
+        often: WAIT_FIRST_POLL_S, growing by half each time up to WAIT_MAX_POLL_S.
+        """
         deadline = time.monotonic() + timeout
         pending: builtins.list[Ref] = builtins.list(refs)
+        pause = WAIT_FIRST_POLL_S
         while True:
             reasons = []
             still = []
@@ -541,7 +548,8 @@ class Cluster:
                     hint="look at these objects with kubectl describe; raise --timeout if the "
                     "cluster is slow",
                 )
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, WAIT_MAX_POLL_S)
 
     # -- the lock ------------------------------------------------------------
 

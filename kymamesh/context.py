@@ -66,8 +66,13 @@ class RunContext:
                 self.options.kubeconfig,
                 self.options.context,
                 fence=self._check_lock,
+                release_secrets=self._release_secrets,
             )
         return self._helm
+
+    def _release_secrets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """Helm's release records are Secrets: the helm adapter reads them through the API."""
+        return self.cluster.list("v1", "Secret", namespace, selector)
 
     def before_write(self) -> None:
         """Called before every write: takes the lock once (and never in a dry run)."""

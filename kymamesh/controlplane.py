@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
+from kymamesh import yamlfast
 from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.errors import UsageError
+from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.versions import Version, image_version
 
 ISTIOD = "istiod"
 ISTIOD_SELECTOR = "app=istiod"
@@ -36,6 +38,12 @@ DEFAULT_REVISION = "default"
 MESH_CONFIGMAP = "istio"
 INJECTOR_CONFIGMAP = "istio-sidecar-injector"
 MESH_KEY = "mesh"
+
+# Labels and annotations of injection, as Istio's injector reads and writes them.
+INJECTION_LABEL = "istio-injection"  # on a namespace: enabled (default revision) or disabled
+INJECT_LABEL = "sidecar.istio.io/inject"  # on a Pod: "true" opts in
+STATUS_ANNOTATION = "sidecar.istio.io/status"  # on an injected Pod: JSON, with its revision
+TEMPLATES_ANNOTATION = "inject.istio.io/templates"  # "gateway" for gateway Pods
 
 PEER_AUTHENTICATION = "PeerAuthentication"
 SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -144,7 +152,7 @@ def parse_mesh(text: str | None) -> dict[str, Any] | None:
     if not text:
         return {}
     try:
-        mesh = yaml.safe_load(text)
+        mesh = yamlfast.load(text)
     except yaml.YAMLError:
         return None
     if mesh is None:
@@ -208,13 +216,38 @@ def root_namespaces(planes: Iterable[ControlPlane]) -> list[str]:
     return list(dict.fromkeys(p.root_namespace for p in planes))
 
 
+def _containers(deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    spec = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return list(spec.get("containers") or [])
+
+
 def discovery_image(deployment: Mapping[str, Any]) -> str | None:
     """The image of istiod's `discovery` container; None when there is none."""
-    spec = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
-    for container in spec.get("containers") or []:
+    for container in _containers(deployment):
         if container.get("name") == DISCOVERY_CONTAINER and container.get("image"):
             return str(container["image"])
     return None
+
+
+def istiod_image(deployment: Mapping[str, Any]) -> str:
+    """The image that tells istiod's version: its `discovery` container's, else the first
+    container's ("" when none)."""
+    image = discovery_image(deployment)
+    if image:
+        return image
+    containers = _containers(deployment)
+    return str(containers[0].get("image") or "") if containers else ""
+
+
+def istiod_version(deployment: Mapping[str, Any]) -> Version | None:
+    """istiod's Istio version from its image; None when the image does not tell it."""
+    image = istiod_image(deployment)
+    if not image:
+        return None
+    try:
+        return image_version(image)
+    except PreconditionError:
+        return None
 
 
 # -- PeerAuthentication --------------------------------------------------------------

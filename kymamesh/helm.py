@@ -9,11 +9,20 @@ fails a helm command. Reads of a release (status, get, history) and upgrades
 (`upgrade --install` of a chart with fixed values: the same command converges)
 are retried on such faults, with a bound on attempts and time; any other
 failure (a bad chart, invalid values, a refused object) is reported at once.
+
+Starting helm costs a tenth to a third of a second per command, so reads avoid
+it: a release is read from where Helm stores it (Secrets `sh.helm.release.v1.*`,
+Helm's default storage, through the `release_secrets` reader the caller gives),
+and a local chart's metadata from its Chart.yaml. helm itself runs only to
+install, upgrade, render, pull and uninstall, and for reads when Helm keeps its
+releases elsewhere (HELM_DRIVER=configmap, sql, memory).
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import gzip
+import json
 import logging
 import os
 import re
@@ -58,7 +67,7 @@ class LoadedChart:
     version: Version
     app_version: str
     source: str
-    handle: Any  # the pyhelm3 Chart
+    handle: Any  # the pyhelm3 Chart; None until helm needs it (a local chart read by kymamesh)
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,28 @@ class DeployedRelease:
     app_version: str
     values: Values  # the user-supplied values of the current revision
     description: str = ""  # the current revision's description (helm history)
+
+
+# (namespace, label selector) -> the Secrets found, as dicts of the API's JSON
+ReleaseSecrets = Callable[[str, str], list[dict[str, Any]]]
+RELEASE_SECRET_TYPE = "helm.sh/release.v1"
+
+
+def _stored_in_secrets() -> bool:
+    """Whether helm keeps releases in Secrets, as it does unless HELM_DRIVER says otherwise."""
+    return os.environ.get("HELM_DRIVER", "").strip().lower() in ("", "secret", "secrets")
+
+
+def decode_release(secret: dict[str, Any]) -> dict[str, Any]:
+    """Helm's record of one release revision, out of its Secret: base64 (the API's) of
+    base64 (Helm's) of gzip (when Helm compressed it) of JSON."""
+    payload = base64.b64decode(base64.b64decode(secret["data"]["release"]))
+    if payload[:2] == b"\x1f\x8b":
+        payload = gzip.decompress(payload)
+    record = json.loads(payload)
+    if not isinstance(record, dict):
+        raise ValueError("not a release record")
+    return record
 
 
 def find_helm(explicit: str | None) -> str:
@@ -92,6 +123,8 @@ def find_helm(explicit: str | None) -> str:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # only when helm runs: a converged re-run needs none of it
+
     return asyncio.run(coro)
 
 
@@ -174,32 +207,57 @@ class Helm:
         kubeconfig: str | None,
         context: str | None,
         fence: Callable[[], None] | None = None,
+        release_secrets: ReleaseSecrets | None = None,
     ) -> None:
-        """`fence` is called before every write (it raises when the run lost its lock)."""
-        from pyhelm3 import Client
-
+        """`fence` is called before every write (it raises when the run lost its lock);
+        `release_secrets` lists Secrets (see the module docstring)."""
         self.executable = executable
+        self._kubeconfig = kubeconfig
+        self._context = context
         self._fence = fence or (lambda: None)
-        try:
-            self._client = Client(
-                executable=executable,
-                kubeconfig=Path(kubeconfig) if kubeconfig else None,
-                kubecontext=context,
-            )
-        except Exception as exc:
-            raise HelmMissingError(
-                f"cannot run helm at {executable}: {exc}",
-                hint="use a Helm 4 (or 3.18+) release build",
-            ) from None
-        self.version = str(self._client.version)
-        self.major = int(self._client.version.major)
-        if self._client.version.major < 3 or (
-            self._client.version.major == 3 and self._client.version.minor < 18
-        ):
-            raise HelmMissingError(
-                f"helm at {executable} is {self.version}; kymamesh needs Helm 4 or 3.18+",
-                hint="install a newer Helm and pass --helm PATH",
-            )
+        self._secrets = release_secrets if _stored_in_secrets() else None
+        self._client_: Any = None
+        self._handles: dict[str, Any] = {}
+
+    @property
+    def _client(self) -> Any:
+        """The pyhelm3 client, made (and helm's version checked) on first use."""
+        if self._client_ is None:
+            from pyhelm3 import Client
+
+            try:
+                client = Client(
+                    executable=self.executable,
+                    kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
+                    kubecontext=self._context,
+                )
+            except Exception as exc:
+                raise HelmMissingError(
+                    f"cannot run helm at {self.executable}: {exc}",
+                    hint="use a Helm 4 (or 3.18+) release build",
+                ) from None
+            if client.version.major < 3 or (
+                client.version.major == 3 and client.version.minor < 18
+            ):
+                raise HelmMissingError(
+                    f"helm at {self.executable} is {client.version}; kymamesh needs Helm 4 "
+                    "or 3.18+",
+                    hint="install a newer Helm and pass --helm PATH",
+                )
+            self._client_ = client
+        return self._client_
+
+    def check(self) -> None:
+        """Refuse a helm binary that cannot run or is too old (before the first write)."""
+        self._client  # noqa: B018
+
+    @property
+    def version(self) -> str:
+        return str(self._client.version)
+
+    @property
+    def major(self) -> int:
+        return int(self._client.version.major)
 
     # -- charts --------------------------------------------------------------
 
@@ -225,7 +283,7 @@ class Helm:
                 f"more than one chart '{chart}' in {charts_dir}: {names}",
                 hint="keep one folder or package per chart",
             )
-        return self._load(str(candidates[0].resolve()), repo=None, version=None)
+        return _local_chart(candidates[0].resolve())
 
     def load_remote(self, chart: str, repo: str, version: Version) -> LoadedChart:
         if repo.startswith("oci://"):
@@ -255,6 +313,14 @@ class Helm:
             handle=handle,
         )
 
+    def _handle(self, chart: LoadedChart) -> Any:
+        """The pyhelm3 chart helm installs or renders (loaded by helm on first use)."""
+        if chart.handle is not None:
+            return chart.handle
+        if chart.source not in self._handles:
+            self._handles[chart.source] = self._load(chart.source, repo=None, version=None).handle
+        return self._handles[chart.source]
+
     def pull(self, chart: str, repo: str, version: Version, dest: Path) -> Path:
         """Download one chart package into `dest` (for `charts pull`)."""
         from pyhelm3 import errors
@@ -275,7 +341,54 @@ class Helm:
 
     # -- releases --------------------------------------------------------------
 
+    def _stored(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The record of the release's latest revision (what `helm status` shows), read
+        from its Secret; None when there is no such release."""
+        assert self._secrets is not None
+        found = [
+            s
+            for s in self._secrets(namespace, f"owner=helm,name={release}")
+            if s.get("type") == RELEASE_SECRET_TYPE
+        ]
+        if not found:
+            return None
+
+        def revision(secret: dict[str, Any]) -> int:
+            label = ((secret.get("metadata") or {}).get("labels") or {}).get("version", "")
+            return int(label) if str(label).isdigit() else -1
+
+        latest = max(found, key=revision)
+        try:
+            return decode_release(latest)
+        except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:
+            name = (latest.get("metadata") or {}).get("name")
+            raise HelmError(
+                f"cannot read Helm release {namespace}/{release}: Secret {name} does not hold "
+                f"a Helm release record ({type(exc).__name__}: {exc})",
+                hint=f"look at it with `helm status {release} -n {namespace}`",
+            ) from None
+
     def deployed(self, release: str, namespace: str) -> DeployedRelease | None:
+        if self._secrets is not None:
+            record = self._stored(release, namespace)
+            if record is None:
+                return None
+            meta = (record.get("chart") or {}).get("metadata") or {}
+            info = record.get("info") or {}
+            return DeployedRelease(
+                name=release,
+                namespace=namespace,
+                revision=int(record.get("version") or 0),
+                status=str(info.get("status") or ""),
+                chart=str(meta.get("name") or ""),
+                chart_version=Version.parse(str(meta.get("version") or "")),
+                app_version=str(meta.get("appVersion") or ""),
+                values=dict(record.get("config") or {}),
+                description=str(info.get("description") or ""),
+            )
+        return self._deployed_by_helm(release, namespace)
+
+    def _deployed_by_helm(self, release: str, namespace: str) -> DeployedRelease | None:
         from pyhelm3 import errors
 
         what = f"reading Helm release {namespace}/{release}"
@@ -304,6 +417,14 @@ class Helm:
 
     def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
         """The objects of the release's current revision."""
+        if self._secrets is not None:
+            from kymamesh import yamlfast
+
+            record = self._stored(release, namespace)
+            if record is None:
+                return []
+            docs = yamlfast.load_all(str(record.get("manifest") or ""))
+            return [d for d in docs if isinstance(d, dict) and d]
         from pyhelm3 import errors
 
         what = f"reading Helm release {namespace}/{release}"
@@ -326,7 +447,7 @@ class Helm:
         try:
             objs = _run(
                 self._client.template_resources(
-                    chart.handle, release, values, include_crds=True, namespace=namespace
+                    self._handle(chart), release, values, include_crds=True, namespace=namespace
                 )
             )
         except errors.Error as exc:
@@ -344,12 +465,14 @@ class Helm:
     ) -> None:
         from pyhelm3 import errors
 
+        handle = self._handle(chart)
+
         def upgrade() -> None:
             self._fence()  # before every attempt: a retry is a write too
             _run(
                 self._client.install_or_upgrade_release(
                     release,
-                    chart.handle,
+                    handle,
                     values,
                     namespace=namespace,
                     create_namespace=True,
@@ -399,20 +522,72 @@ class Helm:
         )
 
 
-def _package_chart_name(path: Path) -> str | None:
-    """The chart name inside a package, read from its Chart.yaml."""
-    import yaml
-
+def _package_chart_yaml(path: Path) -> bytes | None:
+    """The Chart.yaml inside a chart package (`NAME/Chart.yaml`)."""
     try:
         with tarfile.open(path) as tar:
             for member in tar.getmembers():
                 parts = member.name.split("/")
                 if len(parts) == 2 and parts[1] == "Chart.yaml":
                     fh = tar.extractfile(member)
-                    if fh is None:
-                        return None
-                    meta = yaml.safe_load(fh.read())
-                    return str(meta.get("name")) if isinstance(meta, dict) else None
+                    return None if fh is None else fh.read()
     except (OSError, tarfile.TarError):
         return None
     return None
+
+
+def _package_chart_name(path: Path) -> str | None:
+    """The chart name inside a package, read from its Chart.yaml."""
+    import yaml
+
+    text = _package_chart_yaml(path)
+    try:
+        meta = yaml.safe_load(text) if text is not None else None
+    except yaml.YAMLError:
+        return None
+    return str(meta.get("name")) if isinstance(meta, dict) else None
+
+
+def _local_chart(path: Path) -> LoadedChart:
+    """A chart folder or package, known by its Chart.yaml (checked as `helm show chart`
+    would: apiVersion v1 or v2, a name, a version); helm loads it when it installs."""
+    import yaml
+
+    def refuse(why: str) -> ChartSourceError:
+        return ChartSourceError(
+            f"cannot load chart {path}: {why}",
+            hint="point --charts-dir at chart folders or packages, e.g. the ones "
+            "`kymamesh charts pull --dest DIR` fetches",
+        )
+
+    if path.is_dir():
+        try:
+            text = (path / "Chart.yaml").read_bytes()
+        except OSError as exc:
+            raise refuse(f"cannot read its Chart.yaml: {exc.strerror}") from None
+    else:
+        packaged = _package_chart_yaml(path)
+        if packaged is None:
+            raise refuse("not a chart package with a Chart.yaml")
+        text = packaged
+    try:
+        meta = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise refuse(f"its Chart.yaml is not valid YAML ({exc})") from None
+    if not isinstance(meta, dict):
+        raise refuse("its Chart.yaml is not a map")
+    if meta.get("apiVersion") not in ("v1", "v2"):
+        raise refuse(f"its Chart.yaml has apiVersion {meta.get('apiVersion')!r}, not v1 or v2")
+    if not meta.get("name"):
+        raise refuse("its Chart.yaml has no name")
+    try:
+        version = Version.parse(str(meta.get("version") or ""))
+    except KymameshError as exc:
+        raise refuse(f"its Chart.yaml has a bad version: {exc.message}") from None
+    return LoadedChart(
+        name=str(meta["name"]),
+        version=version,
+        app_version=str(meta.get("appVersion") or ""),
+        source=str(path),
+        handle=None,
+    )

@@ -17,13 +17,11 @@ from typing import Any
 
 from kymamesh.cluster import Obj, Ref
 from kymamesh.context import RunContext
-from kymamesh.controlplane import istiod_deployments
+from kymamesh.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
 from kymamesh.diffs import unified
 from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.sidecars import (
-    INJECT_LABEL,
-    NAMESPACE_LABEL,
     WorkloadSidecars,
     list_pods,
     replica_set_index,
@@ -144,7 +142,7 @@ def plan(ctx: RunContext, request: InjectRequest) -> tuple[list[LabelEdit], list
     else:
         chosen = []
 
-    ns_value = _labels(namespace, ("metadata", "labels")).get(NAMESPACE_LABEL)
+    ns_value = _labels(namespace, ("metadata", "labels")).get(INJECTION_LABEL)
     ns_live = None if ns_value is None else str(ns_value)
     # --disable removes only the label that enables injection (another value stays).
     ns_wanted = ENABLED if not request.disable else (None if ns_live == ENABLED else ns_live)
@@ -152,7 +150,7 @@ def plan(ctx: RunContext, request: InjectRequest) -> tuple[list[LabelEdit], list
         LabelEdit(
             Ref("v1", "Namespace", request.namespace),
             ("metadata", "labels"),
-            NAMESPACE_LABEL,
+            INJECTION_LABEL,
             ns_live,
             ns_wanted,
         )

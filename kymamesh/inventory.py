@@ -22,14 +22,20 @@ from typing import Any
 from kymamesh import MANAGED_BY_LABEL, __version__
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.context import RunContext
-from kymamesh.controlplane import REVISION_LABEL, ControlPlane, find_control_planes
-from kymamesh.errors import KymameshError, PreconditionError
+from kymamesh.controlplane import (
+    INJECTION_LABEL,
+    REVISION_LABEL,
+    ControlPlane,
+    find_control_planes,
+    istiod_image,
+    istiod_version,
+)
+from kymamesh.errors import KymameshError
 from kymamesh.helm import DeployedRelease
 from kymamesh.preflight import FoundIstio
-from kymamesh.versions import Version, image_version
+from kymamesh.versions import Version
 
 ISTIO_GROUP_SUFFIX = ".istio.io"
-INJECTION_LABEL = "istio-injection"
 HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 HELM_NAMESPACE_ANNOTATION = "meta.helm.sh/release-namespace"
 KYMAMESH_MARK = "kymamesh"  # start of the Helm revision description kymamesh's install leaves
@@ -163,16 +169,8 @@ def find_istiods(cluster: Cluster, namespace: str) -> list[Istiod]:
         dep = plane.deployment
         assert dep is not None
         meta = dep["metadata"]
-        containers = ((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get(
-            "containers"
-        ) or []
-        container = next((c for c in containers if c.get("name") == "discovery"), None)
-        container = container or (containers[0] if containers else {})
-        image = str(container.get("image") or "")
-        try:
-            version: Version | None = image_version(image) if image else None
-        except PreconditionError:
-            version = None
+        image = istiod_image(dep)
+        version = istiod_version(dep)
         status = dep.get("status") or {}
         wanted = (dep.get("spec") or {}).get("replicas")
         wanted = 1 if wanted is None else int(wanted)

@@ -130,12 +130,14 @@ def _remember_settings(ctx: RunContext) -> None:
 
 
 def control_planes(ctx: RunContext) -> tuple[ControlPlane, ...]:
-    """The control planes the patch applies to: every revision in the cluster, or the
-    planned one (`install` sets it from the istiod values; the default revision otherwise)."""
+    """The control planes the patch applies to: every revision in the cluster, and the
+    one `install` is about to make when it is not there yet (from the istiod values);
+    with neither, the default revision, not installed."""
     found = find_control_planes(ctx.cluster, ctx.namespace)
-    if found:
-        return tuple(found)
-    return (ctx.planned_control_plane or ControlPlane(ctx.namespace),)
+    planned = ctx.planned_control_plane
+    if planned is not None and planned.istiod not in {p.istiod for p in found}:
+        found.append(planned)
+    return tuple(found) or (ControlPlane(ctx.namespace),)
 
 
 def _context(

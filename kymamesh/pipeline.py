@@ -257,6 +257,8 @@ def run_phase_charts(ctx: RunContext, inputs: ChartInputs, stack: ValueStack) ->
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(PHASE_CHARTS)
     plans = plan_releases(ctx, inputs, stack)
+    if any(p.needed for p in plans):
+        ctx.helm.check()  # a helm that cannot install is refused before the first write
     if any(p.needed for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
         plans = plan_releases(ctx, inputs, stack)  # again, under the lock

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from kymamesh import yamlfast
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -33,4 +33,4 @@ def patches_dir() -> Path:
 
 def load_yaml(path: Path) -> Any:
     with path.open(encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        return yamlfast.load(fh)

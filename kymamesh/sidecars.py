@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from kymamesh.controlplane import (
+    DEFAULT_REVISION,
+    INJECT_LABEL,
+    INJECTOR_CONFIGMAP,
+    REVISION_LABEL,
+    STATUS_ANNOTATION,
+    TEMPLATES_ANNOTATION,
+    istiod_version,
+    revision_of,
+)
 from kymamesh.errors import PreconditionError
 from kymamesh.units import same_quantity
 from kymamesh.versions import Version, image_version
@@ -22,14 +32,7 @@ if TYPE_CHECKING:
     from kymamesh.cluster import Cluster, Obj
 
 PROXY_CONTAINER = "istio-proxy"
-STATUS_ANNOTATION = "sidecar.istio.io/status"
-INJECT_LABEL = "sidecar.istio.io/inject"
-NAMESPACE_LABEL = "istio-injection"
-REVISION_LABEL = "istio.io/rev"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
-DEFAULT_REVISION = "default"
-INJECTOR_CONFIGMAP = "istio-sidecar-injector"
-TEMPLATES_ANNOTATION = "inject.istio.io/templates"  # "gateway" for gateway Pods
 
 # Per-Pod annotations with which the injector overrides global.proxy.resources.
 RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
@@ -145,12 +148,13 @@ def _sidecar_template(annotations: Mapping[str, Any]) -> bool:
 def outdated_reasons(
     pod: Mapping[str, Any],
     istiod_versions: Mapping[str, Version],
-    proxy_resources: Mapping[str, Any] | None,
+    proxy_resources: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
     """Why this Pod's sidecar is out of date ([] when current or when it has none).
 
-    `istiod_versions` maps a revision to its istiod version; `proxy_resources` is
-    `global.proxy.resources` of the default injector (None: not compared).
+    `istiod_versions` maps a revision to its istiod version; `proxy_resources` maps
+    a revision to `global.proxy.resources` of its injector (a revision without an
+    entry: resources not compared). The Pod's revision is the one that injected it.
     """
     container = proxy_container(pod)
     if container is None:
@@ -162,12 +166,9 @@ def outdated_reasons(
     if istiod is not None and version is not None and version != istiod:
         reasons.append(f"istio-proxy {version}, istiod {istiod}")
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    if (
-        proxy_resources is not None
-        and revision == DEFAULT_REVISION
-        and _sidecar_template(annotations)
-    ):
-        wanted = wanted_resources(proxy_resources, annotations)
+    resources = proxy_resources.get(revision)
+    if resources is not None and _sidecar_template(annotations):
+        wanted = wanted_resources(resources, annotations)
         differences = resource_differences(container, wanted)
         if differences:
             reasons.append("resources differ: " + "; ".join(differences))
@@ -245,7 +246,7 @@ def outdated_workloads(
     pods: Iterable[Mapping[str, Any]],
     replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
     istiod_versions: Mapping[str, Version],
-    proxy_resources: Mapping[str, Any] | None,
+    proxy_resources: Mapping[str, Mapping[str, Any]],
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
@@ -363,25 +364,12 @@ def istiod_revisions(deployments: Iterable[Mapping[str, Any]]) -> dict[str, Vers
     """Revision -> Istio version of each istiod Deployment (from its discovery image)."""
     versions: dict[str, Version] = {}
     for deployment in deployments:
-        meta = deployment.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        revision = str(labels.get(REVISION_LABEL) or DEFAULT_REVISION)
-        containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get(
-            "containers"
-        ) or []
-        image = next(
-            (c.get("image") for c in containers if c.get("name") == "discovery"),
-            containers[0].get("image") if containers else None,
-        )
-        if not image:
+        version = istiod_version(deployment)
+        if version is None:
             continue
-        try:
-            version = image_version(str(image))
-        except PreconditionError:
-            continue
-        if meta.get("name") == "istiod":
+        if (deployment.get("metadata") or {}).get("name") == "istiod":
             versions.setdefault(DEFAULT_REVISION, version)
-        versions[revision] = version
+        versions[revision_of(deployment)] = version
     return versions
 
 
@@ -403,15 +391,18 @@ def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tu
 
 def control_plane(
     cluster: Cluster, istio_namespace: str
-) -> tuple[dict[str, Version], Mapping[str, Any] | None]:
-    """istiod's version per revision, and the default injector's proxy resources."""
+) -> tuple[dict[str, Version], dict[str, Mapping[str, Any]]]:
+    """istiod's version per revision, and each revision's injector proxy resources."""
     from kymamesh.controlplane import find_control_planes
 
     planes = find_control_planes(cluster, istio_namespace)
     deployments = [p.deployment for p in planes if p.deployment is not None]
-    default = next((p for p in planes if not p.suffix), None)
-    configmap = cluster.get(default.configmap(INJECTOR_CONFIGMAP)) if default else None
-    return istiod_revisions(deployments), injector_proxy_resources(configmap)
+    resources = {}
+    for plane in planes:
+        found = injector_proxy_resources(cluster.get(plane.configmap(INJECTOR_CONFIGMAP)))
+        if found is not None:
+            resources[plane.revision] = found
+    return istiod_revisions(deployments), resources
 
 
 def find_outdated(

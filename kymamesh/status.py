@@ -44,6 +44,7 @@ from kymamesh.context import RunContext
 from kymamesh.controlplane import (
     MESH_CONFIGMAP,
     MESH_KEY,
+    TEMPLATES_ANNOTATION,
     ControlPlane,
     effective_mtls,
     mesh_wide_policies,
@@ -56,8 +57,6 @@ from kymamesh.patching import StepSpec, check_all
 from kymamesh.release import pinned
 from kymamesh.security import mesh_config_problems
 from kymamesh.versions import Version
-
-_GATEWAY_TEMPLATES_ANNOTATION = "inject.istio.io/templates"
 
 
 @dataclass(frozen=True)
@@ -297,7 +296,7 @@ def judge(
 
 def is_gateway(pod: Mapping[str, Any]) -> bool:
     """A gateway Pod runs the proxy as its workload, not as a sidecar."""
-    templates = inv.annotations_of(pod).get(_GATEWAY_TEMPLATES_ANNOTATION, "")
+    templates = inv.annotations_of(pod).get(TEMPLATES_ANNOTATION, "")
     return "gateway" in [t.strip() for t in templates.split(",")]
 
 

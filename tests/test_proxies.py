@@ -120,27 +120,27 @@ def test_proxy_version(image: str, version: Version | None) -> None:
 
 
 def test_current_sidecar_is_not_outdated() -> None:
-    assert outdated_reasons(pod(), {"default": V130}, RESOURCES) == []
+    assert outdated_reasons(pod(), {"default": V130}, {"default": RESOURCES}) == []
     # same quantities spelled differently
     spelled = {
         "requests": {"cpu": "0.01", "memory": "131072Ki"},
         "limits": {"cpu": "1000m", "memory": "1024Mi"},
     }
-    assert outdated_reasons(pod(resources=spelled), {"default": V130}, RESOURCES) == []
+    assert outdated_reasons(pod(resources=spelled), {"default": V130}, {"default": RESOURCES}) == []
 
 
 def test_older_proxy_version_is_outdated() -> None:
-    reasons = outdated_reasons(pod(image="istio/proxyv2:1.29.4"), {"default": V130}, None)
+    reasons = outdated_reasons(pod(image="istio/proxyv2:1.29.4"), {"default": V130}, {})
     assert reasons == ["istio-proxy 1.29.4, istiod 1.30.3"]
 
 
 def test_other_resources_are_outdated() -> None:
     old = {"requests": {"cpu": "10m", "memory": "128Mi"}, "limits": {"cpu": "2", "memory": "512Mi"}}
-    reasons = outdated_reasons(pod(resources=old), {"default": V130}, RESOURCES)
+    reasons = outdated_reasons(pod(resources=old), {"default": V130}, {"default": RESOURCES})
     assert len(reasons) == 1
     assert "limits.cpu 2, wanted 1" in reasons[0]
     assert "limits.memory 512Mi, wanted 1Gi" in reasons[0]
-    missing = outdated_reasons(pod(resources={}), {}, RESOURCES)
+    missing = outdated_reasons(pod(resources={}), {}, {"default": RESOURCES})
     assert "limits.memory unset, wanted 1Gi" in missing[0]
 
 
@@ -149,11 +149,11 @@ def test_gateway_resources_are_its_own() -> None:
         resources={"limits": {"cpu": "2", "memory": "1Gi"}},
         annotations={"inject.istio.io/templates": "gateway"},
     )
-    assert outdated_reasons(gateway, {"default": V130}, RESOURCES) == []
+    assert outdated_reasons(gateway, {"default": V130}, {"default": RESOURCES}) == []
     old_gateway = pod(
         image="istio/proxyv2:1.29.4", annotations={"inject.istio.io/templates": "gateway"}
     )
-    assert outdated_reasons(old_gateway, {"default": V130}, RESOURCES) == [
+    assert outdated_reasons(old_gateway, {"default": V130}, {"default": RESOURCES}) == [
         "istio-proxy 1.29.4, istiod 1.30.3"
     ]
 
@@ -167,7 +167,10 @@ def test_pod_annotations_override_injector_resources() -> None:
         "requests": {"cpu": "50m", "memory": "128Mi"},
         "limits": {"cpu": "1", "memory": "2Gi"},
     }
-    assert outdated_reasons(pod(resources=custom, annotations=annotations), {}, RESOURCES) == []
+    assert (
+        outdated_reasons(pod(resources=custom, annotations=annotations), {}, {"default": RESOURCES})
+        == []
+    )
 
 
 def test_requests_default_to_limits() -> None:
@@ -186,7 +189,14 @@ def test_revisioned_sidecar_is_compared_with_its_istiod() -> None:
     status = json.dumps({"revision": "canary", "containers": ["istio-proxy"]})
     canary = pod(image="istio/proxyv2:1.29.4", annotations={"sidecar.istio.io/status": status})
     versions = {"default": V130, "canary": Version(1, 29, 4)}
-    assert outdated_reasons(canary, versions, {"limits": {"memory": "9Gi"}}) == []
+    default_only = {"default": {"limits": {"memory": "9Gi"}}}
+    assert outdated_reasons(canary, versions, default_only) == []
+    # its resources are judged by its own revision's injector, not the default one's
+    canary_resources = {**default_only, "canary": {"limits": {"memory": "9Gi"}}}
+    assert outdated_reasons(canary, versions, canary_resources) == [
+        "resources differ: requests.memory 128Mi, wanted 9Gi; limits.memory 1Gi, wanted 9Gi"
+    ]
+    assert outdated_reasons(canary, versions, {"canary": RESOURCES}) == []
 
 
 # -- owners and workloads ---------------------------------------------------------------
@@ -212,7 +222,7 @@ def test_outdated_workloads_grouped_and_oldest_pod_kept() -> None:
         pod("gone", image="istio/proxyv2:1.29.4", phase="Succeeded", owner=("Job", "j")),
         pod("plain", image=None),
     ]
-    found = outdated_workloads(pods, RS, {"default": V130}, RESOURCES)
+    found = outdated_workloads(pods, RS, {"default": V130}, {"default": RESOURCES})
     assert [str(o.workload) for o in found] == ["Deployment/shop/app"]
     assert found[0].oldest_pod == T0
     assert "istio-proxy 1.29.4" in found[0].describe()

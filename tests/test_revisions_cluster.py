@@ -57,6 +57,25 @@ def _planes(doc: dict[str, Any]) -> set[tuple[str, str, str, str, str]]:
     }
 
 
+def _canary_pod(namespace: str, name: str) -> dict[str, Any]:
+    status = json.dumps({"revision": "canary", "containers": ["istio-proxy"]})
+    proxy = {
+        "name": "istio-proxy",
+        "image": "docker.io/istio/proxyv2:1.30.3",
+        "resources": {"limits": {"memory": "2Gi"}, "requests": {"memory": "128Mi"}},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "annotations": {"sidecar.istio.io/status": status},
+        },
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}, proxy]},
+    }
+
+
 def _mtls_policy(c: Any, namespace: str) -> dict[str, Any] | None:
     return get(c, "peerauthentication", "default", "-n", namespace)
 
@@ -96,6 +115,15 @@ def test_revisioned_install_then_a_second_revision(fresh_cluster: Any) -> None:
     assert writes.total == 0, writes.describe()
     assert rerun.doc["changed"] is False
 
+    # A dry run towards another revision shows the patch of that revision's ConfigMaps too.
+    dry, writes = writes_during(
+        c, lambda: _install(c, "--set", "istiod.revision=blue", "--dry-run")
+    )
+    assert dry.code == 0, str(dry)
+    assert writes.total == 0, writes.describe()
+    changes = [x for p in dry.doc["phases"] for i in p["items"] for x in i.get("changes") or []]
+    assert any(x.startswith(f"ConfigMap/{NAMESPACE}/istio-sidecar-injector-blue ") for x in changes)
+
     status = _status(c)
     assert status.code == 0, status.doc["data"]["problems"]
     canary = (
@@ -125,9 +153,16 @@ def test_revisioned_install_then_a_second_revision(fresh_cluster: Any) -> None:
     assert run.code == 0, str(run)
     _patched(c, "")
     _patched(c, "-canary")
+
+    # A sidecar the canary injected with other resources than its injector now gives is
+    # judged against the canary's injector (step restart-proxies lists it).
+    c.create_namespace("shop")
+    c.kubectl("apply", "-f", "-", input=json.dumps(_canary_pod("shop", "old-sidecar")))
     rerun, writes = writes_during(c, lambda: kymamesh(c, "patch", "-y", "-o", "json"))
     assert rerun.code == 0, str(rerun)
     assert writes.total == 0, writes.describe()
+    notes = " ".join(rerun.doc["notes"])
+    assert "Pod/shop/old-sidecar" in notes and "limits.memory 2Gi, wanted 1024Mi" in notes, notes
 
     status = _status(c)
     assert status.code == 0, status.doc["data"]["problems"]

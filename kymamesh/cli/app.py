@@ -12,6 +12,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: typer's rich help would import rich's Markdown and Pygments,
+    # about a quarter of a second before the first line is printed.
+    rich_markup_mode=None,
 )
 
 app.command("install")(install.install)

@@ -1,29 +1,20 @@
-"""`kymamesh version`: this tool's version and the Istio release it installs."""
+"""`kymamesh version`: this tool's version and the Istio release it installs.
+
+Scripts ask for it often, so `main()` answers the plain forms (`version`, with
+`-o/--output text|json`) through `kymamesh.cli.quick` before typer is imported:
+typer builds a pydantic adapter for every option it parses, which costs more
+than the rest of the command. Anything else (`--help`, a bad value) goes through
+typer as usual; both paths print `render_version()`.
+"""
 
 from __future__ import annotations
-
-import json
 
 import typer
 
 from kymamesh.cli.common import Output, OutputFormat
+from kymamesh.cli.quick import render_version
 
 
 def version(output: Output = OutputFormat.text) -> None:
     """Print kymamesh's version and the supported Istio release."""
-    from kymamesh import __version__
-    from kymamesh.release import pinned
-
-    release = pinned()
-    info = {
-        "kymamesh": __version__,
-        "istio": str(release.version),
-        "kubernetes": f"{release.kubernetes_min.major}.{release.kubernetes_min.minor}-"
-        f"{release.kubernetes_max.major}.{release.kubernetes_max.minor}",
-    }
-    if output == OutputFormat.json:
-        typer.echo(json.dumps(info, indent=2))
-    else:
-        typer.echo(
-            f"kymamesh {info['kymamesh']} (Istio {info['istio']}, Kubernetes {info['kubernetes']})"
-        )
+    typer.echo(render_version(output == OutputFormat.json))

@@ -137,14 +137,14 @@ def key_changes(
 def _key_change(
     ctx: StepContext, plane: ControlPlane, name: str, key: str, editor: Editor, parse: Parser
 ) -> list[Change]:
-    """In a dry run on a cluster without istiod (an `install` before phase 1), the
+    """In a dry run of an `install` before phase 1 has made this revision's istiod, the
     ConfigMap does not exist yet: the change is shown against an empty key."""
     ref = plane.configmap(name)
     pending = ""
     try:
         _, text = read_key(ctx.cluster, ref, key, plane)
     except MissingConfigError:
-        if not ctx.dry_run or ctx.istio_present:
+        if not ctx.dry_run or plane.installed:
             raise
         text, pending = "", " (once phase 1 has installed istiod)"
     edit = editor(text)

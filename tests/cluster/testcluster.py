@@ -105,6 +105,7 @@ POD_CIDR = "10.244.0.0/16"  # see README: EndpointSlice validation rejects loopb
 NODE_IP = "127.0.0.1"
 AUDIT_MARKER_UA = "kymamesh-testcluster-audit-marker"
 WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+READ_VERBS = ("get", "list", "watch")  # logged for the admin user's group only (system:masters)
 
 
 def log(msg: str) -> None:
@@ -1049,6 +1050,11 @@ omitStages: ["RequestReceived"]
 rules:
 - level: Metadata
   verbs: ["create", "update", "patch", "delete", "deletecollection"]
+# Reads too, but only those of the admin kubeconfig's group (kymamesh, helm and kubectl in
+# tests and benchmarks): controllers read all the time and would flood the log.
+- level: Metadata
+  verbs: ["get", "list", "watch"]
+  userGroups: ["system:masters"]
 - level: None
 """
 

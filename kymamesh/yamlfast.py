@@ -1,0 +1,24 @@
+"""YAML parsing with libyaml when PyYAML has it: Helm's release manifests and Istio's
+mesh config are large, and the pure-Python loader spent most of a re-run's CPU on them.
+
+Same safe schema as `yaml.safe_load`; errors are the same `yaml.YAMLError` classes.
+Files a user gives (values, --config, kubeconfig) keep the pure-Python loader, whose
+messages the documentation shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import IO, Any
+
+import yaml
+
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load(text: str | bytes | IO[str] | IO[bytes]) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def load_all(text: str | bytes) -> Iterator[Any]:
+    return yaml.load_all(text, Loader=_Loader)

@@ -1,0 +1,135 @@
+"""The helm adapter reads releases from Helm's own records (Secrets) through the API:
+what it reads is what helm itself says, for Helm 4 and Helm 3 records, across revisions,
+failed upgrades and releases that do not exist; with HELM_DRIVER set otherwise it asks helm."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kymamesh.cluster import Cluster
+from kymamesh.helm import Helm
+
+pytestmark = pytest.mark.cluster
+
+CHART_YAML = "apiVersion: v2\nname: probe\nversion: 0.3.1\nappVersion: '9.9'\n"
+TEMPLATE = """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: probe
+data:
+  greeting: {{ .Values.greeting | quote }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: probe
+spec:
+  replicas: {{ .Values.replicas }}
+  selector: {matchLabels: {app: probe}}
+  template:
+    metadata: {labels: {app: probe}}
+    spec:
+      containers: [{name: c, image: "{{ .Values.image }}"}]
+"""
+
+
+def _chart(tmp_path: Path) -> Path:
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text(CHART_YAML)
+    (chart / "values.yaml").write_text("greeting: hi\nreplicas: 1\nimage: busybox\n")
+    (chart / "templates" / "all.yaml").write_text(TEMPLATE)
+    return chart
+
+
+def _adapters(cluster: Any, helm: Path) -> tuple[Helm, Helm]:
+    """(reads through the API, reads through helm) for the same cluster."""
+    api = Cluster.connect(str(cluster.kubeconfig))
+
+    def secrets(namespace: str, selector: str) -> list[dict[str, Any]]:
+        return api.list("v1", "Secret", namespace, selector)
+
+    return (
+        Helm(str(helm), str(cluster.kubeconfig), None, release_secrets=secrets),
+        Helm(str(helm), str(cluster.kubeconfig), None),
+    )
+
+
+@pytest.mark.parametrize("major", [4, 3])
+def test_release_read_from_its_secret_is_what_helm_says(
+    cluster: Any, namespace: str, tmp_path: Path, major: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in cluster.env_for(major).items():
+        if key.startswith("HELM_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HELM_DRIVER", raising=False)
+    helm = cluster.helm3 if major == 3 else cluster.helm4
+    by_api, by_helm = _adapters(cluster, helm)
+    chart = _chart(tmp_path)
+    assert by_api.deployed("probe", namespace) is None
+    assert by_api.manifest("probe", namespace) == []
+
+    def helm_run(*args: str, check: bool = True) -> None:
+        cluster.helm_run(*args, "-n", namespace, version=major, check=check)
+
+    helm_run(
+        "install",
+        "probe",
+        str(chart),
+        "--set",
+        "greeting=hello",
+        "--set-json",
+        'extra={"n": 1.5, "big": 3000000000, "list": [1, "a", null], "t": true}',
+    )
+    helm_run(
+        "upgrade",
+        "probe",
+        str(chart),
+        "--reuse-values",
+        "--set",
+        "replicas=2",
+        "--description",
+        "second",
+    )
+    # a failed upgrade is the latest revision: its status is what counts
+    helm_run("upgrade", "probe", str(chart), "--set", "image=bad:{{", check=False)
+    helm_run("upgrade", "probe", str(chart), "--set", "replicas=x", check=False)
+    statuses = []
+    for _ in range(2):
+        api_view, helm_view = (
+            by_api.deployed("probe", namespace),
+            by_helm.deployed("probe", namespace),
+        )
+        assert api_view == helm_view
+        assert api_view is not None and api_view.chart == "probe"
+        statuses.append((api_view.revision, api_view.status))
+        assert by_api.manifest("probe", namespace) == by_helm.manifest("probe", namespace)
+        helm_run("rollback", "probe", "1")
+    assert statuses == [(4, "failed"), (5, "deployed")]
+    assert api_view.values["extra"]["big"] == 3000000000
+
+
+def test_other_helm_storage_is_read_by_helm(
+    cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in cluster.env_for(4).items():
+        if key.startswith("HELM_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("HELM_DRIVER", "configmap")
+    by_api, _ = _adapters(cluster, cluster.helm4)
+    env = {**cluster.env_for(4), "HELM_DRIVER": "configmap"}
+    cluster._run(
+        [str(cluster.helm4), "install", "probe", str(_chart(tmp_path)), "-n", namespace],
+        True,
+        None,
+        env,
+        120,
+    )
+    found = by_api.deployed("probe", namespace)
+    assert found is not None and found.status == "deployed" and found.revision == 1
+    assert os.environ["HELM_DRIVER"] == "configmap"
