@@ -182,15 +182,9 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     planes.sort(key=lambda p: (p.suffix != "", p.revision))
     mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
-    default_plane = next((p for p in planes if not p.suffix), None)
-    injector = (
-        cluster.get(default_plane.configmap(sidecars.INJECTOR_CONFIGMAP)) if default_plane else None
-    )
+    _, injector_resources = sidecars.control_plane(cluster, namespace)
     namespaces = namespace_states(
-        cluster.list("v1", "Namespace"),
-        cluster.list("v1", "Pod"),
-        istiods,
-        sidecars.injector_proxy_resources(injector),
+        cluster.list("v1", "Namespace"), cluster.list("v1", "Pod"), istiods, injector_resources
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
     for plane in planes:
@@ -304,13 +298,13 @@ def namespace_states(
     namespaces: list[Obj],
     pods: list[Obj],
     istiods: list[inv.Istiod],
-    proxy_resources: Mapping[str, Any] | None = None,
+    proxy_resources: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[NamespaceState]:
     """Per namespace with injection on or a sidecar running: coverage and outdated sidecars.
 
     Outdated is the judgement of step restart-proxies (`sidecars.outdated_reasons`): a
-    proxy of another version than its istiod, or resources other than the injector's
-    `proxy_resources` would give it now.
+    proxy of another version than its istiod, or resources other than its revision's
+    injector (`proxy_resources`, by revision) would give it now.
     """
     by_revision = {d.revision: d.version for d in istiods if d.version}
     counts: dict[str, list[int]] = {}
@@ -323,7 +317,7 @@ def namespace_states(
             row[1] += 1
             continue
         row[0] += 1
-        if sidecars.outdated_reasons(pod, by_revision, proxy_resources):
+        if sidecars.outdated_reasons(pod, by_revision, proxy_resources or {}):
             row[2] += 1
     states = []
     for ns_obj in namespaces:

@@ -485,7 +485,8 @@ def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() ->
         "limits": {"memory": "512Mi"},
     }
     deps = [inv.Istiod("istiod", "istio-system", "default", "", Version(1, 30, 3), None, "1/1", "")]
-    (state,) = mesh.namespace_states(namespaces, [current, older], deps, wanted)  # type: ignore[arg-type]
+    by_revision = {"default": wanted}
+    (state,) = mesh.namespace_states(namespaces, [current, older], deps, by_revision)  # type: ignore[arg-type]
     assert (state.with_sidecar, state.outdated) == (2, 1)
     (unjudged,) = mesh.namespace_states(namespaces, [current, older], deps)  # type: ignore[arg-type]
     assert unjudged.outdated == 0
