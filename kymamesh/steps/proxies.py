@@ -90,6 +90,7 @@ class RestartProxiesStep:
         pending = []
         pinned = []
         uninjected = []
+        self_set = []
         for entry in restartable:
             workload = entry.workload
             ref = Ref("apps/v1", workload.kind, workload.name, workload.namespace)
@@ -102,8 +103,12 @@ class RestartProxiesStep:
             if restart_pending(live, entry.oldest_pod):
                 pending.append(entry)
                 continue
-            if injector_gives(ctx.cluster, live, ctx.namespace) is None:
+            gives = injector_gives(ctx.cluster, live, ctx.namespace)
+            if gives is None:
                 uninjected.append(entry)
+                continue
+            if gives and _template_sets_proxy_resources(live):
+                self_set.append(entry)  # they override the injector's: a restart changes nothing
                 continue
             changes.append(_restart_change(ref, entry, ctx.namespace, ctx.timeout))
         if pinned:
@@ -112,6 +117,13 @@ class RestartProxiesStep:
                 "not restarted, because their Pod template sets the istio-proxy image itself "
                 f"and a restart would bring the same one back: {_listing(pinned)}; update "
                 "the image in the template (or use `image: auto`)",
+            )
+        if self_set:
+            _note(
+                ctx,
+                "not restarted, because their Pod template sets the istio-proxy resources "
+                f"itself, which override the injector's: {_listing(self_set)}; change them in "
+                "the template (or remove them to take the injector's)",
             )
         if uninjected:
             _note(
@@ -143,6 +155,11 @@ def _restart_change(
         apply=apply,
         diff=f"  {entry.workload}: spec.template.metadata.annotations[{RESTARTED_AT}] = <now>",
     )
+
+
+def _template_sets_proxy_resources(workload: Obj) -> bool:
+    template = (workload.get("spec") or {}).get("template") or {}
+    return bool((proxy_container({"spec": template.get("spec") or {}}) or {}).get("resources"))
 
 
 def _probe_pod(workload: Obj) -> Obj:
