@@ -211,6 +211,22 @@ def planned_control_plane(namespace: str, istiod_values: Mapping[str, Any]) -> C
     )
 
 
+def injection_probe_pod(namespace: str, revision: str) -> Obj:
+    """A Pod that the injector webhooks of `revision` are called for, to be created as a
+    dry run only: opted in with sidecar.istio.io/inject (default revision) or istio.io/rev."""
+    labels = {INJECT_LABEL: "true"} if revision == DEFAULT_REVISION else {REVISION_LABEL: revision}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "kymamesh-injection-probe-",
+            "namespace": namespace,
+            "labels": labels,
+        },
+        "spec": {"containers": [{"name": "probe", "image": "kymamesh.invalid/probe:1"}]},
+    }
+
+
 def root_namespaces(planes: Iterable[ControlPlane]) -> list[str]:
     """The distinct mesh root namespaces of these control planes, in their order."""
     return list(dict.fromkeys(p.root_namespace for p in planes))

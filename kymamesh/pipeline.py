@@ -12,6 +12,7 @@ already deployed is left alone, so a re-run writes nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,13 @@ from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
 from kymamesh.diffs import object_diff
-from kymamesh.errors import ChartSourceError, KymameshError, PreconditionError
+from kymamesh.errors import (
+    ApiError,
+    ChartSourceError,
+    KymameshError,
+    PreconditionError,
+    WaitTimeoutError,
+)
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION
 from kymamesh.output import ItemResult, Outcome
@@ -283,7 +290,7 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
         if not ctx.options.dry_run:
-            _wait_ready(ctx, plan, namespace)
+            _wait_ready(ctx, plan, namespace, changed=False)
         return
     if ctx.options.dry_run:
         item.outcome = Outcome.WOULD_CHANGE
@@ -300,9 +307,42 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     )
     item.outcome = Outcome.CHANGED
     item.summary = "; ".join(plan.reasons)
-    _wait_ready(ctx, plan, namespace)
+    _wait_ready(ctx, plan, namespace, changed=True)
 
 
-def _wait_ready(ctx: RunContext, plan: PlannedRelease, namespace: str) -> None:
-    refs = readiness_refs(ctx.helm.manifest(plan.row.release, namespace), namespace)
-    ctx.cluster.wait_ready(refs, ctx.options.timeout)
+def _wait_ready(ctx: RunContext, plan: PlannedRelease, namespace: str, changed: bool) -> None:
+    manifest = ctx.helm.manifest(plan.row.release, namespace)
+    deadline = time.monotonic() + ctx.options.timeout
+    ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+    if not changed:  # a release left as it was: its webhooks were answered before
+        return
+    for hook in manifest:
+        if hook.get("kind") == "MutatingWebhookConfiguration":
+            labels = controlplane.labels_of(hook)
+            revision = labels.get(controlplane.REVISION_LABEL, controlplane.DEFAULT_REVISION)
+            _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
+
+
+def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
+    """Wait until istiod's injection webhook answers (a dry-run Pod is admitted).
+
+    istiod is Ready before it has patched its CA bundle into its webhooks; a Pod the
+    injector must see (the gateway's) is refused until then, and its ReplicaSet backs
+    off for longer after each refusal. So the next release starts only once the
+    injector answers.
+    """
+    probe = controlplane.injection_probe_pod(namespace, revision)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ctx.cluster.dry_run_create(probe)
+            return
+        except ApiError as exc:
+            if time.monotonic() >= deadline:
+                raise WaitTimeoutError(
+                    f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
+                    f"{revision}) does not answer: {exc.message}",
+                    hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
+                    "--timeout if the cluster is slow",
+                ) from None
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))

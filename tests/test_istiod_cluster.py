@@ -280,26 +280,29 @@ def test_uninstall_stops_istiod(mesh: TestCluster) -> None:
         assert not stat.exists() or stat.read_text().rsplit(") ", 1)[1][0] == "Z", pid
 
 
-def test_without_a_serving_istiod_the_gateway_is_refused_and_install_says_why(
+def test_without_a_serving_istiod_install_stops_and_says_why(
     fresh_cluster: Callable[[], TestCluster],
 ) -> None:
-    """Istio's injector fails closed: with istiod scaled to zero, the gateway's Pods are
-    rejected, and the timed-out install names the webhook's refusal, not just a count."""
+    """Istio's injector fails closed. With istiod scaled to zero, install stops before the
+    gateway and names the webhook that does not answer; with istiod stopped after install, a
+    gateway rollout's Pods are refused and the timeout names the refusal, not just a count."""
     c = fresh_cluster()
-    run = kymamesh(
-        c,
-        "install",
-        "--charts-dir",
-        str(CHARTS),
-        "-y",
-        "--set",
-        "istiod.autoscaleEnabled=false",
-        "--set",
-        "istiod.replicaCount=0",
-        "--timeout",
-        "25",
-    )
+    no_istiod = ["--set", "istiod.autoscaleEnabled=false", "--set", "istiod.replicaCount=0"]
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", *no_istiod, "--timeout", "15")
     assert run.code == 4, str(run)  # TIMEOUT
+    assert "istiod's injection webhook (revision default) does not answer" in run.stderr, str(run)
+    assert "no ready endpoint for Service istio-system/istiod port 443" in run.stderr, str(run)
+    assert get(c, "deployment", "istio-ingressgateway", "-n", NS) is None  # not started
+
+    ok(kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "120"))
+    c.kubectl("scale", "deployment/istiod", "-n", NS, "--replicas=0")
+    c.kubectl("delete", "hpa", "istiod", "-n", NS, "--ignore-not-found")
+    wait_for("istiod to stop", lambda: json.loads((c.dir / "pods.json").read_text()) == {})
+    run = kymamesh(
+        c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "15",
+        "--set", "gateway.podAnnotations.rolled=yes",
+    )  # fmt: skip
+    assert run.code == 4, str(run)
     assert "Deployment/istio-system/istio-ingressgateway" in run.stderr, str(run)
     assert "FailedCreate" in run.stderr, str(run)
     assert "no ready endpoint for Service istio-system/istiod port 443" in run.stderr, str(run)

@@ -28,10 +28,22 @@ STEPS = [
 DATA_KEYS = {"healthy", "problems", "istio", "releases", "istiod", "mtls", "steps", "namespaces"}
 
 
+KYMA_SIDECAR = {  # patches/kyma.yaml, step sidecar-resources
+    "requests": {"cpu": "10m", "memory": "128Mi"},
+    "limits": {"cpu": "1", "memory": "1024Mi"},
+}
+
+
 def _pod(namespace: str, name: str, proxy: str | None) -> str:
     containers: list[dict[str, Any]] = [{"name": "app", "image": "registry.example/app:1"}]
-    if proxy:
-        containers.append({"name": "istio-proxy", "image": f"docker.io/istio/proxyv2:{proxy}"})
+    if proxy:  # with the resources Kyma's injector gives: only the version can be old
+        containers.append(
+            {
+                "name": "istio-proxy",
+                "image": f"docker.io/istio/proxyv2:{proxy}",
+                "resources": KYMA_SIDECAR,
+            }
+        )
     return json.dumps(
         {
             "apiVersion": "v1",

@@ -25,7 +25,7 @@ USER_VS = """
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {name: reviews, namespace: shop}
-spec: {hosts: [reviews]}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
 """
 PATCH_OBJECTS = [
     ("gateway.networking.istio.io", "kyma-gateway", "kyma-system"),
