@@ -307,9 +307,14 @@ class Cluster:
     def _resource(self, api_version: str, kind: str) -> Any:
         from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
+        # The prefix keeps the lookup to this one group: without it the discoverer matches
+        # "v1" against every group and fetches each group's resource list (20 requests).
+        prefix = "apis" if "/" in api_version else "api"
         try:
             return self._call(
-                lambda: self._dynamic.resources.get(api_version=api_version, kind=kind)
+                lambda: self._dynamic.resources.get(
+                    prefix=prefix, api_version=api_version, kind=kind
+                )
             )
         except ResourceNotFoundError:
             raise NotFoundError(f"the API server does not serve {kind} ({api_version})") from None

@@ -28,8 +28,8 @@ import os
 import re
 import shutil
 import tarfile
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,7 @@ class LoadedChart:
     app_version: str
     source: str
     handle: Any  # the pyhelm3 Chart; None until helm needs it (a local chart read by kymamesh)
+    metadata: Mapping[str, Any] | None = field(default=None, compare=False)  # its Chart.yaml
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class DeployedRelease:
     app_version: str
     values: Values  # the user-supplied values of the current revision
     description: str = ""  # the current revision's description (helm history)
+    # the revision's manifest, when it was read with the rest (see `Helm.manifest`)
+    manifest: str | None = field(default=None, compare=False, repr=False)
 
 
 # (namespace, label selector) -> the Secrets found, as dicts of the API's JSON
@@ -314,11 +317,23 @@ class Helm:
         )
 
     def _handle(self, chart: LoadedChart) -> Any:
-        """The pyhelm3 chart helm installs or renders (loaded by helm on first use)."""
+        """The pyhelm3 chart helm installs or renders: a local chart's is made from the
+        Chart.yaml already read (as `helm show chart` would give it), else helm loads it."""
         if chart.handle is not None:
             return chart.handle
         if chart.source not in self._handles:
-            self._handles[chart.source] = self._load(chart.source, repo=None, version=None).handle
+            from pydantic import ValidationError
+            from pyhelm3.models import Chart, ChartMetadata
+
+            try:
+                handle = Chart(
+                    self._client._command,
+                    ref=Path(chart.source),
+                    metadata=ChartMetadata(**(chart.metadata or {})),
+                )
+            except ValidationError:  # let helm read it, and say what is wrong
+                handle = self._load(chart.source, repo=None, version=None).handle
+            self._handles[chart.source] = handle
         return self._handles[chart.source]
 
     def pull(self, chart: str, repo: str, version: Version, dest: Path) -> Path:
@@ -385,6 +400,7 @@ class Helm:
                 app_version=str(meta.get("appVersion") or ""),
                 values=dict(record.get("config") or {}),
                 description=str(info.get("description") or ""),
+                manifest=str(record.get("manifest") or ""),
             )
         return self._deployed_by_helm(release, namespace)
 
@@ -415,16 +431,19 @@ class Helm:
             description=str(revision.description or ""),
         )
 
-    def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
-        """The objects of the release's current revision."""
-        if self._secrets is not None:
+    def manifest(
+        self, release: str, namespace: str, known: DeployedRelease | None = None
+    ) -> list[dict[str, Any]]:
+        """The objects of the release's current revision; from `known` (that revision,
+        read before and not changed since) when it carries them."""
+        text = known.manifest if known is not None else None
+        if text is None and self._secrets is not None:
+            record = self._stored(release, namespace)
+            text = "" if record is None else str(record.get("manifest") or "")
+        if text is not None:
             from kymamesh import yamlfast
 
-            record = self._stored(release, namespace)
-            if record is None:
-                return []
-            docs = yamlfast.load_all(str(record.get("manifest") or ""))
-            return [d for d in docs if isinstance(d, dict) and d]
+            return [d for d in yamlfast.load_all(text) if isinstance(d, dict) and d]
         from pyhelm3 import errors
 
         what = f"reading Helm release {namespace}/{release}"
@@ -590,4 +609,5 @@ def _local_chart(path: Path) -> LoadedChart:
         app_version=str(meta.get("appVersion") or ""),
         source=str(path),
         handle=None,
+        metadata=meta,
     )

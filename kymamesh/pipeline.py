@@ -283,7 +283,7 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
         if not ctx.options.dry_run:
-            _wait_ready(ctx, plan, namespace)
+            _wait_ready(ctx, plan, namespace, known=plan.deployed)
         return
     if ctx.options.dry_run:
         item.outcome = Outcome.WOULD_CHANGE
@@ -303,6 +303,9 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     _wait_ready(ctx, plan, namespace)
 
 
-def _wait_ready(ctx: RunContext, plan: PlannedRelease, namespace: str) -> None:
-    refs = readiness_refs(ctx.helm.manifest(plan.row.release, namespace), namespace)
+def _wait_ready(
+    ctx: RunContext, plan: PlannedRelease, namespace: str, known: DeployedRelease | None = None
+) -> None:
+    """`known`: the release as planned, when it was left alone (its manifest is read)."""
+    refs = readiness_refs(ctx.helm.manifest(plan.row.release, namespace, known), namespace)
     ctx.cluster.wait_ready(refs, ctx.options.timeout)

@@ -109,6 +109,9 @@ def test_release_read_from_its_secret_is_what_helm_says(
         assert api_view is not None and api_view.chart == "probe"
         statuses.append((api_view.revision, api_view.status))
         assert by_api.manifest("probe", namespace) == by_helm.manifest("probe", namespace)
+        assert by_api.manifest("probe", namespace, known=api_view) == by_helm.manifest(
+            "probe", namespace
+        )
         helm_run("rollback", "probe", "1")
     assert statuses == [(4, "failed"), (5, "deployed")]
     assert api_view.values["extra"]["big"] == 3000000000
