@@ -108,6 +108,12 @@ def decode_release(secret: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def _secret_revision(secret: dict[str, Any]) -> int:
+    """The revision a release Secret holds, from its `version` label (-1 when unreadable)."""
+    label = str(((secret.get("metadata") or {}).get("labels") or {}).get("version", ""))
+    return int(label) if label.isdigit() else -1
+
+
 def find_helm(explicit: str | None) -> str:
     """`--helm PATH`, else KYMAMESH_HELM, else `helm` on PATH."""
     candidate = explicit or os.environ.get("KYMAMESH_HELM") or shutil.which("helm")
@@ -211,14 +217,17 @@ class Helm:
         context: str | None,
         fence: Callable[[], None] | None = None,
         release_secrets: ReleaseSecrets | None = None,
+        drop_release_secret: Callable[[str, str], None] | None = None,
     ) -> None:
         """`fence` is called before every write (it raises when the run lost its lock);
-        `release_secrets` lists Secrets (see the module docstring)."""
+        `release_secrets` lists Secrets (see the module docstring); `drop_release_secret`
+        deletes one (namespace, name): a revision this run's own failed attempt left pending."""
         self.executable = executable
         self._kubeconfig = kubeconfig
         self._context = context
         self._fence = fence or (lambda: None)
         self._secrets = release_secrets if _stored_in_secrets() else None
+        self._drop = drop_release_secret if self._secrets is not None else None
         self._client_: Any = None
         self._handles: dict[str, Any] = {}
 
@@ -356,23 +365,22 @@ class Helm:
 
     # -- releases --------------------------------------------------------------
 
-    def _stored(self, release: str, namespace: str) -> dict[str, Any] | None:
-        """The record of the release's latest revision (what `helm status` shows), read
-        from its Secret; None when there is no such release."""
+    def _latest(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The Secret of the release's latest revision; None when there is no such release."""
         assert self._secrets is not None
         found = [
             s
             for s in self._secrets(namespace, f"owner=helm,name={release}")
             if s.get("type") == RELEASE_SECRET_TYPE
         ]
-        if not found:
+        return max(found, key=_secret_revision) if found else None
+
+    def _stored(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The record of the release's latest revision (what `helm status` shows), read
+        from its Secret; None when there is no such release."""
+        latest = self._latest(release, namespace)
+        if latest is None:
             return None
-
-        def revision(secret: dict[str, Any]) -> int:
-            label = ((secret.get("metadata") or {}).get("labels") or {}).get("version", "")
-            return int(label) if str(label).isdigit() else -1
-
-        latest = max(found, key=revision)
         try:
             return decode_release(latest)
         except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:
@@ -485,9 +493,16 @@ class Helm:
         from pyhelm3 import errors
 
         handle = self._handle(chart)
+        latest = self._latest(release, namespace) if self._secrets is not None else None
+        before = -1 if latest is None else _secret_revision(latest)
+        attempts = 0
 
         def upgrade() -> None:
+            nonlocal attempts
             self._fence()  # before every attempt: a retry is a write too
+            if attempts:
+                self._drop_own_pending(release, namespace, before)
+            attempts += 1
             _run(
                 self._client.install_or_upgrade_release(
                     release,
@@ -511,6 +526,29 @@ class Helm:
             raise self._error(
                 f"helm could not install {release} ({chart.name} {chart.version})", exc
             ) from None
+
+    def _drop_own_pending(self, release: str, namespace: str, before: int) -> None:
+        """Before a retry: an attempt cut short by a transient fault can leave the revision
+        it made `pending-*`, and helm refuses to touch a pending release ("another
+        operation is in progress"). A pending revision newer than the one found before
+        this run's first attempt is that attempt's: delete its record, so the retry
+        starts from the last finished revision (the objects it made carry the release's
+        ownership, so the retry takes them over)."""
+        if self._drop is None:
+            return
+        latest = self._latest(release, namespace)
+        if latest is None or _secret_revision(latest) <= before:
+            return
+        meta = latest.get("metadata") or {}
+        if not str((meta.get("labels") or {}).get("status", "")).startswith("pending"):
+            return
+        _log.info(
+            "%s/%s: dropping the pending revision %s left by the failed attempt",
+            namespace,
+            release,
+            meta.get("name"),
+        )
+        self._drop(namespace, str(meta["name"]))
 
     def uninstall(self, release: str, namespace: str, timeout: float) -> None:
         from pyhelm3 import errors
