@@ -101,6 +101,15 @@ def parse_quantity(text: str) -> Decimal:
     return value
 
 
+def _json_of(response: Any) -> Obj:
+    """The JSON body of a raw reply (`serialize=False`): the client's own wrapping of
+    every field in objects cost seconds on lists of a few thousand Pods."""
+    body = json.loads(response.data)
+    if not isinstance(body, dict):
+        raise ValueError(f"the API server answered with a JSON {type(body).__name__}")
+    return body
+
+
 class _Transient(Exception):
     """An API error worth retrying; turned into a named error when retries run out."""
 
@@ -307,9 +316,14 @@ class Cluster:
     def _resource(self, api_version: str, kind: str) -> Any:
         from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
+        # The prefix keeps the lookup to this one group: without it the discoverer matches
+        # "v1" against every group and fetches each group's resource list (20 requests).
+        prefix = "apis" if "/" in api_version else "api"
         try:
             return self._call(
-                lambda: self._dynamic.resources.get(api_version=api_version, kind=kind)
+                lambda: self._dynamic.resources.get(
+                    prefix=prefix, api_version=api_version, kind=kind
+                )
             )
         except ResourceNotFoundError:
             raise NotFoundError(f"the API server does not serve {kind} ({api_version})") from None
@@ -326,16 +340,19 @@ class Cluster:
         try:
             resource = self._resource(ref.api_version, ref.kind)
             result = self._call(
-                lambda: self._dynamic.get(
-                    resource,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    _request_timeout=_REQUEST_TIMEOUT,
+                lambda: _json_of(
+                    self._dynamic.get(
+                        resource,
+                        name=ref.name,
+                        namespace=ref.namespace or None,
+                        serialize=False,
+                        _request_timeout=_REQUEST_TIMEOUT,
+                    )
                 )
             )
         except NotFoundError:
             return None
-        return dict(result.to_dict())
+        return result
 
     def list(
         self,
@@ -349,15 +366,18 @@ class Cluster:
             resource = self._resource(api_version, kind)
         except NotFoundError:
             return []
-        result = self._call(
-            lambda: self._dynamic.get(
-                resource,
-                namespace=namespace,
-                label_selector=label_selector,
-                _request_timeout=_REQUEST_TIMEOUT,
+        result = self._call(  # the body is read inside: a reply cut short is retried
+            lambda: _json_of(
+                self._dynamic.get(
+                    resource,
+                    namespace=namespace,
+                    label_selector=label_selector,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
             )
         )
-        items = result.to_dict().get("items", [])
+        items = result.get("items") or []
         for item in items:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
@@ -370,84 +390,94 @@ class Cluster:
         self.check_lock()
         ref = Ref.of(obj)
         resource = self._resource(ref.api_version, ref.kind)
-        result = self._call(
-            lambda: self._dynamic.server_side_apply(
-                resource,
-                body=obj,
-                name=ref.name,
-                namespace=ref.namespace or None,
-                field_manager=FIELD_MANAGER,
-                force_conflicts=force,
-                _request_timeout=_REQUEST_TIMEOUT,
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.server_side_apply(
+                    resource,
+                    body=obj,
+                    name=ref.name,
+                    namespace=ref.namespace or None,
+                    field_manager=FIELD_MANAGER,
+                    force_conflicts=force,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
             )
         )
-        return dict(result.to_dict())
 
     def create(self, obj: Obj) -> Obj:
         self.check_lock()
         ref = Ref.of(obj)
         resource = self._resource(ref.api_version, ref.kind)
-        result = self._call(
-            lambda: self._dynamic.create(
-                resource,
-                body=obj,
-                namespace=ref.namespace or None,
-                field_manager=FIELD_MANAGER,
-                _request_timeout=_REQUEST_TIMEOUT,
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.create(
+                    resource,
+                    body=obj,
+                    namespace=ref.namespace or None,
+                    field_manager=FIELD_MANAGER,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
             )
         )
-        return dict(result.to_dict())
 
     def dry_run_create(self, obj: Obj) -> Obj:
         """The object as the API server would create it (admission and mutating webhooks
         run, nothing is stored): a server-side dry run. `metadata.generateName` is enough."""
         meta = obj.get("metadata") or {}
         resource = self._resource(obj["apiVersion"], obj["kind"])
-        result = self._call(
-            lambda: self._dynamic.create(
-                resource,
-                body=obj,
-                namespace=meta.get("namespace") or None,
-                field_manager=FIELD_MANAGER,
-                dry_run="All",
-                _request_timeout=_REQUEST_TIMEOUT,
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.create(
+                    resource,
+                    body=obj,
+                    namespace=meta.get("namespace") or None,
+                    field_manager=FIELD_MANAGER,
+                    dry_run="All",
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
             )
         )
-        return dict(result.to_dict())
 
     def replace(self, obj: Obj) -> Obj:
         """Update with the object's resourceVersion (optimistic concurrency)."""
         self.check_lock()
         ref = Ref.of(obj)
         resource = self._resource(ref.api_version, ref.kind)
-        result = self._call(
-            lambda: self._dynamic.replace(
-                resource,
-                body=obj,
-                name=ref.name,
-                namespace=ref.namespace or None,
-                field_manager=FIELD_MANAGER,
-                _request_timeout=_REQUEST_TIMEOUT,
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.replace(
+                    resource,
+                    body=obj,
+                    name=ref.name,
+                    namespace=ref.namespace or None,
+                    field_manager=FIELD_MANAGER,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
             )
         )
-        return dict(result.to_dict())
 
     def merge_patch(self, ref: Ref, patch: Mapping[str, Any]) -> Obj:
         """A JSON merge patch: changes only the keys given, leaves ownership alone."""
         self.check_lock()
         resource = self._resource(ref.api_version, ref.kind)
-        result = self._call(
-            lambda: self._dynamic.patch(
-                resource,
-                body=dict(patch),
-                name=ref.name,
-                namespace=ref.namespace or None,
-                content_type="application/merge-patch+json",
-                field_manager=FIELD_MANAGER,
-                _request_timeout=_REQUEST_TIMEOUT,
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.patch(
+                    resource,
+                    body=dict(patch),
+                    name=ref.name,
+                    namespace=ref.namespace or None,
+                    content_type="application/merge-patch+json",
+                    field_manager=FIELD_MANAGER,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
             )
         )
-        return dict(result.to_dict())
 
     def update(self, ref: Ref, edit: Callable[[Obj], Mapping[str, Any] | None]) -> Obj:
         """Read, edit, write: `edit(live)` returns a JSON merge patch (None: nothing to

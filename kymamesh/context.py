@@ -67,12 +67,18 @@ class RunContext:
                 self.options.context,
                 fence=self._check_lock,
                 release_secrets=self._release_secrets,
+                drop_release_secret=self._drop_release_secret,
             )
         return self._helm
 
     def _release_secrets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Helm's release records are Secrets: the helm adapter reads them through the API."""
         return self.cluster.list("v1", "Secret", namespace, selector)
+
+    def _drop_release_secret(self, namespace: str, name: str) -> None:
+        from kymamesh.cluster import Ref
+
+        self.cluster.delete(Ref("v1", "Secret", name, namespace))
 
     def before_write(self) -> None:
         """Called before every write: takes the lock once (and never in a dry run)."""

@@ -28,8 +28,8 @@ import os
 import re
 import shutil
 import tarfile
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,7 @@ class LoadedChart:
     app_version: str
     source: str
     handle: Any  # the pyhelm3 Chart; None until helm needs it (a local chart read by kymamesh)
+    metadata: Mapping[str, Any] | None = field(default=None, compare=False)  # its Chart.yaml
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class DeployedRelease:
     app_version: str
     values: Values  # the user-supplied values of the current revision
     description: str = ""  # the current revision's description (helm history)
+    # the revision's manifest, when it was read with the rest (see `Helm.manifest`)
+    manifest: str | None = field(default=None, compare=False, repr=False)
 
 
 # (namespace, label selector) -> the Secrets found, as dicts of the API's JSON
@@ -103,6 +106,12 @@ def decode_release(secret: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise ValueError("not a release record")
     return record
+
+
+def _secret_revision(secret: dict[str, Any]) -> int:
+    """The revision a release Secret holds, from its `version` label (-1 when unreadable)."""
+    label = str(((secret.get("metadata") or {}).get("labels") or {}).get("version", ""))
+    return int(label) if label.isdigit() else -1
 
 
 def find_helm(explicit: str | None) -> str:
@@ -208,14 +217,17 @@ class Helm:
         context: str | None,
         fence: Callable[[], None] | None = None,
         release_secrets: ReleaseSecrets | None = None,
+        drop_release_secret: Callable[[str, str], None] | None = None,
     ) -> None:
         """`fence` is called before every write (it raises when the run lost its lock);
-        `release_secrets` lists Secrets (see the module docstring)."""
+        `release_secrets` lists Secrets (see the module docstring); `drop_release_secret`
+        deletes one (namespace, name): a revision this run's own failed attempt left pending."""
         self.executable = executable
         self._kubeconfig = kubeconfig
         self._context = context
         self._fence = fence or (lambda: None)
         self._secrets = release_secrets if _stored_in_secrets() else None
+        self._drop = drop_release_secret if self._secrets is not None else None
         self._client_: Any = None
         self._handles: dict[str, Any] = {}
 
@@ -314,11 +326,23 @@ class Helm:
         )
 
     def _handle(self, chart: LoadedChart) -> Any:
-        """The pyhelm3 chart helm installs or renders (loaded by helm on first use)."""
+        """The pyhelm3 chart helm installs or renders: a local chart's is made from the
+        Chart.yaml already read (as `helm show chart` would give it), else helm loads it."""
         if chart.handle is not None:
             return chart.handle
         if chart.source not in self._handles:
-            self._handles[chart.source] = self._load(chart.source, repo=None, version=None).handle
+            from pydantic import ValidationError
+            from pyhelm3.models import Chart, ChartMetadata
+
+            try:
+                handle = Chart(
+                    self._client._command,
+                    ref=Path(chart.source),
+                    metadata=ChartMetadata(**(chart.metadata or {})),
+                )
+            except ValidationError:  # let helm read it, and say what is wrong
+                handle = self._load(chart.source, repo=None, version=None).handle
+            self._handles[chart.source] = handle
         return self._handles[chart.source]
 
     def pull(self, chart: str, repo: str, version: Version, dest: Path) -> Path:
@@ -341,23 +365,22 @@ class Helm:
 
     # -- releases --------------------------------------------------------------
 
-    def _stored(self, release: str, namespace: str) -> dict[str, Any] | None:
-        """The record of the release's latest revision (what `helm status` shows), read
-        from its Secret; None when there is no such release."""
+    def _latest(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The Secret of the release's latest revision; None when there is no such release."""
         assert self._secrets is not None
         found = [
             s
             for s in self._secrets(namespace, f"owner=helm,name={release}")
             if s.get("type") == RELEASE_SECRET_TYPE
         ]
-        if not found:
+        return max(found, key=_secret_revision) if found else None
+
+    def _stored(self, release: str, namespace: str) -> dict[str, Any] | None:
+        """The record of the release's latest revision (what `helm status` shows), read
+        from its Secret; None when there is no such release."""
+        latest = self._latest(release, namespace)
+        if latest is None:
             return None
-
-        def revision(secret: dict[str, Any]) -> int:
-            label = ((secret.get("metadata") or {}).get("labels") or {}).get("version", "")
-            return int(label) if str(label).isdigit() else -1
-
-        latest = max(found, key=revision)
         try:
             return decode_release(latest)
         except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:
@@ -385,6 +408,7 @@ class Helm:
                 app_version=str(meta.get("appVersion") or ""),
                 values=dict(record.get("config") or {}),
                 description=str(info.get("description") or ""),
+                manifest=str(record.get("manifest") or ""),
             )
         return self._deployed_by_helm(release, namespace)
 
@@ -415,16 +439,19 @@ class Helm:
             description=str(revision.description or ""),
         )
 
-    def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
-        """The objects of the release's current revision."""
-        if self._secrets is not None:
+    def manifest(
+        self, release: str, namespace: str, known: DeployedRelease | None = None
+    ) -> list[dict[str, Any]]:
+        """The objects of the release's current revision; from `known` (that revision,
+        read before and not changed since) when it carries them."""
+        text = known.manifest if known is not None else None
+        if text is None and self._secrets is not None:
+            record = self._stored(release, namespace)
+            text = "" if record is None else str(record.get("manifest") or "")
+        if text is not None:
             from kymamesh import yamlfast
 
-            record = self._stored(release, namespace)
-            if record is None:
-                return []
-            docs = yamlfast.load_all(str(record.get("manifest") or ""))
-            return [d for d in docs if isinstance(d, dict) and d]
+            return [d for d in yamlfast.load_all(text) if isinstance(d, dict) and d]
         from pyhelm3 import errors
 
         what = f"reading Helm release {namespace}/{release}"
@@ -466,9 +493,16 @@ class Helm:
         from pyhelm3 import errors
 
         handle = self._handle(chart)
+        latest = self._latest(release, namespace) if self._secrets is not None else None
+        before = -1 if latest is None else _secret_revision(latest)
+        attempts = 0
 
         def upgrade() -> None:
+            nonlocal attempts
             self._fence()  # before every attempt: a retry is a write too
+            if attempts:
+                self._drop_own_pending(release, namespace, before)
+            attempts += 1
             _run(
                 self._client.install_or_upgrade_release(
                     release,
@@ -492,6 +526,29 @@ class Helm:
             raise self._error(
                 f"helm could not install {release} ({chart.name} {chart.version})", exc
             ) from None
+
+    def _drop_own_pending(self, release: str, namespace: str, before: int) -> None:
+        """Before a retry: an attempt cut short by a transient fault can leave the revision
+        it made `pending-*`, and helm refuses to touch a pending release ("another
+        operation is in progress"). A pending revision newer than the one found before
+        this run's first attempt is that attempt's: delete its record, so the retry
+        starts from the last finished revision (the objects it made carry the release's
+        ownership, so the retry takes them over)."""
+        if self._drop is None:
+            return
+        latest = self._latest(release, namespace)
+        if latest is None or _secret_revision(latest) <= before:
+            return
+        meta = latest.get("metadata") or {}
+        if not str((meta.get("labels") or {}).get("status", "")).startswith("pending"):
+            return
+        _log.info(
+            "%s/%s: dropping the pending revision %s left by the failed attempt",
+            namespace,
+            release,
+            meta.get("name"),
+        )
+        self._drop(namespace, str(meta["name"]))
 
     def uninstall(self, release: str, namespace: str, timeout: float) -> None:
         from pyhelm3 import errors
@@ -590,4 +647,5 @@ def _local_chart(path: Path) -> LoadedChart:
         app_version=str(meta.get("appVersion") or ""),
         source=str(path),
         handle=None,
+        metadata=meta,
     )

@@ -10,8 +10,10 @@ again. The report names the workloads whose running Pods still have no sidecar.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,12 +171,52 @@ def plan(ctx: RunContext, request: InjectRequest) -> tuple[list[LabelEdit], list
     return edits, chosen
 
 
+PARALLEL_PATCHES = 8  # Deployment label patches in flight at once (independent objects)
+
+
+def _patch_all(ctx: RunContext, edits: list[LabelEdit]) -> dict[int, KymameshError | None]:
+    """Write the needed edits: the namespace's first, then the Deployments' side by side.
+
+    Returns, by index in `edits`, None for a write made and the error of one that failed;
+    after a failure no further write starts (the ones in flight finish), so the result
+    says exactly what was written.
+    """
+    needed = [i for i, e in enumerate(edits) if e.needed]
+    if not needed or ctx.options.dry_run:
+        return {}
+    ctx.before_write()
+    done: dict[int, KymameshError | None] = {}
+    failed = threading.Event()
+
+    def write(i: int) -> None:
+        if failed.is_set():
+            return
+        try:
+            ctx.cluster.merge_patch(edits[i].ref, edits[i].patch())
+        except KymameshError as exc:
+            failed.set()
+            done[i] = exc
+        else:
+            done[i] = None
+
+    write(needed[0])  # the namespace label (or the first Deployment) alone: it may fail first
+    rest = needed[1:]
+    if rest and not failed.is_set():
+        with ThreadPoolExecutor(max_workers=PARALLEL_PATCHES) as pool:
+            list(pool.map(write, rest))
+    return done
+
+
 def run(ctx: RunContext, request: InjectRequest) -> None:
     """Apply the plan, wait if asked, and report which workloads run without sidecars."""
     edits, chosen = plan(ctx, request)
     phase = ctx.result.phase(PHASE)
     ctx.progress.phase(PHASE)
-    for edit in edits:
+    written = _patch_all(ctx, edits)
+    first_error: KymameshError | None = None
+    for index, edit in enumerate(edits):
+        if edit.needed and not ctx.options.dry_run and index not in written:
+            continue  # not attempted: an earlier write failed
         item = ItemResult(name=str(edit.ref), outcome=Outcome.UNCHANGED)
         phase.items.append(item)
         with ctx.progress.item(item.name) as tracker:
@@ -182,22 +224,24 @@ def run(ctx: RunContext, request: InjectRequest) -> None:
                 item.summary = edit.summary()
                 item.changes = [f"{edit.ref}: {edit.summary()}"]
                 item.diff = edit.diff()
+                error = written.get(index)
                 if ctx.options.dry_run:
                     item.outcome = Outcome.WOULD_CHANGE
+                elif error is not None:
+                    item.outcome = Outcome.FAILED
+                    item.error = error.message
+                    first_error = first_error or error
+                    tracker.done(item.outcome, item.error)
+                    item.duration_s = tracker.duration_s
+                    continue
                 else:
-                    try:
-                        ctx.before_write()
-                        ctx.cluster.merge_patch(edit.ref, edit.patch())
-                    except KymameshError as exc:
-                        item.outcome = Outcome.FAILED
-                        item.error = exc.message
-                        tracker.done(item.outcome, item.error)
-                        raise
                     item.outcome = Outcome.CHANGED
             else:
                 item.summary = f"already: {edit.summary()}"
             tracker.done(item.outcome, item.summary)
         item.duration_s = tracker.duration_s
+    if first_error is not None:
+        raise first_error
     refs = [Ref.of({**d, "apiVersion": _APPS, "kind": "Deployment"}) for d in chosen]
     if request.wait and refs and not ctx.options.dry_run:
         _wait_rollouts(ctx, refs)

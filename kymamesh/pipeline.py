@@ -290,7 +290,7 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
         if not ctx.options.dry_run:
-            _wait_ready(ctx, plan, namespace, changed=False)
+            _wait_ready(ctx, plan, namespace, changed=False, known=plan.deployed)
         return
     if ctx.options.dry_run:
         item.outcome = Outcome.WOULD_CHANGE
@@ -310,8 +310,18 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     _wait_ready(ctx, plan, namespace, changed=True)
 
 
-def _wait_ready(ctx: RunContext, plan: PlannedRelease, namespace: str, changed: bool) -> None:
-    manifest = ctx.helm.manifest(plan.row.release, namespace)
+def _wait_ready(
+    ctx: RunContext,
+    plan: PlannedRelease,
+    namespace: str,
+    changed: bool,
+    known: DeployedRelease | None = None,
+) -> None:
+    """`known`: the release as planned, when it was left alone (its manifest is read).
+
+    After a release changed, its injection webhooks must answer too (see _wait_injector).
+    """
+    manifest = ctx.helm.manifest(plan.row.release, namespace, known)
     deadline = time.monotonic() + ctx.options.timeout
     ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
     if not changed:  # a release left as it was: its webhooks were answered before

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from kymamesh.cluster import Cluster
-from kymamesh.helm import Helm
+from kymamesh.cluster import Cluster, Ref
+from kymamesh.helm import Helm, decode_release
 
 pytestmark = pytest.mark.cluster
 
@@ -109,6 +109,9 @@ def test_release_read_from_its_secret_is_what_helm_says(
         assert api_view is not None and api_view.chart == "probe"
         statuses.append((api_view.revision, api_view.status))
         assert by_api.manifest("probe", namespace) == by_helm.manifest("probe", namespace)
+        assert by_api.manifest("probe", namespace, known=api_view) == by_helm.manifest(
+            "probe", namespace
+        )
         helm_run("rollback", "probe", "1")
     assert statuses == [(4, "failed"), (5, "deployed")]
     assert api_view.values["extra"]["big"] == 3000000000
@@ -133,3 +136,66 @@ def test_other_helm_storage_is_read_by_helm(
     found = by_api.deployed("probe", namespace)
     assert found is not None and found.status == "deployed" and found.revision == 1
     assert os.environ["HELM_DRIVER"] == "configmap"
+
+
+def test_a_pending_revision_left_by_a_failed_attempt_is_dropped_before_the_retry(
+    cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt cut short leaves its revision pending and helm refuses the retry; the
+    adapter drops that record (only one newer than what it saw before its first attempt)."""
+    import base64
+    import gzip
+    import json
+
+    for key, value in cluster.env_for(4).items():
+        if key.startswith("HELM_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HELM_DRIVER", raising=False)
+    api = Cluster.connect(str(cluster.kubeconfig))
+    deleted: list[str] = []
+
+    def drop(ns: str, name: str) -> None:
+        deleted.append(name)
+        api.delete(Ref("v1", "Secret", name, ns))
+
+    helm = Helm(
+        str(cluster.helm4),
+        str(cluster.kubeconfig),
+        None,
+        release_secrets=lambda ns, sel: api.list("v1", "Secret", ns, sel),
+        drop_release_secret=drop,
+    )
+    chart = _chart(tmp_path)
+    cluster.helm_run("install", "probe", str(chart), "-n", namespace, version=4)
+    # what a cut-short upgrade leaves: revision 2, pending-upgrade
+    first = api.get(Ref("v1", "Secret", "sh.helm.release.v1.probe.v1", namespace))
+    assert first is not None
+    record = decode_release(first)
+    record["version"] = 2
+    record["info"]["status"] = "pending-upgrade"
+    payload = base64.b64encode(gzip.compress(json.dumps(record).encode())).decode()
+    labels = {**first["metadata"]["labels"], "version": "2", "status": "pending-upgrade"}
+    api.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": first["type"],
+            "metadata": {
+                "name": "sh.helm.release.v1.probe.v2",
+                "namespace": namespace,
+                "labels": labels,
+            },
+            "data": {"release": base64.b64encode(payload.encode()).decode()},
+        }
+    )
+    refused = cluster.helm_run("upgrade", "probe", str(chart), "-n", namespace, check=False)
+    assert "another operation" in refused.stderr
+    helm._drop_own_pending("probe", namespace, before=2)  # not newer than seen: not ours
+    assert deleted == []
+    helm._drop_own_pending("probe", namespace, before=1)
+    assert deleted == ["sh.helm.release.v1.probe.v2"]
+    loaded = helm.load_local(tmp_path, "probe")
+    helm.install_or_upgrade("probe", loaded, {"greeting": "again"}, namespace, 60)
+    found = helm.deployed("probe", namespace)
+    assert found is not None and found.status == "deployed" and found.revision == 2
+    assert found.values == {"greeting": "again"}

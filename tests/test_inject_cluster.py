@@ -6,6 +6,7 @@ cluster: a rolled Pod gets its sidecar."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from tests.support_patch import ensure_istio, get_json, kymamesh, kymamesh_json
@@ -172,3 +173,104 @@ def test_dry_run_shows_the_diff_and_writes_nothing(cluster: Any, namespace: str)
     assert "+        sidecar.istio.io/inject: 'true'" in done.stdout
     assert "dry run: nothing was written" in done.stdout
     assert template_label(cluster, namespace, "web") is None
+
+
+def _deny_updates_of(cluster: Any, namespace: str, name: str) -> str:
+    """A ValidatingAdmissionPolicy that refuses every update of one Deployment; its name."""
+    policy = f"deny-{namespace}"
+    docs = [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": policy},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {"expression": f"object.metadata.name != '{name}'", "message": "blocked"}
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": policy},
+            "spec": {
+                "policyName": policy,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        },
+    ]
+    for doc in docs:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
+    for _ in range(100):  # the apiserver loads new policies within a moment
+        probe = cluster.kubectl(
+            "label",
+            "deployment",
+            name,
+            "-n",
+            namespace,
+            "probe=1",
+            "--dry-run=server",
+            check=False,
+        )
+        if probe.returncode != 0 and "blocked" in probe.stderr:
+            return policy
+        time.sleep(0.2)
+    raise AssertionError(f"policy {policy} never took effect")
+
+
+def test_a_refused_deployment_fails_and_the_result_says_what_was_written(
+    cluster: Any, namespace: str
+) -> None:
+    names = [f"d{i:02d}" for i in range(12)]
+    make_deployments(cluster, namespace, *names)
+    policy = _deny_updates_of(cluster, namespace, "d05")
+    try:
+        code, result, stderr = kymamesh_json(cluster, "inject-namespace", namespace, "--all")
+        assert code != 0, (result, stderr)
+        found = outcomes(result)
+        assert found[f"Deployment/{namespace}/d05"] == "failed"
+        assert "blocked" in result["errors"][0]["message"]
+        assert namespace_label(cluster, namespace) == "enabled"
+        for name in names:
+            reported = found.get(f"Deployment/{namespace}/{name}")
+            labelled = template_label(cluster, namespace, name) == "true"
+            # reported changed exactly when written; not reported only when never tried
+            assert labelled == (reported == "changed"), (name, reported, labelled)
+    finally:
+        cluster.kubectl(
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            policy,
+            "--ignore-not-found",
+        )
+    for _ in range(100):  # until the apiserver has dropped the policy
+        probe = cluster.kubectl(
+            "label",
+            "deployment",
+            "d05",
+            "-n",
+            namespace,
+            "probe=1",
+            "--dry-run=server",
+            check=False,
+        )
+        if probe.returncode == 0:
+            break
+        time.sleep(0.2)
+    code, result, stderr = kymamesh_json(cluster, "inject-namespace", namespace, "--all")
+    assert code == 0, (result, stderr)
+    assert all(template_label(cluster, namespace, n) == "true" for n in names)
