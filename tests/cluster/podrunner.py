@@ -600,6 +600,7 @@ class PodRunner:
         self.store = Store(api)
         self.runners: dict[str, Runner] = {}
         self.lock = threading.Lock()
+        self.state_lock = threading.Lock()
 
     def write_state(self) -> None:
         state = {
@@ -615,9 +616,10 @@ class PodRunner:
             }
             for r in list(self.runners.values())
         }
-        tmp = self.dir / "pods.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2) + "\n")
-        os.replace(tmp, self.dir / "pods.json")
+        with self.state_lock:  # the reconcile loop and the probers both write it
+            tmp = self.dir / "pods.json.tmp"
+            tmp.write_text(json.dumps(state, indent=2) + "\n")
+            os.replace(tmp, self.dir / "pods.json")
 
     def reconcile(self) -> None:
         wanted = {}
@@ -651,7 +653,10 @@ class PodRunner:
         while not stop.is_set():
             self.store.changed.wait(1)
             self.store.changed.clear()
-            self.reconcile()
+            try:
+                self.reconcile()
+            except Exception as e:  # never let one bad pass stop every istiod's kubelet
+                log(f"reconcile: {type(e).__name__}: {e}")
         with self.lock:
             for r in self.runners.values():
                 r.stop()
