@@ -481,6 +481,7 @@ class Runner:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )  # in podrunner's process group: stopping the cluster stops it too
         self.waiting = ""
         log(f"{self.ns}/{self.name}: istiod started (pid {self.proc.pid})")
@@ -574,6 +575,14 @@ class Runner:
             self.owner.write_state()
         else:
             log(f"{self.ns}/{self.name}: status patch: HTTP {code} {body}")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when podrunner dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(ctypes.c_int(1), ctypes.c_ulong(signal.SIGKILL), *[ctypes.c_ulong(0)] * 3)
 
 
 def _quantity_ceil(value: str, divisor: str) -> int:
