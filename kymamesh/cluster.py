@@ -407,24 +407,14 @@ class Cluster:
 
     def create(self, obj: Obj) -> Obj:
         self.check_lock()
-        ref = Ref.of(obj)
-        resource = self._resource(ref.api_version, ref.kind)
-        return self._call(
-            lambda: _json_of(
-                self._dynamic.create(
-                    resource,
-                    body=obj,
-                    namespace=ref.namespace or None,
-                    field_manager=FIELD_MANAGER,
-                    serialize=False,
-                    _request_timeout=_REQUEST_TIMEOUT,
-                )
-            )
-        )
+        return self._post(obj)
 
     def dry_run_create(self, obj: Obj) -> Obj:
         """The object as the API server would create it (admission and mutating webhooks
         run, nothing is stored): a server-side dry run. `metadata.generateName` is enough."""
+        return self._post(obj, dry_run="All")
+
+    def _post(self, obj: Obj, **params: Any) -> Obj:
         meta = obj.get("metadata") or {}
         resource = self._resource(obj["apiVersion"], obj["kind"])
         return self._call(
@@ -434,9 +424,9 @@ class Cluster:
                     body=obj,
                     namespace=meta.get("namespace") or None,
                     field_manager=FIELD_MANAGER,
-                    dry_run="All",
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
+                    **params,
                 )
             )
         )

@@ -28,17 +28,6 @@ KYMA_PROXY = {
 }
 
 
-def wait_for(what: str, fn: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
-
-
 def deployment(name: str, labels: dict[str, str] | None = None) -> str:
     return json.dumps(
         {
@@ -117,7 +106,7 @@ def test_istiod_runs_and_owns_its_webhooks(mesh: TestCluster) -> None:
             for h in vwc.get("webhooks") or [{}]
         )
 
-    wait_for("istiod to switch its validator to Fail", validator_closed)
+    mesh.wait_for(validator_closed, 60, "istiod to switch its validator to Fail")
     root = get(mesh, "configmap", "istio-ca-root-cert", "-n", "default")
     assert root is not None and "BEGIN CERTIFICATE" in root["data"]["root-cert.pem"]
 
@@ -251,13 +240,13 @@ def test_new_sidecar_settings_reach_new_pods_and_restart_proxies_rolls_the_old(
         )  # fmt: skip
         return (proxy(json.loads(run.stdout)) or {}).get("resources") == smaller
 
-    wait_for("istiod to inject the new sidecar resources", injected_resources, timeout=90)
+    mesh.wait_for(injected_resources, 90, "istiod to inject the new sidecar resources")
     row = namespace_row(status(mesh), "orders")
     assert (row["podsWithSidecar"], row["outdatedSidecars"]) == (1, 1), row
 
     ok(kymamesh(mesh, "patch", "--restart-proxies", "-y"))
     rolled_out(mesh, "orders", "api")
-    wait_for("the old Pod to go", lambda: len(pods(mesh, "orders", "api")) == 1)
+    mesh.wait_for(lambda: len(pods(mesh, "orders", "api")) == 1, 60, "the old Pod to go")
     (after,) = pods(mesh, "orders", "api")
     assert after["metadata"]["uid"] != before["metadata"]["uid"]
     assert (proxy(after) or {}).get("resources") == smaller
@@ -274,7 +263,7 @@ def test_uninstall_stops_istiod(mesh: TestCluster) -> None:
     def stopped() -> bool:
         return json.loads((mesh.dir / "pods.json").read_text()) == {}
 
-    wait_for("podrunner to stop istiod", stopped, timeout=60)
+    mesh.wait_for(stopped, 60, "podrunner to stop istiod")
     for pid in pids:  # gone (podrunner waits for its children)
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(") ", 1)[1][0] == "Z", pid
@@ -297,7 +286,7 @@ def test_without_a_serving_istiod_install_stops_and_says_why(
     ok(kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "120"))
     c.kubectl("scale", "deployment/istiod", "-n", NS, "--replicas=0")
     c.kubectl("delete", "hpa", "istiod", "-n", NS, "--ignore-not-found")
-    wait_for("istiod to stop", lambda: json.loads((c.dir / "pods.json").read_text()) == {})
+    c.wait_for(lambda: json.loads((c.dir / "pods.json").read_text()) == {}, 60, "istiod to stop")
     run = kymamesh(
         c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "15",
         "--set", "gateway.podAnnotations.rolled=yes",
