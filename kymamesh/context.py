@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kymamesh.errors import ConfirmationRequiredError
@@ -46,6 +47,11 @@ class RunContext:
     patch_settings: dict[str, dict[str, Any]] | None = None
     # the control plane `install` makes (from the istiod values), for steps run before it exists
     planned_control_plane: ControlPlane | None = None
+    # --charts-dir, for the releases the patch installs (Dex)
+    charts_dir: Path | None = None
+    # secret values the identity file had read from files or the environment: for this run's
+    # steps only, never remembered or shown
+    secret_values: dict[str, str] = field(default_factory=dict)
 
     @property
     def cluster(self) -> Cluster:

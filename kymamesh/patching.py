@@ -141,7 +141,10 @@ def control_planes(ctx: RunContext) -> tuple[ControlPlane, ...]:
 
 
 def _context(
-    ctx: RunContext, spec: StepSpec, planes: tuple[ControlPlane, ...] | None = None
+    ctx: RunContext,
+    spec: StepSpec,
+    specs: list[StepSpec],
+    planes: tuple[ControlPlane, ...] | None = None,
 ) -> StepContext:
     return StepContext(
         cluster=ctx.cluster,
@@ -150,7 +153,16 @@ def _context(
         dry_run=ctx.options.dry_run,
         timeout=ctx.options.timeout,
         planes=control_planes(ctx) if planes is None else planes,
+        steps={s.name: s.params for s in specs},
+        helm=lambda: ctx.helm,
+        charts_dir=ctx.charts_dir,
+        secret_values=ctx.secret_values,
     )
+
+
+def step_context(ctx: RunContext, spec: StepSpec, specs: list[StepSpec]) -> StepContext:
+    """What step `spec` of the patch list `specs` works on (for read-only use: `status`)."""
+    return _context(ctx, spec, specs)
 
 
 def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
@@ -159,7 +171,7 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
     questions = []
     planes = control_planes(ctx)
     for spec in specs:
-        question = kinds[spec.kind]().preflight(_context(ctx, spec, planes))
+        question = kinds[spec.kind]().preflight(_context(ctx, spec, specs, planes))
         if question:
             questions.append(f"{spec.name}: {question}")
     if questions and not ctx.options.dry_run:
@@ -171,11 +183,17 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
         ctx.confirm("apply these changes?")
 
 
-def check_all(ctx: RunContext, specs: list[StepSpec]) -> dict[str, list[Change]]:
-    """The read-only check of every step (used by `status`)."""
+def check_all(
+    ctx: RunContext, specs: list[StepSpec], patch_list: list[StepSpec] | None = None
+) -> dict[str, list[Change]]:
+    """The read-only check of every step of `specs` (used by `status`); `patch_list`, the
+    whole list the steps belong to, when `specs` is a part of it."""
     kinds = step_kinds()
     planes = control_planes(ctx)
-    return {spec.name: kinds[spec.kind]().check(_context(ctx, spec, planes)) for spec in specs}
+    whole = specs if patch_list is None else patch_list
+    return {
+        spec.name: kinds[spec.kind]().check(_context(ctx, spec, whole, planes)) for spec in specs
+    }
 
 
 def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
@@ -188,7 +206,7 @@ def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
         item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
         phase.items.append(item)
         step = kinds[spec.kind]()
-        sctx = _context(ctx, spec)
+        sctx = _context(ctx, spec, specs)
         with ctx.progress.item(spec.name) as tracker:
             try:
                 _run_step(ctx, step, sctx, item)

@@ -122,6 +122,7 @@ def install(ctx: RunContext, inputs: ChartInputs, given: PatchSettings, reset: b
     from kymamesh import patching
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
+    ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     ctx.planned_control_plane = planned_control_plane(stack)
     specs = patching.patch_list_for(ctx, given, reset=reset)
     refuse_foreign_istiod(ctx)

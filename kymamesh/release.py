@@ -1,4 +1,5 @@
-"""The pinned Istio release: one typed read of `resources/istio/release.yaml`."""
+"""The pinned releases: Istio (`resources/istio/release.yaml`) and Dex
+(`resources/dex/release.yaml`), each one typed read."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kymamesh.resources import load_yaml, resources_dir
+from kymamesh.resources import dex_dir, load_yaml, resources_dir
 from kymamesh.versions import Version
 
 
@@ -59,3 +60,28 @@ def _parse(raw: dict[str, Any]) -> IstioRelease:
 def pinned() -> IstioRelease:
     """The supported Istio release."""
     return _parse(load_yaml(resources_dir() / "release.yaml"))
+
+
+@dataclass(frozen=True)
+class DexRelease:
+    """Dex, installed from its official chart when an identity configuration is given."""
+
+    chart: str
+    version: Version
+    chart_repository: str
+    release: str
+    namespace: str
+    port: int
+
+
+@cache
+def dex_pinned() -> DexRelease:
+    raw = load_yaml(dex_dir() / "release.yaml")
+    return DexRelease(
+        chart=str(raw["chart"]),
+        version=Version.parse(str(raw["version"])),
+        chart_repository=str(raw["chartRepository"]),
+        release=str(raw["release"]),
+        namespace=str(raw["namespace"]),
+        port=int(raw["port"]),
+    )

@@ -1,4 +1,4 @@
-"""Where the project's data lives: `resources/istio/` and `patches/`.
+"""Where the project's data lives: `resources/istio/`, `resources/dex/` and `patches/`.
 
 In a wheel they ship inside the package (`kymamesh/_data/`); in a checkout
 (editable install, tests) they are the folders at the repository root.
@@ -25,6 +25,11 @@ def data_root() -> Path:
 
 def resources_dir() -> Path:
     return data_root() / "resources" / "istio"
+
+
+def dex_dir() -> Path:
+    """The pinned Dex release (`resources/dex/`), beside the Istio one."""
+    return data_root() / "resources" / "dex"
 
 
 def patches_dir() -> Path:

@@ -138,6 +138,7 @@ class MeshStatus:
     steps: list[StepState]
     namespaces: list[NamespaceState]
     problems: list[str]
+    identity: dict[str, Any] | None = None  # see kymamesh.steps.identity.describe
 
     @property
     def healthy(self) -> bool:
@@ -160,6 +161,7 @@ class MeshStatus:
             "mtls": self.mtls.to_json(),
             "steps": [s.to_json() for s in self.steps],
             "namespaces": [n.to_json() for n in self.namespaces],
+            "identity": self.identity,
         }
 
 
@@ -189,6 +191,9 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     problems = judge(installed_by, releases, istiods, steps, namespace)
     for plane in planes:
         problems += mesh_config_security(cluster, plane)
+    identity = identity_state(ctx, specs) if istiods else None
+    if identity and identity.get("enabled") and identity.get("ready") is False:
+        problems.append(f"identity: Dex is not ready: {identity.get('notReady')}")
     return MeshStatus(
         namespace=namespace,
         supported=release.version,
@@ -200,7 +205,23 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         steps=steps,
         namespaces=namespaces,
         problems=problems,
+        identity=identity,
     )
+
+
+def identity_state(ctx: RunContext, specs: list[StepSpec]) -> dict[str, Any] | None:
+    """The identity part (Dex, issuer, connectors, policies); None without the step."""
+    from kymamesh.patching import step_context
+    from kymamesh.steps.identity import describe
+
+    for spec in specs:
+        if spec.kind == "identity":
+            try:
+                return describe(step_context(ctx, spec, specs))
+            except Exception as exc:  # the step's own check reports it as well
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+                return {"enabled": None, "error": str(message)}
+    return None
 
 
 def mesh_config_security(cluster: Cluster, plane: ControlPlane) -> list[str]:
@@ -235,7 +256,7 @@ def check_steps(ctx: RunContext, specs: list[StepSpec], istio_present: bool) -> 
             )
             continue
         try:
-            changes = check_all(ctx, [spec])[spec.name]
+            changes = check_all(ctx, [spec], specs)[spec.name]
         except Exception as exc:  # one failing check must not hide the others
             if ctx.options.verbose:
                 import traceback
@@ -352,6 +373,7 @@ def plain_lines(st: MeshStatus) -> list[str]:
     lines.append("patch steps:")
     for s in st.steps:
         lines.append(f"  {'✓' if s.applied else '✗'} {s.name}: {_step_text(s)}")
+    lines.extend(identity_lines(st.identity))
     lines.append("namespaces:" if st.namespaces else "namespaces: none with injection or sidecars")
     for n in st.namespaces:
         lines.append(
@@ -397,6 +419,8 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
         mark = "[green]✓ yes[/green]" if s.applied else "[red]✗ no[/red]"
         steps.add_row(s.name, mark, s.description if s.applied else _step_text(s))
     console.print(steps)
+    for line in identity_lines(st.identity):
+        console.print(line, highlight=False, markup=False)
 
     if st.namespaces:
         ns_table = Table(title="Namespaces", title_justify="left")
@@ -416,6 +440,39 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
     for line in _verdict(st):
         color = "green" if st.healthy else "red"
         console.print(f"[{color}]{line}[/{color}]", highlight=False)
+
+
+def identity_lines(identity: Mapping[str, Any] | None) -> list[str]:
+    if identity is None:
+        return []
+    if identity.get("error"):
+        return [f"identity: not checked: {identity['error']}"]
+    release = identity.get("release")
+    if not identity.get("enabled") and release is None:
+        return ["identity: off (kymamesh install|patch --identity FILE turns it on)"]
+    lines = ["identity: on" if identity.get("enabled") else "identity: off, but Dex remains"]
+    if release is None:
+        lines.append("  Dex: not installed")
+    else:
+        ready = "ready" if identity.get("ready") else f"not ready: {identity.get('notReady')}"
+        lines.append(
+            f"  Dex: release {release['namespace']}/{release['name']} {release['chartVersion']} "
+            f"(Dex {release['appVersion']}) {release['status']}, {ready}"
+        )
+    lines.append(f"  issuer: {identity.get('issuer') or 'unknown'}")
+    connectors = ", ".join(f"{c['id']} ({c['type']})" for c in identity.get("connectors") or [])
+    lines.append(f"  connectors: {connectors or 'none'}")
+    hosts = ", ".join(identity.get("requireTokenHosts") or [])
+    lines.append(f"  hosts requiring a token: {hosts or 'none'}")
+    for o in identity.get("objects") or []:
+        if not o["present"]:
+            state = "missing"
+        elif not o["wanted"]:
+            state = "present, not wanted"
+        else:
+            state = "present, matches" if o["matches"] else "present, differs"
+        lines.append(f"  {o['kind']} {o['name']}: {state}")
+    return lines
 
 
 def _headline(st: MeshStatus) -> str:

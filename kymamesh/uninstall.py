@@ -1,8 +1,10 @@
 """`kymamesh uninstall`: the install in reverse, and nothing a user made.
 
 Order: the Kyma patch's own objects (those labelled
-`app.kubernetes.io/managed-by=kymamesh`: the Gateway, the TLS Secret, the
-PeerAuthentication `default`), then the Helm releases istio-ingressgateway,
+`app.kubernetes.io/managed-by=kymamesh`: the identity step's AuthorizationPolicy,
+RequestAuthentication and VirtualService, the Gateway, the TLS Secret and the
+identity Secret, the PeerAuthentications `default` and Dex's), then the Helm
+releases dex (in kyma-system, when kymamesh installed it), istio-ingressgateway,
 istiod, istio-base. The patch's mesh-config and injector entries live in the
 istiod release's ConfigMaps and go with it.
 
@@ -36,15 +38,23 @@ from kymamesh.context import RunContext
 from kymamesh.errors import PreconditionError, WaitTimeoutError
 from kymamesh.helm import DeployedRelease
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.release import pinned
+from kymamesh.release import dex_pinned, pinned
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
 PHASE_RELEASES = "Istio Helm releases"
 PHASE_CRDS = "Istio CRDs"
 
 _LISTED = 25  # user resources named in the refusal message; all of them are in `data`
-# Reverse of the patch list: step 6's Gateway and Secret, then step 1's PeerAuthentication.
-_DELETE_RANK = {"Gateway": 0, "Secret": 1, "PeerAuthentication": 3}
+# Reverse of the patch list: the identity step's policies and route, step 6's Gateway and
+# Secret, then the PeerAuthentications (step 1's, and Dex's).
+_DELETE_RANK = {
+    "AuthorizationPolicy": -2,
+    "RequestAuthentication": -1,
+    "VirtualService": -1,
+    "Gateway": 0,
+    "Secret": 1,
+    "PeerAuthentication": 3,
+}
 
 
 @dataclass
@@ -83,6 +93,10 @@ def plan(ctx: RunContext) -> Plan:
     istiods = inv.find_istiods(cluster, namespace)
     result = Plan(installed_by=inv.installer(deployed, istiods), istiods=istiods)
     result.releases = [r for r in reversed(list(deployed.values())) if r is not None]
+    dex = dex_pinned()  # installed last (by the identity step): removed first
+    dex_release = ctx.helm.deployed(dex.release, dex.namespace)
+    if dex_release is not None and inv.marked_by_kymamesh(dex_release):
+        result.releases.insert(0, dex_release)
     ours = {(namespace, r.name) for r in result.releases}
 
     crds = inv.istio_crds(cluster)
@@ -102,6 +116,9 @@ def plan(ctx: RunContext) -> Plan:
         for obj in cluster.list("v1", core_kind, namespace=namespace, label_selector=selector):
             if obj["metadata"]["name"] != LOCK_NAME:
                 patch_objects.append(inv.ref_of(obj, "v1"))
+    # the identity step's Secret of values read at run time, beside Dex
+    for obj in cluster.list("v1", "Secret", namespace=dex.namespace, label_selector=selector):
+        patch_objects.append(inv.ref_of(obj, "v1"))
     result.patch_objects = sorted(patch_objects, key=lambda r: (_DELETE_RANK.get(r.kind, 2), r))
     result.user_resources.sort(key=lambda r: (r.kind, r.namespace, r.name))
     result.injection_namespaces = inv.injection_namespaces(cluster)
@@ -252,7 +269,7 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
             phase.items.append(item)
             with ctx.progress.item(f"{r.name} ({r.chart} {r.chart_version})") as tracker:
                 try:
-                    ctx.helm.uninstall(r.name, namespace, ctx.options.timeout)
+                    ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
                 except Exception as exc:
                     item.outcome = Outcome.FAILED
                     item.error = str(exc)

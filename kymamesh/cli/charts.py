@@ -29,11 +29,12 @@ def pull(
     output: c.Output = c.OutputFormat.text,
     verbose: c.Verbose = False,
 ) -> None:
-    """Download base, istiod and gateway at the pinned version into DEST (for --charts-dir)."""
+    """Download base, istiod and gateway at the pinned version, and Dex's chart, into DEST
+    (for --charts-dir)."""
     options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
-        from kymamesh.release import pinned
+        from kymamesh.release import dex_pinned, pinned
 
         release = pinned()
         source = repo or release.chart_repository
@@ -51,6 +52,18 @@ def pull(
                     item.outcome = Outcome.CHANGED
                     item.summary = f"saved {target}"
                 tracker.done(item.outcome, item.summary)
+        dex = dex_pinned()  # from its own pinned repository: --repo is Istio's
+        target = dest / f"{dex.chart}-{dex.version}.tgz"
+        item = ItemResult(name=dex.chart, outcome=Outcome.UNCHANGED)
+        phase.items.append(item)
+        with ctx.progress.item(f"{dex.chart} (identity, from {dex.chart_repository})") as tracker:
+            if target.exists():
+                item.summary = f"{target} already there"
+            else:
+                ctx.helm.pull(dex.chart, dex.chart_repository, dex.version, dest)
+                item.outcome = Outcome.CHANGED
+                item.summary = f"saved {target}"
+            tracker.done(item.outcome, item.summary)
         ctx.result.data["dest"] = str(dest)
         ctx.result.notes.append(f"install offline with: kymamesh install --charts-dir {dest}")
 

@@ -57,7 +57,7 @@ ChartsDir = Annotated[
     Path | None,
     typer.Option(
         "--charts-dir",
-        help="Install from local chart folders or .tgz packages (base, istiod, gateway).",
+        help="Install from local chart folders or .tgz packages (base, istiod, gateway; dex).",
         file_okay=False,
     ),
 ]

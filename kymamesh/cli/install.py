@@ -26,6 +26,7 @@ def install(
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    identity: p.Identity = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -50,6 +51,7 @@ def install(
             repository=repo,
         )
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        p.add_identity(given, ctx, identity)
         pipeline.install(ctx, inputs, given, reset=reset_settings)
 
     c.run_command("install", options, body)

@@ -21,11 +21,13 @@ ExistingIstio = Annotated[
 
 def patch(
     existing_istio: ExistingIstio = False,
+    charts_dir: c.ChartsDir = None,
     config: p.PatchConfig = None,
     domain: p.Domain = None,
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    identity: p.Identity = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -43,7 +45,9 @@ def patch(
     def body(ctx: RunContext) -> None:
         from kymamesh import pipeline
 
+        ctx.charts_dir = charts_dir
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        p.add_identity(given, ctx, identity)
         pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
 
     c.run_command("patch", options, body)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from kymamesh.context import RunContext
 from kymamesh.errors import UsageError, yaml_problem
 
 PatchConfig = Annotated[
@@ -32,6 +33,15 @@ TlsKey = Annotated[
 RestartProxies = Annotated[
     bool,
     typer.Option("--restart-proxies", help="Restart workloads whose sidecar is out of date."),
+]
+
+Identity = Annotated[
+    str | None,
+    typer.Option(
+        "--identity",
+        help="Identity file (Dex connectors, static clients, hosts that require a token), "
+        "or `none` to turn identity off and remove what it made.",
+    ),
 ]
 
 ResetSettings = Annotated[
@@ -117,3 +127,18 @@ def patch_overrides(
     if restart_proxies:
         overrides.setdefault("restart-proxies", {})["restart"] = True
     return overrides
+
+
+def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: str | None) -> None:
+    """`--identity FILE|none` as the parameters of step `identity`; the secrets the file
+    reads from files or the environment go to the run's context only (never remembered)."""
+    from kymamesh import identity as idn
+
+    if identity is None:
+        return
+    if identity.strip().lower() == "none":
+        given["identity"] = idn.disabled_params()
+        return
+    params, values = idn.read_identity_file(Path(identity))
+    given["identity"] = params
+    ctx.secret_values.update(values)

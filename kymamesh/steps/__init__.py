@@ -15,6 +15,7 @@ from typing import Final
 
 from kymamesh.steps.addons import RemoveAddonsStep
 from kymamesh.steps.base import Change, Step, StepContext, StepKind
+from kymamesh.steps.identity import IdentityStep
 from kymamesh.steps.injector import InjectionPolicyStep, SidecarResourcesStep
 from kymamesh.steps.meshconfig import ExtAuthzStep, TracingStep
 from kymamesh.steps.mtls import PeerAuthenticationStep
@@ -32,6 +33,7 @@ KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
         "mesh-ext-authz": ExtAuthzStep,
         "gateway-tls": GatewayTlsStep,
         "remove-addons": RemoveAddonsStep,
+        "identity": IdentityStep,
         "restart-proxies": RestartProxiesStep,
     }
 )

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from kymamesh.cluster import Cluster
 from kymamesh.controlplane import ControlPlane, find_control_planes
+
+if TYPE_CHECKING:
+    from kymamesh.helm import Helm
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,15 @@ class StepContext:
     notes: list[str] = field(default_factory=list)
     timeout: float = 300.0  # --timeout: how long a step may wait for the cluster
     planes: tuple[ControlPlane, ...] | None = None
+    # the parameters of every step of the patch list, by step name (a step may read another's,
+    # e.g. the gateway's domain)
+    steps: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # for a step that installs a Helm release: the helm adapter (made on first use) and
+    # --charts-dir
+    helm: Callable[[], Helm] | None = None
+    charts_dir: Path | None = None
+    # secret values read at run time (files, environment) for this run only; never remembered
+    secret_values: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def control_planes(self) -> tuple[ControlPlane, ...]:

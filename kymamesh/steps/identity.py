@@ -1,0 +1,719 @@
+"""Step `identity`: Dex in the mesh, exposed at https://dex.DOMAIN, its tokens checked at
+the ingress gateway. Off unless an identity configuration is given (`--identity FILE`).
+
+What it leaves, when enabled (the parameters are checked by `kymamesh.identity`):
+
+- Secret `kyma-system/kymamesh-identity-secrets`, only when the identity file read secrets
+  from files or the environment; no other secret value is ever written by kymamesh;
+- PeerAuthentication `kyma-system/dex`: STRICT for Dex's Pod, except plain text on Dex's
+  HTTP port 5556, where istiod (which has no sidecar) fetches the signing keys
+  (`/keys`, public anyway: they are served at https://dex.DOMAIN/keys too);
+- the Helm release `kyma-system/dex` of Dex's official chart (pinned in
+  `resources/dex/release.yaml`): config (issuer, Kubernetes storage, connectors, static
+  clients) in the chart's config Secret, secret fields as environment variables from
+  Secrets, the Pod in the mesh (label `sidecar.istio.io/inject`) with the sidecar resources
+  of step `sidecar-resources`; a change of the config rolls Dex (the chart's checksum
+  annotation), and so does a change of a Secret it reads (the annotation
+  `kymamesh.io/secret-versions` names their resource versions);
+- VirtualService `kyma-system/dex`: dex.DOMAIN through the gateway of step
+  `ingress-gateway-tls`;
+- RequestAuthentication `istio-system/kyma-dex-jwt` on the ingress gateway: tokens of
+  issuer https://dex.DOMAIN, keys from Dex's Service inside the cluster; a request with a
+  token that fails is refused, one without a token passes;
+- AuthorizationPolicy `istio-system/kyma-dex-require-token`, only when hosts require a
+  token: DENY for requests to them without a valid token (no request principal).
+
+Disabled (`--identity none`), it removes each of those objects that carries kymamesh's
+label and the Dex release kymamesh installed; anything else is left alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import yaml
+
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh import identity as idn
+from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.diffs import object_diff
+from kymamesh.errors import PreconditionError
+from kymamesh.helm import DeployedRelease, Helm, LoadedChart
+from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
+from kymamesh.release import DexRelease, dex_pinned
+from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.tls import TlsParams, matches
+
+SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+NETWORKING_API_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1")
+REQUEST_AUTHN = "kyma-dex-jwt"
+AUTHZ = "kyma-dex-require-token"
+SECRET_VERSIONS_ANNOTATION = "kymamesh.io/secret-versions"
+POD_LABEL = "kymamesh.io/component"  # on Dex's Pod: what the PeerAuthentication selects
+INJECT_LABEL = "sidecar.istio.io/inject"
+_PROXY_ANNOTATIONS = (  # the injector's per-Pod overrides of the sidecar's resources
+    ("requests", "cpu", "sidecar.istio.io/proxyCPU"),
+    ("requests", "memory", "sidecar.istio.io/proxyMemory"),
+    ("limits", "cpu", "sidecar.istio.io/proxyCPULimit"),
+    ("limits", "memory", "sidecar.istio.io/proxyMemoryLimit"),
+)
+
+
+def _labels() -> dict[str, str]:
+    return {MANAGED_BY_LABEL: "kymamesh"}
+
+
+def _ours(obj: Obj | None) -> bool:
+    return (
+        bool(obj)
+        and ((obj or {}).get("metadata") or {}).get("labels", {}).get(MANAGED_BY_LABEL)
+        == "kymamesh"
+    )
+
+
+def _served(cluster: Cluster, versions: tuple[str, ...], kind: str) -> str | None:
+    return next((v for v in versions if cluster.serves(v, kind)), None)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the step works out of its parameters and the other steps' ones."""
+
+    identity: idn.Identity
+    tls: TlsParams
+    pin: DexRelease
+    proxy: Mapping[str, Any]  # step sidecar-resources' `proxy`
+    mesh_namespace: str  # where the ingress gateway's RequestAuthentication goes
+
+    @classmethod
+    def of(cls, ctx: StepContext) -> Setup:
+        tls = TlsParams.of(ctx.steps.get("ingress-gateway-tls") or {"domain": "local.kyma.dev"})
+        identity = idn.parse(ctx.params, tls.domain)
+        proxy = (ctx.steps.get("sidecar-resources") or {}).get("proxy") or {}
+        return cls(identity, tls, dex_pinned(), proxy, ctx.namespace)
+
+    @property
+    def domain(self) -> str:
+        return self.tls.domain
+
+    @property
+    def host(self) -> str:
+        return f"dex.{self.domain}"
+
+    @property
+    def service_host(self) -> str:
+        return f"{self.pin.release}.{self.pin.namespace}.svc.cluster.local"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"http://{self.service_host}:{self.pin.port}/keys"
+
+    @property
+    def secret_ref(self) -> Ref:
+        return Ref("v1", "Secret", idn.MANAGED_SECRET, self.pin.namespace)
+
+    def values(self, secret_versions: str) -> dict[str, Any]:
+        """The values of Dex's chart. No secret is in them: they are stored in the release."""
+        annotations = {}
+        for section, resource, name in _PROXY_ANNOTATIONS:
+            value = (self.proxy.get(section) or {}).get(resource)
+            if value is not None:
+                annotations[name] = str(value)
+        if secret_versions:
+            annotations[SECRET_VERSIONS_ANNOTATION] = secret_versions
+        return {
+            "config": idn.dex_config(self.identity, self.domain),
+            "configSecret": {"create": True},
+            "envVars": idn.dex_env(self.identity),
+            "podLabels": {INJECT_LABEL: "true", POD_LABEL: "dex"},
+            "podAnnotations": annotations,
+        }
+
+
+class IdentityStep:
+    PARAMS: ClassVar[frozenset[str]] = frozenset(idn.PARAMS)
+
+    def preflight(self, ctx: StepContext) -> str | None:
+        setup = Setup.of(ctx)  # every refusal of the parameters, the hosts under the domain
+        if not setup.identity.enabled:
+            return None
+        helm = ctx.helm() if ctx.helm is not None else None
+        deployed = helm.deployed(setup.pin.release, setup.pin.namespace) if helm else None
+        if deployed is not None and not marked_by_kymamesh(deployed):
+            raise PreconditionError(
+                f"Helm release {setup.pin.namespace}/{setup.pin.release} exists and was not "
+                f"installed by kymamesh ({deployed.chart} {deployed.chart_version}); kymamesh "
+                "does not take over a Dex someone else runs",
+                hint=f"uninstall it (helm uninstall {setup.pin.release} -n "
+                f"{setup.pin.namespace}) to let kymamesh install Dex, or leave out --identity",
+            )
+        _secret_data(ctx, setup)  # every Secret and key Dex would read exists
+        if helm is not None:
+            load_chart(helm, ctx, setup.pin)  # a bad chart source is refused before any write
+        if ctx.istio_present:
+            for versions, kind in (
+                (SECURITY_API_VERSIONS, "RequestAuthentication"),
+                (NETWORKING_API_VERSIONS, "VirtualService"),
+            ):
+                if _served(ctx.cluster, versions, kind) is None:
+                    raise PreconditionError(
+                        f"the API server does not serve Istio's {kind} although istiod runs",
+                        hint="install the Istio CRDs (the base chart) and re-run",
+                    )
+        return None
+
+    def check(self, ctx: StepContext) -> list[Change]:
+        setup = Setup.of(ctx)
+        if not setup.identity.enabled:
+            return _removals(ctx, setup)
+        changes: list[Change] = []
+        secret = _secret_change(ctx, setup)
+        if secret is not None:
+            changes.append(secret)
+        changes += _istio_changes(ctx, setup, before_release=True)
+        release = _release_change(ctx, setup, secret_changes=secret is not None)
+        if release is not None:
+            changes.append(release)
+        changes += _istio_changes(ctx, setup, before_release=False)
+        return changes
+
+
+# -- the chart ----------------------------------------------------------------------------
+
+
+def load_chart(helm: Helm, ctx: StepContext, pin: DexRelease) -> LoadedChart:
+    from kymamesh.errors import ChartSourceError
+
+    if ctx.charts_dir is not None:
+        chart = helm.load_local(ctx.charts_dir, pin.chart)
+    else:
+        chart = helm.load_remote(pin.chart, pin.chart_repository, pin.version)
+    if chart.name != pin.chart:
+        raise ChartSourceError(
+            f"chart {chart.source} is named {chart.name!r} in its Chart.yaml, but Dex is "
+            f"installed from chart {pin.chart!r}",
+            hint="point --charts-dir at Dex's chart (`kymamesh charts pull --dest DIR` "
+            "fetches the pinned one)",
+        )
+    return chart
+
+
+def _wanted_version(helm: Helm, ctx: StepContext, pin: DexRelease) -> Any:
+    """The chart version a run installs: the local chart's, else the pinned one (reading a
+    local Chart.yaml is cheap; a remote chart is loaded only when it is installed)."""
+    if ctx.charts_dir is not None:
+        return load_chart(helm, ctx, pin).version
+    return pin.version
+
+
+# -- the Secret of values read at run time -------------------------------------------------
+
+
+def _decode(value: Any) -> str | None:
+    try:
+        return base64.b64decode(str(value), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _secret_data(ctx: StepContext, setup: Setup) -> dict[str, str]:
+    """The wanted data of Secret kymamesh-identity-secrets (values of this run, else the
+    stored ones), after checking that every Secret and key Dex would read exists."""
+    managed_live = ctx.cluster.get(setup.secret_ref)
+    wanted: dict[str, str] = {}
+    checked: dict[str, Obj | None] = {}
+    for ref in setup.identity.secret_refs:
+        if ref.managed:
+            value = ctx.secret_values.get(ref.key)
+            if value is None:
+                value = _decode(((managed_live or {}).get("data") or {}).get(ref.key, ""))
+            if not value:
+                raise PreconditionError(
+                    f"identity: the secret {ref.key} was read from a file or the environment by "
+                    f"an earlier run, but Secret {setup.pin.namespace}/{idn.MANAGED_SECRET} no "
+                    "longer holds it",
+                    hint="re-run with --identity FILE so that it is read again",
+                )
+            wanted[ref.key] = value
+            continue
+        if ref.name not in checked:
+            checked[ref.name] = ctx.cluster.get(Ref("v1", "Secret", ref.name, setup.pin.namespace))
+        live = checked[ref.name]
+        if live is None:
+            raise PreconditionError(
+                f"identity: Secret {setup.pin.namespace}/{ref.name} (named by a secretRef) "
+                "does not exist",
+                hint=f"create it in {setup.pin.namespace} with key {ref.key} "
+                f"(kubectl -n {setup.pin.namespace} create secret generic {ref.name} "
+                f"--from-file={ref.key}=FILE), or fix the secretRef",
+            )
+        if ref.key not in ((live.get("data") or {}) | (live.get("stringData") or {})):
+            raise PreconditionError(
+                f"identity: Secret {setup.pin.namespace}/{ref.name} has no key {ref.key} "
+                "(named by a secretRef)",
+                hint="add the key to the Secret, or fix the secretRef",
+            )
+    return wanted
+
+
+def _secret_object(setup: Setup, data: Mapping[str, str]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": idn.MANAGED_SECRET,
+            "namespace": setup.pin.namespace,
+            "labels": _labels(),
+        },
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in sorted(data.items())},
+    }
+
+
+def _secret_change(ctx: StepContext, setup: Setup) -> Change | None:
+    wanted = _secret_data(ctx, setup)
+    live = ctx.cluster.get(setup.secret_ref)
+    target = f"Secret/{setup.pin.namespace}/{idn.MANAGED_SECRET}"
+    if not wanted:
+        if live is None or not _ours(live):
+            return None
+        return Change(
+            target=target,
+            summary="deleted: no secret of the identity file is read from a file or the "
+            "environment any more",
+            apply=lambda cluster: _delete(cluster, setup.secret_ref),
+        )
+    live_data = {k: _decode(v) for k, v in ((live or {}).get("data") or {}).items()}
+    if live is not None and _ours(live) and live_data == wanted:
+        return None
+    obj = _secret_object(setup, wanted)
+
+    def apply(cluster: Cluster) -> None:
+        cluster.ensure_namespace(setup.pin.namespace)
+        cluster.apply(obj)
+
+    keys = ", ".join(sorted(wanted))
+    return Change(
+        target=target,
+        summary=f"{'updated' if live else 'created'}: the secrets read at run time ({keys})",
+        apply=apply,
+        diff=object_diff(live, obj, target),
+    )
+
+
+def _secret_versions(cluster: Cluster, setup: Setup) -> str:
+    """`name=resourceVersion` of each Secret Dex reads, so that Dex rolls when one changes."""
+    parts = []
+    for name in sorted({r.name for r in setup.identity.secret_refs}):
+        live = cluster.get(Ref("v1", "Secret", name, setup.pin.namespace))
+        version = ((live or {}).get("metadata") or {}).get("resourceVersion", "")
+        parts.append(f"{name}={version or 'new'}")
+    return ",".join(parts)
+
+
+# -- the Dex release --------------------------------------------------------------------------
+
+
+def _release_change(ctx: StepContext, setup: Setup, secret_changes: bool) -> Change | None:
+    if ctx.helm is None:
+        raise PreconditionError("identity: no helm to install Dex with")
+    helm = ctx.helm()
+    pin = setup.pin
+    deployed = helm.deployed(pin.release, pin.namespace)
+    version = _wanted_version(helm, ctx, pin)
+    values = setup.values(_secret_versions(ctx.cluster, setup))
+    reasons = []
+    if deployed is None:
+        reasons.append(f"install {pin.chart} {version}")
+    else:
+        if deployed.chart_version != version:
+            reasons.append(f"upgrade {deployed.chart_version} -> {version}")
+        if deployed.status != "deployed":
+            reasons.append(f"status is {deployed.status}")
+        if deployed.values != values:
+            reasons.append(_values_reason(deployed, values))
+        elif secret_changes:
+            reasons.append("restart: a secret Dex reads changes")
+    if not reasons:
+        return None
+    target = f"HelmRelease/{pin.namespace}/{pin.release}"
+
+    def apply(cluster: Cluster) -> None:
+        chart = load_chart(helm, ctx, pin)
+        fresh = setup.values(_secret_versions(cluster, setup))  # after the Secret's write
+        helm.install_or_upgrade(
+            pin.release, chart, fresh, pin.namespace, ctx.timeout, description=INSTALL_DESCRIPTION
+        )
+        _wait_ready(cluster, helm, pin, ctx.timeout)
+
+    diff = _dry_run_diff(ctx, helm, setup, values) if ctx.dry_run else ""
+    return Change(target=target, summary="; ".join(reasons), apply=apply, diff=diff)
+
+
+def _values_reason(deployed: DeployedRelease, values: Mapping[str, Any]) -> str:
+    changed = sorted(
+        k for k in set(deployed.values) | set(values) if deployed.values.get(k) != values.get(k)
+    )
+    live_config = deployed.values.get("config") or {}
+    config = values.get("config") or {}
+    if "config" in changed:
+        parts = sorted(
+            k for k in set(live_config) | set(config) if live_config.get(k) != config.get(k)
+        )
+        changed = [f"config.{p}" for p in parts] + [c for c in changed if c != "config"]
+    return "values changed: " + ", ".join(changed)
+
+
+def _wait_ready(cluster: Cluster, helm: Helm, pin: DexRelease, timeout: float) -> None:
+    refs = []
+    for obj in helm.manifest(pin.release, pin.namespace):
+        if obj.get("kind") in ("Deployment", "StatefulSet"):
+            meta = obj.get("metadata") or {}
+            refs.append(
+                Ref(
+                    str(obj["apiVersion"]),
+                    str(obj["kind"]),
+                    meta["name"],
+                    meta.get("namespace") or pin.namespace,
+                )
+            )
+    cluster.wait_ready(refs, timeout)
+
+
+def _dry_run_diff(ctx: StepContext, helm: Helm, setup: Setup, values: Mapping[str, Any]) -> str:
+    chart = load_chart(helm, ctx, setup.pin)
+    parts = []
+    for obj in helm.template(setup.pin.release, chart, dict(values), setup.pin.namespace):
+        if not isinstance(obj, dict) or "kind" not in obj:
+            continue
+        meta = obj.get("metadata") or {}
+        if not meta.get("namespace") and obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            obj = {**obj, "metadata": {**meta, "namespace": setup.pin.namespace}}
+        ref = Ref.of(obj)
+        diff = object_diff(ctx.cluster.get(ref), obj, str(ref))
+        if diff:
+            parts.append(diff)
+    return "\n".join(parts)
+
+
+# -- the Istio objects ------------------------------------------------------------------------
+
+
+def wanted_objects(ctx: StepContext, setup: Setup) -> dict[str, tuple[Obj | None, str]]:
+    """Each Istio object of the step by role: the object (None when it must not exist) and
+    its summary. Kinds the API server does not serve yet give None objects with a reason."""
+    sec = _served(ctx.cluster, SECURITY_API_VERSIONS, "RequestAuthentication")
+    net = _served(ctx.cluster, NETWORKING_API_VERSIONS, "VirtualService")
+    sec = sec or SECURITY_API_VERSIONS[0]
+    net = net or NETWORKING_API_VERSIONS[0]
+    pin = setup.pin
+    selector = {"matchLabels": dict(setup.tls.selector)}
+    peer = {
+        "apiVersion": sec,
+        "kind": "PeerAuthentication",
+        "metadata": {"name": pin.release, "namespace": pin.namespace, "labels": _labels()},
+        "spec": {
+            "selector": {"matchLabels": {POD_LABEL: "dex"}},
+            "mtls": {"mode": "STRICT"},
+            "portLevelMtls": {str(pin.port): {"mode": "PERMISSIVE"}},
+        },
+    }
+    vs = {
+        "apiVersion": net,
+        "kind": "VirtualService",
+        "metadata": {"name": pin.release, "namespace": pin.namespace, "labels": _labels()},
+        "spec": {
+            "hosts": [setup.host],
+            "gateways": [f"{setup.tls.gateway_namespace}/{setup.tls.gateway_name}"],
+            "http": [
+                {
+                    "route": [
+                        {"destination": {"host": setup.service_host, "port": {"number": pin.port}}}
+                    ]
+                }
+            ],
+        },
+    }
+    ra = {
+        "apiVersion": sec,
+        "kind": "RequestAuthentication",
+        "metadata": {"name": REQUEST_AUTHN, "namespace": setup.mesh_namespace, "labels": _labels()},
+        "spec": {
+            "selector": selector,
+            "jwtRules": [
+                {
+                    "issuer": idn.issuer(setup.domain),
+                    "jwksUri": setup.jwks_uri,
+                    "forwardOriginalToken": True,
+                }
+            ],
+        },
+    }
+    hosts = list(setup.identity.require_token_hosts)
+    ap = (
+        {
+            "apiVersion": sec,
+            "kind": "AuthorizationPolicy",
+            "metadata": {"name": AUTHZ, "namespace": setup.mesh_namespace, "labels": _labels()},
+            "spec": {
+                "selector": selector,
+                "action": "DENY",
+                "rules": [
+                    {
+                        "from": [{"source": {"notRequestPrincipals": ["*"]}}],
+                        "to": [{"operation": {"hosts": hosts}}],
+                    }
+                ],
+            },
+        }
+        if hosts
+        else None
+    )
+    return {
+        "peer": (peer, f"Dex's Pod STRICT, plain text on port {pin.port} for istiod's key fetch"),
+        "virtualService": (vs, f"{setup.host} routed through the gateway to Dex"),
+        "requestAuthentication": (
+            ra,
+            f"the ingress gateway checks tokens of {idn.issuer(setup.domain)}",
+        ),
+        "authorizationPolicy": (
+            ap,
+            "requests without a valid token are denied on " + ", ".join(hosts),
+        ),
+    }
+
+
+_ROLE_REF = {
+    "peer": ("PeerAuthentication", None),
+    "virtualService": ("VirtualService", None),
+    "requestAuthentication": ("RequestAuthentication", REQUEST_AUTHN),
+    "authorizationPolicy": ("AuthorizationPolicy", AUTHZ),
+}
+
+
+def _role_ref(ctx: StepContext, setup: Setup, role: str) -> Ref | None:
+    kind, name = _ROLE_REF[role]
+    versions = NETWORKING_API_VERSIONS if kind == "VirtualService" else SECURITY_API_VERSIONS
+    api = _served(ctx.cluster, versions, kind)
+    if api is None:
+        return None
+    if name is None:
+        return Ref(api, kind, setup.pin.release, setup.pin.namespace)
+    return Ref(api, kind, name, setup.mesh_namespace)
+
+
+def _istio_changes(ctx: StepContext, setup: Setup, before_release: bool) -> list[Change]:
+    """The PeerAuthentication goes before Dex (its Pod starts under it); the routes and
+    policies after it (they point at a Dex that answers)."""
+    roles = (
+        ("peer",)
+        if before_release
+        else (
+            "virtualService",
+            "requestAuthentication",
+            "authorizationPolicy",
+        )
+    )
+    wanted = wanted_objects(ctx, setup)
+    changes = []
+    for role in roles:
+        obj, summary = wanted[role]
+        ref = _role_ref(ctx, setup, role)
+        kind = _ROLE_REF[role][0]
+        if ref is None:  # Istio's CRDs are not there yet (a dry run before phase 1)
+            if obj is None:
+                continue
+            if not ctx.dry_run:
+                raise PreconditionError(
+                    f"the API server does not serve Istio's {kind}",
+                    hint="install the Istio CRDs (the base chart) first",
+                )
+
+            def refuse(cluster: Cluster, kind: str = kind) -> None:
+                raise PreconditionError(f"the API server does not serve Istio's {kind}")
+
+            changes.append(Change(f"{kind}/(after Istio's CRDs exist)", summary, refuse))
+            continue
+        live = ctx.cluster.get(ref)
+        target = f"{kind}/{ref.namespace}/{ref.name}"
+        if obj is None:
+            if live is not None and _ours(live):
+                changes.append(Change(target, "deleted: no host requires a token", _deleter(ref)))
+            continue
+        if live is not None and matches(live, obj):
+            continue
+        verb = "updated" if live is not None else "created"
+        changes.append(
+            Change(
+                target,
+                f"{verb}: {summary}",
+                _applier(obj),
+                diff=object_diff(live, obj, target),
+            )
+        )
+    return changes
+
+
+def _applier(obj: Obj) -> Any:
+    def apply(cluster: Cluster) -> None:
+        cluster.ensure_namespace(str(obj["metadata"]["namespace"]))
+        cluster.apply(obj)
+
+    return apply
+
+
+def _deleter(ref: Ref) -> Any:
+    return lambda cluster: _delete(cluster, ref)
+
+
+def _delete(cluster: Cluster, ref: Ref) -> None:
+    cluster.delete(ref)
+
+
+# -- off: removing what the step made ------------------------------------------------------
+
+
+def _removals(ctx: StepContext, setup: Setup) -> list[Change]:
+    """Identity off: the policies, the route, Dex, then the Secret; only what is kymamesh's."""
+    changes = []
+    for role in ("authorizationPolicy", "requestAuthentication", "virtualService"):
+        ref = _role_ref(ctx, setup, role)
+        if ref is None:
+            continue
+        live = ctx.cluster.get(ref)
+        if live is not None and _ours(live):
+            changes.append(
+                Change(
+                    f"{ref.kind}/{ref.namespace}/{ref.name}",
+                    "deleted: identity is off",
+                    _deleter(ref),
+                )
+            )
+    pin = setup.pin
+    dex = ctx.cluster.get(Ref("apps/v1", "Deployment", pin.release, pin.namespace))
+    if ctx.helm is not None and dex is not None:  # helm is asked only when a Dex runs
+        helm = ctx.helm()
+        deployed = helm.deployed(pin.release, pin.namespace)
+        if deployed is not None and marked_by_kymamesh(deployed):
+
+            def uninstall(cluster: Cluster) -> None:
+                helm.uninstall(pin.release, pin.namespace, ctx.timeout)
+
+            changes.append(
+                Change(
+                    f"HelmRelease/{pin.namespace}/{pin.release}",
+                    f"uninstalled ({deployed.chart} {deployed.chart_version}): identity is off",
+                    uninstall,
+                )
+            )
+    for ref in (_role_ref(ctx, setup, "peer"), setup.secret_ref):
+        if ref is None:
+            continue
+        live = ctx.cluster.get(ref)
+        if live is not None and _ours(live):
+            changes.append(
+                Change(
+                    f"{ref.kind}/{ref.namespace}/{ref.name}",
+                    "deleted: identity is off",
+                    _deleter(ref),
+                )
+            )
+    return changes
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def describe(ctx: StepContext) -> dict[str, Any]:
+    """What `status` shows of identity: the Dex release and its readiness, the live issuer
+    and connectors (out of Dex's config Secret: ids and types only), the policies."""
+    setup = Setup.of(ctx)
+    pin = setup.pin
+    dex = ctx.cluster.get(Ref("apps/v1", "Deployment", pin.release, pin.namespace))
+    wanted_or_there = setup.identity.enabled or dex is not None
+    helm = ctx.helm() if ctx.helm is not None and wanted_or_there else None
+    deployed = helm.deployed(pin.release, pin.namespace) if helm else None
+    result: dict[str, Any] = {
+        "enabled": setup.identity.enabled,
+        "release": None,
+        "ready": None,
+        "issuer": None,
+        "connectors": [],
+        "requireTokenHosts": list(setup.identity.require_token_hosts),
+        "objects": [],
+    }
+    if deployed is not None:
+        result["release"] = {
+            "name": pin.release,
+            "namespace": pin.namespace,
+            "chartVersion": str(deployed.chart_version),
+            "appVersion": deployed.app_version,
+            "status": deployed.status,
+            "byKymamesh": marked_by_kymamesh(deployed),
+        }
+        manifest = helm.manifest(pin.release, pin.namespace, deployed) if helm else []
+        reasons = []
+        for obj in manifest:
+            if obj.get("kind") == "Deployment":
+                dref = Ref("apps/v1", "Deployment", obj["metadata"]["name"], pin.namespace)
+                dlive = ctx.cluster.get(dref)
+                why = not_ready_reason(dref, dlive)
+                if why:
+                    reasons.append(f"{dref}: {why}")
+                result.update(_live_config(ctx.cluster, dlive, pin))
+        result["ready"] = not reasons
+        if reasons:
+            result["notReady"] = "; ".join(reasons)
+    if not setup.identity.enabled and deployed is None:
+        return result
+    wanted = wanted_objects(ctx, setup) if setup.identity.enabled else {}
+    for role in _ROLE_REF:
+        ref = _role_ref(ctx, setup, role)
+        if ref is None:
+            continue
+        live = ctx.cluster.get(ref)
+        want: Obj | None = wanted.get(role, (None, ""))[0]
+        if live is None and want is None:
+            continue
+        result["objects"].append(
+            {
+                "kind": ref.kind,
+                "name": f"{ref.namespace}/{ref.name}",
+                "present": live is not None,
+                "matches": live is not None and want is not None and matches(live, want),
+                "wanted": want is not None,
+            }
+        )
+    return result
+
+
+def _live_config(cluster: Cluster, deployment: Obj | None, pin: DexRelease) -> dict[str, Any]:
+    """Issuer and connectors (id, type) out of the config Secret Dex's Deployment mounts."""
+    volumes = (
+        (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    ).get("volumes") or []
+    name = next(
+        ((v.get("secret") or {}).get("secretName") for v in volumes if v.get("secret")), None
+    )
+    if not name:
+        return {}
+    secret = cluster.get(Ref("v1", "Secret", name, pin.namespace))
+    text = _decode(((secret or {}).get("data") or {}).get("config.yaml", ""))
+    try:
+        config = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    return {
+        "issuer": config.get("issuer"),
+        "connectors": [
+            {"id": c.get("id"), "type": c.get("type")}
+            for c in config.get("connectors") or []
+            if isinstance(c, dict)
+        ],
+    }
