@@ -285,7 +285,9 @@ def test_status_json_keys_are_stable() -> None:
         "mtls",
         "steps",
         "namespaces",
+        "identity",
     }
+    assert doc["identity"] is None  # no identity step checked
     assert doc["istio"] == {
         "namespace": "istio-system",
         "installed": True,

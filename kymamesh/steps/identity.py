@@ -153,7 +153,10 @@ class IdentityStep:
             )
         _secret_data(ctx, setup)  # every Secret and key Dex would read exists
         if helm is not None:
-            load_chart(helm, ctx, setup.pin)  # a bad chart source is refused before any write
+            restart = _secret_change(ctx, setup) is not None
+            if _release_reasons(ctx, helm, setup, deployed, restart):
+                # a bad chart source is refused before any write; a Dex in place needs none
+                load_chart(helm, ctx, setup.pin)
         if ctx.istio_present:
             for versions, kind in (
                 (SECURITY_API_VERSIONS, "RequestAuthentication"),
@@ -324,22 +327,10 @@ def _release_change(ctx: StepContext, setup: Setup, secret_changes: bool) -> Cha
     helm = ctx.helm()
     pin = setup.pin
     deployed = helm.deployed(pin.release, pin.namespace)
-    version = _wanted_version(helm, ctx, pin)
-    values = setup.values(_secret_versions(ctx.cluster, setup))
-    reasons = []
-    if deployed is None:
-        reasons.append(f"install {pin.chart} {version}")
-    else:
-        if deployed.chart_version != version:
-            reasons.append(f"upgrade {deployed.chart_version} -> {version}")
-        if deployed.status != "deployed":
-            reasons.append(f"status is {deployed.status}")
-        if deployed.values != values:
-            reasons.append(_values_reason(deployed, values))
-        elif secret_changes:
-            reasons.append("restart: a secret Dex reads changes")
+    reasons = _release_reasons(ctx, helm, setup, deployed, secret_changes)
     if not reasons:
         return None
+    values = setup.values(_secret_versions(ctx.cluster, setup))
     target = f"HelmRelease/{pin.namespace}/{pin.release}"
 
     def apply(cluster: Cluster) -> None:
@@ -352,6 +343,31 @@ def _release_change(ctx: StepContext, setup: Setup, secret_changes: bool) -> Cha
 
     diff = _dry_run_diff(ctx, helm, setup, values) if ctx.dry_run else ""
     return Change(target=target, summary="; ".join(reasons), apply=apply, diff=diff)
+
+
+def _release_reasons(
+    ctx: StepContext,
+    helm: Helm,
+    setup: Setup,
+    deployed: DeployedRelease | None,
+    secret_changes: bool,
+) -> list[str]:
+    """Why the Dex release must be installed or upgraded; none when it is in place."""
+    pin = setup.pin
+    version = _wanted_version(helm, ctx, pin)
+    if deployed is None:
+        return [f"install {pin.chart} {version}"]
+    values = setup.values(_secret_versions(ctx.cluster, setup))
+    reasons = []
+    if deployed.chart_version != version:
+        reasons.append(f"upgrade {deployed.chart_version} -> {version}")
+    if deployed.status != "deployed":
+        reasons.append(f"status is {deployed.status}")
+    if deployed.values != values:
+        reasons.append(_values_reason(deployed, values))
+    elif secret_changes:
+        reasons.append("restart: a secret Dex reads changes")
+    return reasons
 
 
 def _values_reason(deployed: DeployedRelease, values: Mapping[str, Any]) -> str:

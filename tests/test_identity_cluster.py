@@ -1,0 +1,403 @@
+"""Identity against the test cluster: Dex from the stand-in of its chart, exposed through the
+gateway, its tokens checked there (objects that the real istiod's validation webhook
+admits), a re-run that writes nothing, a connector change that rolls only Dex, identity
+turned off, uninstall, adoption, and bad identity files refused with zero writes. Secret
+values never reach any output, the release's values or the remembered settings."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support_identity import (
+    APP_SECRET,
+    APP_SECRET_ENV,
+    BAD_INPUTS,
+    BIND_PW,
+    DOMAIN,
+    LDAP_SECRET,
+    OIDC_SECRET,
+    SECRETS,
+    bad_document,
+    identity_doc,
+    write_identity,
+)
+from support_lifecycle import get, helm_install_foreign
+from test_install_cluster import CHARTS
+
+from kymamesh import identity as idn
+from kymamesh import settings
+from kymamesh.cluster import parse_quantity
+
+DEX_NS = "kyma-system"
+PATCH = ("patch", "--charts-dir", str(CHARTS))  # Dex's chart, when it must be installed
+NEW_APP_SECRET = "app-s3cret-new-31aa-never-in-output"
+
+
+def run(
+    c: Any, *args: str, app_secret: str | None = APP_SECRET, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """The real entry point with the app's secret in the environment (as a CI job has it)."""
+    env = dict(c.env)
+    env["KYMAMESH_HELM"] = str(c.helm)
+    env.pop(APP_SECRET_ENV, None)
+    if app_secret is not None:
+        env[APP_SECRET_ENV] = app_secret
+    return subprocess.run(
+        [sys.executable, "-m", "kymamesh", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def assert_hidden(text: str, *values: str) -> None:
+    for value in values:
+        assert value not in text, f"{value!r} in output"
+        assert base64.b64encode(value.encode()).decode() not in text, f"base64 of {value!r}"
+
+
+def user_secret(c: Any) -> None:
+    """The LDAP bind password, in a Secret the user made (named by a secretRef)."""
+    c.kubectl("create", "namespace", DEX_NS, check=False)
+    c.kubectl(
+        "create",
+        "secret",
+        "generic",
+        LDAP_SECRET,
+        "-n",
+        DEX_NS,
+        f"--from-literal=password={BIND_PW}",
+    )
+
+
+def secret_data(c: Any, name: str) -> dict[str, str]:
+    doc = get(c, "secret", name, "-n", DEX_NS) or {}
+    return {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+
+
+def dex_config(c: Any) -> dict[str, Any]:
+    return dict(yaml.safe_load(secret_data(c, "dex")["config.yaml"]))
+
+
+def identity_objects(c: Any) -> dict[str, dict[str, Any] | None]:
+    return {
+        "PeerAuthentication": get(c, "peerauthentication", "dex", "-n", DEX_NS),
+        "VirtualService": get(c, "virtualservice", "dex", "-n", DEX_NS),
+        "RequestAuthentication": get(
+            c, "requestauthentication", "kyma-dex-jwt", "-n", "istio-system"
+        ),
+        "AuthorizationPolicy": get(
+            c, "authorizationpolicy", "kyma-dex-require-token", "-n", "istio-system"
+        ),
+    }
+
+
+def written(writes: Any) -> set[str]:
+    """`resource/namespace/name` of each object written (status writes by controllers aside)."""
+    found = set()
+    for e in writes.events:
+        o = e.get("objectRef", {})
+        if o.get("subresource"):
+            continue
+        found.add(f"{o.get('resource')}/{o.get('namespace', '')}/{o.get('name', '')}")
+    return found
+
+
+OBJECTS = (  # what the identity step leaves in kyma-system, by kubectl kind/name
+    "serviceaccount/dex",
+    "secret/dex",
+    "role/dex",
+    "rolebinding/dex",
+    "service/dex",
+    "deployment/dex",
+    f"secret/{idn.MANAGED_SECRET}",
+    f"secret/{LDAP_SECRET}",
+    "virtualservice/dex",
+    "peerauthentication/dex",
+)
+
+
+def versions(c: Any) -> dict[str, str]:
+    """The resourceVersion of each object of the identity step (a change bumps it)."""
+    found = {}
+    for name in OBJECTS:
+        obj = get(c, name, "-n", DEX_NS)
+        found[name] = obj["metadata"]["resourceVersion"] if obj else ""
+    for name in (
+        "requestauthentication/kyma-dex-jwt",
+        "authorizationpolicy/kyma-dex-require-token",
+    ):
+        obj = get(c, name, "-n", "istio-system")
+        found[name] = obj["metadata"]["resourceVersion"] if obj else ""
+    return found
+
+
+def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
+    c = fresh_cluster()
+    user_secret(c)
+    doc = identity_doc(tmp_path)
+    path = write_identity(tmp_path, doc)
+    args = ("install", "--charts-dir", str(CHARTS), "--identity", str(path))
+
+    # the dry run shows it, and writes nothing
+    with c.audit.counting() as writes:
+        planned = ok(run(c, *args, "--dry-run", "-o", "json"))
+    assert writes.total == 0, writes.describe()
+    result = json.loads(planned.stdout)
+    step = next(i for p in result["phases"] for i in p["items"] if i["name"] == "identity")
+    assert step["outcome"] == "would-change"
+    assert f"Secret/{DEX_NS}/{idn.MANAGED_SECRET}" in " ".join(step["changes"])
+    assert "HelmRelease/kyma-system/dex: install dex 0.24.0" in step["changes"]
+    assert_hidden(planned.stdout + planned.stderr, *SECRETS)
+
+    # install with identity, -v: everything is there; no secret in the output
+    installed = ok(run(c, *args, "-y", "-v"))
+    assert_hidden(installed.stdout + installed.stderr, *SECRETS)
+    release = json.loads(c.helm_run("list", "-n", DEX_NS, "-o", "json").stdout)
+    assert [(r["name"], r["chart"], r["status"]) for r in release] == [
+        ("dex", "dex-0.24.0", "deployed")
+    ]
+    config = dex_config(c)
+    assert config["issuer"] == f"https://dex.{DOMAIN}"
+    assert config["storage"]["type"] == "kubernetes"
+    assert [(x["id"], x["type"]) for x in config["connectors"]] == [
+        ("corp", "oidc"),
+        ("adfs", "saml"),
+        ("ldap", "ldap"),
+    ]
+    assert_hidden(yaml.safe_dump(config), *SECRETS)
+    assert secret_data(c, idn.MANAGED_SECRET) == {
+        "connector.corp.clientSecret": OIDC_SECRET,
+        "client.app.secret": APP_SECRET,
+    }
+    values = c.helm_run("get", "values", "dex", "-n", DEX_NS, "-o", "json").stdout
+    assert_hidden(values, *SECRETS)
+    remembered = get(c, "configmap", settings.NAME, "-n", "istio-system")
+    assert remembered is not None
+    assert "corp" in remembered["data"][settings.KEY]
+    assert_hidden(json.dumps(remembered), *SECRETS)
+
+    deployment = get(c, "deployment", "dex", "-n", DEX_NS)
+    assert deployment is not None
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["sidecar.istio.io/inject"] == "true"
+    env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert {(r["name"], r["key"]) for r in env.values()} == {
+        (idn.MANAGED_SECRET, "connector.corp.clientSecret"),
+        (idn.MANAGED_SECRET, "client.app.secret"),
+        (LDAP_SECRET, "password"),
+    }
+    pods = json.loads(
+        c.kubectl(
+            "get", "pods", "-n", DEX_NS, "-l", "app.kubernetes.io/name=dex", "-o", "json"
+        ).stdout
+    )["items"]
+    assert pods, "no Dex Pod"
+    containers = {x["name"]: x for x in pods[0]["spec"]["containers"]}
+    assert "istio-proxy" in containers, "istiod did not inject Dex's sidecar"
+    proxy = containers["istio-proxy"]["resources"]  # Kyma's sidecar resources
+    assert parse_quantity(proxy["limits"]["memory"]) == parse_quantity("1024Mi")
+    assert parse_quantity(proxy["limits"]["cpu"]) == 1
+    assert parse_quantity(proxy["requests"]["memory"]) == parse_quantity("128Mi")
+
+    objects = identity_objects(c)
+    assert all(objects.values()), {k: v is not None for k, v in objects.items()}
+    ra = objects["RequestAuthentication"]["spec"]
+    assert ra["selector"] == {"matchLabels": {"istio": "ingressgateway"}}
+    assert ra["jwtRules"][0]["issuer"] == f"https://dex.{DOMAIN}"
+    assert ra["jwtRules"][0]["jwksUri"] == "http://dex.kyma-system.svc.cluster.local:5556/keys"
+    ap = objects["AuthorizationPolicy"]["spec"]
+    assert ap["action"] == "DENY"
+    assert ap["rules"][0]["to"][0]["operation"]["hosts"] == [f"app.{DOMAIN}"]
+    assert ap["rules"][0]["from"][0]["source"]["notRequestPrincipals"] == ["*"]
+    vs = objects["VirtualService"]["spec"]
+    assert vs["hosts"] == [f"dex.{DOMAIN}"] and vs["gateways"] == ["kyma-system/kyma-gateway"]
+
+    # istiod's validation webhook admits the policies, and does refuse a broken one
+    for kind, obj in objects.items():
+        if kind in ("RequestAuthentication", "AuthorizationPolicy"):
+            body = {k: obj[k] for k in ("apiVersion", "kind", "spec")}
+            body["metadata"] = {"name": f"probe-{kind.lower()}", "namespace": "istio-system"}
+            c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body))
+    broken = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "RequestAuthentication",
+        "metadata": {"name": "probe-broken", "namespace": "istio-system"},
+        "spec": {"jwtRules": [{"issuer": "", "jwksUri": "not a url"}]},
+    }
+    refused = c.kubectl(
+        "create", "--dry-run=server", "-f", "-", input=json.dumps(broken), check=False
+    )
+    assert refused.returncode != 0 and "validation.istio.io" in refused.stderr, refused.stderr
+
+    status = run(c, "status", "-o", "json")
+    assert status.returncode == 0, status.stdout
+    ident = json.loads(status.stdout)["data"]["identity"]
+    assert ident["enabled"] is True and ident["ready"] is True
+    assert ident["issuer"] == f"https://dex.{DOMAIN}"
+    assert ident["release"]["chartVersion"] == "0.24.0"
+    assert [x["id"] for x in ident["connectors"]] == ["corp", "adfs", "ldap"]
+    assert {o["kind"]: (o["present"], o["matches"]) for o in ident["objects"]} == {
+        "PeerAuthentication": (True, True),
+        "VirtualService": (True, True),
+        "RequestAuthentication": (True, True),
+        "AuthorizationPolicy": (True, True),
+    }
+    text = ok(run(c, "status"))
+    assert "connectors: corp (oidc), adfs (saml), ldap (ldap)" in text.stdout
+    assert_hidden(status.stdout + text.stdout, *SECRETS)
+
+    # a re-run writes nothing; so does a patch without --identity (remembered)
+    with c.audit.counting() as writes:
+        ok(run(c, *args, "-y"))
+        ok(run(c, "patch", "-y", app_secret=None))
+    assert writes.total == 0, writes.describe()
+
+    # a changed secret: the dry-run diff says so without showing it
+    diff = ok(run(c, *PATCH, "--identity", str(path), "--dry-run", app_secret=NEW_APP_SECRET))
+    assert "client.app.secret: (redacted, changed)" in diff.stdout
+    assert_hidden(diff.stdout + diff.stderr, *SECRETS, NEW_APP_SECRET)
+
+    # a changed connector: only Dex's config Secret changes, and Dex rolls
+    doc["connectors"][0]["scopes"] = ["openid", "email"]
+    doc["connectors"][0]["name"] = "Corporate SSO (new)"
+    changed = write_identity(tmp_path, doc, "identity-2.yaml")
+    before = get(c, "deployment", "dex", "-n", DEX_NS)
+    assert before is not None
+    versions_before = versions(c)
+    with c.audit.counting() as writes:
+        done = ok(run(c, *PATCH, "--identity", str(changed), "-y", "-o", "json"))
+    assert_hidden(done.stdout + done.stderr, *SECRETS)
+    # Helm 4 applies every object of the release server-side; what changed is what matters
+    changed_objects = {k for k, v in versions(c).items() if v != versions_before[k]}
+    assert changed_objects == {"secret/dex", "deployment/dex"}, writes.describe()
+    assert {w.split("/")[0] for w in written(writes)} <= {
+        "leases",  # the run's lock
+        "configmaps",  # the remembered settings (the new connector)
+        "secrets",  # Helm's release records, Dex's config
+        "serviceaccounts",
+        "roles",
+        "rolebindings",
+        "services",
+        "deployments",
+    }, writes.describe()
+    after = get(c, "deployment", "dex", "-n", DEX_NS)
+    assert after is not None
+    checksum = "checksum/config"
+    assert (
+        after["spec"]["template"]["metadata"]["annotations"][checksum]
+        != before["spec"]["template"]["metadata"]["annotations"][checksum]
+    )
+    assert dex_config(c)["connectors"][0]["name"] == "Corporate SSO (new)"
+
+    # identity off: everything it made goes; the user's Secret stays
+    off = ok(run(c, "patch", "--identity", "none", "-y", app_secret=None))
+    assert_hidden(off.stdout + off.stderr, *SECRETS)
+    assert json.loads(c.helm_run("list", "-n", DEX_NS, "-o", "json").stdout) == []
+    assert not any(identity_objects(c).values())
+    assert get(c, "secret", idn.MANAGED_SECRET, "-n", DEX_NS) is None
+    assert get(c, "secret", LDAP_SECRET, "-n", DEX_NS) is not None
+    status = run(c, "status", "-o", "json", app_secret=None)
+    assert status.returncode == 0, status.stdout
+    assert json.loads(status.stdout)["data"]["identity"]["enabled"] is False
+    with c.audit.counting() as writes:
+        ok(run(c, "patch", "-y", app_secret=None))  # off is remembered: nothing to do
+    assert writes.total == 0, writes.describe()
+
+    # on again, then uninstall: identity first, then Istio
+    ok(run(c, *PATCH, "--identity", str(path), "-y"))
+    gone = ok(run(c, "uninstall", "-y", "-o", "json", app_secret=None))
+    data = json.loads(gone.stdout)["data"]
+    assert data["releases"][0] == "dex"
+    assert f"Secret/{DEX_NS}/{idn.MANAGED_SECRET}" in " ".join(data["patchObjects"])
+    assert json.loads(c.helm_run("list", "-n", DEX_NS, "-o", "json").stdout) == []
+    assert not any(identity_objects(c).values())
+    assert get(c, "secret", idn.MANAGED_SECRET, "-n", DEX_NS) is None
+
+
+def test_adoption_with_identity(fresh_cluster: Any, tmp_path: Path) -> None:
+    """`patch --existing-istio --identity FILE` on an Istio installed with plain Helm."""
+    c = fresh_cluster()
+    helm_install_foreign(c)
+    user_secret(c)
+    path = write_identity(tmp_path, identity_doc(tmp_path))
+    args = ("patch", "--existing-istio", "--charts-dir", str(CHARTS), "--identity", str(path))
+    done = ok(run(c, *args, "-y"))
+    assert_hidden(done.stdout + done.stderr, *SECRETS)
+    assert [
+        r["name"] for r in json.loads(c.helm_run("list", "-n", DEX_NS, "-o", "json").stdout)
+    ] == ["dex"]
+    assert all(identity_objects(c).values())
+    with c.audit.counting() as writes:
+        ok(run(c, *args, "-y"))
+    assert writes.total == 0, writes.describe()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_identity_file_is_refused_with_zero_writes(
+    cluster: Any, tmp_path: Path, name: str
+) -> None:
+    doc, field, words = bad_document(name, tmp_path)
+    path = write_identity(tmp_path, doc)
+    with cluster.audit.counting() as writes:
+        done = run(
+            cluster, "install", "--charts-dir", str(CHARTS), "--identity", str(path), "-o", "json"
+        )
+    assert writes.total == 0, writes.describe()
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = json.loads(done.stdout)["errors"][0]
+    assert f"identity: {field}: " in error["message"] and words in error["message"], error
+    assert error["hint"]
+    assert_hidden(done.stdout + done.stderr, *SECRETS)
+
+
+def test_missing_secret_reference_is_refused_with_zero_writes(cluster: Any, tmp_path: Path) -> None:
+    """A secretRef to a Secret that does not exist: exit 3, before any write."""
+    doc = identity_doc(tmp_path)
+    doc["connectors"][2]["bindPW"] = {"secretRef": {"name": "no-such-secret", "key": "password"}}
+    path = write_identity(tmp_path, doc)
+    with cluster.audit.counting() as writes:
+        done = run(
+            cluster, "install", "--charts-dir", str(CHARTS), "--identity", str(path), "-o", "json"
+        )
+    assert writes.total == 0, writes.describe()
+    assert done.returncode == 3, done.stdout + done.stderr
+    error = json.loads(done.stdout)["errors"][0]
+    assert f"Secret {DEX_NS}/no-such-secret" in error["message"] and "create it" in error["hint"]
+    assert_hidden(done.stdout + done.stderr, *SECRETS)
+
+
+def test_env_secret_missing_is_refused_with_zero_writes(cluster: Any, tmp_path: Path) -> None:
+    path = write_identity(tmp_path, identity_doc(tmp_path))
+    with cluster.audit.counting() as writes:
+        done = run(
+            cluster,
+            "install",
+            "--charts-dir",
+            str(CHARTS),
+            "--identity",
+            str(path),
+            "-o",
+            "json",
+            app_secret=None,
+        )
+    assert writes.total == 0, writes.describe()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert APP_SECRET_ENV in json.loads(done.stdout)["errors"][0]["message"]

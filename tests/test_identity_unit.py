@@ -1,0 +1,150 @@
+"""The identity file without a cluster: what it becomes (step parameters, Dex's config, Dex's
+environment), that secrets stay out of all of it, and each bad input refused by field."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from support_identity import (
+    APP_SECRET,
+    APP_SECRET_ENV,
+    BAD_INPUTS,
+    DOMAIN,
+    LDAP_SECRET,
+    OIDC_SECRET,
+    SECRETS,
+    bad_document,
+    identity_doc,
+    write_identity,
+)
+
+from kymamesh import identity as idn
+from kymamesh.errors import ExitCode, UsageError
+
+
+@pytest.fixture
+def app_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(APP_SECRET_ENV, APP_SECRET)
+
+
+def read(tmp_path: Path) -> tuple[dict, dict[str, str]]:
+    return idn.read_identity_file(write_identity(tmp_path, identity_doc(tmp_path)))
+
+
+def test_file_and_env_secrets_become_references(tmp_path: Path, app_secret: None) -> None:
+    params, values = read(tmp_path)
+    assert values == {
+        "connector.corp.clientSecret": OIDC_SECRET,  # the file's newline is dropped
+        "client.app.secret": APP_SECRET,
+    }
+    corp, adfs, ldap = params["connectors"]
+    assert corp["clientSecret"] == {
+        "secretRef": {"name": idn.MANAGED_SECRET, "key": "connector.corp.clientSecret"}
+    }
+    assert ldap["bindPW"] == {"secretRef": {"name": LDAP_SECRET, "key": "password"}}
+    assert params["staticClients"][0]["secret"] == {
+        "secretRef": {"name": idn.MANAGED_SECRET, "key": "client.app.secret"}
+    }
+    assert adfs["ca"].startswith("-----BEGIN CERTIFICATE-----")  # the CA's text, not its path
+    text = json.dumps(params)
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_dex_config_names_variables_not_secrets(tmp_path: Path, app_secret: None) -> None:
+    params, _ = read(tmp_path)
+    identity = idn.parse(params, DOMAIN)
+    config = idn.dex_config(identity, DOMAIN)
+    env = idn.dex_env(identity)
+    assert config["issuer"] == f"https://dex.{DOMAIN}"
+    assert config["storage"] == {"type": "kubernetes", "config": {"inCluster": True}}
+    by_id = {c["id"]: c for c in config["connectors"]}
+    assert [(c["id"], c["type"]) for c in config["connectors"]] == [
+        ("corp", "oidc"),
+        ("adfs", "saml"),
+        ("ldap", "ldap"),
+    ]
+    corp = by_id["corp"]["config"]
+    assert corp["redirectURI"] == f"https://dex.{DOMAIN}/callback"  # the default
+    assert corp["clientSecret"].startswith("$" + idn.ENV_PREFIX)
+    assert base64.b64decode(by_id["adfs"]["config"]["caData"]).startswith(b"-----BEGIN")
+    assert "ca" not in by_id["adfs"]["config"]
+    client = config["staticClients"][0]
+    assert "secret" not in client and client["secretEnv"].startswith(idn.ENV_PREFIX)
+    variables = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env}
+    assert variables[corp["clientSecret"][1:]] == {
+        "name": idn.MANAGED_SECRET,
+        "key": "connector.corp.clientSecret",
+    }
+    assert variables[by_id["ldap"]["config"]["bindPW"][1:]] == {
+        "name": LDAP_SECRET,
+        "key": "password",
+    }
+    assert variables[client["secretEnv"]]["key"] == "client.app.secret"
+    text = yaml.safe_dump(config) + json.dumps(env)
+    for secret in SECRETS:
+        assert secret not in text
+
+
+def test_none_and_empty(tmp_path: Path) -> None:
+    assert idn.parse(idn.disabled_params()).enabled is False
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("connectors: []\n")
+    params, values = idn.read_identity_file(empty)
+    assert params == {**idn.disabled_params(), "enabled": True} and values == {}
+    identity = idn.parse(params, DOMAIN)
+    assert idn.dex_config(identity, DOMAIN)["connectors"] == []
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_names_the_field(tmp_path: Path, app_secret: None, name: str) -> None:
+    doc, field, words = bad_document(name, tmp_path)
+    path = write_identity(tmp_path, doc)
+    with pytest.raises(UsageError) as caught:
+        params, _ = idn.read_identity_file(path)
+        idn.parse(params, DOMAIN)  # the hosts are checked against the domain in the step
+    err = caught.value
+    assert err.exit_code == ExitCode.USAGE
+    assert f"identity: {field}: " in err.message, err.message
+    assert words in err.message, err.message
+    assert err.hint
+
+
+def test_missing_env_and_file_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(APP_SECRET_ENV, raising=False)
+    path = write_identity(tmp_path, identity_doc(tmp_path))
+    with pytest.raises(UsageError, match=f"environment variable {APP_SECRET_ENV} is not set"):
+        idn.read_identity_file(path)
+    monkeypatch.setenv(APP_SECRET_ENV, APP_SECRET)
+    (tmp_path / "oidc-secret").unlink()
+    with pytest.raises(UsageError, match=r"connectors\[0\] \(corp\)\.clientSecret: cannot read"):
+        idn.read_identity_file(path)
+
+
+def test_secret_sources_in_config_are_refused() -> None:
+    """`--config` may set the step's parameters, but only with secretRefs."""
+    params = {
+        **idn.disabled_params(),
+        "enabled": True,
+        "staticClients": [
+            {"id": "a", "redirectURIs": ["https://a.example.com/cb"], "secret": {"env": "X"}}
+        ],
+    }
+    with pytest.raises(UsageError, match="read only from an identity file"):
+        idn.parse(params, DOMAIN)
+
+
+def test_dex_itself_cannot_require_a_token(tmp_path: Path) -> None:
+    params = {**idn.disabled_params(), "enabled": True, "requireTokenHosts": [f"dex.{DOMAIN}"]}
+    with pytest.raises(UsageError, match="is Dex itself"):
+        idn.parse(params, DOMAIN)
+
+
+def test_variable_names_are_distinct() -> None:
+    refs = (idn.SecretRef("a-b", "c"), idn.SecretRef("a", "b-c"), idn.SecretRef("a-b", "c"))
+    names = idn.env_names(refs)
+    assert len(names) == 2 and len(set(names.values())) == 2
