@@ -24,8 +24,19 @@ STEPS = [
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
+    "identity",
 ]
-DATA_KEYS = {"healthy", "problems", "istio", "releases", "istiod", "mtls", "steps", "namespaces"}
+DATA_KEYS = {
+    "healthy",
+    "problems",
+    "istio",
+    "releases",
+    "istiod",
+    "mtls",
+    "steps",
+    "namespaces",
+    "identity",
+}
 
 
 KYMA_SIDECAR = {  # patches/kyma.yaml, step sidecar-resources

@@ -41,7 +41,7 @@ from kymamesh import MANAGED_BY_LABEL
 from kymamesh import identity as idn
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.diffs import object_diff
-from kymamesh.errors import PreconditionError
+from kymamesh.errors import KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease, Helm, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
 from kymamesh.release import DexRelease, dex_pinned
@@ -401,7 +401,12 @@ def _wait_ready(cluster: Cluster, helm: Helm, pin: DexRelease, timeout: float) -
 
 
 def _dry_run_diff(ctx: StepContext, helm: Helm, setup: Setup, values: Mapping[str, Any]) -> str:
-    chart = load_chart(helm, ctx, setup.pin)
+    """What the release would change, object by object (Secrets redacted). `status` checks
+    as a dry run too and needs no chart: a chart that cannot be loaded gives no diff."""
+    try:
+        chart = load_chart(helm, ctx, setup.pin)
+    except KymameshError as exc:
+        return f"# no diff of the Dex release: {exc.message}"
     parts = []
     for obj in helm.template(setup.pin.release, chart, dict(values), setup.pin.namespace):
         if not isinstance(obj, dict) or "kind" not in obj:
