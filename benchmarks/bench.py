@@ -1,11 +1,13 @@
 """What the benchmarks share: the test cluster, a fresh cluster per round, and one way to
 run a command and measure it (wall time, peak memory, the requests it made).
 
-Peak memory is read from the kernel, not sampled: a kymamesh command runs under
-`peak.py`, which reports the command's own peak resident set (`getrusage(RUSAGE_SELF)`)
-and that of its largest child process (helm); any other command is measured by
-`wait4`, which gives the largest resident set of the process and of the children it
-waited for (for the plain script: bash, helm, kubectl).
+Peak memory is read from the kernel, not sampled. A process's ru_maxrss (getrusage,
+wait4) starts from what its parent had resident when it forked, so every figure is
+taken with a small parent or from the process's own address space:
+- a kymamesh command runs under `peak.py`, which reports its own VmHWM;
+- helm, when kymamesh runs it, runs under `helm-peak.sh` (GNU time is its parent);
+- any other command (the plain script) runs under GNU time, whose figure is the largest
+  process of the command's tree (bash, helm, kubectl).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "tests" / "fixtures" / "charts"
 TESTCLUSTER = ROOT / "tests" / "cluster" / "testcluster.py"
 PEAK = ROOT / "benchmarks" / "peak.py"
+HELM_PEAK = ROOT / "benchmarks" / "helm-peak.sh"
+TIME = shutil.which("time", path="/usr/bin:/bin")  # GNU time (Debian package `time`)
 
 
 def testcluster() -> Any:
@@ -82,8 +87,8 @@ def fresh_cluster(tc: Any, prefix: str) -> Iterator[Fresh]:
 @dataclass(frozen=True)
 class Measured:
     seconds: float
-    peak_kib: int  # the command's own process (kymamesh) or its largest process (others)
-    child_peak_kib: int  # kymamesh: its largest child (helm); others: 0
+    peak_kib: int  # kymamesh: its own process; other commands: their largest process
+    helm_peak_kib: int  # kymamesh: its largest helm run (0: it ran none)
     stdout: str
 
     @property
@@ -91,8 +96,8 @@ class Measured:
         return self.peak_kib / 1024
 
     @property
-    def child_peak_mib(self) -> float:
-        return self.child_peak_kib / 1024
+    def helm_peak_mib(self) -> float:
+        return self.helm_peak_kib / 1024
 
 
 def kymamesh(*args: str) -> list[str]:
@@ -100,16 +105,36 @@ def kymamesh(*args: str) -> list[str]:
     return [sys.executable, str(PEAK), *args]
 
 
+def _kib(path: Path) -> list[int]:
+    """The figures GNU time or peak.py wrote (other lines: time's notes on exit codes)."""
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text().split() if line.isdigit()]
+
+
 def run(argv: list[str], env: dict[str, str], *, check: bool = True) -> Measured:
     """Run argv (not in a source tree: PYTHONPATH decides which kymamesh runs), timed."""
-    with tempfile.NamedTemporaryFile(prefix="kymamesh-peak-") as report:
-        env = {**env, "KYMAMESH_BENCH_MEMORY": report.name}
+    is_kymamesh = argv[:2] == [sys.executable, str(PEAK)]
+    with tempfile.TemporaryDirectory(prefix="kymamesh-bench-") as tmp:
+        own, helm_peaks, tree = Path(tmp) / "own", Path(tmp) / "helm", Path(tmp) / "tree"
+        env = dict(env)
+        if is_kymamesh:
+            env["KYMAMESH_BENCH_MEMORY"] = str(own)
+            helm = shutil.which("helm", path=env.get("PATH"))
+            if helm and TIME and "KYMAMESH_HELM" not in env:
+                env.update(
+                    KYMAMESH_HELM=str(HELM_PEAK),
+                    KYMAMESH_BENCH_HELM=helm,
+                    KYMAMESH_BENCH_HELM_PEAKS=str(helm_peaks),
+                )
+        elif TIME:
+            argv = [TIME, "-f", "%M", "-o", str(tree), *argv]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             start = time.perf_counter()
             proc = subprocess.Popen(
                 argv,
                 env=env,
-                cwd=tempfile.gettempdir(),
+                cwd=tmp,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -122,8 +147,8 @@ def run(argv: list[str], env: dict[str, str], *, check: bool = True) -> Measured
             stdout, stderr = out.read().decode(), err.read().decode()
         if check and proc.returncode != 0:
             raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{stderr[-3000:]}")
-        reported = Path(report.name).read_text().split()
-    if argv[:2] == [sys.executable, str(PEAK)] and len(reported) == 2:
-        own, child = (int(v) for v in reported)
-        return Measured(seconds, own, child, stdout)
-    return Measured(seconds, usage.ru_maxrss, 0, stdout)
+        if is_kymamesh:
+            return Measured(
+                seconds, max(_kib(own), default=0), max(_kib(helm_peaks), default=0), stdout
+            )
+        return Measured(seconds, max(_kib(tree), default=usage.ru_maxrss), 0, stdout)

@@ -52,7 +52,7 @@ def _round(tc, tool: str, charts: Path, base_env: dict[str, str]) -> dict[str, f
             figures[f"{label} (s)"] = measured.seconds
             figures[f"{label} peak (MiB)"] = measured.peak_mib
             if tool == "kymamesh":
-                figures[f"{label} helm peak (MiB)"] = measured.child_peak_mib
+                figures[f"{label} helm peak (MiB)"] = measured.helm_peak_mib
             figures[f"{label} writes"] = log.writes_since(mark).total
             figures[f"{label} reads"] = log.writes_since(mark, verbs=tc.READ_VERBS).total
         if tool == "kymamesh":

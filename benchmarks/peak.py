@@ -2,15 +2,16 @@
 
     python benchmarks/peak.py ARGS...
 
-Writes "SELF_KIB CHILDREN_KIB" to the file named by KYMAMESH_BENCH_MEMORY when the
-command ends, however it ends: the peak resident set of this process (kymamesh itself)
-and of its largest child (helm). The exit code is the command's.
+When the command ends, however it ends, writes this process's peak resident set in KiB
+(`VmHWM` of /proc/self/status) to the file named by KYMAMESH_BENCH_MEMORY. VmHWM belongs
+to the address space made at exec, so unlike `getrusage`'s ru_maxrss it does not include
+what the parent process had resident when it started this one. The exit code is the
+command's.
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import runpy
 import sys
 
@@ -19,10 +20,10 @@ def _report() -> None:
     path = os.environ.get("KYMAMESH_BENCH_MEMORY")
     if not path:
         return
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open("/proc/self/status") as f:
+        kib = next(line.split()[1] for line in f if line.startswith("VmHWM:"))
     with open(path, "w") as f:
-        f.write(f"{own} {children}\n")
+        f.write(f"{kib}\n")
 
 
 def main() -> None:
