@@ -278,6 +278,14 @@ def _istiod(name: str, image: str, revision: str | None) -> dict[str, Any]:
 # -- the step on an in-memory cluster ---------------------------------------------------
 
 
+ROLLED_OUT = {
+    "observedGeneration": 1000,
+    "replicas": 1,
+    "updatedReplicas": 1,
+    "availableReplicas": 1,
+}
+
+
 def mesh_with_old_sidecar() -> FakeCluster:
     cluster = FakeCluster()
     cluster.add(_istiod("istiod", "docker.io/istio/pilot:1.30.3", None))
@@ -297,6 +305,7 @@ def mesh_with_old_sidecar() -> FakeCluster:
             "kind": "Deployment",
             "metadata": {"name": "app", "namespace": "shop"},
             "spec": {"template": {"metadata": {"labels": {"app": "app"}}}},
+            "status": ROLLED_OUT,  # the fake has no controller: every rollout is done
         }
     )
     cluster.admit = inject(RESOURCES)
@@ -340,7 +349,8 @@ def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "changed"
     assert item.changes == [
-        "Deployment/shop/app: Deployment/shop/app restarted (istio-proxy 1.29.4, istiod 1.30.3)"
+        "Deployment/shop/app: Deployment/shop/app restarted, batch 1/1 "
+        "(istio-proxy 1.29.4, istiod 1.30.3)"
     ]
     deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
     assert deployment is not None

@@ -274,6 +274,7 @@ def test_status_json_keys_are_stable() -> None:
         steps=[mesh.StepState("mtls-strict", "mesh-wide strict mutual TLS", True)],
         namespaces=[mesh.NamespaceState("demo", True, "default", 2, 1, 0)],
         problems=[],
+        outdated=_outdated_rows(),
     )
     doc = st.to_json()
     assert set(doc) == {
@@ -286,7 +287,19 @@ def test_status_json_keys_are_stable() -> None:
         "steps",
         "namespaces",
         "identity",
+        "outdatedSidecars",
     }
+    assert doc["outdatedSidecars"] == [
+        {
+            "namespace": "demo",
+            "kind": "Deployment",
+            "name": "cart",
+            "pods": ["cart-1"],
+            "reasons": ["istio-proxy 1.29.4, istiod 1.30.3"],
+            "action": "restart",
+            "detail": "restarted like `kubectl rollout restart`",
+        }
+    ]
     assert doc["identity"] is None  # no identity step checked
     assert doc["istio"] == {
         "namespace": "istio-system",
@@ -492,3 +505,16 @@ def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() ->
     assert (state.with_sidecar, state.outdated) == (2, 1)
     (unjudged,) = mesh.namespace_states(namespaces, [current, older], deps)  # type: ignore[arg-type]
     assert unjudged.outdated == 0
+
+
+def _outdated_rows() -> list[dict[str, object]]:
+    from kymamesh.sidecars import OutdatedWorkload, Workload
+    from kymamesh.steps.proxies import RestartPlan
+
+    entry = OutdatedWorkload(
+        Workload("Deployment", "demo", "cart"),
+        reasons=["istio-proxy 1.29.4, istiod 1.30.3"],
+        pods=["cart-1"],
+    )
+    plan = RestartPlan(actions=[(entry, "restart", "restarted like `kubectl rollout restart`")])
+    return plan.to_json()
