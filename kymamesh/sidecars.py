@@ -342,17 +342,18 @@ def restart_batches(
 ) -> list[list[OutdatedWorkload]]:
     """The order of the restarts: the system namespaces' workloads first (in the order of
     `system_namespaces`), then the rest; each group cut into batches of `batch_size`, so a
-    batch never mixes system and other workloads. Sorted within a group."""
+    batch never mixes system and other workloads. Within a group: by namespace, kind, name."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, not {batch_size}")
     order = {ns: i for i, ns in enumerate(dict.fromkeys(system_namespaces))}
-    system = sorted(
-        (e for e in entries if e.workload.namespace in order),
-        key=lambda e: (order[e.workload.namespace], e.workload),
-    )
-    rest = sorted(
-        (e for e in entries if e.workload.namespace not in order), key=lambda e: e.workload
-    )
+    found = list(entries)
+
+    def key(e: OutdatedWorkload) -> tuple[int, str, str, str]:
+        w = e.workload
+        return (order.get(w.namespace, len(order)), w.namespace, w.kind, w.name)
+
+    system = sorted((e for e in found if e.workload.namespace in order), key=key)
+    rest = sorted((e for e in found if e.workload.namespace not in order), key=key)
     batches = []
     for group in (system, rest):
         for start in range(0, len(group), batch_size):

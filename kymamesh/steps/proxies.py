@@ -121,8 +121,13 @@ class RestartPlan:
                 "action": action,
                 "detail": detail,
             }
-            for entry, action, detail in sorted(self.actions, key=lambda a: a[0].workload)
+            for entry, action, detail in sorted(self.actions, key=_by_namespace)
         ]
+
+
+def _by_namespace(row: tuple[OutdatedWorkload, str, str]) -> tuple[str, str, str]:
+    w = row[0].workload
+    return (w.namespace, w.kind, w.name)
 
 
 def _listing(items: list[OutdatedWorkload]) -> str:
