@@ -194,6 +194,9 @@ def test_upgrade_restarts_system_first_then_in_batches(old_mesh: TestCluster) ->
     before = {
         (ns, app): {p["metadata"]["name"] for p in pods(c, ns, app)} for ns, app, *_ in RESTARTED
     }
+    old_uids = {
+        (ns, app): {p["metadata"]["uid"] for p in pods(c, ns, app)} for ns, app, *_ in RESTARTED
+    }
     uids = {(ns, app): {p["metadata"]["uid"] for p in pods(c, ns, app)} for ns, app in LEFT_ALONE}
     assert get(c, "job", "once", "-n", "shop") is not None
 
@@ -277,7 +280,7 @@ def test_upgrade_restarts_system_first_then_in_batches(old_mesh: TestCluster) ->
             60,
             f"{ns}/{app}: {want} Pod(s) with the 1.30 sidecar",
         )
-        assert not {p["metadata"]["name"] for p in pods(c, ns, app)} & before[(ns, app)]
+        assert not {p["metadata"]["uid"] for p in pods(c, ns, app)} & old_uids[(ns, app)]
     for ns, app in LEFT_ALONE:
         assert {p["metadata"]["uid"] for p in pods(c, ns, app)} == uids[(ns, app)], (ns, app)
         assert running_images(c, ns, app) == [f"docker.io/istio/proxyv2{OLD}"], (ns, app)
