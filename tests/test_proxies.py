@@ -529,7 +529,8 @@ def test_restart_proxies_on_the_test_cluster(fresh_cluster: Any) -> None:
     assert f"Deployment/{namespace}/auto-app (resources differ: " in notes
     assert "limits.memory 1Gi, wanted 768Mi" in notes
     assert f"Deployment/{namespace}/pinned (istio-proxy 1.29.4, istiod 1.30.3" in notes
-    assert f"cannot restart: Pod/{namespace}/bare" in notes
+    assert f"out-of-date sidecar in Pod/{namespace}/bare (istio-proxy 1.29.4" in notes
+    assert "a bare Pod is never restarted; re-create it yourself" in notes
 
     def replica_sets(app: str) -> set[str]:
         out = get_json(cluster, "replicasets", "-n", namespace, "-l", f"app={app}")

@@ -151,8 +151,20 @@ def plan_restarts(cluster: Cluster, istio_namespace: str, options: RestartOption
     """Find the workloads with outdated sidecars and sort them: restarted (in batches,
     only with `options.restart`), opted out, left to the user, or not worth a restart.
     Read-only (the injector is asked with dry-run Pods); the changes write when applied."""
+    return plan_restarts_for(
+        cluster, istio_namespace, find_outdated(cluster, istio_namespace), options
+    )
+
+
+def plan_restarts_for(
+    cluster: Cluster,
+    istio_namespace: str,
+    outdated: list[OutdatedWorkload],
+    options: RestartOptions,
+) -> RestartPlan:
+    """`plan_restarts` for workloads the caller found (e.g. those whose Pods another
+    revision now injects): the same opt-outs, checks, order and batches."""
     plan = RestartPlan()
-    outdated = find_outdated(cluster, istio_namespace)
     if not outdated:
         return plan
     plan.manual = [o for o in outdated if not o.workload.restartable]
@@ -316,6 +328,15 @@ def _change(
         annotation = f"spec.template.metadata.annotations[{RESTARTED_AT}]"
         diff = f"  {label}: {entry.workload}: {annotation} = <now>"
     return Change(target=str(entry.workload), summary=summary, apply=apply, diff=diff)
+
+
+def _restart_change(
+    ref: Ref, entry: OutdatedWorkload, istio_namespace: str, timeout: float
+) -> Change:
+    """One workload's restart on its own (no batch): kept for callers of the first version
+    of this module; `plan_restarts_for` is the entry point with batches and opt-outs."""
+    options = RestartOptions(restart=True, batch_size=1, timeout=timeout)
+    return _change(entry, False, "batch 1/1", istio_namespace, options, [], ([entry], []))
 
 
 def _poll(
