@@ -157,16 +157,17 @@ def outdated_reasons(
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
-    """Why this Pod's sidecar is out of date ([] when current or when it has none).
+    """Why this Pod's sidecar is out of date ([] when current, when it has none, or when
+    the injector did not put it there: no `sidecar.istio.io/status`).
 
     `istiod_versions` maps a revision to its istiod version; `proxy_resources` maps
     a revision to `global.proxy.resources` of its injector (a revision without an
     entry: resources not compared). The Pod's revision is the one that injected it.
     """
     container = proxy_container(pod)
-    if container is None:
-        return []
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if container is None or STATUS_ANNOTATION not in annotations:
+        return []  # no sidecar, or one the injector did not put there: not its to renew
     if annotations.get(PROXY_IMAGE_ANNOTATION):
         return []  # the Pod chose its proxy: the injector gives it that one, left alone
     reasons = []

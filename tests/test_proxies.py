@@ -48,6 +48,7 @@ RESOURCES = {
     "limits": {"cpu": "1", "memory": "1Gi"},
 }
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STATUS = "sidecar.istio.io/status"  # on every Pod istiod injected
 
 
 def pod(
@@ -73,11 +74,12 @@ def pod(
         (init if native else containers).append(
             {**proxy, "restartPolicy": "Always"} if native else proxy
         )
+    injected = {STATUS: '{"containers":["istio-proxy"]}'} if image is not None else {}
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "annotations": annotations or {},
+        "annotations": {**injected, **(annotations or {})},
         "labels": labels or {},
     }
     if owner:
@@ -134,6 +136,15 @@ def test_current_sidecar_is_not_outdated() -> None:
         "limits": {"cpu": "1000m", "memory": "1024Mi"},
     }
     assert outdated_reasons(pod(resources=spelled), {"default": V130}, {"default": RESOURCES}) == []
+
+
+def test_a_sidecar_the_injector_did_not_put_there_is_not_judged() -> None:
+    """Outdated is only said of injected sidecars (`sidecar.istio.io/status`): a container
+    written into the Pod by hand is not the injector's to renew."""
+    by_hand = pod(image="istio/proxyv2:1.29.4")
+    del by_hand["metadata"]["annotations"][STATUS]
+    assert outdated_reasons(by_hand, {"default": V130}, {"default": RESOURCES}) == []
+    assert outdated_workloads([by_hand], RS, {"default": V130}, {}) == []
 
 
 def test_older_proxy_version_is_outdated() -> None:
@@ -324,6 +335,8 @@ def inject(resources: dict[str, Any], image: str = "docker.io/istio/proxyv2:1.30
 
     def admit(obj: dict[str, Any]) -> dict[str, Any]:
         if obj["kind"] == "Pod":
+            meta = obj.setdefault("metadata", {})
+            meta["annotations"] = {**(meta.get("annotations") or {}), STATUS: "{}"}
             spec = obj.setdefault("spec", {})
             spec.setdefault("containers", []).append(
                 {"name": "istio-proxy", "image": image, "resources": resources}
@@ -492,9 +505,11 @@ def test_restart_proxies_on_the_test_cluster(fresh_cluster: Any) -> None:
     for obj in (
         _workload("auto-app", None, {}, opted_in),  # istiod injects Kyma's sidecar
         _workload("custom", "auto", small, opted_in),  # sets the sidecar's resources itself
-        _workload("pinned", "docker.io/istio/proxyv2:1.29.4", injector),  # not injected
+        # injected, but its template keeps the old image (the injector merges it in)
+        _workload("pinned", "docker.io/istio/proxyv2:1.29.4", injector, opted_in),
     ):
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    # with the injector's annotation, as if an older istiod had injected it
     bare = pod("bare", namespace=namespace, image="docker.io/istio/proxyv2:1.29.4", owner=None)
     bare["metadata"].pop("creationTimestamp")
     bare.pop("status")

@@ -140,7 +140,13 @@ def _pod(ns: str, name: str, proxy: str | None = None, **extra: object) -> dict[
     if proxy:
         containers.append({"name": "istio-proxy", "image": f"docker.io/istio/proxyv2:{proxy}"})
     pod = obj("v1", "Pod", name, ns, spec={"containers": containers}, status={"phase": "Running"})
-    pod["metadata"].update(extra)  # type: ignore[attr-defined]
+    if proxy:  # as istiod injects it
+        pod["metadata"]["annotations"] = {"sidecar.istio.io/status": "{}"}  # type: ignore[index]
+    for key, value in extra.items():
+        if key == "annotations":
+            pod["metadata"].setdefault("annotations", {}).update(value)  # type: ignore[attr-defined]
+        else:
+            pod["metadata"][key] = value  # type: ignore[index]
     return pod
 
 
