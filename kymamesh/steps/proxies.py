@@ -333,10 +333,11 @@ def _change(
 def _restart_change(
     ref: Ref, entry: OutdatedWorkload, istio_namespace: str, timeout: float
 ) -> Change:
-    """One workload's restart on its own (no batch): kept for callers of the first version
-    of this module; `plan_restarts_for` is the entry point with batches and opt-outs."""
+    """One workload's restart on its own, as the first version of this module made it (the
+    injector waited for, no rollout waited for); `plan_restarts_for` is the entry point
+    with batches, their waits and opt-outs."""
     options = RestartOptions(restart=True, batch_size=1, timeout=timeout)
-    return _change(entry, False, "batch 1/1", istio_namespace, options, [], ([entry], []))
+    return _change(entry, False, "batch 1/1", istio_namespace, options, [], None)
 
 
 def _poll(
