@@ -465,6 +465,10 @@ def test_a_changed_secret_restarts_dex_and_changes_nothing_else(
         f"HelmRelease/{DEX_NS}/dex: restart: Secret {LDAP_SECRET} that Dex reads changed"
     ], item
     assert_hidden(planned.stdout + planned.stderr, *SECRETS, new_pw)
+    status = run(c, "status", "-o", "json", app_secret=None)  # not healthy: a step is pending
+    (step,) = [s for s in json.loads(status.stdout)["data"]["steps"] if s["name"] == "identity"]
+    assert step["applied"] is False and step["pending"] == item["changes"], step
+    assert_hidden(status.stdout + status.stderr, *SECRETS, new_pw)
 
     before, versions_before = annotations(c), versions(c)
     done = ok(run(c, *PATCH, "-y", "-v", app_secret=None))
