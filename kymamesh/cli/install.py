@@ -26,6 +26,7 @@ def install(
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
@@ -50,7 +51,7 @@ def install(
             set_values=tuple(set_values or ()),
             repository=repo,
         )
-        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
         p.add_identity(given, ctx, identity)
         pipeline.install(ctx, inputs, given, reset=reset_settings)
 
