@@ -34,11 +34,13 @@ fails loudly instead of changing the cluster.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kymamesh import inventory as inv
 from kymamesh import sidecars
+from kymamesh.canary import CanaryState
+from kymamesh.canary import read_state as read_canary
 from kymamesh.cluster import Cluster, Obj
 from kymamesh.context import RunContext
 from kymamesh.controlplane import (
@@ -54,6 +56,7 @@ from kymamesh.controlplane import (
 from kymamesh.errors import ExitCode
 from kymamesh.helm import DeployedRelease
 from kymamesh.patching import StepSpec, check_all
+from kymamesh.pipeline import release_of as pipeline_release_of
 from kymamesh.release import pinned
 from kymamesh.security import mesh_config_problems
 from kymamesh.versions import Version
@@ -139,6 +142,7 @@ class MeshStatus:
     namespaces: list[NamespaceState]
     problems: list[str]
     identity: dict[str, Any] | None = None  # see kymamesh.steps.identity.describe
+    canary: CanaryState | None = None  # a revision-based upgrade under way or done
 
     @property
     def healthy(self) -> bool:
@@ -162,6 +166,7 @@ class MeshStatus:
             "steps": [s.to_json() for s in self.steps],
             "namespaces": [n.to_json() for n in self.namespaces],
             "identity": self.identity,
+            "canary": self.canary.to_json() if self.canary else None,
         }
 
 
@@ -173,10 +178,17 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     cluster = ctx.cluster
     release = pinned()
     namespace = release.namespace
-    releases = [
-        ReleaseState(row.release, row.chart, ctx.helm.deployed(row.release, namespace))
-        for row in release.releases
-    ]
+    canary = read_canary(cluster, namespace)
+    releases = []
+    for row in release.releases:
+        deployed = ctx.helm.deployed(row.release, namespace)
+        if row.chart == "istiod" and canary.canary is not None:
+            name = pipeline_release_of(canary.canary)
+            if deployed is not None:  # the old revision, beside the canary
+                releases.append(ReleaseState(row.release, row.chart, deployed))
+            row = replace(row, release=name or row.release)
+            deployed = ctx.helm.deployed(row.release, namespace)
+        releases.append(ReleaseState(row.release, row.chart, deployed))
     crds = inv.istio_crds(cluster)
     istiods = inv.find_istiods(cluster, namespace)
     installed_by = inv.installer({r.name: r.release for r in releases}, istiods)
@@ -206,6 +218,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         namespaces=namespaces,
         problems=problems,
         identity=identity,
+        canary=canary if canary.canary is not None or canary.tag is not None else None,
     )
 
 
@@ -370,6 +383,7 @@ def plain_lines(st: MeshStatus) -> list[str]:
     for d in st.istiods:
         lines.append(f"istiod: {_istiod_text(d)}")
     lines.append(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}")
+    lines.extend(st.canary.lines() if st.canary else [])
     lines.append("patch steps:")
     for s in st.steps:
         lines.append(f"  {'✓' if s.applied else '✗'} {s.name}: {_step_text(s)}")
@@ -411,6 +425,8 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
     for d in st.istiods:
         console.print(f"istiod: {_istiod_text(d)}", highlight=False)
     console.print(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}", highlight=False)
+    for line in st.canary.lines() if st.canary else []:
+        console.print(line, highlight=False)
 
     steps = Table(title="Kyma patch steps", title_justify="left")
     for column in ("step", "applied", "details"):
