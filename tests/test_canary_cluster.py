@@ -180,9 +180,10 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     assert get(c, "deployment", "istiod", "-n", NAMESPACE) is not None  # the old one stays
     injector = get(c, "configmap", f"istio-sidecar-injector-{NEW}", "-n", NAMESPACE)
     assert injector is not None
-    assert json.loads(injector["data"]["values"])["global"]["proxy"]["resources"]["limits"][
-        "memory"
-    ] == MEMORY_LIMIT
+    assert (
+        json.loads(injector["data"]["values"])["global"]["proxy"]["resources"]["limits"]["memory"]
+        == MEMORY_LIMIT
+    )
     assert "policy: disabled" in injector["data"]["config"]
     mesh = get(c, "configmap", f"istio-{NEW}", "-n", NAMESPACE)
     assert mesh is not None and "kyma-zipkin" in mesh["data"]["mesh"]
@@ -216,8 +217,16 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
 
     killed(c, 1, "upgrade", "promote")
     assert tag_revision(c) == NEW  # the tag was written, the rest not
-    assert c.kubectl("get", "mutatingwebhookconfiguration", "istio-sidecar-injector", "-o",
-                     "jsonpath={.webhooks[0].namespaceSelector}").stdout.find("never-match") < 0
+    assert (
+        c.kubectl(
+            "get",
+            "mutatingwebhookconfiguration",
+            "istio-sidecar-injector",
+            "-o",
+            "jsonpath={.webhooks[0].namespaceSelector}",
+        ).stdout.find("never-match")
+        < 0
+    )
     doc = ok(km(c, "upgrade", "promote", "--lock-wait", "40"))
     restarted = [i["name"] for p in doc["phases"] for i in p["items"] if p["name"] == "workloads"]
     assert f"Deployment/{shop}/web" in restarted and any("ingressgateway" in r for r in restarted)
