@@ -283,3 +283,8 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     # New Pods asking for the default revision still get a sidecar: the new one.
     c.kubectl("delete", "pod", "-n", shop, "-l", "app=web", "--wait=false")
     settled(c, shop, "app=web", NEW, "1.30.3")
+
+    # uninstall knows the canary's release and the tag (whose webhooks would fail closed).
+    ok(km(c, "uninstall", "-y", "--force"))
+    assert get(c, "deployment", f"istiod-{NEW}", "-n", NAMESPACE) is None
+    assert get(c, "mutatingwebhookconfiguration", TAG) is None
