@@ -284,9 +284,27 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
 # -- restarts --------------------------------------------------------------------------------
 
 
-def moved_workloads(
-    cluster: Cluster, holder: str
-) -> tuple[list[sidecars.OutdatedWorkload], list[sidecars.OutdatedWorkload]]:
+@dataclass
+class Moved:
+    """A workload the tag moved, and the restart annotation of each of its moved Pods."""
+
+    entry: sidecars.OutdatedWorkload
+    restarted_at: set[str | None] = field(default_factory=set)
+
+
+def restart_pending(live: Obj, moved: Moved) -> bool:
+    """A restart of the workload is under way: its Pod template carries a restart
+    annotation that one of its moved Pods does not (that Pod is of an older template, and
+    the rollout replaces it). Pods made by the latest template that still have the wrong
+    sidecar need another restart."""
+    template = (live.get("spec") or {}).get("template") or {}
+    current = ((template.get("metadata") or {}).get("annotations") or {}).get(
+        sidecars.RESTARTED_AT
+    )
+    return current is not None and any(r != current for r in moved.restarted_at)
+
+
+def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Moved]]:
     """Workloads with a running Pod whose sidecar came from another revision than the one
     that injects it now (with the default tag on `holder`): (restartable, the others)."""
     namespaces = {
@@ -297,10 +315,13 @@ def moved_workloads(
     if not moved:
         return [], []
     replica_sets = sidecars.replica_set_index(cluster)
-    found: dict[sidecars.Workload, sidecars.OutdatedWorkload] = {}
+    found: dict[sidecars.Workload, Moved] = {}
     for pod, have, now in moved:
         workload = sidecars.owner_workload(pod, replica_sets)
-        entry = found.setdefault(workload, sidecars.OutdatedWorkload(workload))
+        record = found.setdefault(workload, Moved(sidecars.OutdatedWorkload(workload)))
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        record.restarted_at.add(annotations.get(sidecars.RESTARTED_AT))
+        entry = record.entry
         reason = f"sidecar from revision {have}, now injected by revision {now}"
         if reason not in entry.reasons:
             entry.reasons.append(reason)
@@ -310,9 +331,9 @@ def moved_workloads(
         created = sidecars._created(pod)
         if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
             entry.oldest_pod = created
-    entries = [found[w] for w in sorted(found)]
-    return [e for e in entries if e.workload.restartable], [
-        e for e in entries if not e.workload.restartable
+    records = [found[w] for w in sorted(found)]
+    return [r for r in records if r.entry.workload.restartable], [
+        r for r in records if not r.entry.workload.restartable
     ]
 
 
@@ -326,17 +347,18 @@ def restart_plan(ctx: RunContext, holder: str) -> Plan:
     if others:
         plan.notes.append(
             "sidecars from another revision in Pods that kymamesh cannot restart: "
-            + ", ".join(o.describe() for o in others)
+            + ", ".join(o.entry.describe() for o in others)
             + "; re-create these Pods yourself (Jobs: on their next run)"
         )
     pending = []
-    for entry in restartable:
+    for record in restartable:
+        entry = record.entry
         w = entry.workload
         ref = Ref("apps/v1", w.kind, w.name, w.namespace)
         live = cluster.get(ref)
         if live is None:
             continue
-        if sidecars.restart_pending(live, entry.oldest_pod):
+        if restart_pending(live, record):
             pending.append(entry)
             continue
         change = proxies._restart_change(ref, entry, ctx.namespace, ctx.options.timeout)
@@ -390,11 +412,14 @@ def _check_serves(ctx: RunContext, plane: ControlPlane) -> None:
 
 def move_tag(ctx: RunContext, target: ControlPlane, state: CanaryState) -> None:
     """Point the default tag at `target`, then restart the workloads that moved."""
-    _check_serves(ctx, target)
-    _run(ctx, PHASE_TAG, tag_plan(ctx.cluster, state, target))
-    if not ctx.options.dry_run:
+    tag = tag_plan(ctx.cluster, state, target)
+    if tag.actions and not ctx.options.dry_run:
+        _check_serves(ctx, target)  # a dry-run Pod: only when about to write
+    _run(ctx, PHASE_TAG, tag)
+    restarts = restart_plan(ctx, target.revision)
+    if restarts.actions and not ctx.options.dry_run:
         wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
-    _run(ctx, PHASE_RESTARTS, restart_plan(ctx, target.revision))
+    _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
 
 

@@ -152,6 +152,14 @@ def canary_state(c: Any) -> dict[str, Any]:
 
 def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     c = fresh_cluster()
+    # Nothing to canary against: refused before anything is written.
+    alone, writes = writes_during(
+        c, lambda: km(c, "install", "--revision-based", "--charts-dir", str(CHARTS), "-y")
+    )
+    assert alone.code == 3, str(alone)
+    assert writes.total == 0, writes.describe()
+    assert "no istiod" in alone.doc["errors"][0]["message"]
+
     ok(km(c, "install", "--charts-dir", str(OLD_CHARTS), "-y"))
     shop = c.create_namespace("shop", labels={"istio-injection": "enabled"})
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(deployment("web")))
@@ -264,7 +272,7 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     assert writes.total == 0, writes.describe()
 
     killed(c, 1, *finish)  # right after the old release was uninstalled
-    assert get(c, "deployment", "istiod", "-n", NAMESPACE) is None
+    c.wait_for(lambda: get(c, "deployment", "istiod", "-n", NAMESPACE) is None, 60, "istiod gone")
     ok(km(c, *finish, "--lock-wait", "40"))
     releases = {r["name"]: r for r in json.loads(
         c.helm_run("list", "-n", NAMESPACE, "-o", "json").stdout
