@@ -181,6 +181,29 @@ BAD_INPUTS: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str, str
         "requireTokenHosts[0]",
         f"is not under the domain {DOMAIN}",
     ),
+    "github without clientSecret": (
+        _append("connectors", {"type": "github", "id": "gh", "clientID": "kyma"}),
+        "connectors[3] (gh).clientSecret",
+        "is missing (required for type github)",
+    ),
+    "github secret in plain text": (
+        _append(
+            "connectors",
+            {"type": "github", "id": "gh", "clientID": "kyma", "clientSecret": GITHUB_SECRET},
+        ),
+        "connectors[3] (gh).clientSecret",
+        "is written as plain text",
+    ),
+    "relative connector redirectURI": (
+        _set(("connectors", 1, "redirectURI"), "/callback"),
+        "connectors[1] (adfs).redirectURI",
+        "is not an absolute URL",
+    ),
+    "ldap bindDN without bindPW": (
+        _drop(("connectors", 2, "bindPW")),
+        "connectors[2] (ldap).bindPW",
+        "bindDN and bindPW go together",
+    ),
     "client secret in plain text": (
         _set(("staticClients", 0, "secret"), "plain-text-secret"),
         "staticClients[0] (app).secret",

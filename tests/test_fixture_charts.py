@@ -185,7 +185,23 @@ def test_base_validator_points_at_istiod_and_fails_open() -> None:
         "path": "/validate",
     }
     assert webhook["failurePolicy"] == "Ignore"
-    assert "security.istio.io" in webhook["rules"][0]["apiGroups"]
+    # the rules of Istio's own istiod-default-validator: every kind of Istio's config groups,
+    # security.istio.io's RequestAuthentication and AuthorizationPolicy among them, with no
+    # object or namespace selector to let one through
+    assert webhook["rules"] == [
+        {
+            "operations": ["CREATE", "UPDATE"],
+            "apiGroups": [
+                "security.istio.io",
+                "networking.istio.io",
+                "telemetry.istio.io",
+                "extensions.istio.io",
+            ],
+            "apiVersions": ["*"],
+            "resources": ["*"],
+        }
+    ]
+    assert "objectSelector" not in webhook and "namespaceSelector" not in webhook
     find(objs, "ServiceAccount", "istio-reader-service-account")
     assert not [
         o

@@ -180,6 +180,14 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
         ("ldap", "ldap"),
     ]
     assert_hidden(yaml.safe_dump(config), *SECRETS)
+    configmaps = json.loads(c.kubectl("get", "configmaps", "-n", DEX_NS, "-o", "json").stdout)
+    assert (
+        not [  # Dex's configuration is in its Secret only, never in a ConfigMap
+            m["metadata"]["name"]
+            for m in configmaps["items"]
+            if config["issuer"] in json.dumps(m.get("data") or {})
+        ]
+    )
     assert secret_data(c, idn.MANAGED_SECRET) == {
         "connector.corp.clientSecret": OIDC_SECRET,
         "client.app.secret": APP_SECRET,
@@ -242,10 +250,19 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
         "metadata": {"name": "probe-broken", "namespace": "istio-system"},
         "spec": {"jwtRules": [{"issuer": "", "jwksUri": "not a url"}]},
     }
-    refused = c.kubectl(
-        "create", "--dry-run=server", "-f", "-", input=json.dumps(broken), check=False
-    )
-    assert refused.returncode != 0 and "validation.istio.io" in refused.stderr, refused.stderr
+    broken_policy = {  # CUSTOM needs the extension provider that decides
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "probe-broken-policy", "namespace": "istio-system"},
+        "spec": {"action": "CUSTOM", "rules": [{}]},
+    }
+    for bad in (broken, broken_policy):
+        refused = c.kubectl(
+            "create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False
+        )
+        assert refused.returncode != 0, bad
+        assert "validation.istio.io" in refused.stderr, refused.stderr
+        assert "denied the request" in refused.stderr, refused.stderr
 
     status = run(c, "status", "-o", "json")
     assert status.returncode == 0, status.stdout
@@ -401,3 +418,141 @@ def test_env_secret_missing_is_refused_with_zero_writes(cluster: Any, tmp_path: 
     assert writes.total == 0, writes.describe()
     assert done.returncode == 2, done.stdout + done.stderr
     assert APP_SECRET_ENV in json.loads(done.stdout)["errors"][0]["message"]
+
+
+def annotations(c: Any) -> dict[str, str]:
+    deployment = get(c, "deployment", "dex", "-n", DEX_NS)
+    assert deployment is not None
+    return dict(deployment["spec"]["template"]["metadata"].get("annotations") or {})
+
+
+def identity_item(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    result = json.loads(done.stdout)
+    return dict(next(i for p in result["phases"] for i in p["items"] if i["name"] == "identity"))
+
+
+def test_a_changed_secret_restarts_dex_and_changes_nothing_else(
+    fresh_cluster: Any, tmp_path: Path
+) -> None:
+    """A Secret Dex reads changes (the user's, named by a secretRef; or kymamesh's own, from
+    the environment): the next run rolls Dex and leaves its config Secret alone."""
+    c = fresh_cluster()
+    user_secret(c)
+    path = write_identity(tmp_path, identity_doc(tmp_path))
+    ok(run(c, "install", "--charts-dir", str(CHARTS), "--identity", str(path), "-y"))
+    config = secret_data(c, "dex")
+
+    # the user rotates the LDAP bind password in their own Secret
+    new_pw = "bind-pw-new-7e02-never-in-output"
+    c.kubectl(
+        "patch",
+        "secret",
+        LDAP_SECRET,
+        "-n",
+        DEX_NS,
+        "--type=merge",
+        "-p",
+        json.dumps({"data": {"password": base64.b64encode(new_pw.encode()).decode()}}),
+    )
+    rotated = get(c, "secret", LDAP_SECRET, "-n", DEX_NS)
+    assert rotated is not None
+    with c.audit.counting() as writes:
+        planned = ok(run(c, *PATCH, "--dry-run", "-o", "json", app_secret=None))
+    assert writes.total == 0, writes.describe()
+    item = identity_item(planned)
+    assert item["outcome"] == "would-change"
+    assert item["changes"] == [
+        f"HelmRelease/{DEX_NS}/dex: restart: Secret {LDAP_SECRET} that Dex reads changed"
+    ], item
+    assert_hidden(planned.stdout + planned.stderr, *SECRETS, new_pw)
+    status = run(c, "status", "-o", "json", app_secret=None)  # not healthy: a step is pending
+    (step,) = [s for s in json.loads(status.stdout)["data"]["steps"] if s["name"] == "identity"]
+    assert step["applied"] is False and step["pending"] == item["changes"], step
+    assert_hidden(status.stdout + status.stderr, *SECRETS, new_pw)
+
+    before, versions_before = annotations(c), versions(c)
+    done = ok(run(c, *PATCH, "-y", "-v", app_secret=None))
+    assert_hidden(done.stdout + done.stderr, *SECRETS, new_pw)
+    changed = {k for k, v in versions(c).items() if v != versions_before[k]}
+    assert changed == {"deployment/dex"}, changed
+    after = annotations(c)
+    assert after["checksum/config"] == before["checksum/config"]  # the same configuration
+    marker = "kymamesh.io/secret-versions"
+    assert after[marker] != before[marker]
+    assert f"{LDAP_SECRET}={rotated['metadata']['resourceVersion']}" in after[marker]
+    assert secret_data(c, "dex") == config
+    with c.audit.counting() as writes:
+        ok(run(c, "patch", "-y", app_secret=None))
+    assert writes.total == 0, writes.describe()
+
+    # the app's secret, read from the environment, changes: kymamesh's Secret and Dex only
+    before, versions_before = annotations(c), versions(c)
+    with c.audit.counting() as writes:
+        done = ok(
+            run(
+                c,
+                *PATCH,
+                "--identity",
+                str(path),
+                "-y",
+                "-o",
+                "json",
+                "-v",
+                app_secret=NEW_APP_SECRET,
+            )
+        )
+    assert_hidden(done.stdout + done.stderr, *SECRETS, new_pw, NEW_APP_SECRET)
+    changed = {k for k, v in versions(c).items() if v != versions_before[k]}
+    assert changed == {f"secret/{idn.MANAGED_SECRET}", "deployment/dex"}, writes.describe()
+    assert secret_data(c, idn.MANAGED_SECRET)["client.app.secret"] == NEW_APP_SECRET
+    after = annotations(c)
+    assert after["checksum/config"] == before["checksum/config"]
+    assert after[marker] != before[marker]
+    assert secret_data(c, "dex") == config
+    remembered = get(c, "configmap", settings.NAME, "-n", "istio-system")
+    assert_hidden(json.dumps(remembered), *SECRETS, new_pw, NEW_APP_SECRET)
+    with c.audit.counting() as writes:
+        ok(run(c, *PATCH, "--identity", str(path), "-y", app_secret=NEW_APP_SECRET))
+    assert writes.total == 0, writes.describe()
+
+
+def test_a_dex_kymamesh_did_not_install_is_refused_and_left_alone(
+    fresh_cluster: Any, tmp_path: Path
+) -> None:
+    """A Helm release `dex` in kyma-system that someone else installed: `--identity` is
+    refused before any write (exit 3, what to do named); turning identity off and
+    uninstalling leave that Dex where it is."""
+    c = fresh_cluster()
+    ok(run(c, "install", "--charts-dir", str(CHARTS), "-y"))
+    c.helm_run("install", "dex", str(CHARTS / "dex"), "-n", DEX_NS, "--create-namespace")
+    user_secret(c)
+    path = write_identity(tmp_path, identity_doc(tmp_path))
+    for command in ("install", "patch"):
+        with c.audit.counting() as writes:
+            done = run(
+                c, command, "--charts-dir", str(CHARTS), "--identity", str(path), "-y", "-o", "json"
+            )
+        assert writes.total == 0, writes.describe()
+        assert done.returncode == 3, done.stdout + done.stderr
+        error = json.loads(done.stdout)["errors"][0]
+        assert (
+            f"Helm release {DEX_NS}/dex exists and was not installed by kymamesh"
+            in (error["message"])
+        ), error
+        assert f"helm uninstall dex -n {DEX_NS}" in error["hint"], error
+        assert_hidden(done.stdout + done.stderr, *SECRETS)
+
+    status = json.loads(ok(run(c, "status", "-o", "json")).stdout)["data"]["identity"]
+    assert status["enabled"] is False
+    assert status["release"]["byKymamesh"] is False
+
+    foreign = get(c, "deployment", "dex", "-n", DEX_NS)
+    assert foreign is not None
+    ok(run(c, "patch", "--identity", "none", "-y"))
+    ok(run(c, "uninstall", "-y"))
+    assert [
+        r["name"] for r in json.loads(c.helm_run("list", "-n", DEX_NS, "-o", "json").stdout)
+    ] == ["dex"]
+    left = get(c, "deployment", "dex", "-n", DEX_NS)
+    assert left is not None
+    assert left["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]

@@ -14,6 +14,7 @@ from support_identity import (
     APP_SECRET_ENV,
     BAD_INPUTS,
     DOMAIN,
+    GITHUB_SECRET,
     LDAP_SECRET,
     OIDC_SECRET,
     SECRETS,
@@ -148,3 +149,37 @@ def test_variable_names_are_distinct() -> None:
     refs = (idn.SecretRef("a-b", "c"), idn.SecretRef("a", "b-c"), idn.SecretRef("a-b", "c"))
     names = idn.env_names(refs)
     assert len(names) == 2 and len(set(names.values())) == 2
+
+
+def test_github_connector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GitHub: the client secret from the environment, Dex's callback as the default
+    redirect, the organisations kept as they are."""
+    monkeypatch.setenv("KM_TEST_GH_SECRET", GITHUB_SECRET)
+    doc = {
+        "connectors": [
+            {
+                "type": "github",
+                "id": "gh",
+                "name": "GitHub",
+                "clientID": "kyma",
+                "clientSecret": {"env": "KM_TEST_GH_SECRET"},
+                "orgs": [{"name": "example", "teams": ["platform"]}],
+            }
+        ]
+    }
+    params, values = idn.read_identity_file(write_identity(tmp_path, doc))
+    assert values == {"connector.gh.clientSecret": GITHUB_SECRET}
+    identity = idn.parse(params, DOMAIN)
+    (connector,) = idn.dex_config(identity, DOMAIN)["connectors"]
+    assert connector["type"] == "github" and connector["id"] == "gh"
+    config = connector["config"]
+    assert config["redirectURI"] == f"https://dex.{DOMAIN}/callback"
+    assert config["orgs"] == [{"name": "example", "teams": ["platform"]}]
+    assert (
+        config["clientSecret"]
+        == "$"
+        + idn.env_names(identity.secret_refs)[
+            idn.SecretRef(idn.MANAGED_SECRET, "connector.gh.clientSecret")
+        ]
+    )
+    assert GITHUB_SECRET not in json.dumps(params) + yaml.safe_dump(connector)

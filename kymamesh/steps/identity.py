@@ -370,10 +370,34 @@ def _release_reasons(
     return reasons
 
 
+def _secret_versions_of(values: Mapping[str, Any]) -> dict[str, str]:
+    """`{Secret name: resourceVersion}` out of the values' secret-versions annotation."""
+    text = str((values.get("podAnnotations") or {}).get(SECRET_VERSIONS_ANNOTATION) or "")
+    return dict(part.split("=", 1) for part in text.split(",") if "=" in part)
+
+
 def _values_reason(deployed: DeployedRelease, values: Mapping[str, Any]) -> str:
     changed = sorted(
         k for k in set(deployed.values) | set(values) if deployed.values.get(k) != values.get(k)
     )
+    live_versions = _secret_versions_of(deployed.values)
+    versions = _secret_versions_of(values)
+    annotations = {
+        k: v
+        for k, v in (values.get("podAnnotations") or {}).items()
+        if k != SECRET_VERSIONS_ANNOTATION
+    }
+    live_annotations = {
+        k: v
+        for k, v in (deployed.values.get("podAnnotations") or {}).items()
+        if k != SECRET_VERSIONS_ANNOTATION
+    }
+    if changed == ["podAnnotations"] and annotations == live_annotations:
+        # only a Secret Dex reads changed since the last run: Dex restarts to read it again
+        names = sorted(
+            n for n in set(live_versions) | set(versions) if live_versions.get(n) != versions.get(n)
+        )
+        return f"restart: Secret {', '.join(names)} that Dex reads changed"
     live_config = deployed.values.get("config") or {}
     config = values.get("config") or {}
     if "config" in changed:
