@@ -298,9 +298,7 @@ def restart_pending(live: Obj, moved: Moved) -> bool:
     the rollout replaces it). Pods made by the latest template that still have the wrong
     sidecar need another restart."""
     template = (live.get("spec") or {}).get("template") or {}
-    current = ((template.get("metadata") or {}).get("annotations") or {}).get(
-        sidecars.RESTARTED_AT
-    )
+    current = ((template.get("metadata") or {}).get("annotations") or {}).get(sidecars.RESTARTED_AT)
     return current is not None and any(r != current for r in moved.restarted_at)
 
 

@@ -286,8 +286,10 @@ def test_status_json_keys_are_stable() -> None:
         "steps",
         "namespaces",
         "identity",
+        "canary",
     }
     assert doc["identity"] is None  # no identity step checked
+    assert doc["canary"] is None  # no revision-based upgrade
     assert doc["istio"] == {
         "namespace": "istio-system",
         "installed": True,
