@@ -23,6 +23,10 @@ Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
 shows as a step not applied, naming its ConfigMap.
 
+During and after a canary upgrade (`kymamesh.canary`), the revisions, the one the
+default tag points at and the phase are reported too (`data.canary`), and the
+canary revision's Helm release (`istiod-REV`) is listed with the others.
+
 Sidecar coverage and sidecars older than istiod are reported, not judged: the
 Kyma patch makes injection opt-in, and restarting workloads is the user's call
 (`patch --restart-proxies`).

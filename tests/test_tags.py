@@ -173,3 +173,57 @@ def test_moved_pods_are_those_a_new_pod_would_not_match() -> None:
     ]
     back = moved_pods(pods, namespaces, "default")
     assert sorted(p["metadata"]["name"] for p, _, _ in back) == ["b"]
+
+
+# -- the canary state and restarts under way (kymamesh.canary, pure parts) -----------------
+
+
+def _plane(revision: str) -> Any:
+    from kymamesh.controlplane import ControlPlane
+
+    return ControlPlane.named("istio-system", revision)
+
+
+def test_canary_phases_follow_the_tag() -> None:
+    from kymamesh.canary import CanaryState
+
+    old = _injector("default", "istiod")
+    tag = wanted_tag(TagSource("1-30-3", "istio-system", _injector("1-30-3", "x")), {})
+
+    def state(**kw: Any) -> CanaryState:
+        base: dict[str, Any] = {
+            "namespace": "istio-system",
+            "revision": "1-30-3",
+            "canary": _plane("1-30-3"),
+            "others": [_plane("default")],
+            "tag": None,
+            "default_injector": old,
+        }
+        return CanaryState(**{**base, **kw})
+
+    assert (state().phase, state().holder) == ("canary", "default")
+    assert (state(tag=tag).phase, state(tag=tag).holder) == ("promoted", "1-30-3")
+    back = wanted_tag(TagSource("default", "istio-system", old), {})
+    assert (state(tag=back).phase, state(tag=back).holder) == ("canary", "default")
+    assert state(tag=tag, others=[], default_injector=None).phase == "finished"
+    assert state(canary=None).phase == "none"
+    off = {**old, "webhooks": deactivated_webhooks(old)}
+    assert state(default_injector=off).holder is None  # switched off, and no tag
+    assert state(tag=tag).to_json()["defaultTag"] == "1-30-3"
+
+
+def test_a_restart_is_under_way_only_while_a_moved_pod_is_of_an_older_template() -> None:
+    from kymamesh.canary import Moved, restart_pending
+    from kymamesh.sidecars import OutdatedWorkload, Workload
+
+    def live(restarted: str | None) -> dict[str, Any]:
+        annotations = {} if restarted is None else {"kubectl.kubernetes.io/restartedAt": restarted}
+        return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+
+    entry = OutdatedWorkload(Workload("Deployment", "shop", "web"))
+    never = Moved(entry, {None})
+    assert not restart_pending(live(None), never)
+    assert restart_pending(live("2026-12-02T12:00:00Z"), never)  # rollout replaces it
+    made_by_it = Moved(entry, {"2026-12-02T12:00:00Z"})  # same template, wrong sidecar
+    assert not restart_pending(live("2026-12-02T12:00:00Z"), made_by_it)
+    assert restart_pending(live("2026-12-02T12:05:00Z"), made_by_it)
