@@ -27,7 +27,7 @@ NAME = "kymamesh-settings"
 KEY = "settings.yaml"
 _NOT_REMEMBERED = {
     "ingress-gateway-tls": ("certFile", "keyFile"),
-    "restart-proxies": ("restart",),
+    "restart-proxies": ("restart", "batchSize"),  # how to restart is for one run
     "remove-legacy-addons": ("deleteVolumeClaims",),  # a yes to losing data is for one run
 }
 

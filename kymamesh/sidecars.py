@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 
 PROXY_CONTAINER = "istio-proxy"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+# A Pod that names its own proxy image: the injector gives it that image, whatever the
+# version of istiod; kymamesh leaves such Pods alone.
+PROXY_IMAGE_ANNOTATION = "sidecar.istio.io/proxyImage"
+# On a workload or a namespace: "false" keeps kymamesh from restarting it (listed only);
+# on a workload, "true" restarts it even in a namespace annotated "false".
+RESTART_ANNOTATION = "kymamesh.io/restart"
 
 # Per-Pod annotations with which the injector overrides global.proxy.resources.
 RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
@@ -41,7 +47,8 @@ RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
     ("limits", "cpu"): "sidecar.istio.io/proxyCPULimit",
     ("limits", "memory"): "sidecar.istio.io/proxyMemoryLimit",
 }
-RESTARTABLE_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+RESTARTABLE_KINDS = ("Deployment", "StatefulSet", "DaemonSet")  # by a template annotation
+REPLICA_SET = "ReplicaSet"  # one without a Deployment over it: its outdated Pods are deleted
 _APPS = "apps/v1"
 
 # -- one Pod -------------------------------------------------------------------
@@ -150,22 +157,25 @@ def outdated_reasons(
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
 ) -> list[str]:
-    """Why this Pod's sidecar is out of date ([] when current or when it has none).
+    """Why this Pod's sidecar is out of date ([] when current, when it has none, or when
+    the injector did not put it there: no `sidecar.istio.io/status`).
 
     `istiod_versions` maps a revision to its istiod version; `proxy_resources` maps
     a revision to `global.proxy.resources` of its injector (a revision without an
     entry: resources not compared). The Pod's revision is the one that injected it.
     """
     container = proxy_container(pod)
-    if container is None:
-        return []
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if container is None or STATUS_ANNOTATION not in annotations:
+        return []  # no sidecar, or one the injector did not put there: not its to renew
+    if annotations.get(PROXY_IMAGE_ANNOTATION):
+        return []  # the Pod chose its proxy: the injector gives it that one, left alone
     reasons = []
     revision = pod_revision(pod)
     istiod = istiod_versions.get(revision) or istiod_versions.get(DEFAULT_REVISION)
     version = proxy_version(pod)
     if istiod is not None and version is not None and version != istiod:
         reasons.append(f"istio-proxy {version}, istiod {istiod}")
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
     resources = proxy_resources.get(revision)
     if resources is not None and _sidecar_template(annotations):
         wanted = wanted_resources(resources, annotations)
@@ -180,7 +190,8 @@ def outdated_reasons(
 
 @dataclass(frozen=True, order=True)
 class Workload:
-    """What owns a Pod: a Deployment, StatefulSet or DaemonSet, or something else."""
+    """What owns a Pod: a Deployment, StatefulSet or DaemonSet, a ReplicaSet of its own,
+    or something kymamesh does not restart (a Job, a bare Pod, another controller)."""
 
     kind: str
     namespace: str
@@ -188,7 +199,17 @@ class Workload:
 
     @property
     def restartable(self) -> bool:
-        return self.kind in RESTARTABLE_KINDS
+        """Restarted by kymamesh: by a template annotation, or (a ReplicaSet) by deleting
+        its outdated Pods, which it re-creates."""
+        return self.kind in RESTARTABLE_KINDS or self.kind == REPLICA_SET
+
+    @property
+    def by_deleting_pods(self) -> bool:
+        return self.kind == REPLICA_SET
+
+    @property
+    def api_version(self) -> str:
+        return _APPS if self.restartable else "v1"
 
     def __str__(self) -> str:
         return f"{self.kind}/{self.namespace}/{self.name}"
@@ -211,11 +232,11 @@ def owner_workload(
     if owner is None:
         return Workload("Pod", namespace, str(meta.get("name")))
     kind, name = str(owner.get("kind")), str(owner.get("name"))
-    if kind == "ReplicaSet":
+    if kind == REPLICA_SET:
         replica_set = replica_sets.get((namespace, name))
         parent = _controller(replica_set) if replica_set else None
-        if parent is not None and parent.get("kind") == "Deployment":
-            return Workload("Deployment", namespace, str(parent.get("name")))
+        if parent is not None:  # a Deployment's, or another controller's (e.g. a Rollout)
+            return Workload(str(parent.get("kind")), namespace, str(parent.get("name")))
     return Workload(kind, namespace, name)
 
 
@@ -225,6 +246,7 @@ class OutdatedWorkload:
     reasons: list[str] = field(default_factory=list)
     oldest_pod: datetime | None = None  # creation of its oldest out-of-date Pod
     versions: set[Version] = field(default_factory=set)  # sidecar versions found
+    pods: list[str] = field(default_factory=list)  # names of its out-of-date Pods, sorted
 
     def describe(self) -> str:
         return f"{self.workload} ({'; '.join(self.reasons)})"
@@ -264,10 +286,140 @@ def outdated_workloads(
         version = proxy_version(pod)
         if version is not None:
             entry.versions.add(version)
+        entry.pods = sorted({*entry.pods, str((pod.get("metadata") or {}).get("name"))})
         created = _created(pod)
         if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
             entry.oldest_pod = created
     return [found[w] for w in sorted(found)]
+
+
+# -- restarting: who may, in which order, and when a rollout is done ----------------
+
+
+def opted_out(
+    workload_annotations: Mapping[str, Any], namespace_annotations: Mapping[str, Any]
+) -> str | None:
+    """Why a workload must not be restarted (RESTART_ANNOTATION), or None.
+
+    The workload's own annotation wins over its namespace's. "false" opts out, "true"
+    opts in; any other value opts out too (kymamesh does not guess: it leaves it alone).
+    """
+    for where, found in (
+        ("workload", workload_annotations),
+        ("namespace", namespace_annotations),
+    ):
+        raw = found.get(RESTART_ANNOTATION)
+        if raw is None:
+            continue
+        value = str(raw).strip().lower()
+        if value == "true":
+            return None
+        if value == "false":
+            return f"its {where} is annotated {RESTART_ANNOTATION}=false"
+        return (
+            f"its {where} is annotated {RESTART_ANNOTATION}={raw!r}, which is neither "
+            '"true" nor "false"'
+        )
+    return None
+
+
+def what_to_do(workload: Workload) -> str:
+    """For a workload kymamesh never restarts: how its owner gets the new sidecar."""
+    if workload.kind == "Job":
+        return (
+            "a Job's Pods are never restarted; they get the new sidecar when the Job runs "
+            "again (e.g. its CronJob's next run), or delete and re-create the Job"
+        )
+    if workload.kind == "Pod":
+        return (
+            "a bare Pod is never restarted; re-create it yourself (kubectl replace --force "
+            "-f pod.yaml)"
+        )
+    return f"restart it through its controller ({workload.kind}), which kymamesh does not drive"
+
+
+def restart_batches(
+    entries: Iterable[OutdatedWorkload], system_namespaces: Iterable[str], batch_size: int
+) -> list[list[OutdatedWorkload]]:
+    """The order of the restarts: the system namespaces' workloads first (in the order of
+    `system_namespaces`), then the rest; each group cut into batches of `batch_size`, so a
+    batch never mixes system and other workloads. Within a group: by namespace, kind, name."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch_size}")
+    order = {ns: i for i, ns in enumerate(dict.fromkeys(system_namespaces))}
+    found = list(entries)
+
+    def key(e: OutdatedWorkload) -> tuple[int, str, str, str]:
+        w = e.workload
+        return (order.get(w.namespace, len(order)), w.namespace, w.kind, w.name)
+
+    system = sorted((e for e in found if e.workload.namespace in order), key=key)
+    rest = sorted((e for e in found if e.workload.namespace not in order), key=key)
+    batches = []
+    for group in (system, rest):
+        for start in range(0, len(group), batch_size):
+            batches.append(group[start : start + batch_size])
+    return batches
+
+
+def rollout_unfinished(kind: str, obj: Mapping[str, Any] | None) -> str | None:
+    """None when the workload's rollout is complete (as `kubectl rollout status` judges it:
+    seen by its controller, every replica updated and available, no old one left);
+    otherwise what is missing."""
+    if obj is None:
+        return "not found"
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    generation = int((obj.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return "rollout not yet observed by its controller"
+    if kind == "DaemonSet":
+        want = int(status.get("desiredNumberScheduled") or 0)
+        updated = int(status.get("updatedNumberScheduled") or 0)
+        available = int(status.get("numberAvailable") or 0)
+        if updated < want:
+            return f"{updated} of {want} Pods updated"
+        if available < want:
+            return f"{available} of {want} updated Pods available"
+        return None
+    want = int(spec["replicas"]) if spec.get("replicas") is not None else 1
+    updated = int(status.get("updatedReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    if kind == "Deployment":
+        available = int(status.get("availableReplicas") or 0)
+        if updated < want:
+            return f"{updated} of {want} replicas updated"
+        if total > updated:
+            return f"{total - updated} old replica(s) pending termination"
+        if available < updated:
+            return f"{available} of {updated} updated replicas available"
+        return None
+    if kind == "StatefulSet":
+        ready = int(status.get("readyReplicas") or 0)
+        partition = int(
+            ((spec.get("updateStrategy") or {}).get("rollingUpdate") or {}).get("partition") or 0
+        )
+        if updated < want - partition:
+            return f"{updated} of {want - partition} replicas updated"
+        if ready < want:
+            return f"{ready} of {want} replicas ready"
+        if not partition and status.get("updateRevision") != status.get("currentRevision"):
+            return "update revision not yet current"
+        return None
+    if kind == REPLICA_SET:
+        ready = int(status.get("readyReplicas") or 0)
+        if total != want:
+            return f"{total} of {want} replicas"
+        if ready < want:
+            return f"{ready} of {want} replicas ready"
+        return None
+    return None
+
+
+def on_delete(workload: Mapping[str, Any]) -> bool:
+    """A StatefulSet or DaemonSet that replaces its Pods only when they are deleted."""
+    strategy = ((workload.get("spec") or {}).get("updateStrategy") or {}).get("type")
+    return strategy == "OnDelete"
 
 
 def template_proxy_version(workload: Mapping[str, Any]) -> Version | None:

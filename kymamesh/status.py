@@ -57,7 +57,7 @@ from kymamesh.controlplane import (
     parse_mesh,
     served_peer_authentication,
 )
-from kymamesh.errors import ExitCode
+from kymamesh.errors import ExitCode, KymameshError
 from kymamesh.helm import DeployedRelease
 from kymamesh.patching import StepSpec, check_all
 from kymamesh.pipeline import release_of as pipeline_release_of
@@ -147,6 +147,8 @@ class MeshStatus:
     problems: list[str]
     identity: dict[str, Any] | None = None  # see kymamesh.steps.identity.describe
     canary: CanaryState | None = None  # a revision-based upgrade under way or done
+    # every workload with an outdated sidecar, and what --restart-proxies does about it
+    outdated: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -171,6 +173,7 @@ class MeshStatus:
             "namespaces": [n.to_json() for n in self.namespaces],
             "identity": self.identity,
             "canary": self.canary.to_json() if self.canary else None,
+            "outdatedSidecars": [dict(o) for o in self.outdated],
         }
 
 
@@ -208,6 +211,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     for plane in planes:
         problems += mesh_config_security(cluster, plane)
     identity = identity_state(ctx, specs) if istiods else None
+    outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
         problems.append(f"identity: Dex is not ready: {identity.get('notReady')}")
     return MeshStatus(
@@ -223,7 +227,27 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         problems=problems,
         identity=identity,
         canary=canary if canary.canary is not None or canary.tag is not None else None,
+        outdated=outdated,
     )
+
+
+def outdated_sidecars(
+    cluster: Cluster, namespace: str, specs: list[StepSpec]
+) -> list[dict[str, Any]]:
+    """Each workload with an outdated sidecar and what `--restart-proxies` would do
+    (step restart-proxies' own plan, without restarting: no dry-run Pods are made)."""
+    from kymamesh.steps.proxies import plan_restarts, restart_options
+
+    params: dict[str, Any] = {}
+    for spec in specs:
+        if spec.kind == "restart-proxies":
+            params = dict(spec.params)
+    params["restart"] = False
+    try:
+        options = restart_options(params)
+    except KymameshError:  # the step's own check names the bad setting
+        return []
+    return plan_restarts(cluster, namespace, options).to_json()
 
 
 def identity_state(ctx: RunContext, specs: list[StepSpec]) -> dict[str, Any] | None:
@@ -398,6 +422,7 @@ def plain_lines(st: MeshStatus) -> list[str]:
             f"  {n.name}: injection {_injection_text(n)}, {n.with_sidecar} with sidecar, "
             f"{n.without_sidecar} without, {n.outdated} outdated"
         )
+    lines.extend(outdated_lines(st.outdated))
     lines.extend(_verdict(st))
     return lines
 
@@ -457,9 +482,28 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
         console.print(ns_table)
     else:
         console.print("namespaces: none with injection or sidecars")
+    for line in outdated_lines(st.outdated):
+        console.print(line, highlight=False, markup=False)
     for line in _verdict(st):
         color = "green" if st.healthy else "red"
         console.print(f"[{color}]{line}[/{color}]", highlight=False)
+
+
+def outdated_lines(outdated: list[dict[str, Any]]) -> list[str]:
+    """Outdated sidecars by namespace, each workload with what --restart-proxies does."""
+    if not outdated:
+        return []
+    lines = ["outdated sidecars (kymamesh patch --restart-proxies):"]
+    namespace = None
+    for o in outdated:
+        if o["namespace"] != namespace:
+            namespace = o["namespace"]
+            lines.append(f"  {namespace}:")
+        lines.append(
+            f"    {o['kind']}/{o['name']} ({len(o['pods'])} Pod(s); {'; '.join(o['reasons'])}): "
+            f"{o['action']}, {o['detail']}"
+        )
+    return lines
 
 
 def identity_lines(identity: Mapping[str, Any] | None) -> list[str]:

@@ -19,19 +19,26 @@ from kymamesh import errors, patching
 from kymamesh.cluster import Ref
 from kymamesh.sidecars import (
     RESTARTED_AT,
+    OutdatedWorkload,
     Workload,
     has_sidecar,
     injector_proxy_resources,
     istiod_revisions,
+    on_delete,
+    opted_out,
     outdated_reasons,
     outdated_workloads,
     owner_workload,
     proxy_version,
     resource_differences,
+    restart_batches,
     restart_pending,
+    rollout_unfinished,
     sidecar_coverage,
     wanted_resources,
+    what_to_do,
 )
+from kymamesh.steps.proxies import RestartOptions, restart_options
 from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster, run_context
 
@@ -41,6 +48,7 @@ RESOURCES = {
     "limits": {"cpu": "1", "memory": "1Gi"},
 }
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+STATUS = "sidecar.istio.io/status"  # on every Pod istiod injected
 
 
 def pod(
@@ -66,11 +74,12 @@ def pod(
         (init if native else containers).append(
             {**proxy, "restartPolicy": "Always"} if native else proxy
         )
+    injected = {STATUS: '{"containers":["istio-proxy"]}'} if image is not None else {}
     meta: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
         "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "annotations": annotations or {},
+        "annotations": {**injected, **(annotations or {})},
         "labels": labels or {},
     }
     if owner:
@@ -127,6 +136,15 @@ def test_current_sidecar_is_not_outdated() -> None:
         "limits": {"cpu": "1000m", "memory": "1024Mi"},
     }
     assert outdated_reasons(pod(resources=spelled), {"default": V130}, {"default": RESOURCES}) == []
+
+
+def test_a_sidecar_the_injector_did_not_put_there_is_not_judged() -> None:
+    """Outdated is only said of injected sidecars (`sidecar.istio.io/status`): a container
+    written into the Pod by hand is not the injector's to renew."""
+    by_hand = pod(image="istio/proxyv2:1.29.4")
+    del by_hand["metadata"]["annotations"][STATUS]
+    assert outdated_reasons(by_hand, {"default": V130}, {"default": RESOURCES}) == []
+    assert outdated_workloads([by_hand], RS, {"default": V130}, {}) == []
 
 
 def test_older_proxy_version_is_outdated() -> None:
@@ -278,6 +296,14 @@ def _istiod(name: str, image: str, revision: str | None) -> dict[str, Any]:
 # -- the step on an in-memory cluster ---------------------------------------------------
 
 
+ROLLED_OUT = {
+    "observedGeneration": 1000,
+    "replicas": 1,
+    "updatedReplicas": 1,
+    "availableReplicas": 1,
+}
+
+
 def mesh_with_old_sidecar() -> FakeCluster:
     cluster = FakeCluster()
     cluster.add(_istiod("istiod", "docker.io/istio/pilot:1.30.3", None))
@@ -297,6 +323,7 @@ def mesh_with_old_sidecar() -> FakeCluster:
             "kind": "Deployment",
             "metadata": {"name": "app", "namespace": "shop"},
             "spec": {"template": {"metadata": {"labels": {"app": "app"}}}},
+            "status": ROLLED_OUT,  # the fake has no controller: every rollout is done
         }
     )
     cluster.admit = inject(RESOURCES)
@@ -308,6 +335,8 @@ def inject(resources: dict[str, Any], image: str = "docker.io/istio/proxyv2:1.30
 
     def admit(obj: dict[str, Any]) -> dict[str, Any]:
         if obj["kind"] == "Pod":
+            meta = obj.setdefault("metadata", {})
+            meta["annotations"] = {**(meta.get("annotations") or {}), STATUS: "{}"}
             spec = obj.setdefault("spec", {})
             spec.setdefault("containers", []).append(
                 {"name": "istio-proxy", "image": image, "resources": resources}
@@ -340,7 +369,8 @@ def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "changed"
     assert item.changes == [
-        "Deployment/shop/app: Deployment/shop/app restarted (istio-proxy 1.29.4, istiod 1.30.3)"
+        "Deployment/shop/app: Deployment/shop/app restarted, batch 1/1 "
+        "(istio-proxy 1.29.4, istiod 1.30.3)"
     ]
     deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
     assert deployment is not None
@@ -475,9 +505,11 @@ def test_restart_proxies_on_the_test_cluster(fresh_cluster: Any) -> None:
     for obj in (
         _workload("auto-app", None, {}, opted_in),  # istiod injects Kyma's sidecar
         _workload("custom", "auto", small, opted_in),  # sets the sidecar's resources itself
-        _workload("pinned", "docker.io/istio/proxyv2:1.29.4", injector),  # not injected
+        # injected, but its template keeps the old image (the injector merges it in)
+        _workload("pinned", "docker.io/istio/proxyv2:1.29.4", injector, opted_in),
     ):
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(obj))
+    # with the injector's annotation, as if an older istiod had injected it
     bare = pod("bare", namespace=namespace, image="docker.io/istio/proxyv2:1.29.4", owner=None)
     bare["metadata"].pop("creationTimestamp")
     bare.pop("status")
@@ -512,7 +544,8 @@ def test_restart_proxies_on_the_test_cluster(fresh_cluster: Any) -> None:
     assert f"Deployment/{namespace}/auto-app (resources differ: " in notes
     assert "limits.memory 1Gi, wanted 768Mi" in notes
     assert f"Deployment/{namespace}/pinned (istio-proxy 1.29.4, istiod 1.30.3" in notes
-    assert f"cannot restart: Pod/{namespace}/bare" in notes
+    assert f"out-of-date sidecar in Pod/{namespace}/bare (istio-proxy 1.29.4" in notes
+    assert "a bare Pod is never restarted; re-create it yourself" in notes
 
     def replica_sets(app: str) -> set[str]:
         out = get_json(cluster, "replicasets", "-n", namespace, "-l", f"app={app}")
@@ -539,3 +572,377 @@ def test_restart_proxies_on_the_test_cluster(fresh_cluster: Any) -> None:
     )
     assert replica_sets("custom") == before["custom"]
     assert replica_sets("pinned") == before["pinned"]
+
+
+# -- the order of restarts, opt-outs, and when a rollout is done (pure) ------------------
+
+
+def _entry(kind: str, namespace: str, name: str) -> OutdatedWorkload:
+    return OutdatedWorkload(Workload(kind, namespace, name), reasons=["istio-proxy 1.29.4"])
+
+
+def _names(batches: list[list[OutdatedWorkload]]) -> list[list[str]]:
+    return [[str(e.workload) for e in batch] for batch in batches]
+
+
+def test_system_namespaces_restart_first_then_the_rest_in_batches() -> None:
+    entries = [
+        _entry("Deployment", "shop", "web"),
+        _entry("StatefulSet", "shop", "db"),
+        _entry("Deployment", "kyma-system", "kyma-app"),
+        _entry("DaemonSet", "orders", "agent"),
+        _entry("Deployment", "istio-system", "istio-ingressgateway"),
+        _entry("ReplicaSet", "shop", "rs-only"),
+        _entry("Deployment", "kyma-system", "api-gateway"),
+    ]
+    system = ["istio-system", "kyma-system"]
+    assert _names(restart_batches(iter(entries), system, 2)) == [
+        ["Deployment/istio-system/istio-ingressgateway", "Deployment/kyma-system/api-gateway"],
+        ["Deployment/kyma-system/kyma-app"],  # a batch never mixes system and other workloads
+        ["DaemonSet/orders/agent", "Deployment/shop/web"],
+        ["ReplicaSet/shop/rs-only", "StatefulSet/shop/db"],
+    ]
+    assert _names(restart_batches(entries, system, 1))[0] == [
+        "Deployment/istio-system/istio-ingressgateway"
+    ]
+    assert len(restart_batches(entries, system, 1)) == len(entries)
+    assert _names(restart_batches(entries, system, 100)) == [
+        [
+            "Deployment/istio-system/istio-ingressgateway",
+            "Deployment/kyma-system/api-gateway",
+            "Deployment/kyma-system/kyma-app",
+        ],
+        [
+            "DaemonSet/orders/agent",
+            "Deployment/shop/web",
+            "ReplicaSet/shop/rs-only",
+            "StatefulSet/shop/db",
+        ],
+    ]
+    assert restart_batches([], system, 3) == []
+    with pytest.raises(ValueError, match="at least 1"):
+        restart_batches(entries, system, 0)
+
+
+@pytest.mark.parametrize(
+    ("workload", "namespace", "opted"),
+    [
+        ({}, {}, None),
+        ({"kymamesh.io/restart": "false"}, {}, "its workload is annotated"),
+        ({}, {"kymamesh.io/restart": "false"}, "its namespace is annotated"),
+        ({"kymamesh.io/restart": "true"}, {"kymamesh.io/restart": "false"}, None),
+        ({"kymamesh.io/restart": "False"}, {"kymamesh.io/restart": "true"}, "workload"),
+        ({"kymamesh.io/restart": "never"}, {}, "which is neither"),
+        ({}, {"kymamesh.io/restart": "true"}, None),
+    ],
+)
+def test_opt_out_by_workload_or_namespace(
+    workload: dict[str, str], namespace: dict[str, str], opted: str | None
+) -> None:
+    found = opted_out(workload, namespace)
+    if opted is None:
+        assert found is None
+    else:
+        assert found is not None and opted in found
+
+
+def test_what_kymamesh_does_with_each_kind() -> None:
+    assert Workload("Deployment", "a", "b").restartable
+    assert Workload("ReplicaSet", "a", "b").restartable
+    assert Workload("ReplicaSet", "a", "b").by_deleting_pods
+    assert not Workload("StatefulSet", "a", "b").by_deleting_pods
+    for kind in ("Job", "Pod", "Rollout"):
+        assert not Workload(kind, "a", "b").restartable
+    assert "when the Job runs again" in what_to_do(Workload("Job", "a", "b"))
+    assert "re-create it yourself" in what_to_do(Workload("Pod", "a", "b"))
+    assert "through its controller (Rollout)" in what_to_do(Workload("Rollout", "a", "b"))
+    assert on_delete({"spec": {"updateStrategy": {"type": "OnDelete"}}})
+    assert not on_delete({"spec": {"updateStrategy": {"type": "RollingUpdate"}}})
+
+
+def test_replica_set_of_another_controller_is_that_controllers() -> None:
+    rollout_rs = {
+        ("shop", "canary-7f"): {
+            "metadata": {
+                "name": "canary-7f",
+                "namespace": "shop",
+                "ownerReferences": [{"kind": "Rollout", "name": "canary", "controller": True}],
+            }
+        },
+        ("shop", "alone-1"): {"metadata": {"name": "alone-1", "namespace": "shop"}},
+    }
+    assert owner_workload(pod(owner=("ReplicaSet", "canary-7f")), rollout_rs) == Workload(
+        "Rollout", "shop", "canary"
+    )
+    assert owner_workload(pod(owner=("ReplicaSet", "alone-1")), rollout_rs) == Workload(
+        "ReplicaSet", "shop", "alone-1"
+    )
+
+
+def test_a_pod_that_names_its_own_proxy_image_is_left_alone() -> None:
+    own = pod(
+        image="docker.io/istio/proxyv2:1.29.4",
+        resources={},
+        annotations={"sidecar.istio.io/proxyImage": "docker.io/istio/proxyv2:1.29.4"},
+    )
+    assert outdated_reasons(own, {"default": V130}, {"default": RESOURCES}) == []
+    found = outdated_workloads(
+        [own, pod("app-2", image="istio/proxyv2:1.29.4")], RS, {"default": V130}, {}
+    )
+    assert [o.pods for o in found] == [["app-2"]]
+
+
+def _rollout(kind: str, spec: dict[str, Any], status: dict[str, Any], generation: int = 2) -> Any:
+    return {"kind": kind, "metadata": {"generation": generation}, "spec": spec, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("kind", "spec", "status", "unfinished"),
+    [
+        ("Deployment", {"replicas": 2}, {"observedGeneration": 1}, "not yet observed"),
+        (
+            "Deployment",
+            {"replicas": 2},
+            {"observedGeneration": 2, "updatedReplicas": 1, "replicas": 3},
+            "1 of 2 replicas updated",
+        ),
+        (
+            "Deployment",
+            {"replicas": 2},
+            {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 3, "availableReplicas": 2},
+            "1 old replica(s) pending termination",
+        ),
+        (
+            "Deployment",
+            {"replicas": 2},
+            {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 2, "availableReplicas": 1},
+            "1 of 2 updated replicas available",
+        ),
+        (
+            "Deployment",
+            {"replicas": 2},
+            {"observedGeneration": 2, "updatedReplicas": 2, "replicas": 2, "availableReplicas": 2},
+            None,
+        ),
+        ("Deployment", {"replicas": 0}, {"observedGeneration": 2}, None),
+        (
+            "StatefulSet",
+            {"replicas": 2},
+            {"observedGeneration": 2, "updatedReplicas": 1, "readyReplicas": 2, "replicas": 2},
+            "1 of 2 replicas updated",
+        ),
+        (
+            "StatefulSet",
+            {"replicas": 2},
+            {
+                "observedGeneration": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": 2,
+                "replicas": 2,
+                "currentRevision": "a",
+                "updateRevision": "b",
+            },
+            "not yet current",
+        ),
+        (
+            "StatefulSet",
+            {"replicas": 2},
+            {
+                "observedGeneration": 2,
+                "updatedReplicas": 2,
+                "readyReplicas": 2,
+                "replicas": 2,
+                "currentRevision": "b",
+                "updateRevision": "b",
+            },
+            None,
+        ),
+        (
+            "DaemonSet",
+            {},
+            {
+                "observedGeneration": 2,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 2,
+                "numberAvailable": 3,
+            },
+            "2 of 3 Pods updated",
+        ),
+        (
+            "DaemonSet",
+            {},
+            {
+                "observedGeneration": 2,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 3,
+                "numberAvailable": 2,
+            },
+            "2 of 3 updated Pods available",
+        ),
+        (
+            "DaemonSet",
+            {},
+            {
+                "observedGeneration": 2,
+                "desiredNumberScheduled": 3,
+                "updatedNumberScheduled": 3,
+                "numberAvailable": 3,
+            },
+            None,
+        ),
+        (
+            "ReplicaSet",
+            {"replicas": 2},
+            {"observedGeneration": 2, "replicas": 1, "readyReplicas": 1},
+            "1 of 2 replicas",
+        ),
+        (
+            "ReplicaSet",
+            {"replicas": 2},
+            {"observedGeneration": 2, "replicas": 2, "readyReplicas": 2},
+            None,
+        ),
+    ],
+)
+def test_rollout_finished_as_kubectl_rollout_status_judges(
+    kind: str, spec: dict[str, Any], status: dict[str, Any], unfinished: str | None
+) -> None:
+    found = rollout_unfinished(kind, _rollout(kind, spec, status))
+    if unfinished is None:
+        assert found is None
+    else:
+        assert found is not None and unfinished in found
+    assert rollout_unfinished(kind, None) == "not found"
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"batchSize": 0}, "batchSize must be a whole number of at least 1, not 0"),
+        ({"batchSize": -3}, "not -3"),
+        ({"batchSize": "5"}, "not '5'"),
+        ({"batchSize": True}, "not True"),
+        ({"restart": "yes"}, "restart must be true or false"),
+        ({"systemNamespaces": "kyma-system"}, "systemNamespaces must be a list"),
+        ({"systemNamespaces": ["kyma-system", ""]}, "systemNamespaces must be a list"),
+    ],
+)
+def test_bad_step_settings_are_refused_before_any_write(
+    params: dict[str, Any], problem: str
+) -> None:
+    cluster = mesh_with_old_sidecar()
+    ctx = run_context(cluster)
+    specs = patching.load_patch_list({"restart-proxies": {"restart": True, **params}})
+    with pytest.raises(errors.UsageError) as refused:
+        patching.preflight(ctx, specs)
+    assert problem in refused.value.message
+    assert cluster.writes == []
+
+
+def test_restart_options_defaults() -> None:
+    options = restart_options({})
+    assert options == RestartOptions(False, 10, ("kyma-system",), 300.0)
+
+
+# -- the step on an in-memory cluster: batches, opt-outs, what is left alone ------------------
+
+
+def _deployment(
+    namespace: str, name: str, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "spec": {"template": {"metadata": {"labels": {"app": name}}}},
+        "status": ROLLED_OUT,
+    }
+
+
+def _old_pod_of(cluster: FakeCluster, namespace: str, name: str) -> None:
+    rs = f"{name}-5d4f"
+    cluster.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": rs,
+                "namespace": namespace,
+                "ownerReferences": [{"kind": "Deployment", "name": name, "controller": True}],
+            },
+        }
+    )
+    cluster.add(
+        pod(
+            f"{name}-1", namespace=namespace, image="istio/proxyv2:1.29.4", owner=("ReplicaSet", rs)
+        )
+    )
+
+
+def test_step_restarts_in_batches_in_order_and_leaves_opted_out_and_bare_pods() -> None:
+    cluster = mesh_with_old_sidecar()  # Deployment shop/app
+    for ns, name, marks in (
+        ("kyma-system", "kyma-app", None),
+        ("orders", "api", None),
+        ("shop", "frozen", {"kymamesh.io/restart": "false"}),
+        ("legacy", "old", None),
+    ):
+        cluster.add(_deployment(ns, name, marks))
+        _old_pod_of(cluster, ns, name)
+    for ns in ("kyma-system", "orders", "shop"):
+        cluster.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    cluster.add(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": "legacy", "annotations": {"kymamesh.io/restart": "false"}},
+        }
+    )
+    cluster.add(pod("bare", image="istio/proxyv2:1.29.4", owner=None))
+    cluster.add(pod("once-x", image="istio/proxyv2:1.29.4", owner=("Job", "once")))
+    ctx = run_context(cluster)
+    specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": 1}})
+    patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "changed", item
+    assert [c.split(": ", 1)[0] for c in item.changes] == [
+        "Deployment/kyma-system/kyma-app",
+        "Deployment/orders/api",
+        "Deployment/shop/app",
+    ]
+    assert ["batch 1/3" in item.changes[0], "batch 2/3" in item.changes[1]] == [True, True]
+    patched = [w for w in cluster.writes if w.startswith("patch")]
+    assert [w.split("/")[-1] for w in patched] == ["kyma-app", "api", "app"], cluster.writes
+    notes = " ".join(ctx.result.notes)
+    assert "opted out, not restarted (its workload is annotated kymamesh.io/restart=false)" in notes
+    assert "Deployment/legacy/old" in notes and "its namespace is annotated" in notes
+    assert "Pod/shop/bare" in notes and "re-create it yourself" in notes
+    assert "Job/shop/once" in notes and "when the Job runs again" in notes
+
+    writes = list(cluster.writes)
+    again = run_context(cluster)
+    patching.run_patch(again, [s for s in specs if s.name == "restart-proxies"])
+    assert cluster.writes == writes  # the rollouts are under way: nothing restarted twice
+
+
+def test_a_batch_whose_rollout_does_not_finish_stops_the_next_and_names_it() -> None:
+    cluster = mesh_with_old_sidecar()
+    stuck = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
+    assert stuck is not None
+    stuck["status"] = {"observedGeneration": 1000, "replicas": 2, "updatedReplicas": 1}
+    cluster.add(stuck)
+    cluster.add(_deployment("zoo", "later"))
+    _old_pod_of(cluster, "zoo", "later")
+    ctx = run_context(cluster)
+    ctx.options.timeout = 0.0
+    specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": 1}})
+    with pytest.raises(errors.PartialFailureError):
+        patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "failed"
+    assert (
+        "batch 1/2: rollouts not finished after 0s: Deployment/shop/app (1 old replica(s) "
+        "pending termination); not restarted yet: Deployment/zoo/later" in item.error
+    )
+    patched = [w for w in cluster.writes if w.startswith("patch")]
+    assert len(patched) == 1 and patched[0].endswith("/app"), cluster.writes

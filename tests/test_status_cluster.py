@@ -37,6 +37,7 @@ DATA_KEYS = {
     "namespaces",
     "identity",
     "canary",
+    "outdatedSidecars",
 }
 
 
@@ -60,7 +61,12 @@ def _pod(namespace: str, name: str, proxy: str | None) -> str:
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                # as istiod injects it (a sidecar without it is not the injector's to renew)
+                "annotations": {"sidecar.istio.io/status": "{}"} if proxy else {},
+            },
             "spec": {"containers": containers},
         }
     )
@@ -121,6 +127,19 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
             "podsWithSidecar": 2,
             "podsWithoutSidecar": 1,
             "outdatedSidecars": 1,
+        }
+    ]
+
+    assert [o for o in data["outdatedSidecars"] if o["namespace"] == namespace] == [
+        {
+            "namespace": namespace,
+            "kind": "Pod",
+            "name": "old",
+            "pods": ["old"],
+            "reasons": ["istio-proxy 1.29.4, istiod 1.30.3"],
+            "action": "manual",
+            "detail": "a bare Pod is never restarted; re-create it yourself (kubectl replace "
+            "--force -f pod.yaml)",
         }
     ]
 

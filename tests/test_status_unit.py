@@ -140,7 +140,13 @@ def _pod(ns: str, name: str, proxy: str | None = None, **extra: object) -> dict[
     if proxy:
         containers.append({"name": "istio-proxy", "image": f"docker.io/istio/proxyv2:{proxy}"})
     pod = obj("v1", "Pod", name, ns, spec={"containers": containers}, status={"phase": "Running"})
-    pod["metadata"].update(extra)  # type: ignore[attr-defined]
+    if proxy:  # as istiod injects it
+        pod["metadata"]["annotations"] = {"sidecar.istio.io/status": "{}"}  # type: ignore[index]
+    for key, value in extra.items():
+        if key == "annotations":
+            pod["metadata"].setdefault("annotations", {}).update(value)  # type: ignore[attr-defined]
+        else:
+            pod["metadata"][key] = value  # type: ignore[index]
     return pod
 
 
@@ -274,6 +280,7 @@ def test_status_json_keys_are_stable() -> None:
         steps=[mesh.StepState("mtls-strict", "mesh-wide strict mutual TLS", True)],
         namespaces=[mesh.NamespaceState("demo", True, "default", 2, 1, 0)],
         problems=[],
+        outdated=_outdated_rows(),
     )
     doc = st.to_json()
     assert set(doc) == {
@@ -287,7 +294,19 @@ def test_status_json_keys_are_stable() -> None:
         "namespaces",
         "identity",
         "canary",
+        "outdatedSidecars",
     }
+    assert doc["outdatedSidecars"] == [
+        {
+            "namespace": "demo",
+            "kind": "Deployment",
+            "name": "cart",
+            "pods": ["cart-1"],
+            "reasons": ["istio-proxy 1.29.4, istiod 1.30.3"],
+            "action": "restart",
+            "detail": "restarted like `kubectl rollout restart`",
+        }
+    ]
     assert doc["identity"] is None  # no identity step checked
     assert doc["canary"] is None  # no revision-based upgrade
     assert doc["istio"] == {
@@ -494,3 +513,16 @@ def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() ->
     assert (state.with_sidecar, state.outdated) == (2, 1)
     (unjudged,) = mesh.namespace_states(namespaces, [current, older], deps)  # type: ignore[arg-type]
     assert unjudged.outdated == 0
+
+
+def _outdated_rows() -> list[dict[str, object]]:
+    from kymamesh.sidecars import OutdatedWorkload, Workload
+    from kymamesh.steps.proxies import RestartPlan
+
+    entry = OutdatedWorkload(
+        Workload("Deployment", "demo", "cart"),
+        reasons=["istio-proxy 1.29.4, istiod 1.30.3"],
+        pods=["cart-1"],
+    )
+    plan = RestartPlan(actions=[(entry, "restart", "restarted like `kubectl rollout restart`")])
+    return plan.to_json()

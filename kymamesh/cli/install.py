@@ -34,6 +34,7 @@ def install(
             "one, which keeps the default tag; then `kymamesh upgrade promote`.",
         ),
     ] = False,
+    restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
@@ -58,7 +59,7 @@ def install(
             set_values=tuple(set_values or ()),
             repository=repo,
         )
-        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
         p.add_identity(given, ctx, identity)
         pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
 

@@ -27,6 +27,7 @@ def patch(
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
@@ -46,7 +47,7 @@ def patch(
         from kymamesh import pipeline
 
         ctx.charts_dir = charts_dir
-        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies)
+        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
         p.add_identity(given, ctx, identity)
         pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
 

@@ -32,7 +32,20 @@ TlsKey = Annotated[
 ]
 RestartProxies = Annotated[
     bool,
-    typer.Option("--restart-proxies", help="Restart workloads whose sidecar is out of date."),
+    typer.Option(
+        "--restart-proxies",
+        help="Restart workloads whose sidecar is out of date: the Istio and kyma-system "
+        "namespaces first, then the rest in batches.",
+    ),
+]
+RestartBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--restart-batch",
+        metavar="N",
+        help="With --restart-proxies: restart N workloads at a time, each batch's rollouts "
+        "finished before the next (default 10).",
+    ),
 ]
 
 Identity = Annotated[
@@ -100,6 +113,7 @@ def patch_overrides(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     restart_proxies: bool = False,
+    restart_batch: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Step parameters from --config, then from the flags (flags win)."""
     overrides: dict[str, dict[str, Any]] = {}
@@ -124,6 +138,19 @@ def patch_overrides(
         tls["keyFile"] = str(tls_key)
     if not tls:
         overrides.pop("ingress-gateway-tls")
+    if restart_batch is not None:
+        if restart_batch < 1:
+            raise UsageError(
+                f"--restart-batch must be at least 1, not {restart_batch}",
+                hint="give how many workloads to restart at once, e.g. --restart-batch 5",
+            )
+        if not restart_proxies and overrides.get("restart-proxies", {}).get("restart") is not True:
+            raise UsageError(
+                "--restart-batch goes with --restart-proxies",
+                hint="add --restart-proxies to restart outdated sidecars in batches of "
+                f"{restart_batch}, or leave --restart-batch out",
+            )
+        overrides.setdefault("restart-proxies", {})["batchSize"] = restart_batch
     if restart_proxies:
         overrides.setdefault("restart-proxies", {})["restart"] = True
     return overrides
