@@ -946,3 +946,21 @@ def test_a_batch_whose_rollout_does_not_finish_stops_the_next_and_names_it() -> 
     )
     patched = [w for w in cluster.writes if w.startswith("patch")]
     assert len(patched) == 1 and patched[0].endswith("/app"), cluster.writes
+
+
+def test_dry_run_shows_the_batches_and_writes_nothing() -> None:
+    cluster = mesh_with_old_sidecar()
+    cluster.add(_deployment("kyma-system", "kyma-app"))
+    _old_pod_of(cluster, "kyma-system", "kyma-app")
+    ctx = run_context(cluster, dry_run=True)
+    specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": 1}})
+    patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "would-change"
+    assert item.diff.splitlines() == [
+        "  batch 1/2: Deployment/kyma-system/kyma-app: "
+        "spec.template.metadata.annotations[kubectl.kubernetes.io/restartedAt] = <now>",
+        "  batch 2/2: Deployment/shop/app: "
+        "spec.template.metadata.annotations[kubectl.kubernetes.io/restartedAt] = <now>",
+    ]
+    assert cluster.writes == []

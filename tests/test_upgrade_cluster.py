@@ -47,6 +47,7 @@ def workload(
     replicas: int | None = 1,
     annotations: dict[str, str] | None = None,
     pod_annotations: dict[str, str] | None = None,
+    strategy: str | None = None,
 ) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"app": name}},
@@ -56,6 +57,8 @@ def workload(
         spec["replicas"] = replicas
     if kind == "StatefulSet":
         spec["serviceName"] = name
+    if strategy:
+        spec["updateStrategy"] = {"type": strategy}
     return {
         "apiVersion": "apps/v1",
         "kind": kind,
@@ -114,6 +117,7 @@ RESTARTED = [
     ("shop", "web", "Deployment", 2),
     ("shop", "rs-only", "ReplicaSet", 2),
     ("shop", "db", "StatefulSet", 2),
+    ("shop", "ondelete", "StatefulSet", 1),  # updateStrategy OnDelete: its Pods are deleted
 ]
 LEFT_ALONE = [  # (namespace, app): opted out, own proxy image, bare Pod
     ("shop", "frozen"),
@@ -140,6 +144,7 @@ def old_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
         for obj in (
             workload("Deployment", "web", replicas=2),
             workload("StatefulSet", "db", replicas=2),
+            workload("StatefulSet", "ondelete", strategy="OnDelete"),
             workload("DaemonSet", "agent", replicas=None),
             workload("ReplicaSet", "rs-only", replicas=2),
             workload("Deployment", "frozen", annotations=OPT_OUT),
@@ -225,6 +230,10 @@ def test_upgrade_restarts_system_first_then_in_batches(old_mesh: TestCluster) ->
         for workload_name in batch:
             change = item["changes"][order.index(workload_name)]
             assert f"batch {number}/{total} " in change, change
+    for deleted in ("ReplicaSet/shop/rs-only", "StatefulSet/shop/ondelete"):
+        assert "Pods " in item["changes"][order.index(deleted)], item["changes"]
+        assert " deleted, batch " in item["changes"][order.index(deleted)], item["changes"]
+    assert " restarted, batch " in item["changes"][order.index("StatefulSet/shop/db")]
 
     # The writes, as the API server saw them: kymamesh restarts a batch only after every
     # old Pod of the batch before it is gone (deleted by its controller, or by kymamesh).
@@ -236,7 +245,7 @@ def test_upgrade_restarts_system_first_then_in_batches(old_mesh: TestCluster) ->
             mine = ref.get("namespace") == ns
             if ev["verb"] == "patch" and ref.get("resource") == f"{kind.lower()}s":
                 mine = mine and ref.get("name") == app
-            elif kind == "ReplicaSet" and ev["verb"] == "delete" and ref.get("resource") == "pods":
+            elif ev["verb"] == "delete" and ref.get("resource") == "pods":  # delete-pods mode
                 mine = mine and ref.get("name") in before[(ns, app)]
             else:
                 mine = False
