@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
+from kymamesh import yamlfast
 
 _NOISE_META = ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp")
 
@@ -137,7 +137,7 @@ def project(live: Any, desired: Any) -> Any:
 
 
 def to_yaml(obj: Any) -> str:
-    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False)
+    return yamlfast.dump(obj)
 
 
 def unified(before: Any, after: Any, label: str) -> str:

@@ -545,6 +545,9 @@ def test_a_dex_kymamesh_did_not_install_is_refused_and_left_alone(
     status = json.loads(ok(run(c, "status", "-o", "json")).stdout)["data"]["identity"]
     assert status["enabled"] is False
     assert status["release"]["byKymamesh"] is False
+    text = ok(run(c, "status")).stdout
+    assert "identity: off (the Dex below is not kymamesh's: left alone)" in text, text
+    assert "deployed, ready, not installed by kymamesh" in text, text
 
     foreign = get(c, "deployment", "dex", "-n", DEX_NS)
     assert foreign is not None
