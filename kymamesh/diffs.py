@@ -140,10 +140,18 @@ def to_yaml(obj: Any) -> str:
     return yamlfast.dump(obj)
 
 
+def yaml_lines(obj: Any) -> list[str]:
+    """The YAML rendering `unified` compares (none for None and {})."""
+    return to_yaml(obj).splitlines() if obj not in (None, {}) else []
+
+
 def unified(before: Any, after: Any, label: str) -> str:
     """A unified diff of two YAML renderings; '' when equal."""
-    a = to_yaml(before).splitlines() if before not in (None, {}) else []
-    b = to_yaml(after).splitlines() if after not in (None, {}) else []
+    return unified_lines(yaml_lines(before), yaml_lines(after), label)
+
+
+def unified_lines(a: list[str], b: list[str], label: str) -> str:
+    """`unified` of renderings made before (see yaml_lines)."""
     return "\n".join(
         difflib.unified_diff(a, b, fromfile=f"live {label}", tofile=f"wanted {label}", lineterm="")
     )

@@ -341,6 +341,7 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     # on again, then uninstall: identity first, then Istio
     ok(run(c, *PATCH, "--identity", str(path), "-y"))
     gone = ok(run(c, "uninstall", "-y", "-o", "json", app_secret=None))
+    assert_hidden(gone.stdout + gone.stderr, *SECRETS)
     data = json.loads(gone.stdout)["data"]
     assert data["releases"][0] == "dex"
     assert f"Secret/{DEX_NS}/{idn.MANAGED_SECRET}" in " ".join(data["patchObjects"])
