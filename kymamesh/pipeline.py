@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kymamesh import controlplane
+from kymamesh import controlplane, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -28,6 +28,7 @@ from kymamesh.errors import (
     ChartSourceError,
     KymameshError,
     PreconditionError,
+    UsageError,
     WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
@@ -36,6 +37,7 @@ from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import ChartRelease, IstioRelease, pinned
 from kymamesh.values import (
     Values,
+    ValueSource,
     ValueStack,
     check_security,
     load_user_file,
@@ -52,6 +54,7 @@ __all__ = [
     "plan_releases",
     "planned_control_plane",
     "refuse_foreign_istiod",
+    "release_layout",
     "run_phase_charts",
 ]
 
@@ -115,20 +118,34 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
 PatchSettings = Mapping[str, Mapping[str, Any]]
 
 
-def install(ctx: RunContext, inputs: ChartInputs, given: PatchSettings, reset: bool) -> None:
+def install(
+    ctx: RunContext,
+    inputs: ChartInputs,
+    given: PatchSettings,
+    reset: bool,
+    revision_based: bool = False,
+) -> None:
     """`kymamesh install`: insecure values, unknown patch settings, a foreign istiod and
     every step's preflight are refused before the first write; then phase 1, then phase 2.
-    `given` are the patch settings of this run; `reset` forgets the remembered ones."""
+    `given` are the patch settings of this run; `reset` forgets the remembered ones;
+    `revision_based` installs the pinned istiod beside the one running (a canary, see
+    `kymamesh.canary`)."""
     from kymamesh import patching
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
+    if revision_based:
+        refuse_revision_value(stack)
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
-    ctx.planned_control_plane = planned_control_plane(stack)
     specs = patching.patch_list_for(ctx, given, reset=reset)
-    refuse_foreign_istiod(ctx)
+    layout = release_layout(ctx, stack, revision_based)
+    stack = layout.stack
+    ctx.planned_control_plane = planned_control_plane(stack)
+    refuse_foreign_istiod(ctx, layout.istiod_release)
     patching.preflight(ctx, specs)
-    run_phase_charts(ctx, inputs, stack)
+    run_phase_charts(ctx, inputs, stack, layout.rows)
     patching.run_patch(ctx, specs)
+    if layout.canary:
+        ctx.result.notes.extend(layout.next_steps)
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
@@ -153,12 +170,18 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
     patching.run_patch(ctx, specs)
 
 
-def plan_releases(ctx: RunContext, inputs: ChartInputs, stack: ValueStack) -> list[PlannedRelease]:
-    """Read-only: which releases need an install or upgrade, and why. Refuses early."""
+def plan_releases(
+    ctx: RunContext,
+    inputs: ChartInputs,
+    stack: ValueStack,
+    rows: tuple[ChartRelease, ...] | None = None,
+) -> list[PlannedRelease]:
+    """Read-only: which releases need an install or upgrade, and why. Refuses early.
+    `rows`: the releases to plan (default: the pinned release table)."""
     release = pinned()
     ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
     plans = []
-    for row in release.releases:
+    for row in release.releases if rows is None else rows:
         chart = load_chart(ctx, inputs, row)
         plans.append(
             PlannedRelease(
@@ -195,11 +218,129 @@ def planned_control_plane(stack: ValueStack) -> ControlPlane:
     return controlplane.planned_control_plane(pinned().namespace, stack.merged("istiod"))
 
 
-def refuse_foreign_istiod(ctx: RunContext) -> None:
+REVISION_BASED_ORIGIN = "the revision-based upgrade"
+
+
+@dataclass(frozen=True)
+class ReleaseLayout:
+    """Which Helm releases phase 1 manages, and the values the layout adds.
+
+    In place (the default): the pinned release table. Revision-based (a canary
+    upgrade, `install --revision-based`, or any run once such a revision exists):
+    istiod is the release `istiod-REV` of revision REV (`1-30-3` for Istio 1.30.3)
+    beside the revisions already running; istio-base is upgraded (the CRDs must be
+    the new ones), but its validator stays with the default revision as long as an
+    unnamed istiod runs; the gateway release is left as it is while another revision
+    runs (its Pods move with the default tag, see `kymamesh upgrade promote`), and is
+    upgraded once the old revision is gone (`kymamesh upgrade finish`).
+    """
+
+    rows: tuple[ChartRelease, ...]
+    stack: ValueStack
+    revision: str = ""  # the canary revision; "" in place
+    others: tuple[ControlPlane, ...] = ()  # the other revisions running beside it
+
+    @property
+    def canary(self) -> bool:
+        return bool(self.revision)
+
+    @property
+    def istiod_release(self) -> str:
+        return next(r.release for r in self.rows if r.chart == "istiod")
+
+    @property
+    def next_steps(self) -> list[str]:
+        if not self.others:
+            return []
+        old = ", ".join(p.revision for p in self.others)
+        return [
+            f"revision {self.revision} runs beside revision {old}, which still injects the "
+            "Pods that ask for the default revision. Next: try it on a namespace "
+            f"(`kubectl label namespace NS istio-injection- istio.io/rev={self.revision}` "
+            "and re-create its Pods), then `kymamesh upgrade promote` (moves the default "
+            "tag and restarts the workloads), and once every Pod runs the new sidecar, "
+            "`kymamesh upgrade finish` (removes the old revision); `kymamesh upgrade "
+            "rollback` moves the tag back"
+        ]
+
+
+def refuse_revision_value(stack: ValueStack) -> None:
+    """A revision-based upgrade names its revision itself (`1-30-3`): refuse one set by hand."""
+    revision = stack.merged("istiod").get("revision")
+    if revision:
+        raise UsageError(
+            f"--revision-based names the new revision itself "
+            f"({tags.revision_name(pinned().version)}), but istiod.revision is set to "
+            f"{revision!r} (from {stack.origin_of('istiod', 'revision')})",
+            hint="drop istiod.revision from --set/-f, or install without --revision-based",
+        )
+
+
+def release_of(plane: ControlPlane) -> str | None:
+    annotations = ((plane.deployment or {}).get("metadata") or {}).get("annotations") or {}
+    owner = annotations.get("meta.helm.sh/release-name")
+    return str(owner) if owner else None
+
+
+def canary_planes(
+    planes: list[ControlPlane], revision: str
+) -> tuple[ControlPlane | None, list[ControlPlane]]:
+    """The canary revision's control plane (its Deployment made by the release
+    `istiod-REV`), if running, and every other revision."""
+    name = tags.istiod_release_name(revision)
+    canary = next((p for p in planes if p.revision == revision and release_of(p) == name), None)
+    return canary, [p for p in planes if p is not canary]
+
+
+def release_layout(
+    ctx: RunContext,
+    stack: ValueStack,
+    revision_based: bool,
+    gone: frozenset[str] = frozenset(),
+) -> ReleaseLayout:
+    """The releases of this run: in place, or revision-based when asked or when a
+    canary revision made by kymamesh runs (so that every later run, `install` included,
+    converges instead of upgrading the old revision in place). `gone`: revisions to
+    count as removed (a dry run of `upgrade finish`)."""
+    release = pinned()
+    revision = tags.revision_name(release.version)
+    planes = controlplane.find_control_planes(ctx.cluster, release.namespace)
+    planes = [p for p in planes if p.revision not in gone]
+    canary, others = canary_planes(planes, revision)
+    if canary is None and not revision_based:
+        return ReleaseLayout(rows=release.releases, stack=stack)
+    if canary is None and not others:
+        raise PreconditionError(
+            f"--revision-based installs istiod {release.version} beside a running istiod, "
+            f"but there is no istiod in {release.namespace}",
+            hint="install without --revision-based",
+        )
+    if canary is None:
+        refuse_revision_value(stack)
+    extra: dict[str, Values] = {"istiod": {"revision": revision}}
+    if not any(p.suffix == "" for p in others):
+        # no unnamed istiod any more: the cluster-wide validator goes to the new revision
+        extra["base"] = {"defaultRevision": revision}
+    rows = []
+    for row in release.releases:
+        if row.chart == "istiod":
+            rows.append(replace(row, release=tags.istiod_release_name(revision)))
+        elif row.chart == "gateway" and others:
+            continue  # left with the old revision until `upgrade finish`
+        else:
+            rows.append(row)
+    layered = ValueStack([*stack.sources, ValueSource(REVISION_BASED_ORIGIN, extra)])
+    return ReleaseLayout(rows=tuple(rows), stack=layered, revision=revision, others=tuple(others))
+
+
+def refuse_foreign_istiod(ctx: RunContext, release_name: str | None = None) -> None:
     """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite:
-    the Deployment of the revision `install` makes (`istiod`, or `istiod-REV`)."""
+    the Deployment of the revision `install` makes (`istiod`, or `istiod-REV`), which must
+    belong to `release_name` (default: the istiod row of the release table)."""
     release = pinned()
     row = release.chart("istiod")
+    if release_name is not None:
+        row = replace(row, release=release_name)
     plane = ctx.planned_control_plane or ControlPlane(release.namespace)
     live = ctx.cluster.get(plane.istiod_ref)
     if live is None:
@@ -258,18 +399,24 @@ _CLUSTER_SCOPED = (
 )
 
 
-def run_phase_charts(ctx: RunContext, inputs: ChartInputs, stack: ValueStack) -> None:
-    """Phase 1: install or upgrade each release in order; each ready before the next."""
+def run_phase_charts(
+    ctx: RunContext,
+    inputs: ChartInputs,
+    stack: ValueStack,
+    rows: tuple[ChartRelease, ...] | None = None,
+) -> None:
+    """Phase 1: install or upgrade each release in order; each ready before the next.
+    `rows`: the releases (default: the pinned release table)."""
     release = pinned()
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(PHASE_CHARTS)
-    plans = plan_releases(ctx, inputs, stack)
+    plans = plan_releases(ctx, inputs, stack, rows)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
     if any(p.needed for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
-        plans = plan_releases(ctx, inputs, stack)  # again, under the lock
+        plans = plan_releases(ctx, inputs, stack, rows)  # again, under the lock
     for plan in plans:
         label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
         item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)

@@ -23,6 +23,10 @@ Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
 shows as a step not applied, naming its ConfigMap.
 
+During and after a canary upgrade (`kymamesh.canary`), the revisions, the one the
+default tag points at and the phase are reported too (`data.canary`), and the
+canary revision's Helm release (`istiod-REV`) is listed with the others.
+
 Sidecar coverage and sidecars older than istiod are reported, not judged: the
 Kyma patch makes injection opt-in, and restarting workloads is the user's call
 (`patch --restart-proxies`).
@@ -34,11 +38,13 @@ fails loudly instead of changing the cluster.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kymamesh import inventory as inv
 from kymamesh import sidecars
+from kymamesh.canary import CanaryState
+from kymamesh.canary import read_state as read_canary
 from kymamesh.cluster import Cluster, Obj
 from kymamesh.context import RunContext
 from kymamesh.controlplane import (
@@ -54,6 +60,7 @@ from kymamesh.controlplane import (
 from kymamesh.errors import ExitCode, KymameshError
 from kymamesh.helm import DeployedRelease
 from kymamesh.patching import StepSpec, check_all
+from kymamesh.pipeline import release_of as pipeline_release_of
 from kymamesh.release import pinned
 from kymamesh.security import mesh_config_problems
 from kymamesh.versions import Version
@@ -139,6 +146,7 @@ class MeshStatus:
     namespaces: list[NamespaceState]
     problems: list[str]
     identity: dict[str, Any] | None = None  # see kymamesh.steps.identity.describe
+    canary: CanaryState | None = None  # a revision-based upgrade under way or done
     # every workload with an outdated sidecar, and what --restart-proxies does about it
     outdated: list[dict[str, Any]] = field(default_factory=list)
 
@@ -164,6 +172,7 @@ class MeshStatus:
             "steps": [s.to_json() for s in self.steps],
             "namespaces": [n.to_json() for n in self.namespaces],
             "identity": self.identity,
+            "canary": self.canary.to_json() if self.canary else None,
             "outdatedSidecars": [dict(o) for o in self.outdated],
         }
 
@@ -176,10 +185,17 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     cluster = ctx.cluster
     release = pinned()
     namespace = release.namespace
-    releases = [
-        ReleaseState(row.release, row.chart, ctx.helm.deployed(row.release, namespace))
-        for row in release.releases
-    ]
+    canary = read_canary(cluster, namespace)
+    releases = []
+    for row in release.releases:
+        deployed = ctx.helm.deployed(row.release, namespace)
+        if row.chart == "istiod" and canary.canary is not None:
+            name = pipeline_release_of(canary.canary)
+            if deployed is not None:  # the old revision, beside the canary
+                releases.append(ReleaseState(row.release, row.chart, deployed))
+            row = replace(row, release=name or row.release)
+            deployed = ctx.helm.deployed(row.release, namespace)
+        releases.append(ReleaseState(row.release, row.chart, deployed))
     crds = inv.istio_crds(cluster)
     istiods = inv.find_istiods(cluster, namespace)
     installed_by = inv.installer({r.name: r.release for r in releases}, istiods)
@@ -210,6 +226,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         namespaces=namespaces,
         problems=problems,
         identity=identity,
+        canary=canary if canary.canary is not None or canary.tag is not None else None,
         outdated=outdated,
     )
 
@@ -394,6 +411,7 @@ def plain_lines(st: MeshStatus) -> list[str]:
     for d in st.istiods:
         lines.append(f"istiod: {_istiod_text(d)}")
     lines.append(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}")
+    lines.extend(st.canary.lines() if st.canary else [])
     lines.append("patch steps:")
     for s in st.steps:
         lines.append(f"  {'✓' if s.applied else '✗'} {s.name}: {_step_text(s)}")
@@ -436,6 +454,8 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
     for d in st.istiods:
         console.print(f"istiod: {_istiod_text(d)}", highlight=False)
     console.print(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}", highlight=False)
+    for line in st.canary.lines() if st.canary else []:
+        console.print(line, highlight=False)
 
     steps = Table(title="Kyma patch steps", title_justify="left")
     for column in ("step", "applied", "details"):

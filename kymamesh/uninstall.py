@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from kymamesh import MANAGED_BY_LABEL
+from kymamesh import MANAGED_BY_LABEL, tags
 from kymamesh import inventory as inv
 from kymamesh.cluster import LOCK_NAME, Ref
 from kymamesh.context import RunContext
@@ -89,7 +89,12 @@ def plan(ctx: RunContext) -> Plan:
     cluster = ctx.cluster
     release = pinned()
     namespace = release.namespace
-    deployed = {row.release: ctx.helm.deployed(row.release, namespace) for row in release.releases}
+    names = []
+    for row in release.releases:
+        names.append(row.release)
+        if row.chart == "istiod":  # a canary revision's release (`upgrade`), beside it
+            names.append(tags.istiod_release_name(tags.revision_name(release.version)))
+    deployed = {name: ctx.helm.deployed(name, namespace) for name in names}
     istiods = inv.find_istiods(cluster, namespace)
     result = Plan(installed_by=inv.installer(deployed, istiods), istiods=istiods)
     result.releases = [r for r in reversed(list(deployed.values())) if r is not None]
@@ -116,6 +121,10 @@ def plan(ctx: RunContext) -> Plan:
         for obj in cluster.list("v1", core_kind, namespace=namespace, label_selector=selector):
             if obj["metadata"]["name"] != LOCK_NAME:
                 patch_objects.append(inv.ref_of(obj, "v1"))
+    # the default revision tag of a canary upgrade: its webhooks fail closed once istiod is gone
+    for obj in cluster.list(tags.WEBHOOK_API, tags.MUTATING, label_selector=selector):
+        if tags.TAG_LABEL in (obj["metadata"].get("labels") or {}):
+            patch_objects.append(inv.ref_of(obj, tags.WEBHOOK_API))
     # the identity step's Secret of values read at run time, beside Dex
     for obj in cluster.list("v1", "Secret", namespace=dex.namespace, label_selector=selector):
         patch_objects.append(inv.ref_of(obj, "v1"))

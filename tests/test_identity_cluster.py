@@ -556,3 +556,35 @@ def test_a_dex_kymamesh_did_not_install_is_refused_and_left_alone(
     left = get(c, "deployment", "dex", "-n", DEX_NS)
     assert left is not None
     assert left["metadata"]["resourceVersion"] == foreign["metadata"]["resourceVersion"]
+
+    # a Dex applied without Helm (its chart rendered, then kubectl apply): refused as well
+    c.helm_run("uninstall", "dex", "-n", DEX_NS, "--wait")
+    rendered = c.helm_run("template", "dex", str(CHARTS / "dex"), "-n", DEX_NS).stdout
+    c.kubectl("apply", "-n", DEX_NS, "-f", "-", input=rendered)
+    refused = refused_with_zero_writes(c, path)
+    assert "exists and was made by something other than Helm" in refused["message"], refused
+    assert f"for the Helm release {DEX_NS}/dex" in refused["message"], refused
+    assert "kubectl delete" in refused["hint"], refused
+
+    # a Secret of the user's named like Dex's config Secret (and named by a secretRef)
+    c.kubectl("delete", "-n", DEX_NS, "-f", "-", input=rendered)
+    c.kubectl(
+        "create", "secret", "generic", "dex", "-n", DEX_NS, f"--from-literal=password={BIND_PW}"
+    )
+    doc = identity_doc(tmp_path)
+    doc["connectors"][2]["bindPW"] = {"secretRef": {"name": "dex", "key": "password"}}
+    refused = refused_with_zero_writes(c, write_identity(tmp_path, doc, "named-dex.yaml"))
+    assert refused["message"].startswith(
+        f"identity: Secret/{DEX_NS}/dex exists and was made by something other than Helm"
+    ), refused
+    assert "rename it if it is yours" in refused["hint"], refused
+
+
+def refused_with_zero_writes(c: Any, path: Path) -> dict[str, str]:
+    """`install --identity FILE`: refused with exit 3 before any write; the error."""
+    with c.audit.counting() as writes:
+        done = run(c, "install", "--charts-dir", str(CHARTS), "--identity", str(path), "-o", "json")
+    assert writes.total == 0, writes.describe()
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert_hidden(done.stdout + done.stderr, *SECRETS)
+    return dict(json.loads(done.stdout)["errors"][0])

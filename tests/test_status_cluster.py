@@ -36,6 +36,7 @@ DATA_KEYS = {
     "steps",
     "namespaces",
     "identity",
+    "canary",
     "outdatedSidecars",
 }
 

@@ -293,6 +293,7 @@ def test_status_json_keys_are_stable() -> None:
         "steps",
         "namespaces",
         "identity",
+        "canary",
         "outdatedSidecars",
     }
     assert doc["outdatedSidecars"] == [
@@ -307,6 +308,7 @@ def test_status_json_keys_are_stable() -> None:
         }
     ]
     assert doc["identity"] is None  # no identity step checked
+    assert doc["canary"] is None  # no revision-based upgrade
     assert doc["istio"] == {
         "namespace": "istio-system",
         "installed": True,

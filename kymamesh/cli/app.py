@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kymamesh.cli import charts, inject, install, patch, status, uninstall, version
+from kymamesh.cli import charts, inject, install, patch, status, uninstall, upgrade, version
 
 app = typer.Typer(
     name="kymamesh",
@@ -22,6 +22,7 @@ app.command("patch")(patch.patch)
 app.command("inject-namespace")(inject.inject_namespace)
 app.command("status")(status.status)
 app.command("uninstall")(uninstall.uninstall)
+app.add_typer(upgrade.app, name="upgrade")
 app.add_typer(charts.app, name="charts")
 app.command("version")(version.version)
 

@@ -26,6 +26,14 @@ def install(
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
     restart_proxies: p.RestartProxies = False,
+    revision_based: Annotated[
+        bool,
+        typer.Option(
+            "--revision-based",
+            help="Canary upgrade: install istiod as a new revision (1-30-3) beside the running "
+            "one, which keeps the default tag; then `kymamesh upgrade promote`.",
+        ),
+    ] = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     reset_settings: p.ResetSettings = False,
@@ -53,6 +61,6 @@ def install(
         )
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
         p.add_identity(given, ctx, identity)
-        pipeline.install(ctx, inputs, given, reset=reset_settings)
+        pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
 
     c.run_command("install", options, body)

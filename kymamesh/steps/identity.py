@@ -43,7 +43,12 @@ from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.diffs import object_diff
 from kymamesh.errors import KymameshError, PreconditionError
 from kymamesh.helm import DeployedRelease, Helm, LoadedChart
-from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
+from kymamesh.inventory import (
+    HELM_NAMESPACE_ANNOTATION,
+    HELM_RELEASE_ANNOTATION,
+    INSTALL_DESCRIPTION,
+    marked_by_kymamesh,
+)
 from kymamesh.release import DexRelease, dex_pinned
 from kymamesh.steps.base import Change, StepContext
 from kymamesh.steps.tls import TlsParams, matches
@@ -156,7 +161,9 @@ class IdentityStep:
             restart = _secret_change(ctx, setup) is not None
             if _release_reasons(ctx, helm, setup, deployed, restart):
                 # a bad chart source is refused before any write; a Dex in place needs none
-                load_chart(helm, ctx, setup.pin)
+                chart = load_chart(helm, ctx, setup.pin)
+                if deployed is None:
+                    _refuse_objects_in_the_way(ctx, helm, setup, chart)
         if ctx.istio_present:
             for versions, kind in (
                 (SECURITY_API_VERSIONS, "RequestAuthentication"),
@@ -424,6 +431,48 @@ def _wait_ready(cluster: Cluster, helm: Helm, pin: DexRelease, timeout: float) -
     cluster.wait_ready(refs, timeout)
 
 
+def _rendered(helm: Helm, setup: Setup, chart: LoadedChart, values: Mapping[str, Any]) -> list[Obj]:
+    """The objects of Dex's chart with these values, each with its namespace."""
+    found = []
+    for obj in helm.template(setup.pin.release, chart, dict(values), setup.pin.namespace):
+        if not isinstance(obj, dict) or "kind" not in obj:
+            continue
+        meta = obj.get("metadata") or {}
+        if not meta.get("namespace") and obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            obj = {**obj, "metadata": {**meta, "namespace": setup.pin.namespace}}
+        found.append(obj)
+    return found
+
+
+def _refuse_objects_in_the_way(
+    ctx: StepContext, helm: Helm, setup: Setup, chart: LoadedChart
+) -> None:
+    """Before the first install of Dex: an object the chart would make that exists and is
+    not the release's (a Dex applied without Helm, or a Secret of the user named like
+    Dex's config Secret) is refused, as Helm would refuse it, but before any write."""
+    pin = setup.pin
+    values = setup.values(_secret_versions(ctx.cluster, setup))
+    for obj in _rendered(helm, setup, chart, values):
+        ref = Ref.of(obj)
+        live = ctx.cluster.get(ref)
+        if live is None:
+            continue
+        notes = (live.get("metadata") or {}).get("annotations") or {}
+        owner = (notes.get(HELM_RELEASE_ANNOTATION), notes.get(HELM_NAMESPACE_ANNOTATION))
+        if owner == (pin.release, pin.namespace):
+            continue  # left by an earlier release dex: Helm takes it over
+        made_by = f"Helm release {owner[1]}/{owner[0]}" if owner[0] else "something other than Helm"
+        raise PreconditionError(
+            f"identity: {ref} exists and was made by {made_by}, but Dex's chart makes it for "
+            f"the Helm release {pin.namespace}/{pin.release}; kymamesh does not take over a "
+            "Dex someone else runs, nor objects in its way",
+            hint=f"remove it (kubectl delete {ref.kind.lower()} {ref.name}"
+            + (f" -n {ref.namespace}" if ref.namespace else "")
+            + ") if it is an old Dex, rename it if it is yours (and fix your secretRef), "
+            "or leave out --identity",
+        )
+
+
 def _dry_run_diff(ctx: StepContext, helm: Helm, setup: Setup, values: Mapping[str, Any]) -> str:
     """What the release would change, object by object (Secrets redacted). `status` checks
     as a dry run too and needs no chart: a chart that cannot be loaded gives no diff."""
@@ -432,12 +481,7 @@ def _dry_run_diff(ctx: StepContext, helm: Helm, setup: Setup, values: Mapping[st
     except KymameshError as exc:
         return f"# no diff of the Dex release: {exc.message}"
     parts = []
-    for obj in helm.template(setup.pin.release, chart, dict(values), setup.pin.namespace):
-        if not isinstance(obj, dict) or "kind" not in obj:
-            continue
-        meta = obj.get("metadata") or {}
-        if not meta.get("namespace") and obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
-            obj = {**obj, "metadata": {**meta, "namespace": setup.pin.namespace}}
+    for obj in _rendered(helm, setup, chart, values):
         ref = Ref.of(obj)
         diff = object_diff(ctx.cluster.get(ref), obj, str(ref))
         if diff:

@@ -1,0 +1,552 @@
+"""The canary upgrade: `kymamesh upgrade promote | rollback | finish`, and its state.
+
+`kymamesh install --revision-based` installs the pinned istiod as a second revision
+(`1-30-3`, Helm release `istiod-1-30-3`, see `pipeline.release_layout`) beside the
+one running. From there:
+
+- `promote` points the default tag (`kymamesh.tags`) at the new revision, switches
+  off the unnamed revision's own injector webhooks while the tag exists, waits
+  until a Pod that asks for the default revision gets the new revision's sidecar,
+  and restarts the workloads whose sidecar came from another revision than the one
+  that now injects them, through the restart machinery of step `restart-proxies`;
+- `rollback` does the same towards the old revision;
+- `finish` removes the old revision's Helm release once no running Pod has a
+  sidecar from it and no namespace names it (refused otherwise, naming them, exit
+  3), then runs phase 1 again: istio-base's validator moves to the new revision and
+  the gateway release is upgraded.
+
+Every step reads the live state first and writes only what differs, so a re-run
+writes nothing and a run killed in the middle converges on the next one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kymamesh import MANAGED_BY_LABEL, pipeline, sidecars, tags
+from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.context import RunContext
+from kymamesh.controlplane import (
+    DEFAULT_REVISION,
+    REVISION_LABEL,
+    ControlPlane,
+    find_control_planes,
+    injection_probe_pod,
+    istiod_version,
+)
+from kymamesh.diffs import object_diff
+from kymamesh.errors import (
+    ApiError,
+    KymameshError,
+    PreconditionError,
+    UsageError,
+    WaitTimeoutError,
+)
+from kymamesh.output import ItemResult, Outcome
+from kymamesh.release import pinned
+from kymamesh.steps.base import Change
+
+PHASE_TAG = "default tag"
+PHASE_RESTARTS = "workloads"
+PHASE_REMOVE = "old revision"
+_LISTED = 25  # Pods named in a refusal; all of them are in `data`
+
+
+class RevisionInUseError(PreconditionError):
+    """`finish` while Pods or namespaces still use the old revision (exit 3)."""
+
+    code = "revision-in-use"
+
+
+# -- the state -------------------------------------------------------------------------------
+
+
+@dataclass
+class CanaryState:
+    """The revisions in the cluster and where the default tag points (read-only)."""
+
+    namespace: str
+    revision: str  # the canary revision of the pinned release (`1-30-3`)
+    canary: ControlPlane | None
+    others: list[ControlPlane]
+    tag: Obj | None  # the live default-tag webhook
+    default_injector: Obj | None  # the unnamed revision's own injector webhook, if any
+
+    @property
+    def holder(self) -> str | None:
+        """The revision that injects Pods asking for the default one (None: nobody)."""
+        if self.tag is not None:
+            return tags.tag_revision(self.tag)
+        if self.default_injector is not None and not tags.all_deactivated(self.default_injector):
+            return DEFAULT_REVISION
+        return None
+
+    @property
+    def phase(self) -> str:
+        """none (no canary revision), canary (installed, tag on an old revision), promoted
+        (tag on the canary, old revisions still there), finished (only the canary left)."""
+        if self.canary is None:
+            return "none"
+        if not self.others:
+            return "finished"
+        return "promoted" if self.holder == self.revision else "canary"
+
+    def to_json(self) -> dict[str, Any]:
+        planes = ([self.canary] if self.canary else []) + self.others
+        return {
+            "phase": self.phase,
+            "revision": self.revision,
+            "defaultTag": self.holder,
+            "tagWebhook": (self.tag or {}).get("metadata", {}).get("name"),
+            "revisions": [_plane_json(p, p is self.canary) for p in planes],
+        }
+
+    def lines(self) -> list[str]:
+        """For `status` text: one line per fact."""
+        if self.canary is None and self.tag is None:
+            return []
+        lines = [f"canary upgrade: {self.phase} (revision {self.revision})"]
+        lines.append(f"  default tag: {self.holder or 'none'}")
+        for p in ([self.canary] if self.canary else []) + self.others:
+            j = _plane_json(p, p is self.canary)
+            lines.append(
+                f"  revision {j['revision']}: istiod {j['version'] or '?'}, release "
+                f"{j['release'] or '-'}{' (canary)' if j['canary'] else ''}"
+            )
+        return lines
+
+
+def _plane_json(plane: ControlPlane, canary: bool) -> dict[str, Any]:
+    version = istiod_version(plane.deployment) if plane.deployment else None
+    return {
+        "revision": plane.revision,
+        "istiod": plane.istiod,
+        "version": str(version) if version else None,
+        "release": pipeline.release_of(plane),
+        "canary": canary,
+    }
+
+
+def read_state(cluster: Cluster, namespace: str) -> CanaryState:
+    revision = tags.revision_name(pinned().version)
+    canary, others = pipeline.canary_planes(find_control_planes(cluster, namespace), revision)
+    return CanaryState(
+        namespace=namespace,
+        revision=revision,
+        canary=canary,
+        others=others,
+        tag=cluster.get(_webhook_ref(tags.tag_webhook_name(namespace))),
+        default_injector=cluster.get(
+            _webhook_ref(tags.injector_webhook_name(DEFAULT_REVISION, namespace))
+        ),
+    )
+
+
+def _webhook_ref(name: str) -> Ref:
+    return Ref(tags.WEBHOOK_API, tags.MUTATING, name)
+
+
+# -- running planned actions ------------------------------------------------------------
+
+
+@dataclass
+class Action:
+    """One write of a canary command: what, why, the diff, and how."""
+
+    name: str
+    summary: str
+    apply: Callable[[], None]
+    diff: str = ""
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _run(ctx: RunContext, phase_name: str, plan: Plan) -> None:
+    """Apply the plan's actions in order (in a dry run: show them); one item each."""
+    phase = ctx.result.phase(phase_name)
+    ctx.progress.phase(phase_name)
+    for note in plan.notes:
+        if note not in ctx.result.notes:
+            ctx.result.notes.append(note)
+    for action in plan.actions:
+        item = ItemResult(name=action.name, outcome=Outcome.WOULD_CHANGE, summary=action.summary)
+        item.changes = [action.summary]
+        item.diff = action.diff
+        phase.items.append(item)
+        if ctx.options.dry_run:
+            continue
+        with ctx.progress.item(action.name) as tracker:
+            try:
+                ctx.before_write()
+                action.apply()
+                item.outcome = Outcome.CHANGED
+            except KymameshError as exc:
+                item.outcome = Outcome.FAILED
+                item.error = exc.message
+                raise
+            finally:
+                tracker.done(item.outcome, item.summary)
+        item.duration_s = tracker.duration_s
+
+
+# -- the default tag -------------------------------------------------------------------------
+
+
+def tag_plan(cluster: Cluster, state: CanaryState, target: ControlPlane) -> Plan:
+    """Point the default tag at `target`; switch off the unnamed revision's own injector."""
+    plan = Plan()
+    source_ref = _webhook_ref(tags.injector_webhook_name(target.revision, state.namespace))
+    source = cluster.get(source_ref)
+    if source is None or not tags.injector_webhooks(source):
+        raise PreconditionError(
+            f"revision {target.revision} has no injector webhook ({source_ref} is missing "
+            "or has no sidecar-injector webhook), so the default tag cannot point at it",
+            hint="re-run `kymamesh install --revision-based` to repair the revision",
+        )
+    wanted = tags.wanted_tag(
+        tags.TagSource(target.revision, state.namespace, source), {MANAGED_BY_LABEL: "kymamesh"}
+    )
+    differences = tags.tag_differences(state.tag, wanted)
+    if differences:
+        name = wanted["metadata"]["name"]
+
+        def write_tag() -> None:
+            live = cluster.get(_webhook_ref(name))
+            if live is None:
+                cluster.create(wanted)
+            else:
+                body = {**wanted, "metadata": {**wanted["metadata"]}}
+                body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+                cluster.replace(body)
+
+        plan.actions.append(
+            Action(
+                name=f"{tags.MUTATING}/{name}",
+                summary=f"default tag -> revision {target.revision} ({'; '.join(differences)})",
+                apply=write_tag,
+                diff=object_diff(state.tag, wanted, f"{tags.MUTATING}/{name}"),
+            )
+        )
+    injector = state.default_injector
+    if injector is not None and not tags.all_deactivated(injector):
+        ref = Ref.of({**injector, "apiVersion": tags.WEBHOOK_API, "kind": tags.MUTATING})
+
+        def deactivate() -> None:
+            cluster.update(ref, lambda live: {"webhooks": tags.deactivated_webhooks(live)})
+
+        plan.actions.append(
+            Action(
+                name=str(ref),
+                summary="injector webhooks of the unnamed revision switched off while the "
+                "default tag exists (selector istio.io/deactivated=never-match)",
+                apply=deactivate,
+                diff=object_diff(
+                    injector,
+                    {**injector, "webhooks": tags.deactivated_webhooks(injector)},
+                    str(ref),
+                ),
+            )
+        )
+    return plan
+
+
+def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> None:
+    """Wait until a Pod asking for the default revision is injected by `holder` (a dry
+    run: nothing is created). The API server reads webhook changes within moments."""
+    probe = injection_probe_pod(namespace, DEFAULT_REVISION)
+    deadline = time.monotonic() + timeout
+    seen = "nothing yet"
+    while True:
+        try:
+            pod = cluster.dry_run_create(probe)
+            got = tags.sidecar_revision(pod)
+            if got is None or got == holder:
+                return  # injected by the holder (or not at all: nothing to tell apart)
+            seen = f"injected by revision {got}"
+        except ApiError as exc:
+            seen = exc.message
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"timed out after {timeout:.0f}s waiting for the default tag to reach "
+                f"revision {holder}: a test Pod is still {seen}",
+                hint="check that istiod of that revision runs; re-run the same command",
+            )
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+# -- restarts --------------------------------------------------------------------------------
+
+
+@dataclass
+class Moved:
+    """A workload the tag moved, and the restart annotation of each of its moved Pods."""
+
+    entry: sidecars.OutdatedWorkload
+    restarted_at: set[str | None] = field(default_factory=set)
+
+
+def restart_pending(live: Obj, moved: Moved) -> bool:
+    """A restart of the workload is under way: its Pod template carries a restart
+    annotation that one of its moved Pods does not (that Pod is of an older template, and
+    the rollout replaces it). Pods made by the latest template that still have the wrong
+    sidecar need another restart."""
+    template = (live.get("spec") or {}).get("template") or {}
+    current = ((template.get("metadata") or {}).get("annotations") or {}).get(sidecars.RESTARTED_AT)
+    return current is not None and any(r != current for r in moved.restarted_at)
+
+
+def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Moved]]:
+    """Workloads with a running Pod whose sidecar came from another revision than the one
+    that injects it now (with the default tag on `holder`): (restartable, the others)."""
+    namespaces = {
+        str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
+        for n in cluster.list("v1", "Namespace")
+    }
+    moved = tags.moved_pods(sidecars.list_pods(cluster), namespaces, holder)
+    if not moved:
+        return [], []
+    replica_sets = sidecars.replica_set_index(cluster)
+    found: dict[sidecars.Workload, Moved] = {}
+    for pod, have, now in moved:
+        workload = sidecars.owner_workload(pod, replica_sets)
+        record = found.setdefault(workload, Moved(sidecars.OutdatedWorkload(workload)))
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        record.restarted_at.add(annotations.get(sidecars.RESTARTED_AT))
+        entry = record.entry
+        reason = f"sidecar from revision {have}, now injected by revision {now}"
+        if reason not in entry.reasons:
+            entry.reasons.append(reason)
+        version = sidecars.proxy_version(pod)
+        if version is not None:
+            entry.versions.add(version)
+        created = sidecars._created(pod)
+        if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
+            entry.oldest_pod = created
+    records = [found[w] for w in sorted(found)]
+    return [r for r in records if r.entry.workload.restartable], [
+        r for r in records if not r.entry.workload.restartable
+    ]
+
+
+def restart_plan(ctx: RunContext, holder: str) -> Plan:
+    """Restart, through step restart-proxies' machinery, the workloads the tag moved."""
+    from kymamesh.steps import proxies
+
+    cluster = ctx.cluster
+    plan = Plan()
+    restartable, others = moved_workloads(cluster, holder)
+    if others:
+        plan.notes.append(
+            "sidecars from another revision in Pods that kymamesh cannot restart: "
+            + ", ".join(o.entry.describe() for o in others)
+            + "; re-create these Pods yourself (Jobs: on their next run)"
+        )
+    pending = []
+    for record in restartable:
+        entry = record.entry
+        w = entry.workload
+        ref = Ref("apps/v1", w.kind, w.name, w.namespace)
+        live = cluster.get(ref)
+        if live is None:
+            continue
+        if restart_pending(live, record):
+            pending.append(entry)
+            continue
+        change = proxies._restart_change(ref, entry, ctx.namespace, ctx.options.timeout)
+        plan.actions.append(
+            Action(
+                name=change.target,
+                summary=change.summary,
+                apply=_applier(change, cluster),
+                diff=change.diff,
+            )
+        )
+    if pending:
+        plan.notes.append(
+            "restart already under way (Pods not yet replaced): "
+            + ", ".join(o.describe() for o in pending)
+        )
+    return plan
+
+
+def _applier(change: Change, cluster: Cluster) -> Callable[[], None]:
+    return lambda: change.apply(cluster)
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def _need_canary(state: CanaryState) -> ControlPlane:
+    if state.canary is None:
+        raise PreconditionError(
+            f"there is no canary revision {state.revision} in {state.namespace} (Deployment "
+            f"{tags.istiod_release_name(state.revision)} of the Helm release of that name)",
+            hint="install it first: `kymamesh install --revision-based`",
+        )
+    return state.canary
+
+
+def _check_serves(ctx: RunContext, plane: ControlPlane) -> None:
+    """The revision's istiod must answer its injector webhook before the tag points at it."""
+    probe = injection_probe_pod(ctx.namespace, plane.revision)
+    if plane.revision == DEFAULT_REVISION:
+        probe["metadata"]["labels"] = {REVISION_LABEL: DEFAULT_REVISION}
+    try:
+        ctx.cluster.dry_run_create(probe)
+    except ApiError as exc:
+        raise PreconditionError(
+            f"istiod of revision {plane.revision} does not answer its injector webhook: "
+            f"{exc.message}",
+            hint="check that its Deployment is ready (`kymamesh status`), then re-run",
+        ) from None
+
+
+def move_tag(ctx: RunContext, target: ControlPlane, state: CanaryState) -> None:
+    """Point the default tag at `target`, then restart the workloads that moved."""
+    tag = tag_plan(ctx.cluster, state, target)
+    if tag.actions and not ctx.options.dry_run:
+        _check_serves(ctx, target)  # a dry-run Pod: only when about to write
+    _run(ctx, PHASE_TAG, tag)
+    restarts = restart_plan(ctx, target.revision)
+    if restarts.actions and not ctx.options.dry_run:
+        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+    _run(ctx, PHASE_RESTARTS, restarts)
+    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+
+
+def promote(ctx: RunContext) -> None:
+    """`kymamesh upgrade promote`."""
+    state = read_state(ctx.cluster, ctx.namespace)
+    move_tag(ctx, _need_canary(state), state)
+
+
+def rollback(ctx: RunContext, revision: str | None) -> None:
+    """`kymamesh upgrade rollback`: the tag back to the old revision (`revision` when
+    more than one other revision runs)."""
+    state = read_state(ctx.cluster, ctx.namespace)
+    _need_canary(state)
+    if not state.others:
+        raise PreconditionError(
+            f"only revision {state.revision} is left (`upgrade finish` removed the old one): "
+            "there is nothing to roll back to",
+            hint="to go back to an older Istio, install it again",
+        )
+    names = [p.revision for p in state.others]
+    if revision is not None:
+        targets = [p for p in state.others if p.revision == revision]
+        if not targets:
+            raise UsageError(
+                f"--revision {revision}: no such old revision (found: {', '.join(names)})",
+                hint=f"pass one of: {', '.join(names)}",
+            )
+    elif len(state.others) == 1:
+        targets = list(state.others)
+    else:
+        targets = [p for p in state.others if p.suffix == ""]
+        if len(targets) != 1:
+            raise UsageError(
+                f"more than one old revision runs ({', '.join(names)}): which one should the "
+                "default tag go back to?",
+                hint="pass --revision NAME",
+            )
+    move_tag(ctx, targets[0], state)
+
+
+def _users(cluster: Cluster, old: set[str]) -> tuple[list[str], list[str]]:
+    """Running Pods with a sidecar from an old revision ("ns/name (revision X)"), and
+    namespaces whose `istio.io/rev` label names one."""
+    pods = []
+    for pod in sidecars.list_pods(cluster):
+        if not sidecars.is_running(pod):
+            continue
+        revision = tags.sidecar_revision(pod)
+        if revision in old:
+            meta = pod["metadata"]
+            pods.append(f"{meta['namespace']}/{meta['name']} (revision {revision})")
+    namespaces = []
+    for ns in cluster.list("v1", "Namespace"):
+        label = (ns["metadata"].get("labels") or {}).get(REVISION_LABEL)
+        if label in old and label != DEFAULT_REVISION:
+            namespaces.append(f"{ns['metadata']['name']} (istio.io/rev={label})")
+    return sorted(pods), sorted(namespaces)
+
+
+def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
+    """`kymamesh upgrade finish`: remove the old revisions, then phase 1 again."""
+    stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
+    pipeline.refuse_revision_value(stack)
+    state = read_state(ctx.cluster, ctx.namespace)
+    _need_canary(state)
+    if state.holder != state.revision:
+        raise PreconditionError(
+            f"the default tag is on revision {state.holder or 'none'}, not on the canary "
+            f"revision {state.revision}: finishing would remove the revision that injects "
+            "the default Pods",
+            hint="run `kymamesh upgrade promote` first",
+        )
+    old = {p.revision for p in state.others}
+    pods, namespaces = _users(ctx.cluster, old)
+    if pods or namespaces:
+        ctx.result.data["usingOldRevision"] = {"pods": pods, "namespaces": namespaces}
+        parts = []
+        if pods:
+            shown = ", ".join(pods[:_LISTED])
+            more = f" and {len(pods) - _LISTED} more" if len(pods) > _LISTED else ""
+            parts.append(f"{len(pods)} Pod(s) run a sidecar of it: {shown}{more}")
+        if namespaces:
+            parts.append(f"namespaces name it: {', '.join(namespaces)}")
+        raise RevisionInUseError(
+            f"the old revision {', '.join(sorted(old))} is still in use; " + "; ".join(parts),
+            hint="`kymamesh upgrade promote` restarts the workloads it can; re-create Jobs "
+            "and bare Pods, relabel those namespaces (istio.io/rev=default or "
+            f"{state.revision}), then re-run `kymamesh upgrade finish`",
+        )
+    plan = Plan()
+    for plane in state.others:
+        release = pipeline.release_of(plane)
+        if release is None:
+            raise PreconditionError(
+                f"istiod {plane.namespace}/{plane.istiod} of revision {plane.revision} was not "
+                "installed by Helm, so kymamesh does not remove it",
+                hint="remove that revision the way it was installed, then re-run",
+            )
+        deployed = ctx.helm.deployed(release, ctx.namespace)
+        if deployed is None:
+            continue
+
+        def uninstall(release: str = release, ref: Ref = plane.istiod_ref) -> None:
+            ctx.helm.uninstall(release, ctx.namespace, ctx.options.timeout)
+            _wait_gone(ctx.cluster, ref, ctx.options.timeout)
+
+        plan.actions.append(
+            Action(
+                name=f"release {release}",
+                summary=f"helm uninstall {release} (revision {plane.revision}, "
+                f"{deployed.chart} {deployed.chart_version})",
+                apply=uninstall,
+            )
+        )
+    _run(ctx, PHASE_REMOVE, plan)
+    gone = frozenset(old) if ctx.options.dry_run else frozenset()
+    layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
+    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
+    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+
+
+def _wait_gone(cluster: Cluster, ref: Ref, timeout: float) -> None:
+    """helm uninstall does not wait: the old istiod must be gone before phase 1 runs."""
+    deadline = time.monotonic() + timeout
+    while cluster.get(ref) is not None:
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"{ref} is still there {timeout:.0f}s after its release was uninstalled",
+                hint="look at what holds it (finalizers), then re-run",
+            )
+        time.sleep(0.5)

@@ -1,0 +1,110 @@
+"""`kymamesh upgrade promote | rollback | finish`: the steps of a canary upgrade."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kymamesh.cli import common as c
+from kymamesh.context import RunContext
+
+app = typer.Typer(
+    help="Canary upgrade steps, after `kymamesh install --revision-based`.",
+    no_args_is_help=True,
+)
+
+
+@app.command("promote")
+def promote(
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    dry_run: c.DryRun = False,
+    output: c.Output = c.OutputFormat.text,
+    yes: c.Yes = False,
+    verbose: c.Verbose = False,
+    timeout: c.Timeout = 300.0,
+    lock_wait: c.LockWait = 60.0,
+) -> None:
+    """Point the default tag at the new revision and restart the workloads it moves.
+
+    Pods that ask for the default revision (istio-injection=enabled,
+    istio.io/rev=default, sidecar.istio.io/inject=true) are injected by the new
+    revision from then on. A re-run converges.
+    """
+    options = c.options_from(locals())
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh import canary
+
+        canary.promote(ctx)
+
+    c.run_command("upgrade promote", options, body)
+
+
+@app.command("rollback")
+def rollback(
+    revision: Annotated[
+        str | None,
+        typer.Option("--revision", help="The old revision to go back to, when more than one."),
+    ] = None,
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    dry_run: c.DryRun = False,
+    output: c.Output = c.OutputFormat.text,
+    yes: c.Yes = False,
+    verbose: c.Verbose = False,
+    timeout: c.Timeout = 300.0,
+    lock_wait: c.LockWait = 60.0,
+) -> None:
+    """Point the default tag back at the old revision and restart the workloads it moves."""
+    options = c.options_from(locals())
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh import canary
+
+        canary.rollback(ctx, revision)
+
+    c.run_command("upgrade rollback", options, body)
+
+
+@app.command("finish")
+def finish(
+    charts_dir: c.ChartsDir = None,
+    values: c.ValuesFiles = None,
+    set_values: c.SetValues = None,
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo", help="Chart repository (https:// or oci://) instead of the pinned one."
+        ),
+    ] = None,
+    kubeconfig: c.Kubeconfig = None,
+    context: c.Context = None,
+    helm: c.HelmPath = None,
+    dry_run: c.DryRun = False,
+    output: c.Output = c.OutputFormat.text,
+    yes: c.Yes = False,
+    verbose: c.Verbose = False,
+    timeout: c.Timeout = 300.0,
+    lock_wait: c.LockWait = 60.0,
+) -> None:
+    """Remove the old revision once no Pod uses it, then upgrade istio-base and the gateway.
+
+    Refused (exit 3), naming them, while a running Pod has a sidecar of the old
+    revision or a namespace is labelled with it. Give the chart options of install.
+    """
+    options = c.options_from(locals())
+
+    def body(ctx: RunContext) -> None:
+        from kymamesh import canary, pipeline
+
+        inputs = pipeline.ChartInputs(
+            charts_dir=charts_dir,
+            values_files=tuple(values or ()),
+            set_values=tuple(set_values or ()),
+            repository=repo,
+        )
+        canary.finish(ctx, inputs)
+
+    c.run_command("upgrade finish", options, body)
