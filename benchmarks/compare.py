@@ -5,9 +5,11 @@ with the Kyma settings as values, then `kubectl apply`). Each round starts a fre
 cluster for each of the two, one after the other (which goes first alternates from round
 to round), and times there a fresh install and then a re-run on the same cluster. Writes
 and reads (API requests, helm's included) come from the cluster's audit log (requests by
-the admin user; controllers left out).
+the admin user; controllers left out); on kymamesh's cluster, `status` after the re-run.
 Then `kymamesh --help` and `kymamesh version`, without a cluster. Prints each figure's
-median, the ratio kymamesh / plain, and the request counts of every round.
+median, the ratio kymamesh / plain, the request counts of every round, and the peak
+memory (benchmarks/bench.py: kymamesh's own process and its largest helm child; the plain
+script's largest process).
 
     python benchmarks/compare.py [--runs 3] [--charts-dir DIR] [--code DIR] [--only kymamesh]
 
@@ -22,77 +24,57 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from install import TESTCLUSTER, _env, _testcluster  # noqa: E402
+from bench import CHARTS, ROOT, build, fresh_cluster, kymamesh, run, testcluster
 
 PLAIN = ROOT / "benchmarks" / "plain-install.sh"
 TOOLS = ("plain", "kymamesh")
 
 
-def _timed(argv: list[str], env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    run = subprocess.run(
-        argv,
-        env=env,
-        cwd=tempfile.gettempdir(),  # not a source tree: --code decides which kymamesh runs
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=900,
-    )
-    elapsed = time.perf_counter() - start
-    if run.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({run.returncode}):\n{run.stderr[-3000:]}")
-    return elapsed
-
-
-def _commands(tool: str, charts: Path) -> list[str]:
+def _install(tool: str, charts: Path) -> list[str]:
     if tool == "plain":
         return ["bash", str(PLAIN), str(charts)]
-    return [sys.executable, "-m", "kymamesh", "install", "--charts-dir", str(charts), "-y"]
+    return kymamesh("install", "--charts-dir", str(charts), "-y")
 
 
 def _round(tc, tool: str, charts: Path, base_env: dict[str, str]) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """One fresh cluster: a fresh install, then a re-run; seconds and writes of each."""
+    """One fresh cluster: a fresh install, then a re-run; seconds, memory and requests."""
     figures: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix=f"kymamesh-compare-{tool}-") as tmp:
-        directory = Path(tmp) / "c"
-        subprocess.run(
-            [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory)],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            env = {**_env(directory), **base_env}
-            cluster = tc.Cluster.load(directory)
-            log = tc.AuditLog(directory / "audit.log", cluster.api())
-            for label in ("fresh install", "re-run"):
-                mark = log.mark()
-                figures[f"{label} (s)"] = _timed(_commands(tool, charts), env)
-                figures[f"{label} writes"] = log.writes_since(mark).total
-                if hasattr(tc, "READ_VERBS"):  # clusters that log reads (admin group only)
-                    reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
-                    figures[f"{label} reads"] = reads
-        finally:
-            subprocess.run(
-                [sys.executable, str(TESTCLUSTER), "down", "--dir", str(directory)],
-                capture_output=True,
-            )
+    with fresh_cluster(tc, f"kymamesh-compare-{tool}-") as fresh:
+        env, log = {**fresh.env, **base_env}, fresh.log
+        for label in ("fresh install", "re-run"):
+            mark = log.mark()
+            measured = run(_install(tool, charts), env)
+            figures[f"{label} (s)"] = measured.seconds
+            figures[f"{label} peak (MiB)"] = measured.peak_mib
+            if tool == "kymamesh":
+                figures[f"{label} helm peak (MiB)"] = measured.helm_peak_mib
+            figures[f"{label} writes"] = log.writes_since(mark).total
+            figures[f"{label} reads"] = log.writes_since(mark, verbs=tc.READ_VERBS).total
+        if tool == "kymamesh":
+            measured = run(kymamesh("status"), env)
+            figures["status (s)"] = measured.seconds
+            figures["status peak (MiB)"] = measured.peak_mib
     return figures
+
+
+def _cell(label: str, values: list[float]) -> tuple[str, float]:
+    median = statistics.median(values)
+    if label.endswith("(s)"):
+        return f"{median:7.2f} s median", median
+    if label.endswith("(MiB)"):
+        return f"{max(values):6.0f} MiB max", median
+    return "/".join(str(int(v)) for v in values), median
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--charts-dir", type=Path, default=ROOT / "tests" / "fixtures" / "charts")
+    parser.add_argument("--charts-dir", type=Path, default=CHARTS)
     parser.add_argument("--code", type=Path, default=None)
     parser.add_argument("--only", choices=TOOLS, default=None)
     args = parser.parse_args()
@@ -100,8 +82,8 @@ def main() -> int:
     base_env: dict[str, str] = {}
     if args.code:
         base_env["PYTHONPATH"] = str(args.code.resolve())
-    tc = _testcluster()
-    subprocess.run([sys.executable, str(TESTCLUSTER), "build"], check=True, capture_output=True)
+    tc = testcluster()
+    build()
     tools = [t for t in TOOLS if args.only in (None, t)]
     results: dict[str, dict[str, list[float]]] = {t: {} for t in tools}
     for n in range(args.runs):
@@ -116,12 +98,13 @@ def main() -> int:
             print(f"round {n + 1} {tool}: {shown}", flush=True)
     if "kymamesh" in tools:
         env = {**os.environ, **base_env}
-        km = [sys.executable, "-m", "kymamesh"]
-        for label, argv in (("--help (s)", [*km, "--help"]), ("version (s)", [*km, "version"])):
-            results["kymamesh"][label] = [_timed(argv, env) for _ in range(max(args.runs, 5))]
+        for command in ("--help", "version"):
+            runs = [run(kymamesh(command), env) for _ in range(max(args.runs, 5))]
+            results["kymamesh"][f"{command} (s)"] = [m.seconds for m in runs]
+            results["kymamesh"][f"{command} peak (MiB)"] = [m.peak_mib for m in runs]
 
     print(f"\nruns: {args.runs}, charts: {charts}")
-    print(f"{'':20s} {'plain':>16s} {'kymamesh':>16s} {'ratio':>7s}")
+    print(f"{'':32s} {'plain':>16s} {'kymamesh':>16s} {'ratio':>7s}")
     labels = list(dict.fromkeys(k for t in tools for k in results[t]))
     for label in labels:
         cells = []
@@ -131,15 +114,12 @@ def main() -> int:
             if not values:
                 cells.append(f"{'':>16s}")
                 continue
-            medians[tool] = statistics.median(values)
-            if label.endswith("(s)"):
-                cells.append(f"{medians[tool]:7.2f} s median")
-            else:
-                cells.append(f"{'/'.join(str(int(v)) for v in values):>16s}")
+            text, medians[tool] = _cell(label, values)
+            cells.append(f"{text:>16s}")
         ratio = ""
         if label.endswith("(s)") and len(medians) == 2 and medians["plain"] > 0:
             ratio = f"{medians['kymamesh'] / medians['plain']:6.2f}x"
-        print(f"{label:20s} {cells[0]} {cells[1]} {ratio:>7s}")
+        print(f"{label:32s} {cells[0]} {cells[1]} {ratio:>7s}")
     return 0
 
 

@@ -17,24 +17,21 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench import CHARTS, build, fresh_cluster, kymamesh, testcluster  # noqa: E402
 from faultproxy import FaultProxy, upstream_of  # noqa: E402
-from install import TESTCLUSTER, _env, _testcluster  # noqa: E402
-
-CHARTS = ROOT / "tests" / "fixtures" / "charts"
-KYMAMESH = [sys.executable, "-m", "kymamesh"]
 
 
 def _install(env: dict[str, str]) -> tuple[int, str, bool]:
     run = subprocess.run(
-        [*KYMAMESH, "install", "--charts-dir", str(CHARTS), "-y", "-o", "json"],
+        kymamesh("install", "--charts-dir", str(CHARTS), "-y", "-o", "json"),
         env=env,
-        cwd=tempfile.gettempdir(),  # not a source tree: --code decides which kymamesh runs
+        cwd="/",  # not a source tree: --code decides which kymamesh runs
         capture_output=True,
         text=True,
         stdin=subprocess.DEVNULL,
@@ -43,7 +40,7 @@ def _install(env: dict[str, str]) -> tuple[int, str, bool]:
     try:
         doc = json.loads(run.stdout)
     except json.JSONDecodeError:
-        return run.returncode, run.stderr.strip().splitlines()[-1:][0][:160], False
+        return run.returncode, (run.stderr.strip().splitlines() or [""])[-1][:160], False
     errors = doc.get("errors") or [{}]
     return run.returncode, str(errors[0].get("message", ""))[:160], bool(doc.get("changed"))
 
@@ -55,45 +52,31 @@ def main() -> int:
     parser.add_argument("--cut", type=float, default=0.2)
     parser.add_argument("--code", type=Path, default=None)
     args = parser.parse_args()
-    tc = _testcluster()
-    subprocess.run([sys.executable, str(TESTCLUSTER), "build"], check=True, capture_output=True)
+    tc = testcluster()
+    build()
     ok = 0
     for seed in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory(prefix="kymamesh-faults-") as tmp:
-            directory = Path(tmp) / "c"
-            subprocess.run(
-                [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory)],
-                check=True,
-                capture_output=True,
+        with fresh_cluster(tc, "kymamesh-faults-") as fresh:
+            env = dict(fresh.env)
+            if args.code:
+                env["PYTHONPATH"] = str(args.code.resolve())
+            kubeconfig = fresh.directory / "kubeconfig"
+            with FaultProxy(
+                upstream_of(kubeconfig), seed=seed, reset_rate=args.reset, cut_rate=args.cut
+            ) as proxy:
+                faulty = proxy.kubeconfig(kubeconfig, fresh.directory.parent / "faulty.kubeconfig")
+                code, error, _ = _install({**env, "KUBECONFIG": str(faulty)})
+            rerun, _, _ = _install(env)
+            mark = fresh.log.mark()
+            again, _, _ = _install(env)
+            writes = fresh.log.writes_since(mark).total
+            ok += code == 0
+            print(
+                f"seed {seed}: exit {code} ({proxy.stats})"
+                + (f" error: {error}" if code else "")
+                + f"; clean re-run exit {rerun}; then exit {again}, {writes} writes",
+                flush=True,
             )
-            try:
-                env = _env(directory)
-                if args.code:
-                    env["PYTHONPATH"] = str(args.code.resolve())
-                kubeconfig = directory / "kubeconfig"
-                with FaultProxy(
-                    upstream_of(kubeconfig), seed=seed, reset_rate=args.reset, cut_rate=args.cut
-                ) as proxy:
-                    faulty = proxy.kubeconfig(kubeconfig, Path(tmp) / "faulty.kubeconfig")
-                    code, error, _ = _install({**env, "KUBECONFIG": str(faulty)})
-                rerun, _, _ = _install(env)
-                cluster = tc.Cluster.load(directory)
-                audit = tc.AuditLog(directory / "audit.log", cluster.api())
-                mark = audit.mark()
-                again, _, _ = _install(env)
-                writes = audit.writes_since(mark).total
-                ok += code == 0
-                print(
-                    f"seed {seed}: exit {code} ({proxy.stats})"
-                    + (f" error: {error}" if code else "")
-                    + f"; clean re-run exit {rerun}; then exit {again}, {writes} writes",
-                    flush=True,
-                )
-            finally:
-                subprocess.run(
-                    [sys.executable, str(TESTCLUSTER), "down", "--dir", str(directory)],
-                    capture_output=True,
-                )
     print(f"{ok} of {args.runs} installs succeeded through the faults", flush=True)
     return 0
 

@@ -56,12 +56,16 @@ global:
       limits: {cpu: 100m, memory: 50Mi}
 EOF
 
+# Helm 4 applies server-side: istiod itself owns fields of the webhook configurations
+# (their failurePolicy, caBundle), so a re-run must take them back or it fails.
+force=()
+case "$(helm version --template '{{.Version}}')" in v3.*) ;; *) force=(--force-conflicts) ;; esac
 helm upgrade --install istio-base "$charts/base" -n "$ns" --create-namespace \
-  --set defaultRevision=default --wait --timeout "$timeout"
+  --set defaultRevision=default --wait --timeout "$timeout" "${force[@]}"
 helm upgrade --install istiod "$charts/istiod" -n "$ns" \
-  -f "$work/istiod.yaml" --wait --timeout "$timeout"
+  -f "$work/istiod.yaml" --wait --timeout "$timeout" "${force[@]}"
 helm upgrade --install istio-ingressgateway "$charts/gateway" -n "$ns" \
-  --set labels.istio=ingressgateway --wait --timeout "$timeout"
+  --set labels.istio=ingressgateway --wait --timeout "$timeout" "${force[@]}"
 
 # Phase 2: what values cannot say. A self-signed pair like kymamesh's (P-256, one year).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 365 \

@@ -16,17 +16,11 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from install import TESTCLUSTER, _env, _testcluster  # noqa: E402
-
-CHARTS = ROOT / "tests" / "fixtures" / "charts"
-KYMAMESH = [sys.executable, "-m", "kymamesh"]
+from bench import CHARTS, build, fresh_cluster, kymamesh, run, testcluster
 
 
 def _apply(objects: list[dict[str, object]], env: dict[str, str]) -> None:
@@ -75,16 +69,13 @@ def _namespace(name: str) -> dict[str, object]:
 
 def _measure(log, tc, argv: list[str], env: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
     mark = log.mark()
-    start = time.perf_counter()
-    run = subprocess.run(
-        argv, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=1800
-    )
-    elapsed = time.perf_counter() - start
-    if run.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    measured = run(argv, env)
     writes = log.writes_since(mark).total
     reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
-    return f"{elapsed:6.2f} s, {writes} writes, {reads} reads"
+    return (
+        f"{measured.seconds:6.2f} s, {writes} writes, {reads} reads, "
+        f"peak {measured.peak_mib:.0f} MiB"
+    )
 
 
 def main() -> int:
@@ -94,42 +85,28 @@ def main() -> int:
     parser.add_argument("--namespaces", type=int, default=50)
     parser.add_argument("--code", type=Path, default=None)
     args = parser.parse_args()
-    tc = _testcluster()
-    subprocess.run([sys.executable, str(TESTCLUSTER), "build"], check=True, capture_output=True)
-    with tempfile.TemporaryDirectory(prefix="kymamesh-scale-") as tmp:
-        directory = Path(tmp) / "c"
-        subprocess.run(
-            [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory)],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            env = _env(directory)
-            if args.code:
-                env["PYTHONPATH"] = str(args.code.resolve())
-            log = tc.AuditLog(directory / "audit.log", tc.Cluster.load(directory).api())
-            install = [*KYMAMESH, "install", "--charts-dir", str(CHARTS), "-y", "-o", "json"]
-            subprocess.run(install, env=env, check=True, capture_output=True)
-            if args.deployments:
-                _apply([_namespace("scale")], env)
-                _apply([_deployment(f"d{i:04d}", "scale", 0) for i in range(args.deployments)], env)
-                argv = [*KYMAMESH, "inject-namespace", "scale", "--all", "-y", "-o", "json"]
-                shown = _measure(log, tc, argv, env)
-                print(f"inject-namespace --all, {args.deployments} Deployments: {shown}")
-                shown = _measure(log, tc, argv, env)
-                print(f"  the same again (nothing to do):     {shown}", flush=True)
-            if args.pods:
-                names = [f"pods-{n:03d}" for n in range(args.namespaces)]
-                _apply([_namespace(n) for n in names], env)
-                pods = [_pod(f"p{i:05d}", names[i % len(names)]) for i in range(args.pods)]
-                _apply(pods, env)
-                shown = _measure(log, tc, [*KYMAMESH, "status", "-o", "json"], env)
-                print(f"status, {args.pods} Pods in {args.namespaces} namespaces: {shown}")
-        finally:
-            subprocess.run(
-                [sys.executable, str(TESTCLUSTER), "down", "--dir", str(directory)],
-                capture_output=True,
-            )
+    tc = testcluster()
+    build()
+    with fresh_cluster(tc, "kymamesh-scale-") as fresh:
+        env, log = fresh.env, fresh.log
+        if args.code:
+            env["PYTHONPATH"] = str(args.code.resolve())
+        run(kymamesh("install", "--charts-dir", str(CHARTS), "-y", "-o", "json"), env)
+        if args.deployments:
+            _apply([_namespace("scale")], env)
+            _apply([_deployment(f"d{i:04d}", "scale", 0) for i in range(args.deployments)], env)
+            argv = kymamesh("inject-namespace", "scale", "--all", "-y", "-o", "json")
+            shown = _measure(log, tc, argv, env)
+            print(f"inject-namespace --all, {args.deployments} Deployments: {shown}")
+            shown = _measure(log, tc, argv, env)
+            print(f"  the same again (nothing to do):     {shown}", flush=True)
+        if args.pods:
+            names = [f"pods-{n:03d}" for n in range(args.namespaces)]
+            _apply([_namespace(n) for n in names], env)
+            pods = [_pod(f"p{i:05d}", names[i % len(names)]) for i in range(args.pods)]
+            _apply(pods, env)
+            shown = _measure(log, tc, kymamesh("status", "-o", "json"), env)
+            print(f"status, {args.pods} Pods in {args.namespaces} namespaces: {shown}")
     return 0
 
 

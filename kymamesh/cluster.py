@@ -104,7 +104,11 @@ def parse_quantity(text: str) -> Decimal:
 def _json_of(response: Any) -> Obj:
     """The JSON body of a raw reply (`serialize=False`): the client's own wrapping of
     every field in objects cost seconds on lists of a few thousand Pods."""
-    body = json.loads(response.data)
+    return _json_of_bytes(response.data)
+
+
+def _json_of_bytes(data: bytes) -> Obj:
+    body = json.loads(data)
     if not isinstance(body, dict):
         raise ValueError(f"the API server answered with a JSON {type(body).__name__}")
     return body
@@ -192,6 +196,7 @@ class Cluster:
         self._dynamic = self._call(lambda: DynamicClient(api_client, cache_file=cache))
         self._cache_file = cache
         self._hold: _LeaseHold | None = None  # the lock, while this run holds it
+        self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
 
     # -- connecting ---------------------------------------------------------
 
@@ -342,24 +347,56 @@ class Cluster:
             return False
         return True
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Within it, each distinct get and list asks the API server once; asking again
+        gives a fresh copy of the first answer. For read-only runs (`status`), whose
+        checks read the same Pods, ConfigMaps and istiod Deployments several times. A
+        write ends the snapshot: what follows it is read live again.
+        """
+        self._snapshot = {}
+        try:
+            yield
+        finally:
+            self._snapshot = None
+
+    def _read(self, key: tuple[str, ...], request: Callable[[], Any]) -> Obj | None:
+        """One read (`request` returns a raw reply); None when the object is not found."""
+        snapshot = self._snapshot
+        if snapshot is not None and key in snapshot:
+            data = snapshot[key]
+            return None if data is None else _json_of_bytes(data)
+
+        def fetch() -> tuple[bytes, Obj]:  # the body is read inside: a cut reply is retried
+            data = request().data
+            return data, _json_of_bytes(data)
+
+        try:
+            data, body = self._call(fetch)
+        except NotFoundError:
+            if snapshot is not None:
+                snapshot[key] = None
+            raise
+        if snapshot is not None:
+            snapshot[key] = data
+        return body
+
     def get(self, ref: Ref) -> Obj | None:
         """The live object, or None when it (or its kind) does not exist."""
         try:
             resource = self._resource(ref.api_version, ref.kind)
-            result = self._call(
-                lambda: _json_of(
-                    self._dynamic.get(
-                        resource,
-                        name=ref.name,
-                        namespace=ref.namespace or None,
-                        serialize=False,
-                        _request_timeout=_REQUEST_TIMEOUT,
-                    )
-                )
+            return self._read(
+                ("get", ref.api_version, ref.kind, ref.namespace or "", ref.name),
+                lambda: self._dynamic.get(
+                    resource,
+                    name=ref.name,
+                    namespace=ref.namespace or None,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                ),
             )
         except NotFoundError:
             return None
-        return result
 
     def list(
         self,
@@ -373,18 +410,17 @@ class Cluster:
             resource = self._resource(api_version, kind)
         except NotFoundError:
             return []
-        result = self._call(  # the body is read inside: a reply cut short is retried
-            lambda: _json_of(
-                self._dynamic.get(
-                    resource,
-                    namespace=namespace,
-                    label_selector=label_selector,
-                    serialize=False,
-                    _request_timeout=_REQUEST_TIMEOUT,
-                )
-            )
+        result = self._read(
+            ("list", api_version, kind, namespace or "", label_selector or ""),
+            lambda: self._dynamic.get(
+                resource,
+                namespace=namespace,
+                label_selector=label_selector,
+                serialize=False,
+                _request_timeout=_REQUEST_TIMEOUT,
+            ),
         )
-        items = result.get("items") or []
+        items = (result or {}).get("items") or []
         for item in items:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
@@ -586,6 +622,8 @@ class Cluster:
         Every write of the adapters calls it first, so a run that lost its lock
         stops before its next write.
         """
+        if self._snapshot is not None:
+            self._snapshot = None  # a write ends the snapshot
         hold = self._hold
         if hold is not None:
             hold.check()

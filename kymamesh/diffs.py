@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
+from kymamesh import yamlfast
 
 _NOISE_META = ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp")
 
@@ -137,13 +137,21 @@ def project(live: Any, desired: Any) -> Any:
 
 
 def to_yaml(obj: Any) -> str:
-    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False)
+    return yamlfast.dump(obj)
+
+
+def yaml_lines(obj: Any) -> list[str]:
+    """The YAML rendering `unified` compares (none for None and {})."""
+    return to_yaml(obj).splitlines() if obj not in (None, {}) else []
 
 
 def unified(before: Any, after: Any, label: str) -> str:
     """A unified diff of two YAML renderings; '' when equal."""
-    a = to_yaml(before).splitlines() if before not in (None, {}) else []
-    b = to_yaml(after).splitlines() if after not in (None, {}) else []
+    return unified_lines(yaml_lines(before), yaml_lines(after), label)
+
+
+def unified_lines(a: list[str], b: list[str], label: str) -> str:
+    """`unified` of renderings made before (see yaml_lines)."""
     return "\n".join(
         difflib.unified_diff(a, b, fromfile=f"live {label}", tofile=f"wanted {label}", lineterm="")
     )

@@ -229,6 +229,7 @@ class Helm:
         self._secrets = release_secrets if _stored_in_secrets() else None
         self._drop = drop_release_secret if self._secrets is not None else None
         self._client_: Any = None
+        self._command_: Any = None
         self._handles: dict[str, Any] = {}
 
     @property
@@ -258,6 +259,20 @@ class Helm:
                 )
             self._client_ = client
         return self._client_
+
+    @property
+    def _command(self) -> Any:
+        """pyhelm3's command layer for the same helm (its version checked by `_client`)."""
+        if self._command_ is None:
+            from pyhelm3 import Command
+
+            self._client  # noqa: B018 - checks helm's version first
+            self._command_ = Command(
+                executable=self.executable,
+                kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
+                kubecontext=self._context,
+            )
+        return self._command_
 
     def check(self) -> None:
         """Refuse a helm binary that cannot run or is too old (before the first write)."""
@@ -503,12 +518,17 @@ class Helm:
             if attempts:
                 self._drop_own_pending(release, namespace, before)
             attempts += 1
+            # pyhelm3's Command, not its Client: the client parses the new revision's
+            # whole manifest with pure-Python YAML (about half a second for istiod's),
+            # and kymamesh reads the manifest itself when it needs it.
             _run(
-                self._client.install_or_upgrade_release(
+                self._command.install_or_upgrade(
                     release,
-                    handle,
-                    values,
+                    handle.ref,
+                    dict(values),
                     namespace=namespace,
+                    repo=handle.repo,
+                    version=handle.metadata.version,
                     create_namespace=True,
                     timeout=f"{int(timeout)}s",
                     wait=False,

@@ -10,6 +10,7 @@ again. The report names the workloads whose running Pods still have no sidecar.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Mapping
@@ -20,7 +21,7 @@ from typing import Any
 from kymamesh.cluster import Obj, Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
-from kymamesh.diffs import unified
+from kymamesh.diffs import unified_lines, yaml_lines
 from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.sidecars import (
@@ -71,15 +72,18 @@ class LabelEdit:
         return f"label {self.key}={self.wanted}"
 
     def diff(self) -> str:
-        before = self.patch_like(self.live)
-        after = self.patch_like(self.wanted)
-        return unified(before, after, str(self.ref))
+        before = _label_lines(self.path, self.key, self.live)
+        after = _label_lines(self.path, self.key, self.wanted)
+        return unified_lines(list(before), list(after), str(self.ref))
 
-    def patch_like(self, value: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {self.key: value} if value is not None else {}
-        for part in reversed(self.path):
-            body = {part: body}
-        return body
+
+@functools.lru_cache(maxsize=64)
+def _label_lines(path: tuple[str, ...], key: str, value: str | None) -> tuple[str, ...]:
+    """The YAML of a label edit's side, rendered once per run (not once per Deployment)."""
+    body: dict[str, Any] = {key: value} if value is not None else {}
+    for part in reversed(path):
+        body = {part: body}
+    return tuple(yaml_lines(body))
 
 
 _TEMPLATE_LABELS = ("spec", "template", "metadata", "labels")
@@ -111,9 +115,10 @@ def _check_request(ctx: RunContext, request: InjectRequest) -> None:
         )
 
 
-def plan(ctx: RunContext, request: InjectRequest) -> tuple[list[LabelEdit], list[Obj]]:
-    """The label edits that bring the namespace to the requested state, and the chosen
-    Deployments; every name is checked before anything is written."""
+def plan(ctx: RunContext, request: InjectRequest) -> tuple[list[LabelEdit], list[Obj], list[Obj]]:
+    """The label edits that bring the namespace to the requested state, the chosen
+    Deployments and all of the namespace's; every name is checked before anything is
+    written."""
     _check_request(ctx, request)
     cluster = ctx.cluster
     namespace = cluster.get(Ref("v1", "Namespace", request.namespace))
@@ -168,7 +173,7 @@ def plan(ctx: RunContext, request: InjectRequest) -> tuple[list[LabelEdit], list
                 None if request.disable else "true",
             )
         )
-    return edits, chosen
+    return edits, chosen, list(live.values())
 
 
 PARALLEL_PATCHES = 8  # Deployment label patches in flight at once (independent objects)
@@ -209,7 +214,7 @@ def _patch_all(ctx: RunContext, edits: list[LabelEdit]) -> dict[int, KymameshErr
 
 def run(ctx: RunContext, request: InjectRequest) -> None:
     """Apply the plan, wait if asked, and report which workloads run without sidecars."""
-    edits, chosen = plan(ctx, request)
+    edits, chosen, deployments = plan(ctx, request)
     phase = ctx.result.phase(PHASE)
     ctx.progress.phase(PHASE)
     written = _patch_all(ctx, edits)
@@ -245,7 +250,7 @@ def run(ctx: RunContext, request: InjectRequest) -> None:
     refs = [Ref.of({**d, "apiVersion": _APPS, "kind": "Deployment"}) for d in chosen]
     if request.wait and refs and not ctx.options.dry_run:
         _wait_rollouts(ctx, refs)
-    _report(ctx, request, edits, waited=request.wait and not ctx.options.dry_run)
+    _report(ctx, request, edits, deployments, waited=request.wait and not ctx.options.dry_run)
 
 
 def _wait_rollouts(ctx: RunContext, refs: list[Ref]) -> None:
@@ -272,14 +277,20 @@ def _wait_rollouts(ctx: RunContext, refs: list[Ref]) -> None:
         tracker.done(Outcome.UNCHANGED, "rolled out")
 
 
-def _report(ctx: RunContext, request: InjectRequest, edits: list[LabelEdit], waited: bool) -> None:
+def _report(
+    ctx: RunContext,
+    request: InjectRequest,
+    edits: list[LabelEdit],
+    deployments: list[Obj],
+    waited: bool,
+) -> None:
     """Notes and JSON data: each workload, its Pods, and how many have a sidecar."""
     cluster = ctx.cluster
     coverage = sidecar_coverage(
         list_pods(cluster, request.namespace), replica_set_index(cluster, request.namespace)
     )
     opted_in = {e.ref.name for e in edits[1:] if e.wanted == "true"} | _opted_in_deployments(
-        ctx, request.namespace, edits
+        deployments, edits
     )
     enabled = edits[0].wanted == ENABLED
     ctx.result.data.update(
@@ -338,12 +349,12 @@ def _report(ctx: RunContext, request: InjectRequest, edits: list[LabelEdit], wai
         )
 
 
-def _opted_in_deployments(ctx: RunContext, namespace: str, edits: list[LabelEdit]) -> set[str]:
-    """Deployments already opted in before this run (not among the edits)."""
+def _opted_in_deployments(deployments: list[Obj], edits: list[LabelEdit]) -> set[str]:
+    """Deployments already opted in before this run (not among the edits; as planned)."""
     edited = {e.ref.name for e in edits[1:]}
     return {
         str(d["metadata"]["name"])
-        for d in ctx.cluster.list(_APPS, "Deployment", namespace)
+        for d in deployments
         if d["metadata"]["name"] not in edited and _template_inject(d) == "true"
     }
 

@@ -202,11 +202,12 @@ def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
     ctx.progress.phase(PHASE_PATCH)
     kinds = step_kinds()
     failed = []
+    planes = control_planes(ctx)  # once: no step adds a revision or moves the root namespace
     for spec in specs:
         item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
         phase.items.append(item)
         step = kinds[spec.kind]()
-        sctx = _context(ctx, spec, specs)
+        sctx = _context(ctx, spec, specs, planes)
         with ctx.progress.item(spec.name) as tracker:
             try:
                 _run_step(ctx, step, sctx, item)

@@ -491,6 +491,7 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
     """
     probe = controlplane.injection_probe_pod(namespace, revision)
     deadline = time.monotonic() + timeout
+    pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
     while True:
         try:
             ctx.cluster.dry_run_create(probe)
@@ -503,4 +504,5 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
                     hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
                     "--timeout if the cluster is slow",
                 ) from None
-        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(1.0, pause * 2)

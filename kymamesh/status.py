@@ -514,7 +514,13 @@ def identity_lines(identity: Mapping[str, Any] | None) -> list[str]:
     release = identity.get("release")
     if not identity.get("enabled") and release is None:
         return ["identity: off (kymamesh install|patch --identity FILE turns it on)"]
-    lines = ["identity: on" if identity.get("enabled") else "identity: off, but Dex remains"]
+    foreign = release is not None and release.get("byKymamesh") is False
+    if identity.get("enabled"):
+        lines = ["identity: on"]
+    elif foreign:
+        lines = ["identity: off (the Dex below is not kymamesh's: left alone)"]
+    else:
+        lines = ["identity: off, but Dex remains"]
     if release is None:
         lines.append("  Dex: not installed")
     else:
@@ -522,6 +528,7 @@ def identity_lines(identity: Mapping[str, Any] | None) -> list[str]:
         lines.append(
             f"  Dex: release {release['namespace']}/{release['name']} {release['chartVersion']} "
             f"(Dex {release['appVersion']}) {release['status']}, {ready}"
+            + (", not installed by kymamesh" if foreign else "")
         )
     lines.append(f"  issuer: {identity.get('issuer') or 'unknown'}")
     connectors = ", ".join(f"{c['id']} ({c['type']})" for c in identity.get("connectors") or [])

@@ -271,6 +271,10 @@ class FakeCluster:
                 return any(v.get("name") == version and v.get("served") for v in versions)
         return False
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        yield  # every read here is a copy of what is stored: nothing to keep
+
     def get(self, ref: Ref) -> Obj | None:
         if not self.serves(ref.api_version, ref.kind):
             return None

@@ -341,6 +341,7 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     # on again, then uninstall: identity first, then Istio
     ok(run(c, *PATCH, "--identity", str(path), "-y"))
     gone = ok(run(c, "uninstall", "-y", "-o", "json", app_secret=None))
+    assert_hidden(gone.stdout + gone.stderr, *SECRETS)
     data = json.loads(gone.stdout)["data"]
     assert data["releases"][0] == "dex"
     assert f"Secret/{DEX_NS}/{idn.MANAGED_SECRET}" in " ".join(data["patchObjects"])
@@ -545,6 +546,9 @@ def test_a_dex_kymamesh_did_not_install_is_refused_and_left_alone(
     status = json.loads(ok(run(c, "status", "-o", "json")).stdout)["data"]["identity"]
     assert status["enabled"] is False
     assert status["release"]["byKymamesh"] is False
+    text = ok(run(c, "status")).stdout
+    assert "identity: off (the Dex below is not kymamesh's: left alone)" in text, text
+    assert "deployed, ready, not installed by kymamesh" in text, text
 
     foreign = get(c, "deployment", "dex", "-n", DEX_NS)
     assert foreign is not None

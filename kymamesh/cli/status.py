@@ -37,7 +37,8 @@ def status(
         specs = patching.patch_list_for(ctx, given)  # unknown settings: before the cluster
         # Checks as a dry run: a write by mistake fails loudly instead of happening.
         ctx.options.dry_run = True
-        state = mesh.inspect(ctx, specs)
+        with ctx.cluster.snapshot():  # read-only: each object is asked for once
+            state = mesh.inspect(ctx, specs)
         ctx.result.data = state.to_json()
         ctx.result.exit_code = mesh.exit_code(state)
         if ctx.options.output == c.OutputFormat.json:
