@@ -320,6 +320,7 @@ def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Mo
         annotations = (pod.get("metadata") or {}).get("annotations") or {}
         record.restarted_at.add(annotations.get(sidecars.RESTARTED_AT))
         entry = record.entry
+        entry.pods = sorted({*entry.pods, str((pod.get("metadata") or {}).get("name"))})
         reason = f"sidecar from revision {have}, now injected by revision {now}"
         if reason not in entry.reasons:
             entry.reasons.append(reason)
@@ -335,31 +336,60 @@ def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Mo
     ]
 
 
-def restart_plan(ctx: RunContext, holder: str) -> Plan:
-    """Restart, through step restart-proxies' machinery, the workloads the tag moved."""
+def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) -> Plan:
+    """The workloads the tag moved, restarted by step restart-proxies' machinery
+    (`plan_restarts_for`): the Istio and system namespaces first, then in batches of
+    `batch_size`, each batch's rollouts finished before the next; opt-outs respected;
+    ReplicaSet-only Pods deleted one at a time; Jobs and bare Pods listed."""
     from kymamesh.steps import proxies
 
     cluster = ctx.cluster
     plan = Plan()
     restartable, others = moved_workloads(cluster, holder)
-    if others:
-        plan.notes.append(
-            "sidecars from another revision in Pods that kymamesh cannot restart: "
-            + ", ".join(o.entry.describe() for o in others)
-            + "; re-create these Pods yourself (Jobs: on their next run)"
-        )
+    if ctx.options.dry_run:  # the machinery asks the injector with dry-run Pods: list only
+        for record in restartable:
+            entry = record.entry
+            plan.actions.append(
+                Action(
+                    name=str(entry.workload),
+                    summary=f"{entry.workload} restarted ({'; '.join(entry.reasons)})",
+                    apply=lambda: None,
+                    diff=f"  {entry.workload}: restarted (opt-outs and batches decided then)",
+                )
+            )
+        if others:
+            plan.notes.append(
+                "sidecars from another revision in Pods that kymamesh cannot restart: "
+                + ", ".join(o.entry.describe() for o in others)
+            )
+        return plan
+    entries = [o.entry for o in others]
     pending = []
     for record in restartable:
         entry = record.entry
         w = entry.workload
-        ref = Ref("apps/v1", w.kind, w.name, w.namespace)
-        live = cluster.get(ref)
+        live = cluster.get(Ref(w.api_version, w.kind, w.name, w.namespace))
         if live is None:
             continue
-        if restart_pending(live, record):
+        if not w.by_deleting_pods and restart_pending(live, record):
             pending.append(entry)
             continue
-        change = proxies._restart_change(ref, entry, ctx.namespace, ctx.options.timeout)
+        # Judged here (`restart_pending` above): the machinery's own judgement, by Pod
+        # age, cannot tell a Pod made in the same second as the last restart.
+        entry.oldest_pod = None
+        entries.append(entry)
+    if pending:
+        plan.notes.append(
+            "restart already under way (Pods not yet replaced): "
+            + ", ".join(o.describe() for o in pending)
+        )
+    options = proxies.restart_options(
+        {"restart": True, **({"batchSize": batch_size} if batch_size is not None else {})},
+        ctx.options.timeout,
+    )
+    restarts = proxies.plan_restarts_for(cluster, ctx.namespace, entries, options)
+    plan.notes.extend(n for n in restarts.notes if n not in plan.notes)
+    for change in restarts.changes:
         plan.actions.append(
             Action(
                 name=change.target,
@@ -367,11 +397,6 @@ def restart_plan(ctx: RunContext, holder: str) -> Plan:
                 apply=_applier(change, cluster),
                 diff=change.diff,
             )
-        )
-    if pending:
-        plan.notes.append(
-            "restart already under way (Pods not yet replaced): "
-            + ", ".join(o.describe() for o in pending)
         )
     return plan
 
@@ -408,26 +433,28 @@ def _check_serves(ctx: RunContext, plane: ControlPlane) -> None:
         ) from None
 
 
-def move_tag(ctx: RunContext, target: ControlPlane, state: CanaryState) -> None:
+def move_tag(
+    ctx: RunContext, target: ControlPlane, state: CanaryState, batch_size: int | None = None
+) -> None:
     """Point the default tag at `target`, then restart the workloads that moved."""
     tag = tag_plan(ctx.cluster, state, target)
     if tag.actions and not ctx.options.dry_run:
         _check_serves(ctx, target)  # a dry-run Pod: only when about to write
     _run(ctx, PHASE_TAG, tag)
-    restarts = restart_plan(ctx, target.revision)
+    restarts = restart_plan(ctx, target.revision, batch_size)
     if restarts.actions and not ctx.options.dry_run:
         wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
 
 
-def promote(ctx: RunContext) -> None:
+def promote(ctx: RunContext, batch_size: int | None = None) -> None:
     """`kymamesh upgrade promote`."""
     state = read_state(ctx.cluster, ctx.namespace)
-    move_tag(ctx, _need_canary(state), state)
+    move_tag(ctx, _need_canary(state), state, batch_size)
 
 
-def rollback(ctx: RunContext, revision: str | None) -> None:
+def rollback(ctx: RunContext, revision: str | None, batch_size: int | None = None) -> None:
     """`kymamesh upgrade rollback`: the tag back to the old revision (`revision` when
     more than one other revision runs)."""
     state = read_state(ctx.cluster, ctx.namespace)
@@ -456,7 +483,7 @@ def rollback(ctx: RunContext, revision: str | None) -> None:
                 "default tag go back to?",
                 hint="pass --revision NAME",
             )
-    move_tag(ctx, targets[0], state)
+    move_tag(ctx, targets[0], state, batch_size)
 
 
 def _users(cluster: Cluster, old: set[str]) -> tuple[list[str], list[str]]:

@@ -164,7 +164,11 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     shop = c.create_namespace("shop", labels={"istio-injection": "enabled"})
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(deployment("web")))
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(bare_pod("solo")))
-    c.kubectl("rollout", "status", "deployment/web", "-n", shop, "--timeout=120s")
+    keep = deployment("keep")  # opted out of kymamesh's restarts
+    keep["metadata"]["annotations"] = {"kymamesh.io/restart": "false"}
+    c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(keep))
+    for name in ("web", "keep"):
+        c.kubectl("rollout", "status", f"deployment/{name}", "-n", shop, "--timeout=120s")
     settled(c, shop, "app=web", "default", "1.29.4")
 
     # Without a running istiod there is nothing to canary against: refused elsewhere; here a
@@ -237,8 +241,11 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     )
     doc = ok(km(c, "upgrade", "promote", "--lock-wait", "40"))
     restarted = [i["name"] for p in doc["phases"] for i in p["items"] if p["name"] == "workloads"]
-    assert f"Deployment/{shop}/web" in restarted and any("ingressgateway" in r for r in restarted)
+    gateway = f"Deployment/{NAMESPACE}/istio-ingressgateway"
+    assert restarted == [gateway, f"Deployment/{shop}/web"]  # the Istio namespace first
     assert any(f"Pod/{shop}/solo" in n for n in doc["notes"]), doc["notes"]
+    assert any("opted out" in n and f"Deployment/{shop}/keep" in n for n in doc["notes"])
+    settled(c, shop, "app=keep", "default", "1.29.4")  # left alone
     settled(c, shop, "app=web", NEW, "1.30.3")
     settled(c, NAMESPACE, "app=istio-ingressgateway", NEW, "1.30.3")
     zero_writes(c, "upgrade", "promote")
@@ -253,8 +260,8 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     zero_writes(c, "upgrade", "rollback")
     assert canary_state(c)["defaultTag"] == "default"
 
-    # -- promote again, then finish -----------------------------------------------------------
-    ok(km(c, "upgrade", "promote"))
+    # -- promote again (one workload at a time), then finish ----------------------------------
+    ok(km(c, "upgrade", "promote", "--restart-batch", "1"))
     settled(c, shop, "app=web", NEW, "1.30.3")
     settled(c, NAMESPACE, "app=istio-ingressgateway", NEW, "1.30.3")
 
@@ -265,7 +272,10 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     error = refused.doc["errors"][0]
     assert error["code"] == "revision-in-use"
     assert f"{shop}/solo (revision default)" in error["message"], error
+    assert f"{shop}/keep-" in error["message"], error  # the opted-out one's Pod
     c.kubectl("delete", "pod", "solo", "-n", shop, "--wait=true")
+    c.kubectl("rollout", "restart", "deployment/keep", "-n", shop)
+    settled(c, shop, "app=keep", NEW, "1.30.3")
 
     dry, writes = writes_during(c, lambda: km(c, *finish, "--dry-run"))
     assert ok(dry)["changed"] is True

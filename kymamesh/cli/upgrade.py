@@ -9,6 +9,16 @@ import typer
 from kymamesh.cli import common as c
 from kymamesh.context import RunContext
 
+RestartBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--restart-batch",
+        metavar="N",
+        help="Restart the moved workloads N at a time (the Istio and system namespaces "
+        "first), each batch's rollouts finished before the next (default 10).",
+    ),
+]
+
 app = typer.Typer(
     help="Canary upgrade steps, after `kymamesh install --revision-based`.",
     no_args_is_help=True,
@@ -17,6 +27,7 @@ app = typer.Typer(
 
 @app.command("promote")
 def promote(
+    restart_batch: RestartBatch = None,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     dry_run: c.DryRun = False,
@@ -37,7 +48,7 @@ def promote(
     def body(ctx: RunContext) -> None:
         from kymamesh import canary
 
-        canary.promote(ctx)
+        canary.promote(ctx, restart_batch)
 
     c.run_command("upgrade promote", options, body)
 
@@ -48,6 +59,7 @@ def rollback(
         str | None,
         typer.Option("--revision", help="The old revision to go back to, when more than one."),
     ] = None,
+    restart_batch: RestartBatch = None,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     dry_run: c.DryRun = False,
@@ -63,7 +75,7 @@ def rollback(
     def body(ctx: RunContext) -> None:
         from kymamesh import canary
 
-        canary.rollback(ctx, revision)
+        canary.rollback(ctx, revision, restart_batch)
 
     c.run_command("upgrade rollback", options, body)
 
