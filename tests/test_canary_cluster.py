@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ main()
 
 
 def km(c: Any, *args: str) -> Any:
+    started = time.monotonic()
     run = kymamesh(c, *args, "-o", "json")
+    print(f"{time.monotonic() - started:6.1f}s exit {run.code}: kymamesh {' '.join(args)}")
     return run
 
 
