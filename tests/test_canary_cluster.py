@@ -189,6 +189,11 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
 
     # -- install --revision-based: the new revision beside the old one ----------------------
     install = ("install", "--revision-based", "--charts-dir", str(CHARTS), "-y")
+    dry, writes = writes_during(c, lambda: km(c, *install, "--dry-run"))
+    assert writes.total == 0, writes.describe()
+    planned = {i["name"]: i["outcome"] for p in ok(dry)["phases"] for i in p["items"]}
+    assert planned[f"istiod-{NEW}"] == "would-change"
+    assert "istio-ingressgateway" not in planned and "istiod" not in planned  # left alone
     doc = ok(km(c, *install))
     assert any("upgrade promote" in n for n in doc["notes"]), doc["notes"]
     assert get(c, "deployment", f"istiod-{NEW}", "-n", NAMESPACE) is not None
