@@ -578,7 +578,11 @@ def find_outdated(
 ) -> list[OutdatedWorkload]:
     """Workloads whose sidecars differ from istiod's version or the injector's resources."""
     versions, resources = control_plane(cluster, istio_namespace)
-    pods = [p for p in list_pods(cluster, namespace) if proxy_container(p) is not None]
-    if not pods:
+    pods = [
+        p
+        for p in list_pods(cluster, namespace)
+        if is_running(p) and outdated_reasons(p, versions, resources)
+    ]
+    if not pods:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
         return []
     return outdated_workloads(pods, replica_set_index(cluster, namespace), versions, resources)
