@@ -94,6 +94,21 @@ class CanaryState:
             return "finished"
         return "promoted" if self.holder == self.revision else "canary"
 
+    def problems(self) -> list[str]:
+        """What `status` counts as unhealthy: a default tag that points at a revision with
+        no istiod (its webhooks fail closed: no Pod asking for the default one is made)."""
+        if self.tag is None:
+            return []
+        holder = self.holder
+        revisions = {p.revision for p in ([self.canary] if self.canary else []) + self.others}
+        if holder not in revisions:
+            name = self.tag["metadata"]["name"]
+            return [
+                f"the default tag ({tags.MUTATING} {name}) points at revision {holder}, which "
+                "has no istiod: Pods asking for the default revision are refused"
+            ]
+        return []
+
     def to_json(self) -> dict[str, Any]:
         planes = ([self.canary] if self.canary else []) + self.others
         return {

@@ -18,6 +18,8 @@ Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
 - the live mesh config of every revision (ConfigMap istio or istio-REV, key
   `mesh`) breaks none of the install's security rules under `meshConfig.`
   (`resources/istio/security.yaml`).
+- a default revision tag (`istio-revision-tag-default`) points at a revision that
+  has an istiod.
 
 Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
@@ -210,6 +212,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     problems = judge(installed_by, releases, istiods, steps, namespace)
     for plane in planes:
         problems += mesh_config_security(cluster, plane)
+    problems += canary.problems()
     identity = identity_state(ctx, specs) if istiods else None
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:

@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,9 @@ main()
 
 
 def km(c: Any, *args: str) -> Any:
+    started = time.monotonic()
     run = kymamesh(c, *args, "-o", "json")
+    print(f"{time.monotonic() - started:6.1f}s exit {run.code}: kymamesh {' '.join(args)}")
     return run
 
 
@@ -186,6 +189,11 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
 
     # -- install --revision-based: the new revision beside the old one ----------------------
     install = ("install", "--revision-based", "--charts-dir", str(CHARTS), "-y")
+    dry, writes = writes_during(c, lambda: km(c, *install, "--dry-run"))
+    assert writes.total == 0, writes.describe()
+    planned = {i["name"]: i["outcome"] for p in ok(dry)["phases"] for i in p["items"]}
+    assert planned[f"istiod-{NEW}"] == "would-change"
+    assert "istio-ingressgateway" not in planned and "istiod" not in planned  # left alone
     doc = ok(km(c, *install))
     assert any("upgrade promote" in n for n in doc["notes"]), doc["notes"]
     assert get(c, "deployment", f"istiod-{NEW}", "-n", NAMESPACE) is not None

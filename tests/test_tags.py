@@ -210,6 +210,9 @@ def test_canary_phases_follow_the_tag() -> None:
     off = {**old, "webhooks": deactivated_webhooks(old)}
     assert state(default_injector=off).holder is None  # switched off, and no tag
     assert state(tag=tag).to_json()["defaultTag"] == "1-30-3"
+    assert state(tag=tag).problems() == []
+    lost = state(tag=tag, canary=None)  # its istiod removed by hand
+    assert "points at revision 1-30-3, which has no istiod" in lost.problems()[0]
 
 
 def test_a_restart_is_under_way_only_while_a_moved_pod_is_of_an_older_template() -> None:
