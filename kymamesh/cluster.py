@@ -292,6 +292,13 @@ class Cluster:
                 f"the API server at {self.server} did not accept the credentials: {message}",
                 hint="refresh the credentials in your kubeconfig",
             )
+        if status == 403 and "exceeded quota" in message:  # admission, not RBAC
+            return ApiError(
+                f"the API server refused a request (403): {message}",
+                status,
+                hint="a ResourceQuota of that namespace is used up: raise it or make room, "
+                "then re-run",
+            )
         if status == 403:
             return ForbiddenError(
                 f"forbidden: {message}",

@@ -247,6 +247,8 @@ class OutdatedWorkload:
     oldest_pod: datetime | None = None  # creation of its oldest out-of-date Pod
     versions: set[Version] = field(default_factory=set)  # sidecar versions found
     pods: list[str] = field(default_factory=list)  # names of its out-of-date Pods, sorted
+    # the restartedAt annotation each out-of-date Pod was made with (None: without one)
+    pod_restarts: list[str | None] = field(default_factory=list)
 
     def describe(self) -> str:
         return f"{self.workload} ({'; '.join(self.reasons)})"
@@ -287,6 +289,8 @@ def outdated_workloads(
         if version is not None:
             entry.versions.add(version)
         entry.pods = sorted({*entry.pods, str((pod.get("metadata") or {}).get("name"))})
+        pod_annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        entry.pod_restarts.append(pod_annotations.get(RESTARTED_AT))
         created = _created(pod)
         if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
             entry.oldest_pod = created
@@ -432,10 +436,22 @@ def template_proxy_version(workload: Mapping[str, Any]) -> Version | None:
     return proxy_version({"spec": template.get("spec") or {}})
 
 
+def rollout_pending(workload: Mapping[str, Any], pod_restarts: Iterable[str | None]) -> bool:
+    """True when a restart of the workload is under way: its Pod template carries a restart
+    annotation that one of its out-of-date Pods was not made with (that Pod is of an older
+    template; the rollout replaces it). Out-of-date Pods made by the current template need
+    another restart. Exact where a timestamp is not: restartedAt and a Pod's creation both
+    have one-second steps, and a Pod made in the second of the restart is common."""
+    template = (workload.get("spec") or {}).get("template") or {}
+    current = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
+    return current is not None and any(r != current for r in pod_restarts)
+
+
 def restart_pending(workload: Mapping[str, Any], oldest_pod: datetime | None) -> bool:
     """True when the workload was restarted after its oldest out-of-date Pod was made.
 
-    The rollout replaces that Pod; restarting again would only churn.
+    The rollout replaces that Pod; restarting again would only churn. For callers that do
+    not know which template each Pod was made with; `rollout_pending` is exact.
     """
     template = (workload.get("spec") or {}).get("template") or {}
     raw = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)

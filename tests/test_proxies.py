@@ -33,6 +33,7 @@ from kymamesh.sidecars import (
     resource_differences,
     restart_batches,
     restart_pending,
+    rollout_pending,
     rollout_unfinished,
     sidecar_coverage,
     wanted_resources,
@@ -255,6 +256,27 @@ def test_restart_pending() -> None:
     assert restart_pending(deployment("2026-01-01T00:00:10Z"), T0)
     assert restart_pending(deployment("2026-01-01T00:00:00Z"), T0)
     assert not restart_pending(deployment("2025-12-31T23:00:00Z"), T0)
+
+
+def test_rollout_pending_by_the_template_each_pod_was_made_with() -> None:
+    """A Pod made in the same second as the restart is not taken for one the rollout will
+    still replace (timestamps have one-second steps; the annotation is exact)."""
+
+    def deployment(annotation: str | None) -> dict[str, Any]:
+        annotations = {RESTARTED_AT: annotation} if annotation else {}
+        return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+
+    restart = "2026-01-01T00:00:10Z"
+    assert rollout_pending(deployment(restart), [None])  # made before any restart
+    assert rollout_pending(deployment(restart), ["2025-12-01T00:00:00Z", restart])
+    assert not rollout_pending(deployment(restart), [restart])  # made by the current template
+    assert not rollout_pending(deployment(None), [None])
+    pods = [
+        pod("app-1", image="istio/proxyv2:1.29.4", annotations={RESTARTED_AT: restart}),
+        pod("app-2", image="istio/proxyv2:1.29.4"),
+    ]
+    (entry,) = outdated_workloads(pods, RS, {"default": V130}, {})
+    assert sorted(entry.pod_restarts, key=str) == [restart, None]
 
 
 def test_sidecar_coverage() -> None:
@@ -964,3 +986,42 @@ def test_dry_run_shows_the_batches_and_writes_nothing() -> None:
         "spec.template.metadata.annotations[kubectl.kubernetes.io/restartedAt] = <now>",
     ]
     assert cluster.writes == []
+
+
+def test_a_quota_refusal_is_an_api_refusal_not_missing_rights() -> None:
+    """A ResourceQuota refuses with 403 like RBAC does; the adapter tells them apart."""
+    from kubernetes.client.exceptions import ApiException
+
+    from kymamesh.cluster import Cluster
+
+    adapter = object.__new__(Cluster)
+    quota = ApiException(status=403, reason="Forbidden")
+    quota.body = json.dumps(
+        {"message": 'pods "x" is forbidden: exceeded quota: one-pod, requested: pods=1'}
+    )
+    refused = adapter._final(quota)
+    assert isinstance(refused, errors.ApiError) and refused.status == 403
+    assert "ResourceQuota" in (refused.hint or "")
+    rbac = ApiException(status=403, reason="Forbidden")
+    rbac.body = json.dumps({"message": 'pods is forbidden: User "dev" cannot create resource'})
+    assert isinstance(adapter._final(rbac), errors.ForbiddenError)
+
+
+def test_a_workload_whose_dry_run_pod_is_refused_is_not_restarted_and_named() -> None:
+    cluster = mesh_with_old_sidecar()
+
+    def refuse(obj: dict[str, Any]) -> dict[str, Any]:
+        raise errors.ApiError("exceeded quota: one-pod", 403)
+
+    cluster.admit = refuse
+    ctx = run_context(cluster)
+    ctx.options.timeout = 0.0
+    with pytest.raises(errors.PartialFailureError):
+        patching.run_patch(ctx, proxies_spec(True))
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "failed"
+    assert (
+        "Deployment/shop/app: not restarted, because a dry-run Pod of its template is still "
+        "refused after 0s, so its new Pods would be too (exceeded quota: one-pod)"
+    ) in item.error
+    assert [w for w in cluster.writes if "Deployment" in w] == []

@@ -351,3 +351,71 @@ def test_a_rerun_restarts_nothing_and_writes_nothing(old_mesh: TestCluster) -> N
         run = ok(kymamesh(old_mesh, *args, "-o", "json"))
     assert writes.total == 0, writes.describe()
     assert run.doc["changed"] is False
+
+
+def test_a_batch_that_does_not_finish_stops_the_restarts_and_a_rerun_goes_on(
+    old_mesh: TestCluster, tmp_path: Any
+) -> None:
+    """New sidecar resources make every injected sidecar outdated again. A Deployment whose
+    new Pod cannot be scheduled (its node lost the label it selects) cannot finish its
+    rollout: its batch runs out of --timeout, the run names it and the workloads not
+    restarted yet, and restarts nothing after it. Once it can, a re-run waits for that
+    rollout and goes on; then a re-run writes nothing."""
+    c = old_mesh
+    c.kubectl("label", "node", c.node, "kymamesh-test/pool=stuck")
+    c.create_namespace("nodes", labels={"istio-injection": "enabled"})
+    stuck = workload("Deployment", "stuck")
+    stuck["spec"]["template"]["spec"]["nodeSelector"] = {"kymamesh-test/pool": "stuck"}
+    apply(c, "nodes", stuck)
+    c.wait_for(lambda: len(running_images(c, "nodes", "stuck")) == 1, 60, "nodes/stuck to run")
+    c.kubectl("label", "node", c.node, "kymamesh-test/pool-")
+    config = tmp_path / "smaller.yaml"
+    config.write_text(
+        json.dumps({"steps": {"sidecar-resources": {"proxy": {"limits": {"memory": "768Mi"}}}}})
+    )
+    ok(kymamesh(c, "patch", "--config", str(config), "-y"))
+    shop_web = get(c, "deployment", "web", "-n", "shop")
+    assert shop_web is not None
+
+    mark = c.audit.mark()
+    stopped = kymamesh(
+        c, "patch", "-y", "--restart-proxies", "--restart-batch", "1", "--timeout", "20",
+        "-o", "json",
+    )  # fmt: skip
+    assert stopped.code == 5, str(stopped)
+    phase = stopped.doc["phases"][0]
+    item = next(i for i in phase["items"] if i["name"] == "restart-proxies")
+    assert item["outcome"] == "failed", item
+    assert item["error"].startswith("batch 2/"), item["error"]
+    assert "rollouts not finished after 20s: Deployment/nodes/stuck (" in item["error"]
+    assert "not restarted yet: Deployment/orders/api, " in item["error"]
+    assert "Deployment/shop/web" in item["error"]
+    written = {
+        (ev["objectRef"].get("namespace"), ev["objectRef"].get("name"))
+        for ev in c.audit.writes_since(mark, user_agent_prefix="kymamesh").events
+        if ev["verb"] in ("patch", "delete") and "dryRun=" not in ev.get("requestURI", "")
+        and ev["objectRef"].get("resource") in ("deployments", "statefulsets", "daemonsets", "pods")
+    }  # fmt: skip
+    assert written == {("kyma-system", "kyma-app"), ("nodes", "stuck")}
+    assert get(c, "deployment", "web", "-n", "shop") == shop_web  # not restarted
+
+    c.kubectl("label", "node", c.node, "kymamesh-test/pool=stuck")
+    ok(kymamesh(c, "patch", "-y", "--restart-proxies", "--restart-batch", "3", "--timeout", "120"))
+    for ns, app, _, replicas in [*RESTARTED, ("nodes", "stuck", "Deployment", 1)]:
+        want = 1 if app == "agent" else replicas
+        c.wait_for(
+            lambda ns=ns, app=app, want=want: (
+                [
+                    p["spec"]["containers"][-1]["resources"]["limits"]["memory"]
+                    for p in pods(c, ns, app)
+                    if p.get("status", {}).get("phase") == "Running"
+                ]
+                == ["768Mi"] * want
+            ),
+            60,
+            f"{ns}/{app}: {want} Pod(s) with the new sidecar resources",
+        )
+    with c.audit.counting() as writes:
+        again = ok(kymamesh(c, "patch", "-y", "--restart-proxies", "-o", "json"))
+    assert writes.total == 0, writes.describe()
+    assert again.doc["changed"] is False

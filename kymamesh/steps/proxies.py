@@ -53,6 +53,7 @@ from kymamesh.sidecars import (
     proxy_container,
     restart_batches,
     restart_pending,
+    rollout_pending,
     rollout_unfinished,
     template_proxy_version,
     what_to_do,
@@ -62,6 +63,7 @@ from kymamesh.steps.base import Change, StepContext
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_SYSTEM_NAMESPACES = ("kyma-system",)
 _POLL_S = 1.0
+_REFUSED = "the dry-run Pod was refused: "
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,14 @@ def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return ((obj or {}).get("metadata") or {}).get("annotations") or {}
 
 
+def _pending(live: Obj, entry: OutdatedWorkload) -> bool:
+    """A restart of the workload is under way (by the Pods' restart annotations, when the
+    finder recorded them; else by time)."""
+    if entry.pod_restarts:
+        return rollout_pending(live, entry.pod_restarts)
+    return restart_pending(live, entry.oldest_pod)
+
+
 def _deletes_pods(entry: OutdatedWorkload, live: Obj) -> bool:
     return entry.workload.by_deleting_pods or on_delete(live)
 
@@ -211,7 +221,7 @@ def plan_restarts_for(
         if template_proxy_version(live) in entry.versions:
             pinned.append(entry)
             continue
-        if not _deletes_pods(entry, live) and restart_pending(live, entry.oldest_pod):
+        if not _deletes_pods(entry, live) and _pending(live, entry):
             plan.pending.append(entry)
             continue
         gives = injector_gives(cluster, live, istio_namespace)
@@ -491,8 +501,8 @@ def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> lis
     versions, resources = control_plane(cluster, istio_namespace)
     try:
         pod = cluster.dry_run_create(_probe_pod(workload))
-    except ApiError as exc:  # e.g. the injector refuses while istiod restarts
-        return [f"the dry-run Pod was refused: {exc.message}"]
+    except ApiError as exc:  # e.g. the injector refuses while istiod restarts, or a quota
+        return [f"{_REFUSED}{exc.message}"]
     if proxy_container(pod) is None:
         return None
     return outdated_reasons(pod, versions, resources)
@@ -509,6 +519,14 @@ def wait_for_injector(cluster: Cluster, ref: Ref, istio_namespace: str, timeout:
         if not reasons:  # current, or no sidecar at all (the step's check leaves those out)
             return
         if time.monotonic() >= deadline:
+            if all(r.startswith(_REFUSED) for r in reasons):
+                raise WaitTimeoutError(
+                    f"{ref}: not restarted, because a dry-run Pod of its template is still "
+                    f"refused after {timeout:.0f}s, so its new Pods would be too "
+                    f"({'; '.join(r.removeprefix(_REFUSED) for r in reasons)})",
+                    hint="fix what refuses the Pod (a ResourceQuota, an admission webhook, "
+                    "istiod's injector), then re-run with --restart-proxies",
+                )
             raise WaitTimeoutError(
                 f"{ref}: not restarted, because istiod's injector still gives an out-of-date "
                 f"sidecar after {timeout:.0f}s ({'; '.join(reasons)})",
