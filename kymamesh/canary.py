@@ -299,27 +299,13 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
 # -- restarts --------------------------------------------------------------------------------
 
 
-@dataclass
-class Moved:
-    """A workload the tag moved, and the restart annotation of each of its moved Pods."""
-
-    entry: sidecars.OutdatedWorkload
-    restarted_at: set[str | None] = field(default_factory=set)
-
-
-def restart_pending(live: Obj, moved: Moved) -> bool:
-    """A restart of the workload is under way: its Pod template carries a restart
-    annotation that one of its moved Pods does not (that Pod is of an older template, and
-    the rollout replaces it). Pods made by the latest template that still have the wrong
-    sidecar need another restart."""
-    template = (live.get("spec") or {}).get("template") or {}
-    current = ((template.get("metadata") or {}).get("annotations") or {}).get(sidecars.RESTARTED_AT)
-    return current is not None and any(r != current for r in moved.restarted_at)
-
-
-def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Moved]]:
+def moved_workloads(
+    cluster: Cluster, holder: str
+) -> tuple[list[sidecars.OutdatedWorkload], list[sidecars.OutdatedWorkload]]:
     """Workloads with a running Pod whose sidecar came from another revision than the one
-    that injects it now (with the default tag on `holder`): (restartable, the others)."""
+    that injects it now (with the default tag on `holder`): (restartable, the others).
+    Each records its moved Pods and the restart annotation each was made with, so that
+    the restart machinery can tell a rollout under way (`sidecars.rollout_pending`)."""
     namespaces = {
         str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
         for n in cluster.list("v1", "Namespace")
@@ -328,14 +314,13 @@ def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Mo
     if not moved:
         return [], []
     replica_sets = sidecars.replica_set_index(cluster)
-    found: dict[sidecars.Workload, Moved] = {}
+    found: dict[sidecars.Workload, sidecars.OutdatedWorkload] = {}
     for pod, have, now in moved:
         workload = sidecars.owner_workload(pod, replica_sets)
-        record = found.setdefault(workload, Moved(sidecars.OutdatedWorkload(workload)))
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        record.restarted_at.add(annotations.get(sidecars.RESTARTED_AT))
-        entry = record.entry
-        entry.pods = sorted({*entry.pods, str((pod.get("metadata") or {}).get("name"))})
+        entry = found.setdefault(workload, sidecars.OutdatedWorkload(workload))
+        meta = pod.get("metadata") or {}
+        entry.pods = sorted({*entry.pods, str(meta.get("name"))})
+        entry.pod_restarts.append((meta.get("annotations") or {}).get(sidecars.RESTARTED_AT))
         reason = f"sidecar from revision {have}, now injected by revision {now}"
         if reason not in entry.reasons:
             entry.reasons.append(reason)
@@ -345,9 +330,9 @@ def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Mo
         created = sidecars._created(pod)
         if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
             entry.oldest_pod = created
-    records = [found[w] for w in sorted(found)]
-    return [r for r in records if r.entry.workload.restartable], [
-        r for r in records if not r.entry.workload.restartable
+    entries = [found[w] for w in sorted(found)]
+    return [e for e in entries if e.workload.restartable], [
+        e for e in entries if not e.workload.restartable
     ]
 
 
@@ -355,15 +340,15 @@ def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) ->
     """The workloads the tag moved, restarted by step restart-proxies' machinery
     (`plan_restarts_for`): the Istio and system namespaces first, then in batches of
     `batch_size`, each batch's rollouts finished before the next; opt-outs respected;
-    ReplicaSet-only Pods deleted one at a time; Jobs and bare Pods listed."""
+    ReplicaSet-only Pods deleted one at a time; Jobs and bare Pods listed; a workload
+    whose restart is under way is not restarted again."""
     from kymamesh.steps import proxies
 
     cluster = ctx.cluster
     plan = Plan()
     restartable, others = moved_workloads(cluster, holder)
     if ctx.options.dry_run:  # the machinery asks the injector with dry-run Pods: list only
-        for record in restartable:
-            entry = record.entry
+        for entry in restartable:
             plan.actions.append(
                 Action(
                     name=str(entry.workload),
@@ -375,34 +360,14 @@ def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) ->
         if others:
             plan.notes.append(
                 "sidecars from another revision in Pods that kymamesh cannot restart: "
-                + ", ".join(o.entry.describe() for o in others)
+                + ", ".join(o.describe() for o in others)
             )
         return plan
-    entries = [o.entry for o in others]
-    pending = []
-    for record in restartable:
-        entry = record.entry
-        w = entry.workload
-        live = cluster.get(Ref(w.api_version, w.kind, w.name, w.namespace))
-        if live is None:
-            continue
-        if not w.by_deleting_pods and restart_pending(live, record):
-            pending.append(entry)
-            continue
-        # Judged here (`restart_pending` above): the machinery's own judgement, by Pod
-        # age, cannot tell a Pod made in the same second as the last restart.
-        entry.oldest_pod = None
-        entries.append(entry)
-    if pending:
-        plan.notes.append(
-            "restart already under way (Pods not yet replaced): "
-            + ", ".join(o.describe() for o in pending)
-        )
     options = proxies.restart_options(
         {"restart": True, **({"batchSize": batch_size} if batch_size is not None else {})},
         ctx.options.timeout,
     )
-    restarts = proxies.plan_restarts_for(cluster, ctx.namespace, entries, options)
+    restarts = proxies.plan_restarts_for(cluster, ctx.namespace, others + restartable, options)
     plan.notes.extend(n for n in restarts.notes if n not in plan.notes)
     for change in restarts.changes:
         plan.actions.append(
