@@ -86,6 +86,11 @@ class RunContext:
 
         self.cluster.delete(Ref("v1", "Secret", name, namespace))
 
+    @property
+    def locked(self) -> bool:
+        """Whether this run holds the lock (taken by its first write)."""
+        return self._locked
+
     def before_write(self) -> None:
         """Called before every write: takes the lock once (and never in a dry run)."""
         if self.options.dry_run:

@@ -240,6 +240,7 @@ def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
 
 
 def _run_step(ctx: RunContext, step: Step, sctx: StepContext, item: ItemResult) -> None:
+    held = ctx.locked  # then this check is already one made under the lock
     changes = step.check(sctx)
     if not changes:
         return
@@ -250,7 +251,8 @@ def _run_step(ctx: RunContext, step: Step, sctx: StepContext, item: ItemResult) 
         item.diff = "\n".join(c.diff for c in changes if c.diff)
         return
     ctx.before_write()
-    changes = step.check(sctx)  # again, under the lock
+    if not held:
+        changes = step.check(sctx)  # again, under the lock
     for change in changes:
         change.apply(sctx.cluster)
     item.changes = [f"{c.target}: {c.summary}" for c in changes]
