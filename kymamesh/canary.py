@@ -420,9 +420,14 @@ def move_tag(
     tag = tag_plan(ctx.cluster, state, target)
     if tag.actions and not ctx.options.dry_run:
         _check_serves(ctx, target)  # a dry-run Pod: only when about to write
+        ctx.before_write()
+        tag = tag_plan(ctx.cluster, read_state(ctx.cluster, ctx.namespace), target)  # locked
     _run(ctx, PHASE_TAG, tag)
     restarts = restart_plan(ctx, target.revision, batch_size)
     if restarts.actions and not ctx.options.dry_run:
+        if not ctx.locked:
+            ctx.before_write()
+            restarts = restart_plan(ctx, target.revision, batch_size)  # again, locked
         wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
@@ -489,6 +494,20 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     """`kymamesh upgrade finish`: remove the old revisions, then phase 1 again."""
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
     pipeline.refuse_revision_value(stack)
+    state, plan = _finish_plan(ctx)
+    if plan.actions and not ctx.options.dry_run:
+        ctx.before_write()
+        state, plan = _finish_plan(ctx)  # again, under the lock
+    _run(ctx, PHASE_REMOVE, plan)
+    old = frozenset(p.revision for p in state.others)
+    gone = old if ctx.options.dry_run else frozenset()
+    layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
+    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
+    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+
+
+def _finish_plan(ctx: RunContext) -> tuple[CanaryState, Plan]:
+    """The refusals of `finish` (each before any write), then the releases to remove."""
     state = read_state(ctx.cluster, ctx.namespace)
     _need_canary(state)
     if state.holder != state.revision:
@@ -540,11 +559,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
                 apply=uninstall,
             )
         )
-    _run(ctx, PHASE_REMOVE, plan)
-    gone = frozenset(old) if ctx.options.dry_run else frozenset()
-    layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
-    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
-    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+    return state, plan
 
 
 def _wait_gone(cluster: Cluster, ref: Ref, timeout: float) -> None:
