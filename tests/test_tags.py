@@ -211,5 +211,12 @@ def test_canary_phases_follow_the_tag() -> None:
     assert state(default_injector=off).holder is None  # switched off, and no tag
     assert state(tag=tag).to_json()["defaultTag"] == "1-30-3"
     assert state(tag=tag).problems() == []
+    assert state(tag=tag).lines() == [
+        "canary upgrade: promoted (revision 1-30-3)",
+        "  default tag: 1-30-3",
+        "  revision 1-30-3: istiod ?, release - (canary)",
+        "  revision default: istiod ?, release -",
+    ]
+    assert state(canary=None).lines() == []  # nothing to show without a canary or a tag
     lost = state(tag=tag, canary=None)  # its istiod removed by hand
     assert "points at revision 1-30-3, which has no istiod" in lost.problems()[0]
