@@ -299,27 +299,13 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
 # -- restarts --------------------------------------------------------------------------------
 
 
-@dataclass
-class Moved:
-    """A workload the tag moved, and the restart annotation of each of its moved Pods."""
-
-    entry: sidecars.OutdatedWorkload
-    restarted_at: set[str | None] = field(default_factory=set)
-
-
-def restart_pending(live: Obj, moved: Moved) -> bool:
-    """A restart of the workload is under way: its Pod template carries a restart
-    annotation that one of its moved Pods does not (that Pod is of an older template, and
-    the rollout replaces it). Pods made by the latest template that still have the wrong
-    sidecar need another restart."""
-    template = (live.get("spec") or {}).get("template") or {}
-    current = ((template.get("metadata") or {}).get("annotations") or {}).get(sidecars.RESTARTED_AT)
-    return current is not None and any(r != current for r in moved.restarted_at)
-
-
-def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Moved]]:
+def moved_workloads(
+    cluster: Cluster, holder: str
+) -> tuple[list[sidecars.OutdatedWorkload], list[sidecars.OutdatedWorkload]]:
     """Workloads with a running Pod whose sidecar came from another revision than the one
-    that injects it now (with the default tag on `holder`): (restartable, the others)."""
+    that injects it now (with the default tag on `holder`): (restartable, the others).
+    Each records its moved Pods and the restart annotation each was made with, so that
+    the restart machinery can tell a rollout under way (`sidecars.rollout_pending`)."""
     namespaces = {
         str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
         for n in cluster.list("v1", "Namespace")
@@ -328,14 +314,13 @@ def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Mo
     if not moved:
         return [], []
     replica_sets = sidecars.replica_set_index(cluster)
-    found: dict[sidecars.Workload, Moved] = {}
+    found: dict[sidecars.Workload, sidecars.OutdatedWorkload] = {}
     for pod, have, now in moved:
         workload = sidecars.owner_workload(pod, replica_sets)
-        record = found.setdefault(workload, Moved(sidecars.OutdatedWorkload(workload)))
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        record.restarted_at.add(annotations.get(sidecars.RESTARTED_AT))
-        entry = record.entry
-        entry.pods = sorted({*entry.pods, str((pod.get("metadata") or {}).get("name"))})
+        entry = found.setdefault(workload, sidecars.OutdatedWorkload(workload))
+        meta = pod.get("metadata") or {}
+        entry.pods = sorted({*entry.pods, str(meta.get("name"))})
+        entry.pod_restarts.append((meta.get("annotations") or {}).get(sidecars.RESTARTED_AT))
         reason = f"sidecar from revision {have}, now injected by revision {now}"
         if reason not in entry.reasons:
             entry.reasons.append(reason)
@@ -345,9 +330,9 @@ def moved_workloads(cluster: Cluster, holder: str) -> tuple[list[Moved], list[Mo
         created = sidecars._created(pod)
         if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
             entry.oldest_pod = created
-    records = [found[w] for w in sorted(found)]
-    return [r for r in records if r.entry.workload.restartable], [
-        r for r in records if not r.entry.workload.restartable
+    entries = [found[w] for w in sorted(found)]
+    return [e for e in entries if e.workload.restartable], [
+        e for e in entries if not e.workload.restartable
     ]
 
 
@@ -355,15 +340,15 @@ def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) ->
     """The workloads the tag moved, restarted by step restart-proxies' machinery
     (`plan_restarts_for`): the Istio and system namespaces first, then in batches of
     `batch_size`, each batch's rollouts finished before the next; opt-outs respected;
-    ReplicaSet-only Pods deleted one at a time; Jobs and bare Pods listed."""
+    ReplicaSet-only Pods deleted one at a time; Jobs and bare Pods listed; a workload
+    whose restart is under way is not restarted again."""
     from kymamesh.steps import proxies
 
     cluster = ctx.cluster
     plan = Plan()
     restartable, others = moved_workloads(cluster, holder)
     if ctx.options.dry_run:  # the machinery asks the injector with dry-run Pods: list only
-        for record in restartable:
-            entry = record.entry
+        for entry in restartable:
             plan.actions.append(
                 Action(
                     name=str(entry.workload),
@@ -375,34 +360,14 @@ def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) ->
         if others:
             plan.notes.append(
                 "sidecars from another revision in Pods that kymamesh cannot restart: "
-                + ", ".join(o.entry.describe() for o in others)
+                + ", ".join(o.describe() for o in others)
             )
         return plan
-    entries = [o.entry for o in others]
-    pending = []
-    for record in restartable:
-        entry = record.entry
-        w = entry.workload
-        live = cluster.get(Ref(w.api_version, w.kind, w.name, w.namespace))
-        if live is None:
-            continue
-        if not w.by_deleting_pods and restart_pending(live, record):
-            pending.append(entry)
-            continue
-        # Judged here (`restart_pending` above): the machinery's own judgement, by Pod
-        # age, cannot tell a Pod made in the same second as the last restart.
-        entry.oldest_pod = None
-        entries.append(entry)
-    if pending:
-        plan.notes.append(
-            "restart already under way (Pods not yet replaced): "
-            + ", ".join(o.describe() for o in pending)
-        )
     options = proxies.restart_options(
         {"restart": True, **({"batchSize": batch_size} if batch_size is not None else {})},
         ctx.options.timeout,
     )
-    restarts = proxies.plan_restarts_for(cluster, ctx.namespace, entries, options)
+    restarts = proxies.plan_restarts_for(cluster, ctx.namespace, others + restartable, options)
     plan.notes.extend(n for n in restarts.notes if n not in plan.notes)
     for change in restarts.changes:
         plan.actions.append(
@@ -455,9 +420,14 @@ def move_tag(
     tag = tag_plan(ctx.cluster, state, target)
     if tag.actions and not ctx.options.dry_run:
         _check_serves(ctx, target)  # a dry-run Pod: only when about to write
+        ctx.before_write()
+        tag = tag_plan(ctx.cluster, read_state(ctx.cluster, ctx.namespace), target)  # locked
     _run(ctx, PHASE_TAG, tag)
     restarts = restart_plan(ctx, target.revision, batch_size)
     if restarts.actions and not ctx.options.dry_run:
+        if not ctx.locked:
+            ctx.before_write()
+            restarts = restart_plan(ctx, target.revision, batch_size)  # again, locked
         wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
@@ -524,6 +494,20 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     """`kymamesh upgrade finish`: remove the old revisions, then phase 1 again."""
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
     pipeline.refuse_revision_value(stack)
+    state, plan = _finish_plan(ctx)
+    if plan.actions and not ctx.options.dry_run:
+        ctx.before_write()
+        state, plan = _finish_plan(ctx)  # again, under the lock
+    _run(ctx, PHASE_REMOVE, plan)
+    old = frozenset(p.revision for p in state.others)
+    gone = old if ctx.options.dry_run else frozenset()
+    layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
+    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
+    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+
+
+def _finish_plan(ctx: RunContext) -> tuple[CanaryState, Plan]:
+    """The refusals of `finish` (each before any write), then the releases to remove."""
     state = read_state(ctx.cluster, ctx.namespace)
     _need_canary(state)
     if state.holder != state.revision:
@@ -575,11 +559,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
                 apply=uninstall,
             )
         )
-    _run(ctx, PHASE_REMOVE, plan)
-    gone = frozenset(old) if ctx.options.dry_run else frozenset()
-    layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
-    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
-    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+    return state, plan
 
 
 def _wait_gone(cluster: Cluster, ref: Ref, timeout: float) -> None:

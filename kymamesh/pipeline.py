@@ -44,7 +44,7 @@ from kymamesh.values import (
     parse_set,
     project_source,
 )
-from kymamesh.versions import check_upgrade
+from kymamesh.versions import Version, check_upgrade
 
 __all__ = [
     "ChartInputs",
@@ -292,6 +292,11 @@ def canary_planes(
     return canary, [p for p in planes if p is not canary]
 
 
+def _runs(plane: ControlPlane, version: Version) -> bool:
+    found = controlplane.istiod_version(plane.deployment) if plane.deployment else None
+    return found is not None and found >= version
+
+
 def release_layout(
     ctx: RunContext,
     stack: ValueStack,
@@ -317,6 +322,14 @@ def release_layout(
         )
     if canary is None:
         refuse_revision_value(stack)
+        current = [p for p in others if _runs(p, release.version)]
+        if current:
+            raise PreconditionError(
+                f"istiod {', '.join(p.istiod for p in current)} in {release.namespace} "
+                f"already runs Istio {release.version}: there is nothing to upgrade by "
+                "revisions",
+                hint="run `kymamesh install` without --revision-based to keep it up to date",
+            )
     extra: dict[str, Values] = {"istiod": {"revision": revision}}
     if not any(p.suffix == "" for p in others):
         # no unnamed istiod any more: the cluster-wide validator goes to the new revision

@@ -314,3 +314,10 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     ok(km(c, "uninstall", "-y", "--force"))
     assert get(c, "deployment", f"istiod-{NEW}", "-n", NAMESPACE) is None
     assert get(c, "mutatingwebhookconfiguration", TAG) is None
+
+    # An istiod that already runs the pinned release: nothing to upgrade by revisions.
+    ok(km(c, "install", "--charts-dir", str(CHARTS), "-y"))
+    same, writes = writes_during(c, lambda: km(c, *install))
+    assert same.code == 3, str(same)
+    assert writes.total == 0, writes.describe()
+    assert "already runs Istio 1.30.3" in same.doc["errors"][0]["message"]

@@ -211,22 +211,12 @@ def test_canary_phases_follow_the_tag() -> None:
     assert state(default_injector=off).holder is None  # switched off, and no tag
     assert state(tag=tag).to_json()["defaultTag"] == "1-30-3"
     assert state(tag=tag).problems() == []
+    assert state(tag=tag).lines() == [
+        "canary upgrade: promoted (revision 1-30-3)",
+        "  default tag: 1-30-3",
+        "  revision 1-30-3: istiod ?, release - (canary)",
+        "  revision default: istiod ?, release -",
+    ]
+    assert state(canary=None).lines() == []  # nothing to show without a canary or a tag
     lost = state(tag=tag, canary=None)  # its istiod removed by hand
     assert "points at revision 1-30-3, which has no istiod" in lost.problems()[0]
-
-
-def test_a_restart_is_under_way_only_while_a_moved_pod_is_of_an_older_template() -> None:
-    from kymamesh.canary import Moved, restart_pending
-    from kymamesh.sidecars import OutdatedWorkload, Workload
-
-    def live(restarted: str | None) -> dict[str, Any]:
-        annotations = {} if restarted is None else {"kubectl.kubernetes.io/restartedAt": restarted}
-        return {"spec": {"template": {"metadata": {"annotations": annotations}}}}
-
-    entry = OutdatedWorkload(Workload("Deployment", "shop", "web"))
-    never = Moved(entry, {None})
-    assert not restart_pending(live(None), never)
-    assert restart_pending(live("2026-12-02T12:00:00Z"), never)  # rollout replaces it
-    made_by_it = Moved(entry, {"2026-12-02T12:00:00Z"})  # same template, wrong sidecar
-    assert not restart_pending(live("2026-12-02T12:00:00Z"), made_by_it)
-    assert restart_pending(live("2026-12-02T12:05:00Z"), made_by_it)
