@@ -15,7 +15,7 @@ not two, injects a Pod.
 kymamesh builds the tag from the injector webhook of the revision it points at:
 the same client configuration (Service `istiod-REV`, path, CA bundle), rules and
 policies, with the selectors Istio gives the default tag. Nothing here reads a
-chart: the same code works on Istio's charts and on the test fixtures.
+chart: it works on whatever chart rendered that injector webhook.
 """
 
 from __future__ import annotations

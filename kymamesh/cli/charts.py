@@ -19,12 +19,7 @@ def pull(
     dest: Annotated[
         Path, typer.Option("--dest", help="Folder to put the chart packages in.", file_okay=False)
     ],
-    repo: Annotated[
-        str | None,
-        typer.Option(
-            "--repo", help="Chart repository (https:// or oci://) instead of the pinned one."
-        ),
-    ] = None,
+    repo: c.Repo = None,
     helm: c.HelmPath = None,
     output: c.Output = c.OutputFormat.text,
     verbose: c.Verbose = False,

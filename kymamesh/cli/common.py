@@ -61,6 +61,10 @@ ChartsDir = Annotated[
         file_okay=False,
     ),
 ]
+Repo = Annotated[
+    str | None,
+    typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+]
 ValuesFiles = Annotated[
     list[Path] | None,
     typer.Option("--values", "-f", help="Values file (top-level keys: base, istiod, gateway)."),

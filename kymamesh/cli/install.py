@@ -15,12 +15,7 @@ def install(
     charts_dir: c.ChartsDir = None,
     values: c.ValuesFiles = None,
     set_values: c.SetValues = None,
-    repo: Annotated[
-        str | None,
-        typer.Option(
-            "--repo", help="Chart repository (https:// or oci://) instead of the pinned one."
-        ),
-    ] = None,
+    repo: c.Repo = None,
     config: p.PatchConfig = None,
     domain: p.Domain = None,
     tls_cert: p.TlsCert = None,

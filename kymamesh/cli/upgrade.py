@@ -85,12 +85,7 @@ def finish(
     charts_dir: c.ChartsDir = None,
     values: c.ValuesFiles = None,
     set_values: c.SetValues = None,
-    repo: Annotated[
-        str | None,
-        typer.Option(
-            "--repo", help="Chart repository (https:// or oci://) instead of the pinned one."
-        ),
-    ] = None,
+    repo: c.Repo = None,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     helm: c.HelmPath = None,
