@@ -197,6 +197,7 @@ class Cluster:
         self._cache_file = cache
         self._hold: _LeaseHold | None = None  # the lock, while this run holds it
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
+        self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
 
     # -- connecting ---------------------------------------------------------
 
@@ -622,6 +623,7 @@ class Cluster:
         Every write of the adapters calls it first, so a run that lost its lock
         stops before its next write.
         """
+        self.writes += 1
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
         hold = self._hold
