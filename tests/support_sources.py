@@ -48,7 +48,7 @@ Plain HTTP and helm, which the product code needs to know:
 - pyhelm3 0.5.8 has no parameter for it: `Client.get_chart`, `Client.pull_chart`,
   `Command.pull`, `Command.show_chart` and `Command.install_or_upgrade` build their argument
   lists themselves. So, for a loopback (plain HTTP) registry, run helm through
-  `Command.run([... , "--plain-http"])` (as kymamesh's `HelmClient.pull` already runs
+  `Command.run([..., "--plain-http"])` (as kymamesh's helm adapter already runs
   `pull`), or pull the chart once with `--plain-http` into a folder and give pyhelm3 that
   folder (a local chart needs no flag).
 - `helm pull --destination DIR` needs DIR to exist (Helm 4 fails with "no such file").
