@@ -188,6 +188,7 @@ class Cluster:
         self._cache_file = cache
         self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
+        self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
 
     # -- connecting ---------------------------------------------------------
 
@@ -613,6 +614,7 @@ class Cluster:
         Every write of the adapters calls it first, so a run that lost its lock
         stops before its next write.
         """
+        self.writes += 1
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
         self._lock.check()
