@@ -224,3 +224,56 @@ def test_live_mesh_config_is_judged_by_the_mesh_config_rules(
 ) -> None:
     problems = mesh_config_problems(mesh)
     assert [p.split(":")[0].removeprefix("mesh config ") for p in problems] == bad
+
+
+# -- Helm's --set syntax (its strvals rules) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exprs", "istiod"),
+    [
+        (["istiod.a=1,istiod.b=2"], {"a": 1, "b": 2}),
+        (["istiod.l[0]=x"], {"l": ["x"]}),
+        (["istiod.l[1].n=v"], {"l": [None, {"n": "v"}]}),
+        (["istiod.l[0][1]=x"], {"l": [[None, "x"]]}),
+        (["istiod.l={a,b,0}"], {"l": ["a", "b", 0]}),
+        (["istiod.l={a,b},istiod.z=1"], {"l": ["a", "b"], "z": 1}),
+        (["istiod.x=a\\,b"], {"x": "a,b"}),
+        (["istiod.x=a=b"], {"x": "a=b"}),
+        (["istiod.x="], {"x": ""}),
+        (["istiod.x=[false]"], {"x": "[false]"}),  # Helm: a string, not a list
+        (["istiod.l[0]=x", "istiod.l[1]=y"], {"l": ["x", "y"]}),  # one map across flags
+    ],
+)
+def test_set_takes_helms_forms(exprs: list[str], istiod: dict[str, object]) -> None:
+    assert parse_set(exprs, CHARTS).by_chart["istiod"] == istiod
+
+
+def test_set_comma_separates_pairs_never_folds_into_the_value() -> None:
+    source = parse_set(["istiod.meshConfig.enableAutoMtls=false,istiod.pilot.x=1"], CHARTS)
+    assert source.by_chart["istiod"] == {
+        "meshConfig": {"enableAutoMtls": False},
+        "pilot": {"x": 1},
+    }
+    with pytest.raises(InsecureValuesError):  # the false is seen, not "false,istiod..."
+        check_security(ValueStack([project_source(CHARTS), source]), CHARTS)
+
+
+@pytest.mark.parametrize(
+    ("expr", "said"),
+    [
+        ("istiod.a=1,b=2", "'b' is not a chart name"),
+        ("istiod.a", "has no value"),
+        ("istiod.a,", "cannot end with ,"),
+        ("istiod.l[x]=1", "not a number"),
+        ("istiod.l[-1]=1", "not from 0"),
+        ("istiod.l={a,b", "must end with '}'"),
+        ("istiod.l[0]x=1", "unexpected 'x'"),
+        ("istiod.a=1,istiod.a.b=2", "then used as a map"),
+    ],
+)
+def test_set_refuses_what_helm_cannot_read(expr: str, said: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_set([expr], CHARTS)
+    assert said in err.value.message and expr in err.value.message
+    assert err.value.hint and "\\," in err.value.hint
