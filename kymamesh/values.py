@@ -10,7 +10,6 @@ with its origin so that a refused value names the file or flag it came from.
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
