@@ -120,7 +120,7 @@ class _SetParser:
     def _until(self, stops: str) -> tuple[str, str | None]:
         """The characters up to the first unescaped one of `stops` (consumed), and that
         stop; None as the stop at the end of the text."""
-        out = []
+        out: list[str] = []
         while self.pos < len(self.text):
             ch = self.text[self.pos]
             self.pos += 1
