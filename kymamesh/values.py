@@ -19,7 +19,7 @@ from typing import Any
 from kymamesh import userfiles
 from kymamesh.errors import InsecureValuesError, UsageError
 from kymamesh.resources import load_yaml, resources_dir
-from kymamesh.security import lookup_value, security_rules
+from kymamesh.security import security_rules
 
 Values = dict[str, Any]
 
@@ -288,11 +288,9 @@ def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
     for rule in security_rules():
         if rule.chart not in charts:
             continue
-        value, absent = lookup_value(stack.merged(rule.chart), rule.key)
-        problem = rule.problem(value, absent)
-        if problem:
-            origin = stack.origin_of(rule.chart, rule.key)
-            problems.append(f"{rule.chart}.{rule.key} from {origin}: {problem}")
+        for path, problem in rule.judge(stack.merged(rule.chart)):
+            origin = stack.origin_of(rule.chart, path)
+            problems.append(f"{rule.chart}.{path} from {origin}: {problem}")
     if problems:
         raise InsecureValuesError(
             "refusing insecure values (nothing was changed):\n  " + "\n  ".join(problems),
