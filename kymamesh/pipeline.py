@@ -494,23 +494,55 @@ def _wait_ready(
             _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
 
 
+DENIAL_SETTLE_S = 2.0  # the same denial this long: istiod means it (not a start-up blip)
+
+
+def webhook_denial(exc: ApiError) -> bool:
+    """Whether an admission webhook answered and refused (a deterministic answer: a 4xx
+    whose message says a webhook denied the request), as opposed to a webhook that cannot
+    be reached yet (no endpoint, connection refused, a CA bundle not patched in yet, a
+    timeout: a 500 "failed calling webhook", or no answer at all)."""
+    return (
+        exc.status is not None
+        and 400 <= exc.status < 500
+        and exc.status != 429
+        and "denied the request" in exc.message
+    )
+
+
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
     """Wait until istiod's injection webhook answers (a dry-run Pod is admitted).
 
     istiod is Ready before it has patched its CA bundle into its webhooks; a Pod the
     injector must see (the gateway's) is refused until then, and its ReplicaSet backs
     off for longer after each refusal. So the next release starts only once the
-    injector answers.
+    injector answers. A webhook that answers with a denial (a template istiod cannot
+    render) is answering: the same denial for DENIAL_SETTLE_S ends the wait with its
+    message instead of waiting out the timeout.
     """
     probe = controlplane.injection_probe_pod(namespace, revision)
     deadline = time.monotonic() + timeout
     pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
+    denied: tuple[str, float] | None = None  # the webhook's denial, and since when
     while True:
         try:
             ctx.cluster.dry_run_create(probe)
             return
         except ApiError as exc:
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not webhook_denial(exc):
+                denied = None
+            elif denied is None or denied[0] != exc.message:
+                denied = (exc.message, now)
+            elif now - denied[1] >= DENIAL_SETTLE_S:
+                raise KymameshError(
+                    f"istiod's injection webhook (revision {revision}) answers, and refuses "
+                    f"Pods: {exc.message}",
+                    hint="the injection template cannot be rendered with these values (or "
+                    "istiod refuses them): fix the values given with -f/--set, or look at "
+                    "istiod's log, and re-run",
+                ) from None
+            if now >= deadline:
                 raise WaitTimeoutError(
                     f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
                     f"{revision}) does not answer: {exc.message}",
