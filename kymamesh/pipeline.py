@@ -39,6 +39,7 @@ from kymamesh.values import (
     Values,
     ValueSource,
     ValueStack,
+    check_mesh_config,
     check_security,
     load_user_file,
     parse_set,
@@ -94,6 +95,7 @@ def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
     if inputs.set_values:
         stack.sources.append(parse_set(inputs.set_values, charts))
     check_security(stack, charts)
+    check_mesh_config(stack, f"{release.version.major}.{release.version.minor}")
     return stack
 
 

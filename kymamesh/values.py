@@ -297,3 +297,25 @@ def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
             hint="remove these values or set them secure (a switch: true); "
             "kymamesh always installs Istio with mutual TLS on",
         )
+
+
+def check_mesh_config(stack: ValueStack, minor: str) -> None:
+    """Refuse a `meshConfig` istiod of Istio `minor` could not read (a field of another
+    type, an unknown or twice-given field), naming each field and where it came from
+    (`kymamesh.meshschema`). Runs after the security rules, before anything is written."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    mesh = stack.merged("istiod").get("meshConfig")
+    problems = []
+    for problem in mesh_config_problems(mesh, minor, path="meshConfig"):
+        field = problem.split(":", 1)[0]
+        dotted = re.sub(r"\[[0-9]+\]", "", field)
+        problems.append(f"istiod.{problem} (from {stack.origin_of('istiod', dotted)})")
+    if problems:
+        raise UsageError(
+            f"meshConfig is not a mesh config istiod {minor} can read (nothing was changed):\n  "
+            + "\n  ".join(problems),
+            hint="give each field the type Istio's MeshConfig has (a switch true or false, a "
+            'duration a string like "5s"), and only fields it has; see '
+            "docs/explanation/security.md#the-mesh-config-istiod-can-read",
+        )
