@@ -34,6 +34,7 @@ from test_install_cluster import CHARTS
 from kymamesh import identity as idn
 from kymamesh import settings
 from kymamesh.cluster import parse_quantity
+from kymamesh.steps import _jwks
 
 DEX_NS = "kyma-system"
 PATCH = ("patch", "--charts-dir", str(CHARTS))  # Dex's chart, when it must be installed
@@ -146,12 +147,46 @@ def versions(c: Any) -> dict[str, str]:
     return found
 
 
+# The gateway's Service with target ports other than its ports (as Istio's older
+# ingress chart had them): the token policy must name the ports the Pods listen on.
+GATEWAY_PORTS = {
+    "gateway": {
+        "service": {
+            "ports": [
+                {"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021},
+                {"name": "http2", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8443},
+            ]
+        }
+    }
+}
+
+
+def blocked_cidrs(c: Any) -> dict[str, str | None]:
+    """BLOCKED_CIDRS_IN_JWKS_URIS of each istiod's discovery container (None: unset)."""
+    found = json.loads(
+        c.kubectl(
+            "get", "deployments", "-n", "istio-system", "-l", "app=istiod", "-o", "json"
+        ).stdout
+    )
+    result: dict[str, str | None] = {}
+    for d in found["items"]:
+        (discovery,) = [
+            x for x in d["spec"]["template"]["spec"]["containers"] if x["name"] == "discovery"
+        ]
+        env = {e["name"]: e.get("value") for e in discovery.get("env") or []}
+        result[d["metadata"]["name"]] = env.get(_jwks.ENV)
+    return result
+
+
 def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     c = fresh_cluster()
     user_secret(c)
     doc = identity_doc(tmp_path)
     path = write_identity(tmp_path, doc)
-    args = ("install", "--charts-dir", str(CHARTS), "--identity", str(path))
+    ports = tmp_path / "gateway-ports.yaml"
+    ports.write_text(yaml.safe_dump(GATEWAY_PORTS))
+    args = ("install", "--charts-dir", str(CHARTS), "-f", str(ports), "--identity", str(path))
 
     # the dry run shows it, and writes nothing
     with c.audit.counting() as writes:
@@ -233,10 +268,23 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     assert ra["jwtRules"][0]["jwksUri"] == "http://dex.kyma-system.svc.cluster.local:5556/keys"
     ap = objects["AuthorizationPolicy"]["spec"]
     assert ap["action"] == "DENY"
-    assert ap["rules"][0]["to"][0]["operation"]["hosts"] == [f"app.{DOMAIN}"]
+    # Istio matches hosts exactly while the gateway also routes `app.DOMAIN:443`: each host
+    # with any port too; and only on the gateway's HTTP and HTTPS ports as its Pods listen
+    # on them (the Service's target ports), so the rule never denies TCP traffic whole
+    operation = ap["rules"][0]["to"][0]["operation"]
+    assert operation["hosts"] == [f"app.{DOMAIN}", f"app.{DOMAIN}:*"]
+    assert operation["ports"] == ["8080", "8443"]
     assert ap["rules"][0]["from"][0]["source"]["notRequestPrincipals"] == ["*"]
     vs = objects["VirtualService"]["spec"]
     assert vs["hosts"] == [f"dex.{DOMAIN}"] and vs["gateways"] == ["kyma-system/kyma-gateway"]
+
+    # istiod fetches the signing keys itself: never from loopback, link-local or metadata
+    # addresses (IST0175 of Istio's analyzer); Dex's Service range is not among them
+    assert blocked_cidrs(c) == {"istiod": _jwks.VALUE}
+    assert "169.254.0.0/16" in _jwks.BLOCKED_CIDRS and "fd00:ec2::254/128" in _jwks.BLOCKED_CIDRS
+    dex_service = get(c, "service", "dex", "-n", DEX_NS)
+    assert dex_service is not None
+    assert _jwks.overlaps([f"{ip}/32" for ip in dex_service["spec"]["clusterIPs"]]) == []
 
     # istiod's validation webhook admits the policies, and does refuse a broken one
     for kind, obj in objects.items():
@@ -331,6 +379,7 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     assert not any(identity_objects(c).values())
     assert get(c, "secret", idn.MANAGED_SECRET, "-n", DEX_NS) is None
     assert get(c, "secret", LDAP_SECRET, "-n", DEX_NS) is not None
+    assert blocked_cidrs(c) == {"istiod": None}
     status = run(c, "status", "-o", "json", app_secret=None)
     assert status.returncode == 0, status.stdout
     assert json.loads(status.stdout)["data"]["identity"]["enabled"] is False
