@@ -226,8 +226,9 @@ def test_the_policy_ports_are_the_target_ports_of_the_gateway_service() -> None:
     assert service_target_ports([443, 80], selector, [pod], [other, gateway]) == ["8081", "8443"]
     # no Service has the port: istiod listens on the server port itself
     assert service_target_ports([443, 80], selector, [pod], [other]) == ["80", "443"]
-    # no Pods yet (a dry run before phase 1): a Service that selects the gateway counts
-    assert service_target_ports([443, 80], selector, [], [gateway]) == ["8443"]
+    # no Pods yet (a dry run before phase 1): a Service that selects the gateway counts (a
+    # named target port cannot be resolved without them: the port itself stands in)
+    assert service_target_ports([443, 80], selector, [], [gateway]) == ["80", "8443"]
 
 
 def test_the_jwks_block_list_keeps_what_is_there_and_adds_what_is_missing() -> None:

@@ -742,21 +742,16 @@ def service_target_ports(
         return None
 
     chosen = [s for s in services if selects(s)]
-    result = set()
+    result: set[int] = set()
     for number in numbers:
-        target: int | None = number
-        for service in chosen:
+        targets = set()
+        for service in chosen:  # every Service that has the port: istiod may use any
             for port in (service.get("spec") or {}).get("ports") or []:
-                if int(port.get("port") or 0) != number:
-                    continue
-                raw = port.get("targetPort", number)
-                target = int(raw) if str(raw).isdigit() else container_port(str(raw))
-                break
-            else:
-                continue
-            break
-        if target is not None:
-            result.add(target)
+                if int(port.get("port") or 0) == number:
+                    raw = port.get("targetPort", number)
+                    found = int(raw) if str(raw).isdigit() else container_port(str(raw))
+                    targets.add(found if found is not None else number)
+        result |= targets or {number}
     return [str(p) for p in sorted(result)]
 
 
