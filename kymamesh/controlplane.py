@@ -232,6 +232,12 @@ def injection_probe_pod(namespace: str, revision: str) -> Obj:
     }
 
 
+# Namespaces whose Pods Istio's injector never injects, whatever their labels.
+INJECTOR_IGNORES = frozenset(
+    {"kube-system", "kube-public", "kube-node-lease", "local-path-storage"}
+)
+
+
 def probe_suits(labels: Mapping[str, str], revision: str) -> bool:
     """Whether a probe Pod for `revision` in a namespace with these labels reaches that
     revision's webhooks (for `default`: the default tag's, or the unnamed revision's): a
@@ -246,8 +252,15 @@ def probe_suits(labels: Mapping[str, str], revision: str) -> bool:
 def probe_namespace(namespaces: Iterable[Mapping[str, Any]], revision: str, preferred: str) -> str:
     """The namespace to make the probe Pod of `revision` in: `preferred` (the Istio
     namespace), then `default`, then any other by name, the first whose labels let the
-    answer prove something (`probe_suits`). PreconditionError when none does."""
-    metas = [n.get("metadata") or {} for n in namespaces]
+    answer prove something (`probe_suits`), leaving out the namespaces Istio's injector
+    ignores and those being deleted. PreconditionError when none does."""
+    usable = [
+        n
+        for n in namespaces
+        if (n.get("status") or {}).get("phase") != "Terminating"  # refuses new Pods
+        and str((n.get("metadata") or {}).get("name")) not in INJECTOR_IGNORES
+    ]
+    metas = [n.get("metadata") or {} for n in usable]
     by_name = {str(m.get("name")): dict(m.get("labels") or {}) for m in metas}
     order = [preferred, "default", *sorted(by_name)]
     for name in order:

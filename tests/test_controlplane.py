@@ -132,12 +132,14 @@ def test_an_injection_probe_goes_where_its_labels_decide() -> None:
         _ns("default", **{"istio-injection": "enabled"}),
         _ns("apps", **{"istio.io/rev": "1-29-4"}),
         _ns("canary", **{"istio.io/rev": "1-30-3"}),
-        _ns("kube-system"),
+        _ns("kube-system"),  # Istio's injector never injects there
+        {"metadata": {"name": "gone"}, "status": {"phase": "Terminating"}},
+        _ns("web"),
     ]
     assert probe_namespace(labelled, "1-30-3", "istio-system") == "canary"
-    assert probe_namespace(labelled, "default", "istio-system") == "kube-system"
+    assert probe_namespace(labelled, "default", "istio-system") == "web"
     with pytest.raises(PreconditionError, match="no namespace"):
-        probe_namespace(labelled[:3], "default", "istio-system")
+        probe_namespace(labelled[:6], "default", "istio-system")
     # opted in (an injector with `policy: disabled` needs it), and for the revision
     assert injection_probe_pod("x", "1-30-3")["metadata"]["labels"] == {
         "sidecar.istio.io/inject": "true",
