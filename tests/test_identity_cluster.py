@@ -291,7 +291,15 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
         if kind in ("RequestAuthentication", "AuthorizationPolicy"):
             body = {k: obj[k] for k in ("apiVersion", "kind", "spec")}
             body["metadata"] = {"name": f"probe-{kind.lower()}", "namespace": "istio-system"}
-            c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body))
+            admitted = c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body))
+            # no warning from istiod's validation (Istio's analyzer reports it as IST0133)
+            assert "TCP ports" not in admitted.stderr, admitted.stderr
+    # ... which it does give for the rule without its ports: it would deny all TCP traffic
+    portless = {k: objects["AuthorizationPolicy"][k] for k in ("apiVersion", "kind", "spec")}
+    portless["metadata"] = {"name": "probe-portless", "namespace": "istio-system"}
+    del portless["spec"]["rules"][0]["to"][0]["operation"]["ports"]
+    warned = c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(portless))
+    assert "deny all traffic to TCP ports" in warned.stderr, warned.stderr
     broken = {
         "apiVersion": "security.istio.io/v1",
         "kind": "RequestAuthentication",
