@@ -295,7 +295,8 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
             # no warning from istiod's validation (Istio's analyzer reports it as IST0133)
             assert "TCP ports" not in admitted.stderr, admitted.stderr
     # ... which it does give for the rule without its ports: it would deny all TCP traffic
-    portless = {k: objects["AuthorizationPolicy"][k] for k in ("apiVersion", "kind", "spec")}
+    portless = json.loads(json.dumps(objects["AuthorizationPolicy"]))  # a copy
+    portless = {k: portless[k] for k in ("apiVersion", "kind", "spec")}
     portless["metadata"] = {"name": "probe-portless", "namespace": "istio-system"}
     del portless["spec"]["rules"][0]["to"][0]["operation"]["ports"]
     warned = c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(portless))
