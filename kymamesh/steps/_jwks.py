@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.controlplane import DISCOVERY_CONTAINER, ControlPlane
+from kymamesh.controlplane import DISCOVERY_CONTAINER
 
 ENV = "BLOCKED_CIDRS_IN_JWKS_URIS"
 BLOCKED_CIDRS: tuple[str, ...] = (
@@ -128,5 +128,5 @@ def edit(value: str | None) -> Any:
     return patch
 
 
-def planes_with_deployment(planes: Iterable[ControlPlane]) -> list[ControlPlane]:
-    return [p for p in planes if p.deployment is not None and _discovery(p.deployment)]
+def has_discovery(deployment: Mapping[str, Any]) -> bool:
+    return _discovery(deployment) is not None

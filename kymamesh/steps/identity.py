@@ -788,9 +788,10 @@ def _jwks_changes(ctx: StepContext, enabled: bool) -> list[Change]:
                     )
                 )
             continue
-        if not _jwks.planes_with_deployment([plane]):
+        live = ctx.cluster.get(plane.istiod_ref)  # not the plane's: read before this run wrote
+        if live is None or not _jwks.has_discovery(live):
             continue
-        have = _jwks.current(plane.deployment)
+        have = _jwks.current(live)
         if enabled:
             want: str | None = _jwks.wanted(have)
             if want == have:
