@@ -467,13 +467,14 @@ def move_tag(
         ctx.before_write()
         tag = tag_plan(ctx.cluster, read_state(ctx), target)  # again, under the lock
     _run(ctx, PHASE_TAG, tag)
-    if not ctx.options.dry_run:
-        moved, stuck = moved_workloads(ctx.cluster, target.revision)
-        if tag.actions or moved or stuck:
-            wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+    if tag.actions and not ctx.options.dry_run:
+        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
     restarts = restart_plan(ctx, target.revision, batch_size)  # after the tag took effect
-    if restarts.actions and not ctx.options.dry_run and not ctx.locked:
-        ctx.before_write()
+    if restarts.actions and not ctx.options.dry_run:
+        if not tag.actions:  # a re-run: the tag an earlier run wrote must be in effect too
+            wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+        if not ctx.locked:
+            ctx.before_write()
         restarts = restart_plan(ctx, target.revision, batch_size)  # again, under the lock
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx).to_json()
