@@ -470,12 +470,12 @@ def move_tag(
     if tag.actions and not ctx.options.dry_run:
         wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
     restarts = restart_plan(ctx, target.revision, batch_size)  # after the tag took effect
-    if restarts.actions and not ctx.options.dry_run:
-        if not tag.actions:  # a re-run: the tag an earlier run wrote must be in effect too
-            wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+    if restarts.actions and not ctx.options.dry_run and not tag.actions:
+        # a re-run: the tag an earlier run wrote must be in effect; then plan under the lock
+        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
         if not ctx.locked:
             ctx.before_write()
-        restarts = restart_plan(ctx, target.revision, batch_size)  # again, under the lock
+        restarts = restart_plan(ctx, target.revision, batch_size)
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx).to_json()
 
