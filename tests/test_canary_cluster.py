@@ -180,7 +180,7 @@ def settled(c: Any, namespace: str, selector: str, revision: str, tag: str) -> N
 
 
 def releases_of(c: Any) -> dict[str, Any]:
-    listed = json.loads(c.helm_run("list", "-a", "-n", NAMESPACE, "-o", "json").stdout)
+    listed = json.loads(c.helm_run("list", "-n", NAMESPACE, "-o", "json").stdout)
     return {r["name"]: r for r in listed}
 
 
