@@ -286,6 +286,19 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     assert dex_service is not None
     assert _jwks.overlaps([f"{ip}/32" for ip in dex_service["spec"]["clusterIPs"]]) == []
 
+    # Istio's own analyzer finds neither the DENY rule that would deny TCP traffic (IST0133)
+    # nor an istiod that fetches JWKS unrestricted (IST0175)
+    analyzed = subprocess.run(
+        ["istioctl", "analyze", "-A", "--output-threshold", "Info", "-o", "json"],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert analyzed.returncode in (0, 79), analyzed.stderr  # 79: warnings found
+    codes = {m["code"]: m for m in json.loads(analyzed.stdout or "[]")}
+    assert "IST0133" not in codes and "IST0175" not in codes, analyzed.stdout
+
     # istiod's validation webhook admits the policies, and does refuse a broken one
     for kind, obj in objects.items():
         if kind in ("RequestAuthentication", "AuthorizationPolicy"):
