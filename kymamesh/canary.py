@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kymamesh import MANAGED_BY_LABEL, pipeline, sidecars, tags
@@ -69,7 +69,7 @@ class CanaryState:
     """The revisions in the cluster and where the default tag points (read-only)."""
 
     namespace: str
-    revision: str  # the canary revision of the pinned release (`1-30-3`)
+    revision: str  # the canary revision (`1-31-1`), made by `install --revision-based`
     canary: ControlPlane | None
     others: list[ControlPlane]
     tag: Obj | None  # the live default-tag webhook
@@ -146,11 +146,11 @@ def _plane_json(plane: ControlPlane, canary: bool) -> dict[str, Any]:
 
 
 def read_state(cluster: Cluster, namespace: str) -> CanaryState:
-    revision = tags.revision_name(pinned().version)
-    canary, others = pipeline.canary_planes(find_control_planes(cluster, namespace), revision)
+    canary, others = pipeline.canary_planes(find_control_planes(cluster, namespace))
+    version = istiod_version(canary.deployment) if canary and canary.deployment else None
     return CanaryState(
         namespace=namespace,
-        revision=revision,
+        revision=canary.revision if canary else tags.revision_name(version or pinned().version),
         canary=canary,
         others=others,
         tag=cluster.get(_webhook_ref(tags.tag_webhook_name(namespace))),
@@ -493,7 +493,14 @@ def _users(cluster: Cluster, old: set[str]) -> tuple[list[str], list[str]]:
 def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     """`kymamesh upgrade finish`: remove the old revisions, then phase 1 again."""
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
-    pipeline.refuse_revision_value(stack)
+    state = read_state(ctx.cluster, ctx.namespace)
+    canary = _need_canary(state)
+    found = istiod_version(canary.deployment) if canary.deployment else None
+    release = pipeline.resolve_release(  # the canary's own Istio release
+        ctx, replace(inputs, istio=inputs.istio or (str(found) if found else None))
+    )
+    stack = pipeline.with_release_values(stack, release, inputs)
+    pipeline.refuse_revision_value(stack, release)
     state, plan = _finish_plan(ctx)
     if plan.actions and not ctx.options.dry_run:
         ctx.before_write()
@@ -502,7 +509,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     old = frozenset(p.revision for p in state.others)
     gone = old if ctx.options.dry_run else frozenset()
     layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
-    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
+    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows, revision_based=True)
     ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
 
 

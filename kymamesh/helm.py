@@ -378,6 +378,10 @@ class Helm:
             ) from None
         return dest / f"{chart}-{version}.tgz"
 
+    def chart_versions(self, chart: str, repo: str) -> list[Version]:
+        """The versions of `chart` a source serves (read without helm)."""
+        return chart_versions(chart, repo)
+
     # -- releases --------------------------------------------------------------
 
     def _latest(self, release: str, namespace: str) -> dict[str, Any] | None:
@@ -669,3 +673,75 @@ def _local_chart(path: Path) -> LoadedChart:
         handle=None,
         metadata=meta,
     )
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+_INDEX_LIMIT = 64 * 1024 * 1024  # Istio's index.yaml is a few MB; refuse anything absurd
+
+
+def chart_versions(chart: str, repo: str, timeout: float = 30.0) -> list[Version]:
+    """The versions of `chart` a chart source serves: a Helm repository's `index.yaml`,
+    or an OCI registry's tag list (Docker Registry API v2, with an anonymous token when the
+    registry asks for one). Versions that are not version numbers are left out."""
+    try:
+        if repo.startswith("oci://"):
+            names = _oci_tags(repo.removeprefix("oci://").rstrip("/") + "/" + chart, timeout)
+        else:
+            names = _index_versions(repo.rstrip("/") + "/index.yaml", chart, timeout)
+    except (OSError, ValueError) as exc:
+        raise ChartSourceError(
+            f"cannot read the versions of chart {chart} at {repo}: {exc}",
+            hint="check the network access to the chart source, or pass --repo",
+        ) from None
+    found = []
+    for name in names:
+        try:
+            found.append(Version.parse(name.replace("_", "+")))  # OCI tags write + as _
+        except KymameshError:
+            continue
+    return sorted(set(found))
+
+
+def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> bytes:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "kymamesh", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body: bytes = response.read(_INDEX_LIMIT + 1)
+    if len(body) > _INDEX_LIMIT:
+        raise ValueError(f"{url} is larger than {_INDEX_LIMIT // (1024 * 1024)} MiB")
+    return body
+
+
+def _index_versions(url: str, chart: str, timeout: float) -> list[str]:
+    from kymamesh import yamlfast
+
+    index = yamlfast.load(_get(url, timeout).decode("utf-8"))
+    entries = (index or {}).get("entries") or {} if isinstance(index, dict) else {}
+    return [str(e.get("version")) for e in entries.get(chart) or () if isinstance(e, dict)]
+
+
+def _oci_tags(reference: str, timeout: float) -> list[str]:
+    import json
+    import urllib.error
+    import urllib.parse
+
+    host, _, path = reference.partition("/")
+    scheme = "http" if host.split(":")[0] in _LOOPBACK or host.startswith("[::1]") else "https"
+    url = f"{scheme}://{host}/v2/{path}/tags/list"
+    try:
+        body = _get(url, timeout)
+    except urllib.error.HTTPError as exc:
+        challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
+        if not challenge.lower().startswith("bearer "):
+            raise
+        params = dict(
+            (k.strip(), v.strip().strip('"'))
+            for k, _, v in (part.partition("=") for part in challenge[7:].split(","))
+        )
+        wanted: dict[str, str] = {k: params[k] for k in ("service", "scope") if k in params}
+        query = urllib.parse.urlencode(wanted or {"scope": f"repository:{path}:pull"})
+        token = json.loads(_get(f"{params['realm']}?{query}", timeout))
+        bearer = token.get("token") or token.get("access_token")
+        body = _get(url, timeout, {"Authorization": f"Bearer {bearer}"})
+    return [str(t) for t in json.loads(body).get("tags") or ()]

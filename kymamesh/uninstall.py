@@ -35,6 +35,7 @@ from kymamesh import MANAGED_BY_LABEL, tags
 from kymamesh import inventory as inv
 from kymamesh.cluster import LOCK_NAME, Ref
 from kymamesh.context import RunContext
+from kymamesh.controlplane import find_control_planes
 from kymamesh.errors import PreconditionError, WaitTimeoutError
 from kymamesh.helm import DeployedRelease
 from kymamesh.output import ItemResult, Outcome
@@ -90,10 +91,15 @@ def plan(ctx: RunContext) -> Plan:
     release = pinned()
     namespace = release.namespace
     names = []
+    planes = find_control_planes(cluster, namespace)
     for row in release.releases:
         names.append(row.release)
-        if row.chart == "istiod":  # a canary revision's release (`upgrade`), beside it
-            names.append(tags.istiod_release_name(tags.revision_name(release.version)))
+        if row.chart == "istiod":  # canary revisions' releases (`upgrade`), beside it
+            names += [
+                name
+                for name in (tags.istiod_release_name(p.revision) for p in planes if p.suffix)
+                if name not in names
+            ]
     deployed = {name: ctx.helm.deployed(name, namespace) for name in names}
     istiods = inv.find_istiods(cluster, namespace)
     result = Plan(installed_by=inv.installer(deployed, istiods), istiods=istiods)

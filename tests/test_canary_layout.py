@@ -12,7 +12,8 @@ from kymamesh import pipeline
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import PreconditionError
 from kymamesh.output import Progress, Result
-from kymamesh.release import pinned
+from kymamesh.release import catalog, pinned
+from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster
 
 NS = "istio-system"
@@ -45,6 +46,7 @@ def _ctx(*deployments: dict[str, Any]) -> RunContext:
     namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
     ctx = RunContext(options=Options(), result=Result("install"), progress=Progress(quiet=True))
     ctx._cluster = FakeCluster([namespace, *deployments])  # type: ignore[assignment]
+    ctx.release = catalog().release(Version(1, 30, 3))  # the release these layouts install
     return ctx
 
 
