@@ -14,7 +14,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support_lifecycle import NAMESPACE, ROOT, get, kymamesh, writes_during
+from tests.support_lifecycle import (
+    NAMESPACE,
+    ROOT,
+    get,
+    install_as_an_earlier_kymamesh,
+    kymamesh,
+    writes_during,
+)
 
 CHARTS = ROOT / "tests" / "fixtures" / "charts"
 OLD_CHARTS = ROOT / "tests" / "fixtures" / "charts-1.29"
@@ -163,7 +170,7 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     assert writes.total == 0, writes.describe()
     assert "no istiod" in alone.doc["errors"][0]["message"]
 
-    ok(km(c, "install", "--charts-dir", str(OLD_CHARTS), "-y"))
+    install_as_an_earlier_kymamesh(c, OLD_CHARTS)
     shop = c.create_namespace("shop", labels={"istio-injection": "enabled"})
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(deployment("web")))
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(bare_pod("solo")))
