@@ -9,7 +9,9 @@ from datetime import date
 import pytest
 
 from kymamesh import pipeline
-from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.context import Options, RunContext
+from kymamesh.errors import PreconditionError, UsageError, VersionGateError
+from kymamesh.output import Progress, Result
 from kymamesh.release import catalog, parse_catalog
 from kymamesh.resources import load_yaml, resources_dir
 from kymamesh.steps.injector import hub_editor
@@ -152,3 +154,82 @@ def test_eol_dates_parse() -> None:
     raw["minors"]["1.30"]["endOfLife"] = "2027-01-15"
     table = parse_catalog(raw, load_yaml(resources_dir() / "release.yaml"))
     assert table.resolve("1.30").line.end_of_life == date(2027, 1, 15)
+
+
+class _Server:
+    """Only what the Kubernetes range check reads."""
+
+    def __init__(self, version: str) -> None:
+        self.version = Version.parse(version)
+
+    def server_version(self) -> Version:
+        return self.version
+
+
+def _context(server: str) -> RunContext:
+    ctx = RunContext(options=Options(), result=Result("install"), progress=Progress(quiet=True))
+    ctx._cluster = _Server(server)  # type: ignore[assignment]
+    return ctx
+
+
+@pytest.mark.parametrize("server", ["1.31.9", "1.37.0", "v1.30.2+k3s1"])
+def test_kubernetes_outside_the_release_range_is_refused(server: str) -> None:
+    ctx = _context(server)
+    with pytest.raises(
+        VersionGateError, match=r"Istio 1\.31 supports Kubernetes 1\.32 to 1\.36"
+    ) as err:
+        pipeline.resolve_release(ctx, pipeline.ChartInputs(istio="1.31"))
+    assert "--skip-version-check" in (err.value.hint or "")
+    assert ctx.release is not None  # chosen before the check; nothing was written
+
+
+def test_skip_version_check_installs_anyway() -> None:
+    ctx = _context("1.37.0")
+    inputs = pipeline.ChartInputs(istio="1.30", skip_version_check=True)
+    assert str(pipeline.resolve_release(ctx, inputs).version) == "1.30.5"
+
+
+def test_the_release_carries_the_hub_and_notes_an_older_patch() -> None:
+    ctx = _context("1.36.3")
+    release = pipeline.resolve_release(ctx, pipeline.ChartInputs(istio="1.30.3"), "mirror/istio")
+    assert release.hub == "mirror/istio"
+    assert any("behind 1.30.5" in n for n in ctx.result.notes)
+    source = pipeline.release_values(release, pipeline.ChartInputs())
+    assert source.by_chart == {"istiod": {"hub": "mirror/istio", "global": {"hub": "mirror/istio"}}}
+
+
+def test_compatibility_version_must_be_offered() -> None:
+    ctx = _context("1.36.3")
+    with pytest.raises(UsageError, match=r"offers the behaviour of 1\.30"):
+        pipeline.resolve_release(
+            ctx, pipeline.ChartInputs(istio="1.31", compatibility_version="1.29")
+        )
+    with pytest.raises(UsageError, match="offers the behaviour of none"):
+        pipeline.resolve_release(
+            ctx, pipeline.ChartInputs(istio="1.30", compatibility_version="1.29")
+        )
+    inputs = pipeline.ChartInputs(istio="1.31", compatibility_version="1.30")
+    release = pipeline.resolve_release(ctx, inputs)
+    values = pipeline.release_values(release, inputs).by_chart
+    assert {chart: v.get("compatibilityVersion") for chart, v in values.items()} == {
+        "istiod": "1.30",
+        "base": "1.30",
+        "gateway": "1.30",
+    }
+
+
+def test_a_user_hub_in_values_on_a_retired_registry_is_refused() -> None:
+    release = catalog().resolve("1.31")
+    stack = pipeline.build_values(
+        pipeline.ChartInputs(set_values=("istiod.global.hub=gcr.io/istio-release",)), release
+    )
+    with pytest.raises(
+        UsageError, match=r"istiod\.global\.hub is gcr\.io/istio-release \(from --set"
+    ):
+        pipeline.with_release_values(stack, release, pipeline.ChartInputs())
+    ok = pipeline.build_values(
+        pipeline.ChartInputs(set_values=("istiod.hub=my.mirror/istio",)), release
+    )
+    merged = pipeline.with_release_values(ok, release, pipeline.ChartInputs()).merged("istiod")
+    assert merged["hub"] == "my.mirror/istio"  # the user's own wins
+    assert merged["global"]["hub"] == "docker.io/istio"
