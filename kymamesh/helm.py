@@ -20,6 +20,7 @@ releases elsewhere (HELM_DRIVER=configmap, sql, memory).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import gzip
 import json
@@ -28,8 +29,9 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -231,6 +233,7 @@ class Helm:
         self._client_: Any = None
         self._command_: Any = None
         self._handles: dict[str, Any] = {}
+        self._downloads: Path | None = None  # oci:// charts fetched over plain HTTP
 
     @property
     def _client(self) -> Any:
@@ -312,7 +315,18 @@ class Helm:
             )
         return _local_chart(candidates[0].resolve())
 
-    def load_remote(self, chart: str, repo: str, version: Version) -> LoadedChart:
+    def load_remote(
+        self, chart: str, repo: str, version: Version, plain_http: bool = False
+    ) -> LoadedChart:
+        if repo.startswith("oci://") and plain_http:
+            # pyhelm3 cannot pass --plain-http: fetch the package once, use it as a local chart
+            if self._downloads is None:
+                self._downloads = Path(tempfile.mkdtemp(prefix="kymamesh-charts-"))
+                atexit.register(shutil.rmtree, self._downloads, True)
+            folder = self._downloads / f"{chart}-{version}"
+            package = self.pull(chart, repo, version, folder, plain_http=True)
+            loaded = _local_chart(package.resolve())
+            return replace(loaded, source=str(package))
         if repo.startswith("oci://"):
             return self._load(f"{repo.rstrip('/')}/{chart}", repo=None, version=str(version))
         return self._load(chart, repo=repo, version=str(version))
@@ -360,7 +374,9 @@ class Helm:
             self._handles[chart.source] = handle
         return self._handles[chart.source]
 
-    def pull(self, chart: str, repo: str, version: Version, dest: Path) -> Path:
+    def pull(
+        self, chart: str, repo: str, version: Version, dest: Path, plain_http: bool = False
+    ) -> Path:
         """Download one chart package into `dest` (for `charts pull`)."""
         from pyhelm3 import errors
 
@@ -369,6 +385,8 @@ class Helm:
         args = ["pull", ref, "--version", str(version), "--destination", str(dest)]
         if not repo.startswith("oci://"):
             args += ["--repo", repo]
+        elif plain_http:
+            args.append("--plain-http")
         try:
             _run(self._client._command.run(args))
         except errors.Error as exc:
@@ -378,9 +396,9 @@ class Helm:
             ) from None
         return dest / f"{chart}-{version}.tgz"
 
-    def chart_versions(self, chart: str, repo: str) -> list[Version]:
+    def chart_versions(self, chart: str, repo: str, plain_http: bool = False) -> list[Version]:
         """The versions of `chart` a source serves (read without helm)."""
-        return chart_versions(chart, repo)
+        return chart_versions(chart, repo, plain_http)
 
     # -- releases --------------------------------------------------------------
 
@@ -675,17 +693,19 @@ def _local_chart(path: Path) -> LoadedChart:
     )
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 _INDEX_LIMIT = 64 * 1024 * 1024  # Istio's index.yaml is a few MB; refuse anything absurd
 
 
-def chart_versions(chart: str, repo: str, timeout: float = 30.0) -> list[Version]:
+def chart_versions(
+    chart: str, repo: str, plain_http: bool = False, timeout: float = 30.0
+) -> list[Version]:
     """The versions of `chart` a chart source serves: a Helm repository's `index.yaml`,
     or an OCI registry's tag list (Docker Registry API v2, with an anonymous token when the
     registry asks for one). Versions that are not version numbers are left out."""
     try:
         if repo.startswith("oci://"):
-            names = _oci_tags(repo.removeprefix("oci://").rstrip("/") + "/" + chart, timeout)
+            reference = repo.removeprefix("oci://").rstrip("/") + "/" + chart
+            names = _oci_tags(reference, "http" if plain_http else "https", timeout)
         else:
             names = _index_versions(repo.rstrip("/") + "/index.yaml", chart, timeout)
     except (OSError, ValueError) as exc:
@@ -721,13 +741,12 @@ def _index_versions(url: str, chart: str, timeout: float) -> list[str]:
     return [str(e.get("version")) for e in entries.get(chart) or () if isinstance(e, dict)]
 
 
-def _oci_tags(reference: str, timeout: float) -> list[str]:
+def _oci_tags(reference: str, scheme: str, timeout: float) -> list[str]:
     import json
     import urllib.error
     import urllib.parse
 
     host, _, path = reference.partition("/")
-    scheme = "http" if host.split(":")[0] in _LOOPBACK or host.startswith("[::1]") else "https"
     url = f"{scheme}://{host}/v2/{path}/tags/list"
     try:
         body = _get(url, timeout)

@@ -74,7 +74,8 @@ class ChartInputs:
     charts_dir: Path | None = None
     values_files: tuple[Path, ...] = ()
     set_values: tuple[str, ...] = ()
-    repository: str | None = None
+    repository: tuple[str, ...] = ()  # --repo: chart sources in order (default: the catalog's)
+    plain_http: bool = False  # --plain-http: oci:// sources without TLS
     istio: str | None = None  # --istio: a minor (its newest known patch) or a version
     hub: str | None = None  # --hub: the image registry (default: the catalog's)
     compatibility_version: str | None = None  # --compatibility-version: the previous minor
@@ -111,17 +112,21 @@ def the_release(ctx: RunContext) -> IstioRelease:
     return ctx.release or pinned()
 
 
-def _chart_sources(inputs: ChartInputs, release: IstioRelease) -> tuple[str, ...]:
-    if inputs.repository:
-        repo = inputs.repository.rstrip("/")
-        if repo in catalog().retired_chart_sources:
+def chart_sources(repos: tuple[str, ...], release: IstioRelease) -> tuple[str, ...]:
+    """The chart sources to try in order: `--repo` (each checked), else the catalog's."""
+    for repo in repos:
+        if repo.rstrip("/") in catalog().retired_chart_sources:
             raise UsageError(
-                f"--repo {inputs.repository} is a chart location Istio has switched off",
+                f"--repo {repo} is a chart location Istio has switched off",
                 hint="leave --repo out (kymamesh uses "
                 f"{' then '.join(release.chart_sources)}), or name your own mirror",
             )
-        return (inputs.repository,)
-    return release.chart_sources
+        if not repo.startswith(("https://", "http://", "oci://")):
+            raise UsageError(
+                f"--repo {repo} is not a chart source",
+                hint="give an https:// Helm repository or an oci:// registry path",
+            )
+    return repos or release.chart_sources
 
 
 def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> LoadedChart:
@@ -148,11 +153,11 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
 def _load_remote(
     ctx: RunContext, inputs: ChartInputs, chart: str, release: IstioRelease
 ) -> LoadedChart:
-    sources = _chart_sources(inputs, release)
+    sources = chart_sources(inputs.repository, release)
     failures = []
     for source in sources:
         try:
-            loaded = ctx.helm.load_remote(chart, source, release.version)
+            loaded = ctx.helm.load_remote(chart, source, release.version, inputs.plain_http)
         except ChartSourceError as exc:
             failures.append(exc)
             if len(sources) > 1:

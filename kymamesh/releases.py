@@ -11,6 +11,7 @@ from typing import Any
 from kymamesh.context import RunContext
 from kymamesh.errors import ChartSourceError, KymameshError
 from kymamesh.output import ItemResult, Outcome
+from kymamesh.pipeline import chart_sources
 from kymamesh.release import Catalog, IstioRelease, MinorLine, catalog, dex_pinned
 
 PHASE_PULL = "charts pull"
@@ -35,17 +36,18 @@ def line_json(line: MinorLine, table: Catalog) -> dict[str, Any]:
     }
 
 
-def show(ctx: RunContext, refresh: bool, repo: str | None) -> None:
+def show(ctx: RunContext, refresh: bool, repos: tuple[str, ...], plain_http: bool) -> None:
     """`kymamesh releases`: the catalog, the cluster's Istio when one is reachable, and with
     `refresh` the newer patches the chart sources serve. Reads only."""
     table = catalog()
     ctx.result.data["default"] = str(table.resolve(None).version)
     ctx.result.data["catalog"] = [line_json(line, table) for line in table.lines]
-    ctx.result.data["chartSources"] = [repo] if repo else list(table.chart_sources)
+    sources = chart_sources(repos, table.resolve(None))
+    ctx.result.data["chartSources"] = list(sources)
     ctx.result.data["retiredHubs"] = list(table.retired_hubs)
     ctx.result.data["cluster"] = _cluster_istio(ctx)
     if refresh:
-        ctx.result.data["refresh"] = _refresh(ctx, table, repo)
+        ctx.result.data["refresh"] = _refresh(ctx, table, sources, plain_http)
 
 
 def _cluster_istio(ctx: RunContext) -> dict[str, Any] | None:
@@ -77,13 +79,14 @@ def _cluster_istio(ctx: RunContext) -> dict[str, Any] | None:
     return {"namespace": ctx.namespace, "istiods": running}
 
 
-def _refresh(ctx: RunContext, table: Catalog, repo: str | None) -> dict[str, Any]:
-    """The istiod chart versions each source serves, and the patches newer than the catalog's
-    for each supported minor. A source that cannot be read is named, not fatal."""
-    sources = [repo] if repo else list(table.chart_sources)
+def _refresh(
+    ctx: RunContext, table: Catalog, sources: tuple[str, ...], plain_http: bool
+) -> dict[str, Any]:
+    """The istiod chart versions the first readable source serves, and the patches newer
+    than the catalog's for each supported minor. A source that cannot be read is named."""
     for source in sources:
         try:
-            served = ctx.helm.chart_versions("istiod", source)
+            served = ctx.helm.chart_versions("istiod", source, plain_http)
         except ChartSourceError as exc:
             ctx.result.notes.append(f"{source}: {exc.message}")
             continue
@@ -146,11 +149,13 @@ def render_text(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def pull(ctx: RunContext, dest: Path, istio: str | None, repo: str | None) -> None:
+def pull(
+    ctx: RunContext, dest: Path, istio: str | None, repos: tuple[str, ...], plain_http: bool
+) -> None:
     """`kymamesh charts pull`: base, istiod and gateway of one Istio release (from the first
     chart source that serves each), and Dex's chart, into `dest`."""
     release = catalog().resolve(istio)
-    sources = (repo,) if repo else release.chart_sources
+    sources = chart_sources(repos, release)
     phase = ctx.result.phase(PHASE_PULL)
     ctx.progress.phase(f"charts pull: Istio {release.version} from {' or '.join(sources)}")
     served: dict[str, str] = {}
@@ -163,7 +168,7 @@ def pull(ctx: RunContext, dest: Path, istio: str | None, repo: str | None) -> No
                 if target.exists():
                     item.summary = f"{target} already there"
                 else:
-                    source = _pull_first(ctx, row.chart, release, sources, dest)
+                    source = _pull_first(ctx, row.chart, release, sources, dest, plain_http)
                     served[row.chart] = source
                     item.outcome = Outcome.CHANGED
                     item.summary = f"saved {target} (from {source})"
@@ -192,12 +197,17 @@ def pull(ctx: RunContext, dest: Path, istio: str | None, repo: str | None) -> No
 
 
 def _pull_first(
-    ctx: RunContext, chart: str, release: IstioRelease, sources: tuple[str, ...], dest: Path
+    ctx: RunContext,
+    chart: str,
+    release: IstioRelease,
+    sources: tuple[str, ...],
+    dest: Path,
+    plain_http: bool,
 ) -> str:
     failures: list[ChartSourceError] = []
     for source in sources:
         try:
-            ctx.helm.pull(chart, source, release.version, dest)
+            ctx.helm.pull(chart, source, release.version, dest, plain_http)
         except ChartSourceError as exc:
             failures.append(exc)
             ctx.progress.info(f"{chart} {release.version}: {source} did not serve it")

@@ -28,6 +28,7 @@ def pull(
         ),
     ] = None,
     repo: c.Repo = None,
+    plain_http: c.PlainHttp = False,
     helm: c.HelmPath = None,
     output: c.Output = c.OutputFormat.text,
     verbose: c.Verbose = False,
@@ -39,6 +40,6 @@ def pull(
     def body(ctx: RunContext) -> None:
         from kymamesh import releases
 
-        releases.pull(ctx, dest, istio, repo)
+        releases.pull(ctx, dest, istio, tuple(repo or ()), plain_http)
 
     c.run_command("charts pull", options, body)

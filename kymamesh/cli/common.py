@@ -62,8 +62,20 @@ ChartsDir = Annotated[
     ),
 ]
 Repo = Annotated[
-    str | None,
-    typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+    list[str] | None,
+    typer.Option(
+        "--repo",
+        metavar="URL",
+        help="Chart source (https:// Helm repository or oci:// registry) instead of the "
+        "release catalog's; repeat it for sources tried in order.",
+    ),
+]
+PlainHttp = Annotated[
+    bool,
+    typer.Option(
+        "--plain-http",
+        help="Reach oci:// chart sources over plain HTTP (a registry without TLS).",
+    ),
 ]
 ValuesFiles = Annotated[
     list[Path] | None,

@@ -21,6 +21,7 @@ def releases(
         ),
     ] = False,
     repo: c.Repo = None,
+    plain_http: c.PlainHttp = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     output: c.Output = c.OutputFormat.text,
@@ -33,7 +34,7 @@ def releases(
     def body(ctx: RunContext) -> None:
         from kymamesh import releases as workflow
 
-        workflow.show(ctx, refresh, repo)
+        workflow.show(ctx, refresh, tuple(repo or ()), plain_http)
         if ctx.options.output == c.OutputFormat.text:
             sys.stdout.write("\n".join(workflow.render_text(ctx.result.data)) + "\n")
 
