@@ -22,6 +22,7 @@ def test_catalog_holds_the_supported_minors_newest_first() -> None:
     table = catalog()
     assert [line.name for line in table.lines] == ["1.31", "1.30"]
     assert table.default == "1.31"
+    assert table.resolve("1.31").line.compatibility_versions == ("1.30", "1.29")
     assert table.chart_sources == (
         "https://blob.istio.io/istio-release/charts",
         "oci://ghcr.io/istio/release/charts",
@@ -200,9 +201,9 @@ def test_the_release_carries_the_hub_and_notes_an_older_patch() -> None:
 
 def test_compatibility_version_must_be_offered() -> None:
     ctx = _context("1.36.3")
-    with pytest.raises(UsageError, match=r"offers the behaviour of 1\.30"):
+    with pytest.raises(UsageError, match=r"offers the behaviour of 1\.30, 1\.29"):
         pipeline.resolve_release(
-            ctx, pipeline.ChartInputs(istio="1.31", compatibility_version="1.29")
+            ctx, pipeline.ChartInputs(istio="1.31", compatibility_version="1.28")
         )
     with pytest.raises(UsageError, match="offers the behaviour of none"):
         pipeline.resolve_release(

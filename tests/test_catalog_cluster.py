@@ -15,6 +15,7 @@ from tests.support_lifecycle import (
     RELEASES,
     ROOT,
     get,
+    install_as_an_earlier_kymamesh,
     kymamesh,
     writes_during,
 )
@@ -169,3 +170,132 @@ def test_install_sets_the_hub_remembers_a_mirror_and_refuses_retired_ones(
     status = kymamesh(c, "status", "-o", "json").doc["data"]
     assert status["retiredRegistryImages"] == []
     assert any("1.30.5 is out" in a for a in status["advice"])
+
+
+CHARTS_131 = ROOT / "tests" / "fixtures" / "charts-1.31"
+CHARTS_1305 = ROOT / "tests" / "fixtures" / "charts-1.30.5"
+
+
+def pod_images(c: Any, namespace: str, container: str) -> set[str]:
+    pods = get(c, "pods", "-n", namespace) or {"items": []}
+    return {
+        k["image"]
+        for pod in pods["items"]
+        if not pod["metadata"].get("deletionTimestamp")
+        for k in [*pod["spec"].get("containers", []), *pod["spec"].get("initContainers", [])]
+        if k["name"] == container
+    }
+
+
+def proxy_limits(c: Any, namespace: str) -> set[str]:
+    pods = get(c, "pods", "-n", namespace) or {"items": []}
+    return {
+        k.get("resources", {}).get("limits", {}).get("memory", "")
+        for pod in pods["items"]
+        if not pod["metadata"].get("deletionTimestamp")
+        for k in pod["spec"].get("containers", [])
+        if k["name"] == "istio-proxy"
+    }
+
+
+def istiod_binary(c: Any) -> set[str]:
+    """Which pilot-discovery build serves each running istiod Pod (the test cluster's record)."""
+    pods = json.loads((c.dir / "pods.json").read_text())
+    return {str(p.get("binary") or p.get("pilot") or "") for p in pods if p.get("pid")}
+
+
+def meshed(c: Any, namespace: str) -> None:
+    c.create_namespace(namespace, labels={"istio-injection": "enabled"})
+    c.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(meshed_deployment("web")))
+    c.kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=120s")
+
+
+def test_fresh_install_of_istio_131(fresh_cluster: Any) -> None:
+    c = fresh_cluster()
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS_131), "-y", "-o", "json")
+    assert run.code == 0, str(run)
+    assert run.doc["data"]["istioRelease"] == "1.31.1"
+    assert istiod_image(c) == "docker.io/istio/pilot:1.31.1"
+    assert any("1.31" in b for b in istiod_binary(c)), istiod_binary(c)
+    meshed(c, "shop")
+    assert pod_images(c, "shop", "istio-proxy") == {"docker.io/istio/proxyv2:1.31.1"}
+    assert pod_images(c, "shop", "istio-init") == {"docker.io/istio/proxyv2:1.31.1"}
+    assert proxy_limits(c, "shop") == {"1Gi"}
+    again, writes = writes_during(
+        c, lambda: kymamesh(c, "install", "--charts-dir", str(CHARTS_131), "-y")
+    )
+    assert again.code == 0, str(again)
+    assert writes.total == 0, writes.describe()
+    status = kymamesh(c, "status", "-o", "json")
+    assert status.code == 0, str(status)
+    assert status.doc["data"]["advice"] == []
+
+
+def test_patch_then_minor_upgrade_in_place(fresh_cluster: Any) -> None:
+    """1.30.3 -> 1.30.5 (a patch: routine, the same restarts) -> 1.31.1 (one minor, in
+    place), each with --restart-proxies and a re-run that writes nothing; no way back."""
+    c = fresh_cluster()
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y")
+    assert run.code == 0, str(run)
+    meshed(c, "shop")
+    assert pod_images(c, "shop", "istio-proxy") == {"docker.io/istio/proxyv2:1.30.3"}
+
+    for charts, version in ((CHARTS_1305, "1.30.5"), (CHARTS_131, "1.31.1")):
+        args = ["install", "--charts-dir", str(charts), "--restart-proxies", "-y", "-o", "json"]
+        run = kymamesh(c, *args, "--timeout", "240")
+        assert run.code == 0, str(run)
+        phase1 = {i["name"]: i for p in run.doc["phases"] for i in p["items"]}
+        assert f"-> {version}" in phase1["istiod"]["summary"], phase1["istiod"]
+        c.kubectl("rollout", "status", "deployment/web", "-n", "shop", "--timeout=120s")
+        assert pod_images(c, "shop", "istio-proxy") == {f"docker.io/istio/proxyv2:{version}"}
+        assert istiod_image(c) == f"docker.io/istio/pilot:{version}"
+        again, writes = writes_during(
+            c, lambda ch=charts: kymamesh(c, "install", "--charts-dir", str(ch), "-y")
+        )
+        assert again.code == 0, str(again)
+        assert writes.total == 0, writes.describe()
+    # the minor upgrade named what changes, and how to keep the old behaviour
+    assert any("--compatibility-version 1.30" in n for n in run.doc["notes"]), run.doc["notes"]
+
+    back, writes = writes_during(
+        c, lambda: kymamesh(c, "install", "--charts-dir", str(CHARTS_1305), "-y", "-o", "json")
+    )
+    assert back.code == 3 and writes.total == 0, str(back)
+    assert "downgrade" in back.doc["errors"][0]["message"]
+
+    kept = kymamesh(
+        c, "install", "--charts-dir", str(CHARTS_131), "--compatibility-version", "1.30", "-y"
+    )
+    assert kept.code == 0, str(kept)
+    env = get(c, "deployment", "istiod", "-n", NAMESPACE)["spec"]["template"]["spec"]  # type: ignore[index]
+    variables = {e["name"]: e.get("value") for e in env["containers"][0].get("env", [])}
+    assert variables.get("PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS") == "false"
+
+
+def test_two_minors_by_revisions(fresh_cluster: Any) -> None:
+    """1.29 (set up by an earlier kymamesh) -> 1.31 by revisions; in place it is refused."""
+    c = fresh_cluster()
+    install_as_an_earlier_kymamesh(c, CHARTS_129)
+    meshed(c, "shop")
+    in_place, writes = writes_during(
+        c, lambda: kymamesh(c, "install", "--charts-dir", str(CHARTS_131), "-y", "-o", "json")
+    )
+    assert in_place.code == 3 and writes.total == 0, str(in_place)
+    assert "--revision-based" in in_place.doc["errors"][0]["hint"]
+
+    steps = (
+        ("install", "--revision-based", "--charts-dir", str(CHARTS_131)),
+        ("upgrade", "promote"),
+        ("upgrade", "finish", "--charts-dir", str(CHARTS_131)),
+    )
+    for args in steps:
+        run = kymamesh(c, *args, "-y", "--timeout", "240")
+        assert run.code == 0, str(run)
+        again, writes = writes_during(c, lambda a=args: kymamesh(c, *a, "-y"))
+        assert again.code == 0, str(again)
+        assert writes.total == 0, (args, writes.describe())
+    c.kubectl("rollout", "status", "deployment/web", "-n", "shop", "--timeout=120s")
+    assert pod_images(c, "shop", "istio-proxy") == {"docker.io/istio/proxyv2:1.31.1"}
+    status = kymamesh(c, "status", "-o", "json")
+    assert status.code == 0, str(status)
+    assert [d["version"] for d in status.doc["data"]["istiod"]] == ["1.31.1"]
