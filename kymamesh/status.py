@@ -672,14 +672,20 @@ def _headline(st: MeshStatus) -> str:
     versions = sorted({str(d.version) for d in st.istiods if d.version})
     found = f"Istio {', '.join(versions)}" if versions else "Istio"
     if not st.istiods:
-        return f"Istio: not installed in {st.namespace} (kymamesh supports {st.supported})"
+        return f"Istio: not installed in {st.namespace} (kymamesh installs {_supported()})"
     by = {
         inv.Installer.KYMAMESH: "installed by kymamesh",
         inv.Installer.HELM: "installed with Helm, not by kymamesh",
         inv.Installer.OTHER: "installed by another tool (no kymamesh Helm release)",
         inv.Installer.NONE: "installer unknown",
     }[st.installed_by]
-    return f"{found} in {st.namespace}, {by} (kymamesh supports {st.supported})"
+    return f"{found} in {st.namespace}, {by} (kymamesh installs {_supported()})"
+
+
+def _supported() -> str:
+    from kymamesh.release import catalog
+
+    return ", ".join(str(line.latest) for line in catalog().lines)
 
 
 def _istiod_text(d: inv.Istiod) -> str:
