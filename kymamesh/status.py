@@ -211,9 +211,13 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     planes.sort(key=lambda p: (p.suffix != "", p.revision))
     mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
-    _, injector_resources = sidecars.control_plane(cluster, namespace)
+    _, injector_resources, injector_images = sidecars.control_plane(cluster, namespace)
     namespaces = namespace_states(
-        cluster.list("v1", "Namespace"), cluster.list("v1", "Pod"), istiods, injector_resources
+        cluster.list("v1", "Namespace"),
+        cluster.list("v1", "Pod"),
+        istiods,
+        injector_resources,
+        injector_images,
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
     for plane in planes:
@@ -477,6 +481,7 @@ def namespace_states(
     pods: list[Obj],
     istiods: list[inv.Istiod],
     proxy_resources: Mapping[str, Mapping[str, Any]] | None = None,
+    proxy_images: Mapping[str, str] | None = None,
 ) -> list[NamespaceState]:
     """Per namespace with injection on or a sidecar running: coverage and outdated sidecars.
 
@@ -495,7 +500,7 @@ def namespace_states(
             row[1] += 1
             continue
         row[0] += 1
-        if sidecars.outdated_reasons(pod, by_revision, proxy_resources or {}):
+        if sidecars.outdated_reasons(pod, by_revision, proxy_resources or {}, proxy_images):
             row[2] += 1
     states = []
     for ns_obj in namespaces:
