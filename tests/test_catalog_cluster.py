@@ -284,15 +284,15 @@ def test_two_minors_by_revisions(fresh_cluster: Any) -> None:
     assert in_place.code == 3 and writes.total == 0, str(in_place)
     assert "--revision-based" in in_place.doc["errors"][0]["hint"]
 
-    steps = (
-        ("install", "--revision-based", "--charts-dir", str(CHARTS_131)),
+    steps = (  # promote asks nothing (rollback is its way back): it takes no -y
+        ("install", "--revision-based", "--charts-dir", str(CHARTS_131), "-y"),
         ("upgrade", "promote"),
-        ("upgrade", "finish", "--charts-dir", str(CHARTS_131)),
+        ("upgrade", "finish", "--charts-dir", str(CHARTS_131), "-y"),
     )
     for args in steps:
-        run = kymamesh(c, *args, "-y", "--timeout", "240")
+        run = kymamesh(c, *args, "--timeout", "240")
         assert run.code == 0, str(run)
-        again, writes = writes_during(c, lambda a=args: kymamesh(c, *a, "-y"))
+        again, writes = writes_during(c, lambda a=args: kymamesh(c, *a))
         assert again.code == 0, str(again)
         assert writes.total == 0, (args, writes.describe())
     c.kubectl("rollout", "status", "deployment/web", "-n", "shop", "--timeout=120s")
