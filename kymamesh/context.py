@@ -74,6 +74,7 @@ class RunContext:
                 fence=self._check_lock,
                 release_secrets=self._release_secrets,
                 drop_release_secret=self._drop_release_secret,
+                output=_helm_line if self.options.verbose else None,
             )
         return self._helm
 
@@ -144,3 +145,8 @@ class RunContext:
         finally:
             if self._cluster is not None:
                 self._cluster.close()
+
+
+def _helm_line(line: str) -> None:
+    """-v: one line of helm's own output, on stderr."""
+    print(f"helm: {line}", file=sys.stderr, flush=True)
