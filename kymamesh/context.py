@@ -16,7 +16,8 @@ from kymamesh.output import Progress, Result
 if TYPE_CHECKING:
     from kymamesh.cluster import Cluster
     from kymamesh.controlplane import ControlPlane
-    from kymamesh.helm import Helm
+    from kymamesh.helm import Helm, LoadedChart
+    from kymamesh.release import IstioRelease
 
 
 @dataclass
@@ -42,13 +43,17 @@ class RunContext:
     _helm: Helm | None = None
     _stack: ExitStack = field(default_factory=ExitStack)
     _locked: bool = False
-    writes_started: bool = False
+    _helm_writes: int = 0
     # the patch settings to remember after a successful patch (see kymamesh.settings)
     patch_settings: dict[str, dict[str, Any]] | None = None
     # the control plane `install` makes (from the istiod values), for steps run before it exists
     planned_control_plane: ControlPlane | None = None
     # --charts-dir, for the releases the patch installs (Dex)
     charts_dir: Path | None = None
+    # the Istio release phase 1 installs (from --istio, or the charts' own version), and the
+    # charts loaded for it, each once per run
+    release: IstioRelease | None = None
+    loaded_charts: dict[str, LoadedChart] = field(default_factory=dict)
     # secret values the identity file had read from files or the environment: for this run's
     # steps only, never remembered or shown
     secret_values: dict[str, str] = field(default_factory=dict)
@@ -74,6 +79,7 @@ class RunContext:
                 fence=self._check_lock,
                 release_secrets=self._release_secrets,
                 drop_release_secret=self._drop_release_secret,
+                output=_helm_line if self.options.verbose else None,
             )
         return self._helm
 
@@ -95,9 +101,10 @@ class RunContext:
         """Called before every write: takes the lock once (and never in a dry run)."""
         if self.options.dry_run:
             raise AssertionError("a dry run must not write")
-        self.writes_started = True
         if self._locked:
-            self.cluster.check_lock()
+            written = self.cluster.writes
+            self.cluster.check_lock()  # the fence, early; no write is made here
+            self.cluster.writes = written
             return
         self.cluster.ensure_namespace(self.namespace)
         self._stack.enter_context(
@@ -107,8 +114,16 @@ class RunContext:
 
     def _check_lock(self) -> None:
         """The fence for writes made through helm: the same check as the cluster adapter's."""
+        self._helm_writes += 1
         if self._cluster is not None:
             self._cluster.check_lock()
+
+    @property
+    def writes_started(self) -> bool:
+        """Whether this run has written to the cluster (the lock's Lease aside): then a
+        failure leaves the cluster changed. A refusal made under the lock before the
+        first write is still a refusal."""
+        return self._helm_writes > 0 or (self._cluster is not None and self._cluster.writes > 0)
 
     def confirm(self, question: str) -> None:
         """Go on when --yes was given or the user says yes; otherwise refuse."""
@@ -135,3 +150,8 @@ class RunContext:
         finally:
             if self._cluster is not None:
                 self._cluster.close()
+
+
+def _helm_line(line: str) -> None:
+    """-v: one line of helm's own output, on stderr."""
+    print(f"helm: {line}", file=sys.stderr, flush=True)

@@ -11,6 +11,8 @@ TestCluster: .kubeconfig .restricted_kubeconfig .restricted_user .admin_user .se
 .dir .bin_dir .helm (per KYMAMESH_TEST_HELM) .helm4 .helm3 .kubectl_bin .env (PATH with helm
 and kubectl first, KUBECONFIG, HELM_*_HOME) .env_for(helm=4|3, restricted=False)
 .kubectl(*args, check=True, input=None, restricted=False) .helm_run(*args, version=None)
+.istioctl(*args, check=True) .analyze(*args, threshold="Warning") (istioctl analyze -A -o json:
+the messages, [] when none)
 .api(restricted=False) (stdlib client) .client(restricted=False) (kubernetes ApiClient)
 .create_namespace(name, labels) .delete_namespace(name, wait=False) .wait_for(fn, timeout)
 .healthy() .down(keep=True), and .audit, the write counter:
@@ -32,8 +34,12 @@ background after it. KYMAMESH_TEST_PREFETCH=0 starts each when asked for, as bef
 files run longest first (their tests in order), which balances `pytest -n 2 --dist loadfile`
 (scripts/test.sh); each xdist worker has its own session cluster.
 
-Tests that use any of them get the `cluster` marker automatically (`-m "not cluster"`
-skips them). KYMAMESH_TEST_HELM=3 makes `cluster.env` / `cluster.helm` Helm 3 (a
+Chart sources on loopback (tests/support_sources.py, imported here so every test can ask for
+them): `chart_repo(*chart_dirs)` (a Helm repository over HTTP), `oci_registry(*chart_dirs)`
+(an OCI registry, plain HTTP), `source_tools` (their helm and registry binaries).
+
+Tests that use any of the cluster fixtures get the `cluster` marker automatically
+(`-m "not cluster"` skips them). KYMAMESH_TEST_HELM=3 makes `cluster.env` / `cluster.helm` Helm 3 (a
 compatibility run); Helm 4 otherwise.
 """
 
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -53,6 +60,7 @@ from typing import Any
 
 import pytest
 from support_clusters import pool
+from support_sources import chart_repo, oci_registry, source_tools
 
 TESTCLUSTER_PY = Path(__file__).resolve().parent / "cluster" / "testcluster.py"
 
@@ -70,6 +78,8 @@ def _load_testcluster():
 
 testcluster = _load_testcluster()
 CLUSTER_FIXTURES = {"cluster", "namespace", "fresh_cluster"}
+ANALYZE_FOUND_ISSUES = 79  # istioctl analyze's exit code: a message at --failure-threshold
+__all__ = ["chart_repo", "oci_registry", "source_tools"]  # fixtures of support_sources
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -266,6 +276,23 @@ class TestCluster:
             self.env_for(v),
             timeout,
         )
+
+    def istioctl(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run istioctl (Istio 1.31, from the module of the 1.31 istiod) against this cluster."""
+        return self._run([str(self.bin_dir / "istioctl"), *args], check, None, self.env, timeout)
+
+    def analyze(self, *args: str, threshold: str = "Warning") -> list[dict[str, Any]]:
+        """`istioctl analyze -A` (or `args`, e.g. `-n NS`): its messages at `threshold` and
+        above (code, level, message, origin); [] when it finds nothing."""
+        scope = list(args) or ["-A"]
+        r = self.istioctl(
+            "analyze", *scope, "--output-threshold", threshold, "-o", "json", check=False
+        )
+        if r.returncode not in (0, ANALYZE_FOUND_ISSUES):
+            raise AssertionError(f"istioctl analyze failed ({r.returncode}):\n{r.stderr}")
+        return list(json.loads(r.stdout or "[]"))
 
     @staticmethod
     def _run(argv, check, input, env, timeout) -> subprocess.CompletedProcess:
