@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kymamesh import MANAGED_BY_LABEL, pipeline, sidecars, tags
+from kymamesh import MANAGED_BY_LABEL, patching, pipeline, sidecars, tags
 from kymamesh.cluster import Cluster, Obj, Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import (
@@ -494,6 +494,8 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     """`kymamesh upgrade finish`: remove the old revisions, then phase 1 again."""
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
     pipeline.refuse_revision_value(stack)
+    specs = patching.patch_list_for(ctx, {})  # the remembered mesh file's chart values
+    stack = pipeline.with_mesh_values(stack, specs, pinned())
     state, plan = _finish_plan(ctx)
     if plan.actions and not ctx.options.dry_run:
         ctx.before_write()

@@ -117,6 +117,38 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
 
 PatchSettings = Mapping[str, Mapping[str, Any]]
 
+MESH_ORIGIN = "the mesh file (patch step mesh-components)"
+
+
+def mesh_values(specs: list[Any], release: IstioRelease) -> dict[str, Values]:
+    """The chart values of the mesh file's component settings (step `mesh-components`,
+    remembered like every patch setting): HPA bounds, rollout and resources of istiod
+    and the gateway, the gateway Service's traffic policy, istiod's experimental env,
+    and, for `compatibilityMode`, the charts' compatibilityVersion of the previous minor."""
+    from kymamesh import meshfile
+    from kymamesh.steps.components import COMPONENTS_KIND, components_wanted
+
+    params = next((s.params for s in specs if s.kind == COMPONENTS_KIND), None)
+    if not params:
+        return {}
+    wanted = components_wanted(params)
+    values = meshfile.chart_values(wanted)
+    if wanted.get("compatibilityMode"):
+        previous = f"{release.version.major}.{release.version.minor - 1}"
+        for row in release.releases:
+            values.setdefault(row.chart, {})["compatibilityVersion"] = previous
+    return values
+
+
+def with_mesh_values(stack: ValueStack, specs: list[Any], release: IstioRelease) -> ValueStack:
+    """The stack with the mesh file's values above kymamesh's and below the user's
+    `-f`/`--set` (which win)."""
+    values = mesh_values(specs, release)
+    if not values:
+        return stack
+    source = ValueSource(MESH_ORIGIN, values)
+    return ValueStack([stack.sources[0], source, *stack.sources[1:]])
+
 
 def install(
     ctx: RunContext,
@@ -137,6 +169,7 @@ def install(
         refuse_revision_value(stack)
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     specs = patching.patch_list_for(ctx, given, reset=reset)
+    stack = with_mesh_values(stack, specs, pinned())
     layout = release_layout(ctx, stack, revision_based)
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)

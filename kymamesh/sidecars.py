@@ -152,17 +152,103 @@ def _sidecar_template(annotations: Mapping[str, Any]) -> bool:
     return "sidecar" in [t.strip() for t in str(templates).split(",")]
 
 
+# -- the mesh config a proxy was started with ------------------------------------
+
+PROXY_CONFIG_ENV = "PROXY_CONFIG"  # the injector's JSON of the Pod's ProxyConfig
+PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"  # a Pod's own ProxyConfig overrides
+DNS_CAPTURE = "ISTIO_META_DNS_CAPTURE"
+# ProxyConfig fields a proxy reads only when it starts, and which the mesh file sets
+_PROXY_CONFIG_FIELDS = ("gatewayTopology", "proxyStatsMatcher")
+_PROMETHEUS_PORT = "prometheus.io/port"
+_PROMETHEUS_SCRAPE = "prometheus.io/scrape"
+_STATUS_PORT = 15020
+
+
+@dataclass(frozen=True)
+class MeshProxyConfig:
+    """What a revision's mesh config gives each proxy it injects now (the parts a running
+    proxy keeps until its Pod is re-created)."""
+
+    default_config: Mapping[str, Any]
+    prometheus_merge: bool = True  # Istio's default when the mesh config does not say
+
+
+def mesh_proxy_config(mesh: Mapping[str, Any]) -> MeshProxyConfig:
+    default_config = mesh.get("defaultConfig")
+    merge = mesh.get("enablePrometheusMerge")
+    return MeshProxyConfig(
+        default_config=default_config if isinstance(default_config, Mapping) else {},
+        prometheus_merge=merge is not False,
+    )
+
+
+def _sparse(value: Any) -> Any:
+    """A ProxyConfig value without its empty parts (the JSON the injector writes leaves out
+    zeros, false and empties; a mesh config may spell them)."""
+    if isinstance(value, Mapping):
+        kept = {str(k): _sparse(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, 0, False, "", [], {})}
+    if isinstance(value, list):
+        return [_sparse(v) for v in value]
+    return value
+
+
+def _env_value(container: Mapping[str, Any], name: str) -> str | None:
+    for entry in container.get("env") or []:
+        if entry.get("name") == name:
+            return str(entry.get("value") or "")
+    return None
+
+
+def mesh_differences(
+    pod: Mapping[str, Any], container: Mapping[str, Any], wanted: MeshProxyConfig
+) -> list[str]:
+    """The mesh config settings this sidecar started without ([] when current).
+
+    The proxy config is compared only when the injector wrote it into the sidecar (env
+    PROXY_CONFIG, as Istio's templates do) and the Pod does not override it itself.
+    """
+    reasons = []
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    raw = _env_value(container, PROXY_CONFIG_ENV)
+    if raw is not None and not annotations.get(PROXY_CONFIG_ANNOTATION):
+        try:
+            started = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            started = None
+        if isinstance(started, Mapping):
+            for name in _PROXY_CONFIG_FIELDS:
+                if _sparse(started.get(name)) != _sparse(wanted.default_config.get(name)):
+                    reasons.append(f"proxy config {name} differs from the mesh config")
+            meta = wanted.default_config.get("proxyMetadata") or {}
+            if DNS_CAPTURE in meta:
+                have = str((started.get("proxyMetadata") or {}).get(DNS_CAPTURE) or "false")
+                if have.lower() != str(meta[DNS_CAPTURE]).lower():
+                    reasons.append(f"{DNS_CAPTURE} {have}, mesh config {meta[DNS_CAPTURE]}")
+    if (
+        wanted.prometheus_merge
+        and str(annotations.get(_PROMETHEUS_SCRAPE, "true")).lower() != "false"
+        and str(annotations.get(_PROMETHEUS_PORT)) != str(_STATUS_PORT)
+        and _sidecar_template(annotations)
+    ):
+        reasons.append("Prometheus merge is on, the sidecar was injected without it")
+    return reasons
+
+
 def outdated_reasons(
     pod: Mapping[str, Any],
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
+    mesh: Mapping[str, MeshProxyConfig] | None = None,
 ) -> list[str]:
     """Why this Pod's sidecar is out of date ([] when current, when it has none, or when
     the injector did not put it there: no `sidecar.istio.io/status`).
 
     `istiod_versions` maps a revision to its istiod version; `proxy_resources` maps
     a revision to `global.proxy.resources` of its injector (a revision without an
-    entry: resources not compared). The Pod's revision is the one that injected it.
+    entry: resources not compared); `mesh` maps a revision to what its mesh config gives
+    proxies (`mesh_differences`; none: not compared). The Pod's revision is the one
+    that injected it.
     """
     container = proxy_container(pod)
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
@@ -182,6 +268,9 @@ def outdated_reasons(
         differences = resource_differences(container, wanted)
         if differences:
             reasons.append("resources differ: " + "; ".join(differences))
+    expected = (mesh or {}).get(revision)
+    if expected is not None:
+        reasons += mesh_differences(pod, container, expected)
     return reasons
 
 
@@ -271,13 +360,14 @@ def outdated_workloads(
     replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
+    mesh: Mapping[str, MeshProxyConfig] | None = None,
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
     for pod in pods:
         if not is_running(pod):
             continue
-        reasons = outdated_reasons(pod, istiod_versions, proxy_resources)
+        reasons = outdated_reasons(pod, istiod_versions, proxy_resources, mesh)
         if not reasons:
             continue
         workload = owner_workload(pod, replica_sets)
@@ -573,16 +663,40 @@ def control_plane(
     return istiod_revisions(deployments), resources
 
 
+def mesh_proxy_configs(cluster: Cluster, istio_namespace: str) -> dict[str, MeshProxyConfig]:
+    """What each revision's mesh config (ConfigMap `istio[-REV]`, key `mesh`) gives proxies."""
+    import yaml
+
+    from kymamesh.controlplane import MESH_CONFIGMAP, find_control_planes
+
+    found = {}
+    for plane in find_control_planes(cluster, istio_namespace):
+        live = cluster.get(plane.configmap(MESH_CONFIGMAP))
+        text = ((live or {}).get("data") or {}).get("mesh")
+        if not text:
+            continue
+        try:
+            mesh = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        if isinstance(mesh, Mapping):
+            found[plane.revision] = mesh_proxy_config(mesh)
+    return found
+
+
 def find_outdated(
     cluster: Cluster, istio_namespace: str, namespace: str | None = None
 ) -> list[OutdatedWorkload]:
-    """Workloads whose sidecars differ from istiod's version or the injector's resources."""
+    """Workloads whose sidecars differ from istiod's version, the injector's resources or
+    the mesh config's proxy settings."""
     versions, resources = control_plane(cluster, istio_namespace)
+    mesh = mesh_proxy_configs(cluster, istio_namespace)
     pods = [
         p
         for p in list_pods(cluster, namespace)
-        if is_running(p) and outdated_reasons(p, versions, resources)
+        if is_running(p) and outdated_reasons(p, versions, resources, mesh)
     ]
     if not pods:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
         return []
-    return outdated_workloads(pods, replica_set_index(cluster, namespace), versions, resources)
+    index = replica_set_index(cluster, namespace)
+    return outdated_workloads(pods, index, versions, resources, mesh)

@@ -31,6 +31,7 @@ def install(
     ] = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
+    mesh: p.Mesh = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -56,6 +57,7 @@ def install(
         )
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
         p.add_identity(given, ctx, identity)
+        p.add_mesh(given, ctx, mesh)
         pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
 
     c.run_command("install", options, body)

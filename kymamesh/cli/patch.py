@@ -29,6 +29,7 @@ def patch(
     restart_proxies: p.RestartProxies = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
+    mesh: p.Mesh = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -49,6 +50,7 @@ def patch(
         ctx.charts_dir = charts_dir
         given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
         p.add_identity(given, ctx, identity)
+        p.add_mesh(given, ctx, mesh)
         pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
 
     c.run_command("patch", options, body)
