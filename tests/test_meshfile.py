@@ -279,7 +279,7 @@ def test_json_schema_is_published_and_current() -> None:
 
 
 def test_every_module_field_is_in_the_schema() -> None:
-    """The fields of the module's resource (its reference, docs/user/04-00-istio-custom-resource.md)."""
+    """The fields of the module's resource (as its reference lists them)."""
     paths = {path for _, path in meshfile._walk(meshfile.SCHEMA, "")}
     for path in (
         "config.numTrustedProxies",
