@@ -157,8 +157,10 @@ def _sidecar_template(annotations: Mapping[str, Any]) -> bool:
 PROXY_CONFIG_ENV = "PROXY_CONFIG"  # the injector's JSON of the Pod's ProxyConfig
 PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"  # a Pod's own ProxyConfig overrides
 DNS_CAPTURE = "ISTIO_META_DNS_CAPTURE"
-# ProxyConfig fields a proxy reads only when it starts, and which the mesh file sets
+# ProxyConfig fields a proxy reads only when it starts, and which the mesh file sets; the
+# gateway topology matters to gateways only (a sidecar is not restarted for it)
 _PROXY_CONFIG_FIELDS = ("gatewayTopology", "proxyStatsMatcher")
+_GATEWAY_ONLY = ("gatewayTopology",)
 _PROMETHEUS_PORT = "prometheus.io/port"
 _PROMETHEUS_SCRAPE = "prometheus.io/scrape"
 _STATUS_PORT = 15020
@@ -217,7 +219,10 @@ def mesh_differences(
         except ValueError:
             started = None
         if isinstance(started, Mapping):
+            sidecar = _sidecar_template(annotations)
             for name in _PROXY_CONFIG_FIELDS:
+                if sidecar and name in _GATEWAY_ONLY:
+                    continue
                 if _sparse(started.get(name)) != _sparse(wanted.default_config.get(name)):
                     reasons.append(f"proxy config {name} differs from the mesh config")
             meta = wanted.default_config.get("proxyMetadata") or {}

@@ -255,8 +255,7 @@ def test_a_sidecar_started_without_the_mesh_settings_is_out_of_date() -> None:
     merged = {"prometheus.io/port": "15020"}
     old = _pod({"discoveryAddress": "istiod:15012"}, merged)
     reasons = mesh_differences(old, old["spec"]["containers"][0], wanted)
-    assert reasons == [
-        "proxy config gatewayTopology differs from the mesh config",
+    assert reasons == [  # the gateway topology matters to gateways only
         "proxy config proxyStatsMatcher differs from the mesh config",
         "ISTIO_META_DNS_CAPTURE false, mesh config true",
     ]
@@ -265,6 +264,14 @@ def test_a_sidecar_started_without_the_mesh_settings_is_out_of_date() -> None:
     unmerged = _pod(None, {})
     assert mesh_differences(unmerged, unmerged["spec"]["containers"][0], wanted) == [
         "Prometheus merge is on, the sidecar was injected without it"
+    ]
+    gateway = _pod(
+        {"proxyStatsMatcher": mesh["defaultConfig"]["proxyStatsMatcher"]},
+        {"inject.istio.io/templates": "gateway", "proxy.istio.io/unrelated": "x"},
+    )
+    assert mesh_differences(gateway, gateway["spec"]["containers"][0], wanted) == [
+        "proxy config gatewayTopology differs from the mesh config",
+        "ISTIO_META_DNS_CAPTURE false, mesh config true",
     ]
     own = _pod({}, {**merged, "proxy.istio.io/config": "{}"})  # the Pod's own proxy config
     assert mesh_differences(own, own["spec"]["containers"][0], wanted) == []
