@@ -171,9 +171,11 @@ def test_every_setting_of_the_mesh_file(fresh_cluster: Any, tmp_path: Path) -> N
     assert config["proxyStatsMatcher"]["inclusionRegexps"][0] == ".*outlier_detection.*"
     assert sidecar["resources"]["limits"] == {"cpu": "500m", "memory": "512Mi"}
     assert shop["metadata"]["annotations"]["prometheus.io/port"] == "15020"
-    (gateway,) = _pods(c, NS, "app=istio-ingressgateway")
-    topology = json.loads(_env(_proxy(gateway))["PROXY_CONFIG"])["gatewayTopology"]
-    assert topology == {"numTrustedProxies": 2, "forwardClientCertDetails": "SANITIZE"}
+    gateways = _pods(c, NS, "app=istio-ingressgateway")  # two: the HPA's minReplicas
+    assert gateways
+    for gateway in gateways:
+        topology = json.loads(_env(_proxy(gateway))["PROXY_CONFIG"])["gatewayTopology"]
+        assert topology == {"numTrustedProxies": 2, "forwardClientCertDetails": "SANITIZE"}
 
     # `install` (no --mesh: remembered) puts the chart values into the releases; the
     # live objects stay as they are
