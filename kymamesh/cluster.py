@@ -5,9 +5,9 @@ mapped once, here, to the named errors of `kymamesh.errors`; transient ones
 (connection reset, 429, 5xx) are retried with tenacity, others are not. A 409 on
 an update made with `update` (read, edit, write conditional on the
 resourceVersion) is retried once with a fresh read. Every write carries the
-field manager and user agent `kymamesh`, and is fenced by the lock: while a run
-holds the lock Lease, a write after the lock was lost raises LockLostError
-instead of reaching the API.
+field manager and user agent `kymamesh`, and is fenced by the lock
+(`kymamesh.lock`): while a run holds the lock Lease, a write after the lock was
+lost raises LockLostError instead of reaching the API.
 """
 
 from __future__ import annotations
@@ -16,15 +16,12 @@ import builtins
 import contextlib
 import json
 import os
-import socket
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -42,28 +39,22 @@ from kymamesh.errors import (
     ClusterUnreachableError,
     ConflictError,
     ForbiddenError,
-    LockHeldError,
-    LockLostError,
     NotFoundError,
     PreconditionError,
     WaitTimeoutError,
     yaml_problem,
 )
+from kymamesh.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
 from kymamesh.versions import Version
 
 Obj = dict[str, Any]
 T = TypeVar("T")
 
 USER_AGENT = f"kymamesh/{__version__}"
-LOCK_NAME = "kymamesh-lock"
-LOCK_DURATION_S = 30  # leaseDurationSeconds: unchanged this long, another run takes it over
-LOCK_RENEW_EVERY_S = 10.0
-LOCK_RETRY_EVERY_S = 2.0  # after a failed renewal
-LOCK_RENEW_DEADLINE_S = 20.0  # no renewal for this long: the lock counts as lost
-LOCK_CALL_TIMEOUT = (3, 5)  # connect, read: a Lease call must fit well inside the deadline
 _REQUEST_TIMEOUT = (5, 30)  # connect, read
 WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
 WAIT_MAX_POLL_S = 1.0  # ... and the longest
+_ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 
 
@@ -195,7 +186,7 @@ class Cluster:
         cache = os.path.join(tempfile.gettempdir(), f"kymamesh-discovery-{uuid.uuid4().hex}.json")
         self._dynamic = self._call(lambda: DynamicClient(api_client, cache_file=cache))
         self._cache_file = cache
-        self._hold: _LeaseHold | None = None  # the lock, while this run holds it
+        self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
 
     # -- connecting ---------------------------------------------------------
@@ -246,12 +237,12 @@ class Cluster:
 
     # -- error mapping and retries ------------------------------------------
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], *, attempts: int = _ATTEMPTS) -> T:
         """Run one API call: retry transient failures, map the rest to named errors."""
 
         @retry(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(4),
+            stop=stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=0.3, max=3),
             reraise=True,
         )
@@ -624,342 +615,74 @@ class Cluster:
         """
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
-        hold = self._hold
-        if hold is not None:
-            hold.check()
+        self._lock.check()
 
-    @contextmanager
     def lock(
         self, namespace: str, wait: float, on_wait: Callable[[str], None] | None = None
-    ) -> Iterator[str]:
-        """Hold the Lease `kymamesh-lock` in `namespace` while writing.
+    ) -> AbstractContextManager[str]:
+        """Hold the lock Lease in `namespace` while writing (see `kymamesh.lock`)."""
+        return self._lock.hold(namespace, wait, on_wait)
 
-        A second run waits up to `wait` seconds (telling `on_wait` once per holder
-        who holds it), then names the holder. Whether another run's Lease expired
-        is judged as client-go's leader election does: by seeing it unchanged for
-        its leaseDurationSeconds on the local monotonic clock, never by comparing
-        another host's renewTime with this one's clock. While held, the Lease is
-        renewed in the background; a run that cannot renew it for
-        LOCK_RENEW_DEADLINE_S, or finds it changed by someone else, has lost it,
-        and its next write raises LockLostError.
-        """
-        holder = lock_holder()
-        ref = Ref("coordination.k8s.io/v1", "Lease", LOCK_NAME, namespace)
-        deadline = time.monotonic() + wait
-        seen = _LeaseWatch()
-        told: set[str] = set()
-        while True:
-            hold = self._try_acquire(ref, holder, seen)
-            if hold is not None:
-                break
-            spec = seen.spec
-            other = str(spec.get("holderIdentity") or "")
-            if on_wait is not None and other and other not in told:
-                told.add(other)
-                on_wait(_waiting_line(ref, spec, wait))
-            if time.monotonic() >= deadline:
-                raise LockHeldError(
-                    f"another kymamesh run holds the lock Lease {ref}: "
-                    f"{other or '(unknown)'} (renewed {spec.get('renewTime')}); "
-                    f"waited {wait:.0f}s",
-                    hint="wait for that run to finish and try again; a crashed run's lock "
-                    f"is taken over once it has gone {LOCK_DURATION_S}s without renewal",
-                )
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        self._hold = hold
-        stop = threading.Event()
-        renewer = threading.Thread(
-            target=self._renew_lock, args=(hold, stop), name="kymamesh-lock", daemon=True
-        )
-        renewer.start()
+    # The calls on the lock Lease (kymamesh.lock.LeaseApi): a short request timeout, and
+    # never fenced (they are the fence). `retry=False`: one attempt (a renewal; the lock
+    # makes the next one on its own schedule).
+
+    def _lease_call(self, request: Callable[[Any], Any], retry: bool) -> Any:
+        resource = self._resource(LOCK_API_VERSION, "Lease")
+        return self._call(lambda: request(resource), attempts=_ATTEMPTS if retry else 1)
+
+    def lease_get(self, namespace: str, name: str, *, retry: bool = True) -> Obj | None:
         try:
-            yield holder
-        finally:
-            stop.set()
-            renewer.join(timeout=LOCK_CALL_TIMEOUT[0] + LOCK_CALL_TIMEOUT[1])
-            self._hold = None
-            self._release(hold)
-
-    @staticmethod
-    def _now() -> str:
-        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-    def _lease_body(self, ref: Ref, holder: str, acquired: str | None = None) -> Obj:
-        now = self._now()
-        return {
-            "apiVersion": ref.api_version,
-            "kind": "Lease",
-            "metadata": {
-                "name": ref.name,
-                "namespace": ref.namespace,
-                "labels": {"app.kubernetes.io/managed-by": "kymamesh"},
-            },
-            "spec": {
-                "holderIdentity": holder,
-                "leaseDurationSeconds": LOCK_DURATION_S,
-                "acquireTime": acquired or now,
-                "renewTime": now,
-            },
-        }
-
-    def _lease_call(self, verb: str, ref: Ref, body: Obj | None = None) -> Obj | None:
-        """One call on the Lease, with a short request timeout; never fenced (it is the fence).
-
-        get returns None when the Lease does not exist; create and replace return
-        the object written.
-        """
-        resource = self._resource(ref.api_version, ref.kind)
-        namespace = ref.namespace or None
-        if verb == "get":
-            try:
-                found = self._call(
-                    lambda: self._dynamic.get(
-                        resource,
-                        name=ref.name,
-                        namespace=namespace,
-                        _request_timeout=LOCK_CALL_TIMEOUT,
-                    )
-                )
-            except NotFoundError:
-                return None
-        elif verb == "create":
-            found = self._call(
-                lambda: self._dynamic.create(
-                    resource,
-                    body=body,
-                    namespace=namespace,
-                    field_manager=FIELD_MANAGER,
-                    _request_timeout=LOCK_CALL_TIMEOUT,
-                )
+            found = self._lease_call(
+                lambda resource: self._dynamic.get(
+                    resource, name=name, namespace=namespace, _request_timeout=LOCK_CALL_TIMEOUT
+                ),
+                retry,
             )
-        elif verb == "replace":
-            found = self._call(
-                lambda: self._dynamic.replace(
-                    resource,
-                    body=body,
-                    name=ref.name,
-                    namespace=namespace,
-                    field_manager=FIELD_MANAGER,
-                    _request_timeout=LOCK_CALL_TIMEOUT,
-                )
-            )
-        else:
-            raise ValueError(verb)
+        except NotFoundError:
+            return None
         return dict(found.to_dict())
 
-    def _try_acquire(self, ref: Ref, holder: str, seen: _LeaseWatch) -> _LeaseHold | None:
-        """One attempt to take the Lease; None while another run holds it."""
-        started = time.monotonic()
-        live = self._lease_call("get", ref)
-        if live is None:
-            try:
-                written = self._lease_call("create", ref, self._lease_body(ref, holder))
-            except ConflictError:
-                return None  # made meanwhile (by another run, or by this one: seen next time)
-            assert written is not None
-            return _LeaseHold(ref, holder, written, started)
-        spec = live.get("spec") or {}
-        if spec.get("holderIdentity") == holder:
-            # this run's own create or takeover, whose answer was lost and then retried
-            return _LeaseHold(ref, holder, live, started)
-        seen.observe(live)
-        if spec.get("holderIdentity") and not seen.expired():
-            return None
-        body = self._lease_body(ref, holder)
-        body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
-        try:
-            written = self._lease_call("replace", ref, body)
-        except ConflictError:
-            return None
-        assert written is not None
-        return _LeaseHold(ref, holder, written, started)
-
-    def _renew_lock(self, hold: _LeaseHold, stop: threading.Event) -> None:
-        """Renew every LOCK_RENEW_EVERY_S (after a failure every LOCK_RETRY_EVERY_S) until
-        stopped or the lock is lost; a loss is recorded in `hold` for the next write."""
-        pause = LOCK_RENEW_EVERY_S
-        while not stop.wait(pause):
-            try:
-                self._renew_once(hold)
-            except LockLostError as exc:
-                hold.lose(exc.message)
-                return
-            except Exception as exc:  # transient or not: retried until the deadline
-                hold.last_error = str(exc) or type(exc).__name__
-                if hold.overdue():
-                    hold.lose(hold.overdue_message())
-                    return
-                pause = LOCK_RETRY_EVERY_S
-            else:
-                pause = LOCK_RENEW_EVERY_S
-
-    def _renew_once(self, hold: _LeaseHold) -> None:
-        """Rewrite renewTime, conditional on the resourceVersion this run last wrote."""
-        started = time.monotonic()
-        ref = hold.ref
-        body = self._lease_body(ref, hold.holder, hold.acquire_time)
-        body["metadata"]["resourceVersion"] = hold.resource_version
-        try:
-            written = self._lease_call("replace", ref, body)
-        except (ConflictError, NotFoundError):
-            live = self._lease_call("get", ref)
-            spec = (live or {}).get("spec") or {}
-            mine = {k: body["spec"][k] for k in ("holderIdentity", "renewTime")}
-            if live is not None and {k: spec.get(k) for k in mine} == mine:
-                written = live  # this renewal did land; its answer was lost and the retry refused
-            elif live is None:
-                raise LockLostError(
-                    f"the lock Lease {ref} was deleted while this run held it"
-                ) from None
-            else:
-                raise LockLostError(
-                    f"the lock Lease {ref} was changed by someone else while this run held it "
-                    f"(holder now {spec.get('holderIdentity') or '(none)'})"
-                ) from None
-        assert written is not None
-        hold.renewed(written, started)
-
-    def _release(self, hold: _LeaseHold) -> None:
-        """Delete the Lease, only if it is still the one this run last wrote."""
-        if hold.lost is not None:
-            return
-        ref = hold.ref
-        try:
-            resource = self._resource(ref.api_version, ref.kind)
-            self._call(
-                lambda: self._dynamic.delete(
-                    resource,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    body={"preconditions": {"resourceVersion": hold.resource_version}},
-                    _request_timeout=LOCK_CALL_TIMEOUT,
-                )
-            )
-        except Exception:  # changed by someone else (409), gone, or unreachable: leave it
-            pass
-
-
-def lock_holder() -> str:
-    """This run's identity in the Lease: host, user id, process id and a random part.
-
-    No user-name lookup: under an arbitrary user id with no passwd entry (as in
-    many containers) there is no name, but there is always a number.
-    """
-    try:
-        host = socket.gethostname() or "unknown-host"
-    except OSError:
-        host = "unknown-host"
-    getuid = getattr(os, "getuid", None)
-    uid = f"uid-{getuid()}" if getuid is not None else "uid-unknown"
-    return f"{host}/{uid}/pid-{os.getpid()}/{uuid.uuid4().hex[:8]}"
-
-
-def _waiting_line(ref: Ref, spec: Mapping[str, Any], wait: float) -> str:
-    holder = spec.get("holderIdentity")
-    duration = int(spec.get("leaseDurationSeconds") or LOCK_DURATION_S)
-    until = ""
-    renewed = spec.get("renewTime")
-    if renewed:
-        try:
-            end = _parse_time(str(renewed)) + timedelta(seconds=duration)
-            until = f" until {end.strftime('%H:%M:%S')} UTC unless renewed (its clock)"
-        except ValueError:
-            until = ""
-    return (
-        f"waiting for the lock: Lease {ref} is held by {holder}{until}; "
-        f"taken over once it goes {duration}s without renewal; waiting at most {wait:.0f}s"
-    )
-
-
-def _parse_time(text: str) -> datetime:
-    text = text.replace("Z", "+00:00")
-    return datetime.fromisoformat(text)
-
-
-class _LeaseWatch:
-    """Another run's Lease as this run saw it, and since when (local monotonic clock).
-
-    It counts as expired once seen unchanged for its leaseDurationSeconds.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self.spec: Mapping[str, Any] = {}
-        self._version: tuple[str, str] | None = None
-        self._since = 0.0
-
-    def observe(self, live: Mapping[str, Any]) -> None:
-        spec = live.get("spec") or {}
-        version = (
-            str((live.get("metadata") or {}).get("resourceVersion") or ""),
-            str(spec.get("renewTime") or ""),
+    def lease_create(self, body: Obj, *, retry: bool = True) -> Obj:
+        found = self._lease_call(
+            lambda resource: self._dynamic.create(
+                resource,
+                body=body,
+                namespace=body["metadata"]["namespace"],
+                field_manager=FIELD_MANAGER,
+                _request_timeout=LOCK_CALL_TIMEOUT,
+            ),
+            retry,
         )
-        self.spec = spec
-        if version != self._version:
-            self._version = version
-            self._since = self._clock()
+        return dict(found.to_dict())
 
-    def expired(self) -> bool:
-        duration = int(self.spec.get("leaseDurationSeconds") or LOCK_DURATION_S)
-        return self._version is not None and self._clock() - self._since >= duration
+    def lease_replace(self, body: Obj, *, retry: bool = True) -> Obj:
+        found = self._lease_call(
+            lambda resource: self._dynamic.replace(
+                resource,
+                body=body,
+                name=body["metadata"]["name"],
+                namespace=body["metadata"]["namespace"],
+                field_manager=FIELD_MANAGER,
+                _request_timeout=LOCK_CALL_TIMEOUT,
+            ),
+            retry,
+        )
+        return dict(found.to_dict())
 
-
-class _LeaseHold:
-    """The Lease this run holds: the resourceVersion it last wrote, and when the write
-    that produced it started (local monotonic clock)."""
-
-    def __init__(
-        self,
-        ref: Ref,
-        holder: str,
-        written: Mapping[str, Any],
-        started: float,
-        clock: Callable[[], float] = time.monotonic,
+    def lease_delete(
+        self, namespace: str, name: str, resource_version: str, *, retry: bool = True
     ) -> None:
-        self.ref = ref
-        self.holder = holder
-        self._clock = clock
-        self._mutex = threading.Lock()
-        self.acquire_time = str((written.get("spec") or {}).get("acquireTime") or "") or None
-        self.resource_version = str(written["metadata"]["resourceVersion"])
-        self.renewed_at = started
-        self.lost: str | None = None
-        self.last_error = ""
-
-    def renewed(self, written: Mapping[str, Any], started: float) -> None:
-        with self._mutex:
-            self.resource_version = str(written["metadata"]["resourceVersion"])
-            self.renewed_at = started
-            self.last_error = ""
-
-    def lose(self, why: str) -> None:
-        with self._mutex:
-            if self.lost is None:
-                self.lost = why
-
-    def overdue(self) -> bool:
-        return self._clock() - self.renewed_at > LOCK_RENEW_DEADLINE_S
-
-    def overdue_message(self) -> str:
-        return (
-            f"the lock Lease {self.ref} could not be renewed for {LOCK_RENEW_DEADLINE_S}s"
-            + (f" (last error: {self.last_error})" if self.last_error else "")
-            + f"; after {LOCK_DURATION_S}s without renewal another run may take it"
+        self._lease_call(
+            lambda resource: self._dynamic.delete(
+                resource,
+                name=name,
+                namespace=namespace,
+                body={"preconditions": {"resourceVersion": resource_version}},
+                _request_timeout=LOCK_CALL_TIMEOUT,
+            ),
+            retry,
         )
-
-    def check(self) -> None:
-        with self._mutex:
-            why = self.lost
-        if why is None and self.overdue():
-            self.lose(self.overdue_message())
-            why = self.lost
-        if why is not None:
-            raise LockLostError(
-                f"this run lost its lock and stopped before its next write: {why}",
-                hint="another kymamesh run may be writing now; when it has finished, re-run "
-                "this command (it converges); a slow or unreachable API server can also "
-                "cause this",
-            )
 
 
 def not_ready_reason(ref: Ref, obj: Obj | None) -> str | None:

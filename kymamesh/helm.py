@@ -236,14 +236,15 @@ class Helm:
     def _client(self) -> Any:
         """The pyhelm3 client, made (and helm's version checked) on first use."""
         if self._client_ is None:
-            from pyhelm3 import Client
+            from pyhelm3 import Client, Command
 
+            command = Command(
+                executable=self.executable,
+                kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
+                kubecontext=self._context,
+            )
             try:
-                client = Client(
-                    executable=self.executable,
-                    kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
-                    kubecontext=self._context,
-                )
+                client = Client(command, executable=self.executable)
             except Exception as exc:
                 raise HelmMissingError(
                     f"cannot run helm at {self.executable}: {exc}",
@@ -257,21 +258,15 @@ class Helm:
                     "or 3.18+",
                     hint="install a newer Helm and pass --helm PATH",
                 )
+            self._command_ = command
             self._client_ = client
         return self._client_
 
     @property
     def _command(self) -> Any:
-        """pyhelm3's command layer for the same helm (its version checked by `_client`)."""
-        if self._command_ is None:
-            from pyhelm3 import Command
-
-            self._client  # noqa: B018 - checks helm's version first
-            self._command_ = Command(
-                executable=self.executable,
-                kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
-                kubecontext=self._context,
-            )
+        """pyhelm3's public command layer, the one the client runs (made by `_client`,
+        which checks helm's version first)."""
+        self._client  # noqa: B018
         return self._command_
 
     def check(self) -> None:
@@ -351,7 +346,7 @@ class Helm:
 
             try:
                 handle = Chart(
-                    self._client._command,
+                    self._command,
                     ref=Path(chart.source),
                     metadata=ChartMetadata(**(chart.metadata or {})),
                 )
@@ -370,7 +365,7 @@ class Helm:
         if not repo.startswith("oci://"):
             args += ["--repo", repo]
         try:
-            _run(self._client._command.run(args))
+            _run(self._command.run(args))
         except errors.Error as exc:
             raise ChartSourceError(
                 f"cannot download chart {chart} {version} from {repo}: {_helm_message(exc)}",

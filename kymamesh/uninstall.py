@@ -33,10 +33,11 @@ from typing import Any
 
 from kymamesh import MANAGED_BY_LABEL, tags
 from kymamesh import inventory as inv
-from kymamesh.cluster import LOCK_NAME, Ref
+from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.errors import PreconditionError, WaitTimeoutError
 from kymamesh.helm import DeployedRelease
+from kymamesh.lock import LOCK_NAME
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import dex_pinned, pinned
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh machine, then runs them all:
-# a virtual environment with the project and its test tools, the test cluster's
-# binaries (built once, cached in ~/.cache/kymamesh/testcluster), lint, types, pytest.
+# a virtual environment with the project and its test tools (the versions pinned in
+# constraints.txt), the test cluster's binaries (built once, cached in
+# ~/.cache/kymamesh/testcluster), lint, types, pytest.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k install`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,11 @@ VENV="${KYMAMESH_VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e '.[test]'
+# Exact versions from constraints.txt (pip, the build backend and every dependency), so a
+# new release of any of them cannot change a run; scripts/refresh-constraints.sh remakes it.
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt pip
+"$VENV/bin/python" -m pip install --quiet -c constraints.txt --build-constraint constraints.txt \
+  -e '.[test]'
 
 echo "==> test cluster binaries"
 "$VENV/bin/python" tests/cluster/testcluster.py build

@@ -63,6 +63,8 @@ def test_the_package_keeps_both_contracts(tmp_path: Path) -> None:
         ("kymamesh.steps.addons", "from kymamesh import pipeline", LAYERS),  # a step, the runner
         ("kymamesh.pipeline", "from kymamesh.cli import common", LAYERS),
         ("kymamesh.cluster", "import kymamesh.steps.base", LAYERS),  # an adapter climbs
+        ("kymamesh.lock", "from kymamesh.cluster import Ref", LAYERS),  # the lock, its API
+        ("kymamesh.lock", "import kubernetes", LIBRARIES),
         ("kymamesh.steps.addons", "import kubernetes.client", LIBRARIES),
         ("kymamesh.status", "from pyhelm3 import Client", LIBRARIES),
         ("kymamesh.cli.install", "import kubernetes", LIBRARIES),

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from test_install_cluster import CHARTS, kymamesh
 
-from kymamesh import cluster as adapter
+from kymamesh import lock as adapter
 from kymamesh.cluster import Cluster, Ref
 from kymamesh.errors import ExitCode, LockHeldError, LockLostError
 
@@ -271,10 +271,10 @@ def _hold_briefly(cl: Cluster, ns: str, order: list[str], lines: list[str]) -> N
 # this one goes on only once it has noticed.
 THIEF = """
 import sys, time
-from kymamesh import cluster as c, helm as h
+from kymamesh import cluster as c, helm as h, lock
 from kymamesh.errors import LockLostError
 
-c.LOCK_RENEW_EVERY_S = 0.3
+lock.LOCK_RENEW_EVERY_S = 0.3
 made = []
 init = c.Cluster.__init__
 def remember(self, *a, **k):
@@ -286,7 +286,7 @@ upgrade = h.Helm.install_or_upgrade
 def then_steal(self, release, *a, **k):
     upgrade(self, release, *a, **k)
     cl = made[0]
-    ref = c.Ref("coordination.k8s.io/v1", "Lease", c.LOCK_NAME, "istio-system")
+    ref = c.Ref("coordination.k8s.io/v1", "Lease", lock.LOCK_NAME, "istio-system")
     live = cl.get(ref)
     live["spec"]["holderIdentity"] = "other-run"
     cl.replace(live)

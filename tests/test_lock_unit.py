@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh import cluster as adapter
-from kymamesh.cluster import Ref
+from kymamesh import lock as adapter
 from kymamesh.errors import ExitCode, LockLostError
 
 
@@ -75,9 +74,8 @@ def test_a_renewed_lease_starts_its_duration_again() -> None:
 
 def test_hold_counts_as_lost_once_renewals_stop_for_the_deadline() -> None:
     clock = Clock()
-    ref = Ref("coordination.k8s.io/v1", "Lease", adapter.LOCK_NAME, "istio-system")
     written = {"metadata": {"resourceVersion": "1"}, "spec": {"acquireTime": "t"}}
-    hold = adapter._LeaseHold(ref, "me", written, clock(), clock)
+    hold = adapter._LeaseHold("istio-system", "me", written, clock(), clock)
     clock.now += adapter.LOCK_RENEW_DEADLINE_S
     hold.check()  # still within the deadline
     hold.renewed({"metadata": {"resourceVersion": "2"}}, clock())
