@@ -147,7 +147,39 @@ def with_mesh_values(stack: ValueStack, specs: list[Any], release: IstioRelease)
     if not values:
         return stack
     source = ValueSource(MESH_ORIGIN, values)
-    return ValueStack([stack.sources[0], source, *stack.sources[1:]])
+    layered = ValueStack([stack.sources[0], source, *stack.sources[1:]])
+    for chart, chart_values in values.items():
+        merged = layered.merged(chart)
+        for dotted, wanted in _leaves(chart_values):
+            found = _at(merged, dotted)
+            origin = layered.origin_of(chart, dotted)
+            if found != wanted and origin != MESH_ORIGIN:
+                raise UsageError(
+                    f"{chart}.{dotted} is {found!r} (from {origin}), but the mesh file sets "
+                    f"{wanted!r}; the step mesh-components would undo the chart's value",
+                    hint=f"drop {chart}.{dotted} from -f/--set, or change the mesh file",
+                )
+    return layered
+
+
+def _leaves(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            found += _leaves(value, dotted + ".")
+        else:
+            found.append((dotted, value))
+    return found
+
+
+def _at(values: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
 
 
 def install(

@@ -172,7 +172,9 @@ class MeshProxyConfig:
     proxy keeps until its Pod is re-created)."""
 
     default_config: Mapping[str, Any]
-    prometheus_merge: bool = True  # Istio's default when the mesh config does not say
+    # enablePrometheusMerge as the mesh config sets it; None when it does not say (Istio's
+    # default, on): then the Pods' annotations are not judged
+    prometheus_merge: bool | None = None
 
 
 def mesh_proxy_config(mesh: Mapping[str, Any]) -> MeshProxyConfig:
@@ -180,7 +182,7 @@ def mesh_proxy_config(mesh: Mapping[str, Any]) -> MeshProxyConfig:
     merge = mesh.get("enablePrometheusMerge")
     return MeshProxyConfig(
         default_config=default_config if isinstance(default_config, Mapping) else {},
-        prometheus_merge=merge is not False,
+        prometheus_merge=merge if isinstance(merge, bool) else None,
     )
 
 
@@ -231,7 +233,7 @@ def mesh_differences(
                 if have.lower() != str(meta[DNS_CAPTURE]).lower():
                     reasons.append(f"{DNS_CAPTURE} {have}, mesh config {meta[DNS_CAPTURE]}")
     if (
-        wanted.prometheus_merge
+        wanted.prometheus_merge is True
         and str(annotations.get(_PROMETHEUS_SCRAPE, "true")).lower() != "false"
         and str(annotations.get(_PROMETHEUS_PORT)) != str(_STATUS_PORT)
         and _sidecar_template(annotations)

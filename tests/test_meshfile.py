@@ -309,3 +309,22 @@ def test_every_module_field_is_in_the_schema() -> None:
         "networkPoliciesEnabled",
     ):
         assert path in paths, path
+
+
+def test_user_values_that_contradict_the_mesh_file_are_refused(tmp_path: Path) -> None:
+    from kymamesh import patching, pipeline
+    from kymamesh.release import pinned
+
+    t = meshfile.translate(every_field())
+    specs = patching.load_patch_list(t.steps)
+    same = pipeline.build_values(
+        pipeline.ChartInputs(set_values=("istiod.autoscaleMax=3",)), pinned()
+    )
+    layered = pipeline.with_mesh_values(same, specs, pinned())
+    assert layered.merged("istiod")["autoscaleMax"] == 3
+    assert layered.origin_of("gateway", "service.externalTrafficPolicy") == pipeline.MESH_ORIGIN
+    other = pipeline.build_values(
+        pipeline.ChartInputs(set_values=("istiod.autoscaleMax=7",)), pinned()
+    )
+    with pytest.raises(UsageError, match=r"istiod.autoscaleMax is 7 \(from --set"):
+        pipeline.with_mesh_values(other, specs, pinned())
