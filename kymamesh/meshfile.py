@@ -754,6 +754,44 @@ def read_from_cluster(cluster: Cluster) -> dict[str, Any]:
     return spec_of(doc, where)
 
 
+# The Kyma Istio module's manager: the Deployment that reconciles its Istio resource.
+MODULE_MANAGER = "istio-controller-manager"
+MODULE_MANAGER_LABEL = ("app.kubernetes.io/component", "istio-operator.kyma-project.io")
+
+
+def module_managers(cluster: Cluster) -> list[str]:
+    """The Kyma Istio module's manager Deployments in kyma-system that run (replicas > 0):
+    `namespace/name` each."""
+    key, value = MODULE_MANAGER_LABEL
+    found = []
+    for deployment in cluster.list("apps/v1", "Deployment", MODULE_NAMESPACE):
+        meta = deployment.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if meta.get("name") != MODULE_MANAGER and labels.get(key) != value:
+            continue
+        replicas = (deployment.get("spec") or {}).get("replicas", 1)
+        if replicas != 0:
+            found.append(f"{MODULE_NAMESPACE}/{meta.get('name')}")
+    return sorted(found)
+
+
+def refuse_module_manager(cluster: Cluster) -> None:
+    """While the module's manager runs it owns Istio: kymamesh writing too would make two
+    owners that undo each other's changes. Refused, before any write, with the safe way out."""
+    running = module_managers(cluster)
+    if not running:
+        return
+    name = running[0].split("/", 1)[1]
+    raise PreconditionError(
+        f"the Kyma Istio module's manager runs (Deployment {', '.join(running)}) and owns this "
+        "Istio; kymamesh writing too would make two owners that undo each other's changes",
+        hint=f"to keep Istio and move to kymamesh, stop the manager first (`kubectl -n "
+        f"{MODULE_NAMESPACE} scale deployment {name} --replicas=0`; do not delete the "
+        f"module's Istio resource while the manager runs: it would uninstall Istio), then run "
+        "`kymamesh patch --existing-istio` (`--mesh cluster:` takes over its settings)",
+    )
+
+
 # -- what kymamesh makes of it ---------------------------------------------------------------
 
 

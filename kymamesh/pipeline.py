@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kymamesh import controlplane, tags
+from kymamesh import controlplane, meshfile, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -125,7 +125,6 @@ def mesh_values(specs: list[Any], release: IstioRelease) -> dict[str, Values]:
     remembered like every patch setting): HPA bounds, rollout and resources of istiod
     and the gateway, the gateway Service's traffic policy, istiod's experimental env,
     and, for `compatibilityMode`, the charts' compatibilityVersion of the previous minor."""
-    from kymamesh import meshfile
     from kymamesh.steps.components import COMPONENTS_KIND, components_wanted
 
     params = next((s.params for s in specs if s.kind == COMPONENTS_KIND), None)
@@ -202,6 +201,7 @@ def install(
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     specs = patching.patch_list_for(ctx, given, reset=reset)
     stack = with_mesh_values(stack, specs, pinned())
+    meshfile.refuse_module_manager(ctx.cluster)
     layout = release_layout(ctx, stack, revision_based)
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)
@@ -221,6 +221,7 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
     from kymamesh.preflight import adoption_preflight
 
     specs = patching.patch_list_for(ctx, given, reset=reset)
+    meshfile.refuse_module_manager(ctx.cluster)
     found = adoption_preflight(ctx.cluster, ctx.namespace)
     ctx.result.data["istio"] = found.to_json()
     ctx.progress.info(f"found {found.describe()}")

@@ -328,3 +328,33 @@ def test_user_values_that_contradict_the_mesh_file_are_refused(tmp_path: Path) -
     )
     with pytest.raises(UsageError, match=r"istiod.autoscaleMax is 7 \(from --set"):
         pipeline.with_mesh_values(other, specs, pinned())
+
+
+def test_the_module_manager_running_is_refused() -> None:
+    from kymamesh.errors import PreconditionError
+    from tests.support_fake_cluster import FakeCluster
+    from tests.support_inventory import obj
+
+    def manager(name: str, replicas: int, labels: dict[str, str] | None = None) -> Any:
+        return obj(
+            "apps/v1", "Deployment", name, "kyma-system", labels=labels, spec={"replicas": replicas}
+        )
+
+    served = {("apps/v1", "Deployment")}
+    running = FakeCluster([manager("istio-controller-manager", 1)], served=served)
+    with pytest.raises(PreconditionError) as caught:
+        meshfile.refuse_module_manager(running)  # type: ignore[arg-type]
+    assert "kyma-system/istio-controller-manager" in caught.value.message
+    assert "--replicas=0" in (caught.value.hint or "")
+    by_label = FakeCluster(
+        [
+            manager(
+                "other-name", 2, {"app.kubernetes.io/component": "istio-operator.kyma-project.io"}
+            )
+        ],
+        served=served,
+    )
+    assert meshfile.module_managers(by_label) == ["kyma-system/other-name"]  # type: ignore[arg-type]
+    stopped = FakeCluster([manager("istio-controller-manager", 0)], served=served)
+    meshfile.refuse_module_manager(stopped)  # type: ignore[arg-type]
+    assert meshfile.module_managers(FakeCluster([], served=served)) == []  # type: ignore[arg-type]

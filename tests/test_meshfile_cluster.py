@@ -225,6 +225,36 @@ def test_every_setting_of_the_mesh_file(fresh_cluster: Any, tmp_path: Path) -> N
     names = [p["name"] for p in _mesh(c)["extensionProviders"]]
     assert "audit-authz" not in names and "shop-authz" in names
 
+    # while the module's manager runs, kymamesh writes nothing (two owners would fight)
+    manager = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "istio-controller-manager",
+            "namespace": "kyma-system",
+            "labels": {"app.kubernetes.io/component": "istio-operator.kyma-project.io"},
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"control-plane": "controller-manager"}},
+            "template": {
+                "metadata": {"labels": {"control-plane": "controller-manager"}},
+                "spec": {"containers": [{"name": "manager", "image": "kyma/istio-manager:1"}]},
+            },
+        },
+    }
+    c.kubectl("apply", "-f", "-", input=json.dumps(manager))
+    with c.audit.counting() as writes:
+        code, refused, _ = kymamesh_json(c, "patch", "--mesh", "cluster:", "-y")
+    assert code == 3, refused
+    assert "module's manager runs" in refused["errors"][0]["message"]
+    assert writes.total == 0, writes.describe()
+    c.kubectl(
+        "scale", "deployment", "istio-controller-manager", "-n", "kyma-system", "--replicas=0"
+    )
+    code, result, stderr = kymamesh_json(c, "patch", "--mesh", "cluster:", "-y")
+    assert code == 0, (result, stderr)
+
 
 def _check_components(c: Any) -> None:
     hpa = get_json(c, "hpa", "istiod", "-n", NS)
