@@ -21,6 +21,8 @@ STEPS = [
     "injection-policy",
     "tracing-kyma-zipkin",
     "pilot-webhook",
+    "mesh-config",
+    "mesh-components",
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
@@ -28,6 +30,9 @@ STEPS = [
 ]
 DATA_KEYS = {
     "healthy",
+    "state",
+    "description",
+    "conditions",
     "problems",
     "istio",
     "releases",
@@ -142,6 +147,13 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
             "--force -f pod.yaml)",
         }
     ]
+    # as the Kyma Istio module would say it: installed, but a sidecar needs a manual restart
+    assert data["state"] == "Warning"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in data["conditions"]}
+    assert conditions == {
+        "Ready": ("True", "ReconcileSucceeded"),
+        "ProxySidecarRestartSucceeded": ("False", "ProxySidecarManualRestartRequired"),
+    }
 
     text = kymamesh(cluster, "status")
     assert text.code == 0, str(text)
