@@ -188,6 +188,7 @@ class Cluster:
         self._cache_file = cache
         self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
+        self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
 
     # -- connecting ---------------------------------------------------------
 
@@ -237,8 +238,12 @@ class Cluster:
 
     # -- error mapping and retries ------------------------------------------
 
-    def _call(self, fn: Callable[[], T], *, attempts: int = _ATTEMPTS) -> T:
-        """Run one API call: retry transient failures, map the rest to named errors."""
+    def _call(self, fn: Callable[[], T], *, fenced: bool = False, attempts: int = _ATTEMPTS) -> T:
+        """Run one API call: retry transient failures, map the rest to named errors.
+
+        `fenced` (every write): the lock is checked before each attempt, not only the
+        first, since the retries of one write can outlast the lock (LockLostError).
+        """
 
         @retry(
             retry=retry_if_exception(_is_transient),
@@ -247,6 +252,8 @@ class Cluster:
             reraise=True,
         )
         def attempt() -> T:
+            if fenced:
+                self.check_lock()
             try:
                 return fn()
             except Exception as exc:
@@ -436,19 +443,20 @@ class Cluster:
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
-            )
+            ),
+            fenced=True,
         )
 
     def create(self, obj: Obj) -> Obj:
         self.check_lock()
-        return self._post(obj)
+        return self._post(obj, fenced=True)
 
     def dry_run_create(self, obj: Obj) -> Obj:
         """The object as the API server would create it (admission and mutating webhooks
         run, nothing is stored): a server-side dry run. `metadata.generateName` is enough."""
-        return self._post(obj, dry_run="All")
+        return self._post(obj, fenced=False, dry_run="All")
 
-    def _post(self, obj: Obj, **params: Any) -> Obj:
+    def _post(self, obj: Obj, fenced: bool, **params: Any) -> Obj:
         meta = obj.get("metadata") or {}
         resource = self._resource(obj["apiVersion"], obj["kind"])
         return self._call(
@@ -462,7 +470,8 @@ class Cluster:
                     _request_timeout=_REQUEST_TIMEOUT,
                     **params,
                 )
-            )
+            ),
+            fenced=fenced,
         )
 
     def replace(self, obj: Obj) -> Obj:
@@ -481,7 +490,8 @@ class Cluster:
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
-            )
+            ),
+            fenced=True,
         )
 
     def merge_patch(self, ref: Ref, patch: Mapping[str, Any]) -> Obj:
@@ -500,7 +510,8 @@ class Cluster:
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
-            )
+            ),
+            fenced=True,
         )
 
     def update(self, ref: Ref, edit: Callable[[Obj], Mapping[str, Any] | None]) -> Obj:
@@ -550,7 +561,8 @@ class Cluster:
                     namespace=ref.namespace or None,
                     body={"propagationPolicy": propagation},
                     _request_timeout=_REQUEST_TIMEOUT,
-                )
+                ),
+                fenced=True,
             )
         except NotFoundError:
             return False
@@ -613,6 +625,7 @@ class Cluster:
         Every write of the adapters calls it first, so a run that lost its lock
         stops before its next write.
         """
+        self.writes += 1
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
         self._lock.check()

@@ -42,7 +42,7 @@ class RunContext:
     _helm: Helm | None = None
     _stack: ExitStack = field(default_factory=ExitStack)
     _locked: bool = False
-    writes_started: bool = False
+    _helm_writes: int = 0
     # the patch settings to remember after a successful patch (see kymamesh.settings)
     patch_settings: dict[str, dict[str, Any]] | None = None
     # the patch settings remembered from the former run, before this run's were merged in
@@ -97,9 +97,10 @@ class RunContext:
         """Called before every write: takes the lock once (and never in a dry run)."""
         if self.options.dry_run:
             raise AssertionError("a dry run must not write")
-        self.writes_started = True
         if self._locked:
-            self.cluster.check_lock()
+            written = self.cluster.writes
+            self.cluster.check_lock()  # the fence, early; no write is made here
+            self.cluster.writes = written
             return
         self.cluster.ensure_namespace(self.namespace)
         self._stack.enter_context(
@@ -109,8 +110,16 @@ class RunContext:
 
     def _check_lock(self) -> None:
         """The fence for writes made through helm: the same check as the cluster adapter's."""
+        self._helm_writes += 1
         if self._cluster is not None:
             self._cluster.check_lock()
+
+    @property
+    def writes_started(self) -> bool:
+        """Whether this run has written to the cluster (the lock's Lease aside): then a
+        failure leaves the cluster changed. A refusal made under the lock before the
+        first write is still a refusal."""
+        return self._helm_writes > 0 or (self._cluster is not None and self._cluster.writes > 0)
 
     def confirm(self, question: str) -> None:
         """Go on when --yes was given or the user says yes; otherwise refuse."""

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     NEEDS_CONFIRMATION = 6  # a change needs --yes (no terminal) or was declined
     UNHEALTHY = 7  # `status`: the mesh is not in the state kymamesh leaves
     LOCK_LOST = 8  # the run lost its lock while writing and stopped before its next write
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, as shells report a process ended by it
 
 
 class KymameshError(Exception):
@@ -98,6 +99,13 @@ class PartialFailureError(KymameshError):
 class ConfirmationRequiredError(KymameshError):
     exit_code = ExitCode.NEEDS_CONFIRMATION
     code = "needs-confirmation"
+
+
+class InterruptedRunError(KymameshError):
+    """Ctrl-C: the run stopped where it was; the lock (if taken) was released."""
+
+    exit_code = ExitCode.INTERRUPTED
+    code = "interrupted"
 
 
 class ApiError(KymameshError):

@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from kymamesh.errors import UsageError, yaml_problem
+from kymamesh import userfiles
+from kymamesh.errors import UsageError
 
 MANAGED_SECRET = "kymamesh-identity-secrets"
 ENV_PREFIX = "KYMAMESH_SECRET_"
@@ -197,20 +196,11 @@ def read_identity_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """The step parameters of an identity file, and the secret values it had read from
     files or the environment (keys of Secret `kymamesh-identity-secrets`)."""
     where = f"--identity {path}"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        reason = "it is a directory" if path.is_dir() else exc.strerror
-        raise UsageError(
-            f"cannot read {where}: {reason}",
-            hint=f"pass --identity with the path of a YAML file like `{FILE_EXAMPLE}`, "
-            "or `--identity none` to turn identity off",
-        ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"{where} is not valid YAML: {yaml_problem(exc)}",
-            hint=f"fix the YAML; the file holds e.g. `{FILE_EXAMPLE}`",
-        ) from None
+    raw = userfiles.read(
+        path,
+        where,
+        f"e.g. `{FILE_EXAMPLE}` (or give `--identity none` to turn identity off)",
+    )
     if not isinstance(raw, dict):
         raise UsageError(
             f"{where} must be a map (found a YAML {type(raw).__name__})",

@@ -213,8 +213,13 @@ def _patch_all(ctx: RunContext, edits: list[LabelEdit]) -> dict[int, KymameshErr
 
 
 def run(ctx: RunContext, request: InjectRequest) -> None:
-    """Apply the plan, wait if asked, and report which workloads run without sidecars."""
+    """Apply the plan, wait if asked, and report which workloads run without sidecars.
+    When something is to be written, the lock is taken and the plan made again under it
+    (another run may have changed the namespace or its Deployments meanwhile)."""
     edits, chosen, deployments = plan(ctx, request)
+    if any(e.needed for e in edits) and not ctx.options.dry_run and not ctx.locked:
+        ctx.before_write()
+        edits, chosen, deployments = plan(ctx, request)  # again, under the lock
     phase = ctx.result.phase(PHASE)
     ctx.progress.phase(PHASE)
     written = _patch_all(ctx, edits)

@@ -16,6 +16,7 @@ clock, never by comparing another host's renewTime with this one's clock.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
@@ -23,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kymamesh import MANAGED_BY_LABEL
@@ -38,6 +39,7 @@ LOCK_RENEW_EVERY_S = 10.0
 LOCK_RETRY_EVERY_S = 2.0  # after a failed renewal
 LOCK_RENEW_DEADLINE_S = 20.0  # no renewal for this long: the lock counts as lost
 LOCK_CALL_TIMEOUT = (3, 5)  # connect, read: a Lease call must fit well inside the deadline
+LOCK_TELL_EVERY_S = 10.0  # a waiting run says again who holds the lock and for how long
 
 
 class LeaseApi(Protocol):
@@ -90,25 +92,34 @@ class LeaseLock:
     ) -> Iterator[str]:
         """Hold the Lease `kymamesh-lock` in `namespace`; yields this run's holder name.
 
-        A second run waits up to `wait` seconds (telling `on_wait` once per holder
-        who holds it), then names the holder. While held, the Lease is renewed in
-        the background; a run that cannot renew it for LOCK_RENEW_DEADLINE_S, or
-        finds it changed by someone else, has lost it, and its next write raises
-        LockLostError.
+        A second run waits up to `wait` seconds, telling `on_wait` who holds the lock
+        and in how long it expires unless renewed (when it starts waiting, when the
+        holder changes and every LOCK_TELL_EVERY_S), then names the holder. While
+        held, the Lease is renewed in the background, one attempt per renewal; a run
+        that cannot renew it for LOCK_RENEW_DEADLINE_S, or finds it changed by someone
+        else, has lost it, and its next write raises LockLostError. At the end the
+        Lease is deleted if it still names this run.
         """
         holder = lock_holder()
-        deadline = time.monotonic() + wait
+        started = time.monotonic()
+        deadline = started + wait
         seen = _LeaseWatch()
-        told: set[str] = set()
+        told = ("", 0.0)  # the holder last named, and when
         while True:
             hold = self._try_acquire(namespace, holder, seen)
             if hold is not None:
                 break
             spec = seen.spec
             other = str(spec.get("holderIdentity") or "")
-            if on_wait is not None and other and other not in told:
-                told.add(other)
-                on_wait(_waiting_line(namespace, spec, wait))
+            now = time.monotonic()
+            if (
+                on_wait is not None
+                and other
+                and (other != told[0] or now - told[1] >= LOCK_TELL_EVERY_S)
+            ):
+                again = other == told[0]
+                told = (other, now)
+                on_wait(_waiting_line(namespace, seen, wait, now - started if again else None))
             if time.monotonic() >= deadline:
                 raise LockHeldError(
                     f"another kymamesh run holds the lock Lease {lease_name(namespace)}: "
@@ -162,13 +173,14 @@ class LeaseLock:
         stopped or the lock is lost; a loss is recorded in `hold` for the next write."""
         pause = LOCK_RENEW_EVERY_S
         while not stop.wait(pause):
+            started = time.monotonic()
             try:
                 self._renew_once(hold)
             except LockLostError as exc:
                 hold.lose(exc.message)
                 return
-            except Exception as exc:  # transient or not: retried until the deadline
-                hold.last_error = str(exc) or type(exc).__name__
+            except Exception as exc:  # transient or not: tried again until the deadline
+                hold.failed(str(exc) or type(exc).__name__, started)
                 if hold.overdue():
                     hold.lose(hold.overdue_message())
                     return
@@ -177,19 +189,23 @@ class LeaseLock:
                 pause = LOCK_RENEW_EVERY_S
 
     def _renew_once(self, hold: _LeaseHold) -> None:
-        """Rewrite renewTime, conditional on the resourceVersion this run last wrote."""
+        """Rewrite renewTime, conditional on the resourceVersion this run last wrote: one
+        attempt (no retries of transient faults, which could outlast the deadline; the
+        next attempt comes LOCK_RETRY_EVERY_S later)."""
         started = time.monotonic()
         body = _lease_body(hold.namespace, hold.holder, hold.acquire_time)
         body["metadata"]["resourceVersion"] = hold.resource_version
         try:
-            written = self._api.lease_replace(body)
+            written = self._api.lease_replace(body, retry=False)
         except (ConflictError, NotFoundError):
-            live = self._api.lease_get(hold.namespace, LOCK_NAME)
+            live = self._api.lease_get(hold.namespace, LOCK_NAME, retry=False)
             spec = (live or {}).get("spec") or {}
-            mine = {k: body["spec"][k] for k in ("holderIdentity", "renewTime")}
-            if live is not None and {k: spec.get(k) for k in mine} == mine:
-                written = live  # this renewal did land; its answer was lost and the retry refused
-            elif live is None:
+            if live is not None and spec.get("holderIdentity") == hold.holder:
+                # An earlier renewal did land, but its answer was lost: count it from the
+                # start of the first attempt since the last renewal known to have landed.
+                hold.renewed(live, hold.unconfirmed_since or hold.renewed_at)
+                return
+            if live is None:
                 raise LockLostError(
                     f"the lock Lease {hold.name} was deleted while this run held it"
                 ) from None
@@ -201,12 +217,21 @@ class LeaseLock:
         hold.renewed(written, started)
 
     def _release(self, hold: _LeaseHold) -> None:
-        """Delete the Lease, only if it is still the one this run last wrote."""
-        if hold.lost is not None:
-            return
-        # changed by someone else (409), gone, or unreachable: leave it
+        """Delete the Lease, only if it still names this run: conditional on the
+        resourceVersion this run last wrote or, when that is stale (a renewal whose
+        answer was lost), on the one just read. Also after the lock counted as lost
+        because renewals failed: the run stops writing here, and the next run need not
+        wait for the Lease to expire. Taken over by another run, gone, or unreachable:
+        left alone."""
         with contextlib.suppress(Exception):
-            self._api.lease_delete(hold.namespace, LOCK_NAME, hold.resource_version)
+            try:
+                self._api.lease_delete(hold.namespace, LOCK_NAME, hold.resource_version)
+            except ConflictError:
+                live = self._api.lease_get(hold.namespace, LOCK_NAME)
+                spec = (live or {}).get("spec") or {}
+                if live is not None and spec.get("holderIdentity") == hold.holder:
+                    version = str(live["metadata"]["resourceVersion"])
+                    self._api.lease_delete(hold.namespace, LOCK_NAME, version)
 
 
 def lock_holder() -> str:
@@ -247,26 +272,21 @@ def _lease_body(namespace: str, holder: str, acquired: str | None = None) -> Obj
     }
 
 
-def _waiting_line(namespace: str, spec: Mapping[str, Any], wait: float) -> str:
-    holder = spec.get("holderIdentity")
-    duration = int(spec.get("leaseDurationSeconds") or LOCK_DURATION_S)
-    until = ""
-    renewed = spec.get("renewTime")
-    if renewed:
-        try:
-            end = _parse_time(str(renewed)) + timedelta(seconds=duration)
-            until = f" until {end.strftime('%H:%M:%S')} UTC unless renewed (its clock)"
-        except ValueError:
-            until = ""
+def _waiting_line(namespace: str, seen: _LeaseWatch, wait: float, waited: float | None) -> str:
+    """What a waiting run says: who holds the lock and in how long its Lease expires
+    (by this host's clock: seen unchanged that long); `waited` None the first time."""
+    holder = seen.spec.get("holderIdentity")
+    expires = f"it expires in {math.ceil(seen.remaining())}s unless renewed"
+    if waited is None:
+        return (
+            f"waiting for the lock: Lease {lease_name(namespace)} is held by {holder}; "
+            f"{expires} (taken over once it goes {seen.duration}s without renewal); "
+            f"waiting at most {wait:.0f}s"
+        )
     return (
-        f"waiting for the lock: Lease {lease_name(namespace)} is held by {holder}{until}; "
-        f"taken over once it goes {duration}s without renewal; waiting at most {wait:.0f}s"
+        f"still waiting for the lock held by {holder}: {expires}; "
+        f"waited {waited:.0f}s of {wait:.0f}s"
     )
-
-
-def _parse_time(text: str) -> datetime:
-    text = text.replace("Z", "+00:00")
-    return datetime.fromisoformat(text)
 
 
 class _LeaseWatch:
@@ -292,9 +312,16 @@ class _LeaseWatch:
             self._version = version
             self._since = self._clock()
 
+    @property
+    def duration(self) -> int:
+        return int(self.spec.get("leaseDurationSeconds") or LOCK_DURATION_S)
+
+    def remaining(self) -> float:
+        """Seconds until it counts as expired, unless it is renewed before."""
+        return max(0.0, self.duration - (self._clock() - self._since))
+
     def expired(self) -> bool:
-        duration = int(self.spec.get("leaseDurationSeconds") or LOCK_DURATION_S)
-        return self._version is not None and self._clock() - self._since >= duration
+        return self._version is not None and self._clock() - self._since >= self.duration
 
 
 class _LeaseHold:
@@ -319,12 +346,22 @@ class _LeaseHold:
         self.renewed_at = started
         self.lost: str | None = None
         self.last_error = ""
+        # the start of the first renewal attempt since the last one known to have landed
+        self.unconfirmed_since: float | None = None
 
     def renewed(self, written: Mapping[str, Any], started: float) -> None:
         with self._mutex:
             self.resource_version = str(written["metadata"]["resourceVersion"])
             self.renewed_at = started
             self.last_error = ""
+            self.unconfirmed_since = None
+
+    def failed(self, error: str, started: float) -> None:
+        """A renewal attempt failed (it may still have landed)."""
+        with self._mutex:
+            self.last_error = error
+            if self.unconfirmed_since is None:
+                self.unconfirmed_since = started
 
     def lose(self, why: str) -> None:
         with self._mutex:

@@ -36,9 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from kymamesh.errors import PreconditionError, UsageError, yaml_problem
+from kymamesh.errors import PreconditionError, UsageError
 
 if TYPE_CHECKING:
     from kymamesh.cluster import Cluster
@@ -715,26 +713,14 @@ def spec_of(doc: Any, where: str) -> dict[str, Any]:
 
 
 def read_mesh_file(path: Path) -> dict[str, Any]:
-    """A mesh file from disk, checked."""
+    """A mesh file from disk (read as every user file is: `kymamesh.userfiles`), checked."""
+    from kymamesh import userfiles
+
     where = f"--mesh {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        reason = "it is a directory" if path.is_dir() else exc.strerror
-        raise MeshFileError(
-            f"cannot read {where}: {reason}",
-            hint="pass --mesh with the path of a mesh file, or `cluster:` to read the "
-            "module's Istio resource from the cluster",
-        ) from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MeshFileError(
-            f"{where} is not valid YAML: {yaml_problem(exc)}", hint="fix the YAML"
-        ) from None
-    if len(docs) > 1:
-        raise MeshFileError(f"{where} holds {len(docs)} documents", hint="give one")
-    return spec_of(docs[0] if docs else None, where)
+    doc = userfiles.read(
+        path, where, "a mesh file (docs/reference/mesh-file.md) or the module's Istio resource"
+    )
+    return spec_of(doc, where)
 
 
 def read_from_cluster(cluster: Cluster) -> dict[str, Any]:

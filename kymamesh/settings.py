@@ -20,7 +20,7 @@ import yaml
 
 from kymamesh import MANAGED_BY_LABEL
 from kymamesh.cluster import Cluster, Ref
-from kymamesh.errors import KymameshError
+from kymamesh.errors import PreconditionError, yaml_problem
 from kymamesh.values import deep_merge
 
 NAME = "kymamesh-settings"
@@ -47,16 +47,40 @@ def _parse(live: Mapping[str, Any] | None, namespace: str) -> Overrides:
     if not live:
         return {}
     text = (live.get("data") or {}).get(KEY) or ""
+    hint = (
+        f"fix or delete it (kubectl -n {namespace} delete configmap {NAME}); "
+        "then give the settings again"
+    )
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise KymameshError(
-            f"ConfigMap {ref(namespace)} key {KEY} is not valid YAML: {exc}",
-            hint=f"fix or delete it (kubectl -n {namespace} delete configmap {NAME}); "
-            "then give the settings again",
+        raise PreconditionError(
+            f"ConfigMap {ref(namespace)} key {KEY} is not valid YAML: {yaml_problem(exc)}",
+            hint=hint,
         ) from None
-    steps = raw.get("steps") if isinstance(raw, dict) else None
-    return {str(k): dict(v) for k, v in (steps or {}).items() if isinstance(v, dict)}
+    steps = raw.get("steps", {}) if isinstance(raw, dict) else None
+    steps = {} if steps is None else steps
+    bad = (
+        f"a YAML {type(raw).__name__}"
+        if not isinstance(raw, dict)
+        else f"`steps` is a YAML {type(steps).__name__}"
+        if not isinstance(steps, dict)
+        else next(
+            (
+                f"steps.{k} is a YAML {type(v).__name__}"
+                for k, v in steps.items()
+                if not isinstance(v, dict)
+            ),
+            None,
+        )
+    )
+    if bad is not None:
+        raise PreconditionError(
+            f"ConfigMap {ref(namespace)} key {KEY} is not `steps: {{STEP: {{PARAM: VALUE}}}}` "
+            f"(found {bad})",
+            hint=hint,
+        )
+    return {str(k): dict(v) for k, v in steps.items()}
 
 
 def effective(remembered: Mapping[str, Any], given: Mapping[str, Any]) -> Overrides:

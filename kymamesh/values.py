@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kymamesh.errors import InsecureValuesError, UsageError, yaml_problem
+from kymamesh import userfiles
+from kymamesh.errors import InsecureValuesError, UsageError
 from kymamesh.resources import load_yaml, resources_dir
 from kymamesh.security import lookup_value, security_rules
 
@@ -145,20 +144,7 @@ def load_user_file(path: Path, charts: Iterable[str]) -> ValueSource:
     """A `-f FILE`: a map from chart name to that chart's values."""
     known = sorted(charts)
     shape = f"a YAML map from chart name ({', '.join(known)}) to that chart's values"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        reason = "it is a directory" if path.is_dir() else exc.strerror
-        raise UsageError(
-            f"cannot read values file {path}: {reason}",
-            hint=f"pass -f with the path of {shape}",
-        ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"values file {path} is not valid YAML: {yaml_problem(exc)}",
-            hint=f"fix the YAML; the file holds {shape}",
-        ) from None
-    raw = raw or {}
+    raw = userfiles.read(path, f"values file {path}", shape) or {}
     if not isinstance(raw, dict):
         raise UsageError(
             f"values file {path} must be a map of chart names to values, "

@@ -37,6 +37,8 @@ def _walk(command: Any, path: list[str]) -> list[tuple[list[str], Any]]:
 def _type_name(param: Any, ctx: Any) -> str:
     if param.is_flag:
         return "flag"
+    if param.metavar:
+        return str(param.metavar).replace("|", "\\|")
     shown = str(param.display_type(ctx)).strip("<>")
     return shown.replace("list[", "").replace("]", "").replace("|", "/") or "text"
 

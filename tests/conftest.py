@@ -25,8 +25,12 @@ and kubectl first, KUBECONFIG, HELM_*_HOME) .env_for(helm=4|3, restricted=False)
 Writes by users named system:* (controllers, scheduler, kwok) are left out unless
 include_system=True. Counts are exact right after the requests return (see AuditLog.settle).
 
-Tests that use any of them get the `cluster` marker automatically (`-m "not cluster"`
-skips them). KYMAMESH_TEST_HELM=3 makes `cluster.env` / `cluster.helm` Helm 3 (a
+Chart sources on loopback (tests/support_sources.py, imported here so every test can ask for
+them): `chart_repo(*chart_dirs)` (a Helm repository over HTTP), `oci_registry(*chart_dirs)`
+(an OCI registry, plain HTTP), `source_tools` (their helm and registry binaries).
+
+Tests that use any of the cluster fixtures get the `cluster` marker automatically
+(`-m "not cluster"` skips them). KYMAMESH_TEST_HELM=3 makes `cluster.env` / `cluster.helm` Helm 3 (a
 compatibility run); Helm 4 otherwise.
 """
 
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support_sources import chart_repo, oci_registry, source_tools
 
 TESTCLUSTER_PY = Path(__file__).resolve().parent / "cluster" / "testcluster.py"
 
@@ -62,6 +67,7 @@ def _load_testcluster():
 
 testcluster = _load_testcluster()
 CLUSTER_FIXTURES = {"cluster", "namespace", "fresh_cluster"}
+__all__ = ["chart_repo", "oci_registry", "source_tools"]  # fixtures of support_sources
 
 
 def pytest_configure(config: pytest.Config) -> None:

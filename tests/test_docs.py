@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer.main
 
@@ -52,3 +53,36 @@ def test_exit_codes_doc_lists_every_code() -> None:
     text = (ROOT / "docs" / "reference" / "exit-codes.md").read_text()
     for code in ExitCode:
         assert f"| {int(code)} | {code.name} |" in text
+
+
+def test_readme_names_the_commands_that_take_dry_run_and_yes() -> None:
+    """README says which commands take --dry-run and -y; the CLI agrees."""
+    import re
+
+    import typer.main
+
+    from kymamesh.cli.app import app
+
+    def walk(command: Any, path: list[str]) -> dict[str, Any]:
+        subs = getattr(command, "commands", None) or {}
+        if not subs:
+            return {" ".join(path): command}
+        found: dict[str, Any] = {}
+        for name, sub in subs.items():
+            found.update(walk(sub, [*path, name]))
+        return found
+
+    commands = walk(typer.main.get_command(app), [])
+    taking = {
+        name
+        for name, command in commands.items()
+        if {"--dry-run", "--yes"} <= {o for p in command.params for o in p.opts}
+    }
+    readme = (ROOT / "README.md").read_text()
+    sentence = readme[readme.index("The commands that write to the cluster") :].split(
+        "take `--dry-run`"
+    )[0]
+    assert set(re.findall(r"`([a-z -]+)`", sentence)) == taking
+    for name, command in commands.items():
+        opts = {o for p in command.params for o in p.opts}
+        assert name == "version" or {"--output", "--verbose"} <= opts, name

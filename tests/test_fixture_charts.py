@@ -33,7 +33,9 @@ Obj = dict[str, Any]
 
 def _find_helm() -> str | None:
     candidates = [os.environ.get("KYMAMESH_HELM"), shutil.which("helm")]
-    candidates += sorted(glob.glob(os.path.expanduser("~/.cache/kymamesh/testcluster/*/bin/helm")))
+    cache = os.path.expanduser("~/.cache/kymamesh/testcluster")
+    candidates += sorted(glob.glob(f"{cache}/parts/helm/*/helm"))  # the helm part
+    candidates += sorted(glob.glob(f"{cache}/*/bin/helm"))  # the cache layout before parts
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 

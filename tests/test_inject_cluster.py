@@ -6,10 +6,14 @@ cluster: a rolled Pod gets its sidecar."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import threading
 import time
 from typing import Any
 
-from tests.support_patch import ensure_istio, get_json, kymamesh, kymamesh_json
+from kymamesh.cluster import Cluster
+from tests.support_patch import ROOT, ensure_istio, get_json, kymamesh, kymamesh_json
 
 
 def deployment(name: str, replicas: int = 1) -> dict[str, Any]:
@@ -274,3 +278,42 @@ def test_a_refused_deployment_fails_and_the_result_says_what_was_written(
     code, result, stderr = kymamesh_json(cluster, "inject-namespace", namespace, "--all")
     assert code == 0, (result, stderr)
     assert all(template_label(cluster, namespace, n) == "true" for n in names)
+
+
+def test_the_plan_is_made_again_under_the_lock(cluster: Any, namespace: str) -> None:
+    # Another run holds the lock; meanwhile it adds a Deployment. `--all` waits for the
+    # lock, then labels every Deployment there is by then, not only those it saw first.
+    ensure_istio(cluster)
+    make_deployments(cluster, namespace, "early")
+    other = Cluster.connect(str(cluster.kubeconfig))
+    lines: list[str] = []
+    try:
+        with other.lock("istio-system", wait=30):
+            run = subprocess.Popen(
+                [sys.executable, "-m", "kymamesh", "inject-namespace", namespace, "--all"],
+                env=cluster.env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert run.stderr is not None
+            reader = threading.Thread(target=lambda: lines.extend(run.stderr or []), daemon=True)
+            reader.start()
+            cluster.wait_for(
+                lambda: (
+                    any("waiting for the lock" in line for line in lines) or run.poll() is not None
+                ),
+                timeout=60,
+                what="inject-namespace to wait for the lock",
+            )
+            cluster.kubectl(
+                "apply", "-n", namespace, "-f", "-", input=json.dumps(deployment("late"))
+            )
+        out, _ = run.communicate(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        other.close()
+    assert run.returncode == 0, out + "".join(lines)
+    assert template_label(cluster, namespace, "early") == "true"
+    assert template_label(cluster, namespace, "late") == "true", out

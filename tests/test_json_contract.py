@@ -73,6 +73,7 @@ def test_exit_codes_are_stable() -> None:
         "NEEDS_CONFIRMATION": 6,
         "UNHEALTHY": 7,
         "LOCK_LOST": 8,
+        "INTERRUPTED": 130,
     }
 
 

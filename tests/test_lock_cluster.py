@@ -5,10 +5,13 @@ conditional; a waiting run says who holds the lock; two runs take turns."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -198,8 +201,8 @@ def test_unrenewed_lease_stamped_in_the_future_is_taken_over(
     cl = adapter_for()
     with cl.lock(namespace, wait=30, on_wait=lines.append) as holder:
         assert lease(cluster, namespace)["spec"]["holderIdentity"] == holder  # type: ignore[index]
-    assert len(lines) == 1, lines  # said once who holds it and until when, then waited quietly
-    assert "fast-clock-host" in lines[0] and "until" in lines[0]
+    assert len(lines) == 1, lines  # said who holds it and when it expires (by this host's clock)
+    assert "fast-clock-host" in lines[0] and "expires in 3s" in lines[0]
     assert lease(cluster, namespace) is None  # released
 
 
@@ -263,6 +266,163 @@ def test_two_runs_take_turns(cluster: Any, namespace: str, adapter_for: Any) -> 
 def _hold_briefly(cl: Cluster, ns: str, order: list[str], lines: list[str]) -> None:
     with cl.lock(ns, wait=60, on_wait=lines.append):
         order.append("second has it")
+
+
+def _cut(*_: Any) -> Exception:
+    from urllib3.exceptions import ProtocolError
+
+    return ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+
+
+@pytest.mark.usefixtures("fast_renewal")
+def test_a_retried_write_checks_the_lock_before_each_attempt(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first attempt is cut short; by then another run has taken the lock over. The
+    # adapter retries transient faults, but the retry is a write too: it must not be made.
+    cl = adapter_for()
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "late", "namespace": namespace},
+    }
+    attempts: list[str] = []
+    with cl.lock(namespace, wait=5):
+        real = cl._dynamic.server_side_apply
+
+        def cut_short_meanwhile_taken(resource: Any, *args: Any, **kwargs: Any) -> Any:
+            attempts.append(resource.kind)
+            if len(attempts) == 1:
+                live = lease(cluster, namespace)
+                assert live is not None
+                put_lease(
+                    cluster,
+                    namespace,
+                    "other-run",
+                    stamp(),
+                    30,
+                    live["metadata"]["resourceVersion"],
+                )
+                wait_until_lost(cluster, cl)
+                raise _cut()
+            return real(resource, *args, **kwargs)
+
+        monkeypatch.setattr(cl._dynamic, "server_side_apply", cut_short_meanwhile_taken)
+        with (
+            cluster.audit.counting(user_agent_prefix="kymamesh/") as writes,
+            pytest.raises(LockLostError),
+        ):
+            cl.apply(cm)
+        assert attempts == ["ConfigMap"]  # no second attempt
+        made = [e for e in writes.events if e["objectRef"]["resource"] != "leases"]
+        assert made == [], writes.describe()  # (the Lease: the renewal that found it taken)
+    assert cluster.kubectl("get", "cm", "late", "-n", namespace, check=False).returncode != 0
+
+
+def test_a_renewal_makes_one_attempt_per_tick(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The API refuses every renewal: each tick makes one attempt, the next comes a
+    # LOCK_RETRY_EVERY_S later, and the deadline is met on time (no retries inside a tick
+    # that could run past it).
+    monkeypatch.setattr(adapter, "LOCK_RENEW_EVERY_S", 0.3)
+    monkeypatch.setattr(adapter, "LOCK_RETRY_EVERY_S", 0.5)
+    monkeypatch.setattr(adapter, "LOCK_RENEW_DEADLINE_S", 2.5)
+    cl = adapter_for()
+    tries: list[float] = []
+    with cl.lock(namespace, wait=5):
+        real = cl._dynamic.replace
+
+        def unreachable(resource: Any, *args: Any, **kwargs: Any) -> Any:
+            if resource.kind == "Lease":
+                tries.append(time.monotonic())
+                raise _cut()
+            return real(resource, *args, **kwargs)
+
+        monkeypatch.setattr(cl._dynamic, "replace", unreachable)
+        wait_until_lost(cluster, cl)
+        monkeypatch.undo()
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(tries) >= 3 and min(gaps) >= 0.45, gaps
+
+
+@pytest.mark.usefixtures("fast_renewal")
+def test_a_renewal_whose_answer_was_lost_is_recognised_on_the_next_tick(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cl = adapter_for()
+    lost: list[str] = []
+    with cl.lock(namespace, wait=5) as holder:
+        real = cl._dynamic.replace
+
+        def renew_then_lose_answer(resource: Any, *args: Any, **kwargs: Any) -> Any:
+            result = real(resource, *args, **kwargs)
+            if resource.kind == "Lease" and not lost:
+                lost.append("answer")
+                raise _cut()
+            return result
+
+        monkeypatch.setattr(cl._dynamic, "replace", renew_then_lose_answer)
+        cluster.wait_for(lambda: len(lost) == 1, timeout=30, what="a renewal to lose its answer")
+        time.sleep(1.5)  # several more ticks
+        cl.check_lock()  # still held
+        assert lease(cluster, namespace)["spec"]["holderIdentity"] == holder  # type: ignore[index]
+    assert lease(cluster, namespace) is None  # released
+
+
+@pytest.mark.usefixtures("fast_renewal")
+def test_a_run_whose_renewals_overran_releases_its_lease(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renewals fail until the run counts its lock as lost; the Lease still names this run,
+    # so at the end it is released and the next run does not wait for it to expire.
+    monkeypatch.setattr(adapter, "LOCK_RENEW_DEADLINE_S", 1.5)
+    cl = adapter_for()
+    with cl.lock(namespace, wait=5) as holder:
+        real = cl._dynamic.replace
+
+        def unreachable(resource: Any, *args: Any, **kwargs: Any) -> Any:
+            if resource.kind == "Lease":
+                raise _cut()
+            return real(resource, *args, **kwargs)
+
+        monkeypatch.setattr(cl._dynamic, "replace", unreachable)
+        assert "could not be renewed" in wait_until_lost(cluster, cl).message
+        assert lease(cluster, namespace)["spec"]["holderIdentity"] == holder  # type: ignore[index]
+        monkeypatch.setattr(cl._dynamic, "replace", real)
+    assert lease(cluster, namespace) is None
+    started = time.monotonic()
+    with adapter_for().lock(namespace, wait=5):
+        pass
+    assert time.monotonic() - started < 3
+
+
+def test_a_waiting_run_says_so_while_it_waits(
+    cluster: Any, namespace: str, adapter_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(adapter, "LOCK_TELL_EVERY_S", 0.5)
+    rv = put_lease(cluster, namespace, "busy-run", stamp(), 30)
+    stop = threading.Event()
+
+    def renew() -> None:
+        version = rv
+        while not stop.wait(0.5):
+            version = put_lease(cluster, namespace, "busy-run", stamp(), 30, rv=version)
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    lines: list[str] = []
+    try:
+        with pytest.raises(LockHeldError), adapter_for().lock(namespace, 3, lines.append):
+            pass
+    finally:
+        stop.set()
+        renewer.join()
+    assert len(lines) >= 3, lines  # at the start, then every LOCK_TELL_EVERY_S
+    for line in lines:
+        assert "busy-run" in line and re.search(r"expires in \d+s", line), line
+    assert "waiting at most 3s" in lines[0]
+    assert re.search(r"waited \ds of 3s", lines[-1]), lines[-1]
 
 
 # -- through the command line -------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kymamesh.cluster import Ref
-from kymamesh.errors import ConflictError, PreconditionError, UsageError
+from kymamesh.errors import ConflictError, InsecureValuesError, PreconditionError, UsageError
 from kymamesh.patching import load_patch_list
 from kymamesh.steps._configmaps import MissingConfigError, changed_parts, dump_yaml
 from kymamesh.steps.base import StepContext
@@ -628,5 +628,5 @@ def test_no_crd_with_istiod_is_an_error() -> None:
 
 
 def test_weakening_param_refused() -> None:
-    with pytest.raises(UsageError, match="only sets STRICT"):
+    with pytest.raises(InsecureValuesError, match="only sets STRICT"):
         PeerAuthenticationStep().preflight(ctx(FakeCluster(), {"mode": "PERMISSIVE"}))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from kymamesh.cli import charts, inject, install, patch, status, uninstall, upgrade, version
+from kymamesh.cli.parsing import KymameshCommand, KymameshGroup
 
 app = typer.Typer(
     name="kymamesh",
+    cls=KymameshGroup,  # parser errors: error and hint lines, the JSON result, exit 2
     help="Install and maintain a Kyma Service Mesh: Istio, made Kyma-ready.",
     no_args_is_help=True,
     add_completion=False,
@@ -19,7 +21,7 @@ app = typer.Typer(
 
 app.command("install")(install.install)
 app.command("patch")(patch.patch)
-app.command("inject-namespace")(inject.inject_namespace)
+app.command("inject-namespace", cls=KymameshCommand)(inject.inject_namespace)
 app.command("status")(status.status)
 app.command("uninstall")(uninstall.uninstall)
 app.add_typer(upgrade.app, name="upgrade")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -9,7 +10,23 @@ import typer
 
 from kymamesh.cli import common as c
 from kymamesh.context import RunContext
+from kymamesh.errors import UsageError
 from kymamesh.output import ItemResult, Outcome
+
+
+def prepare_dest(dest: Path) -> None:
+    """Make the --dest folder and check that files can be written there, before any download."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=dest, prefix=".kymamesh-"):
+            pass
+    except OSError as exc:
+        reason = "it is a file" if dest.is_file() else exc.strerror or type(exc).__name__
+        raise UsageError(
+            f"cannot write chart packages into --dest {dest}: {reason}",
+            hint="give --dest a folder you can write to (it is made if missing)",
+        ) from None
+
 
 app = typer.Typer(help="Work with the pinned Istio charts.", no_args_is_help=True)
 
@@ -17,7 +34,10 @@ app = typer.Typer(help="Work with the pinned Istio charts.", no_args_is_help=Tru
 @app.command("pull")
 def pull(
     dest: Annotated[
-        Path, typer.Option("--dest", help="Folder to put the chart packages in.", file_okay=False)
+        Path,
+        typer.Option(
+            "--dest", metavar="DIR", help="Folder to put the chart packages in.", file_okay=False
+        ),
     ],
     repo: c.Repo = None,
     helm: c.HelmPath = None,
@@ -31,6 +51,7 @@ def pull(
     def body(ctx: RunContext) -> None:
         from kymamesh.release import dex_pinned, pinned
 
+        prepare_dest(dest)
         release = pinned()
         source = repo or release.chart_repository
         phase = ctx.result.phase("charts pull")

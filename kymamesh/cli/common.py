@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from kymamesh.context import Options, RunContext
-from kymamesh.errors import ExitCode, KymameshError, UsageError
+from kymamesh.errors import ExitCode, InterruptedRunError, KymameshError, UsageError
 from kymamesh.output import Progress, Result
 
 
@@ -27,51 +27,97 @@ Kubeconfig = Annotated[
     str | None,
     typer.Option(
         "--kubeconfig",
+        metavar="FILE",
         envvar="KUBECONFIG",
         help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config).",
     ),
 ]
-Context = Annotated[str | None, typer.Option("--context", help="Kubeconfig context to use.")]
+Context = Annotated[
+    str | None, typer.Option("--context", metavar="NAME", help="Kubeconfig context to use.")
+]
 HelmPath = Annotated[
     str | None,
-    typer.Option("--helm", envvar="KYMAMESH_HELM", help="The helm binary (default: helm on PATH)."),
+    typer.Option(
+        "--helm",
+        metavar="FILE",
+        envvar="KYMAMESH_HELM",
+        help="The helm binary (default: helm on PATH).",
+    ),
 ]
 DryRun = Annotated[
     bool, typer.Option("--dry-run", help="Show what would change, as a diff; write nothing.")
 ]
 Output = Annotated[
-    OutputFormat, typer.Option("--output", "-o", help="Result format: text, or json for CI.")
+    OutputFormat,
+    typer.Option(
+        "--output", "-o", metavar="text|json", help="Result format: text, or json for CI."
+    ),
 ]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations.")]
 Verbose = Annotated[
     bool, typer.Option("--verbose", "-v", help="Show tracebacks and helm's own output.")
 ]
 Timeout = Annotated[
-    float, typer.Option("--timeout", help="Seconds to wait for readiness (at least 1).")
+    float,
+    typer.Option(
+        "--timeout", metavar="SECONDS", help="Seconds to wait for readiness (at least 1)."
+    ),
 ]
 LockWait = Annotated[
     float,
-    typer.Option("--lock-wait", help="Seconds to wait for another kymamesh run to finish."),
+    typer.Option(
+        "--lock-wait", metavar="SECONDS", help="Seconds to wait for another kymamesh run to finish."
+    ),
 ]
 ChartsDir = Annotated[
     Path | None,
     typer.Option(
         "--charts-dir",
+        metavar="DIR",
         help="Install from local chart folders or .tgz packages (base, istiod, gateway; dex).",
         file_okay=False,
     ),
 ]
+
+
+def _check_repo(value: str | None) -> str | None:
+    """A chart repository is an https://, http:// or oci:// URL with a host (what helm takes)."""
+    if value is None:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("https", "http", "oci") or not rest.split("/")[0]:
+        raise typer.BadParameter(
+            f"{value!r} is not a chart repository URL: give https://HOST/PATH or "
+            "oci://HOST/PATH (e.g. oci://ghcr.io/istio/release/charts)"
+        )
+    return value
+
+
 Repo = Annotated[
     str | None,
-    typer.Option("--repo", help="Chart repository (https:// or oci://) instead of the pinned one."),
+    typer.Option(
+        "--repo",
+        metavar="URL",
+        callback=_check_repo,
+        help="Chart repository (https:// or oci://) instead of the pinned one.",
+    ),
 ]
 ValuesFiles = Annotated[
     list[Path] | None,
-    typer.Option("--values", "-f", help="Values file (top-level keys: base, istiod, gateway)."),
+    typer.Option(
+        "--values",
+        "-f",
+        metavar="FILE",
+        help="Values file (top-level keys: base, istiod, gateway).",
+    ),
 ]
 SetValues = Annotated[
     list[str] | None,
-    typer.Option("--set", help="CHART.key=value, e.g. istiod.pilot.replicaCount=2."),
+    typer.Option(
+        "--set",
+        metavar="CHART.KEY=VALUE",
+        help="CHART.key=value, e.g. istiod.pilot.replicaCount=2.",
+    ),
 ]
 
 
@@ -84,16 +130,20 @@ def options_from(arguments: Mapping[str, Any]) -> Options:
     return Options(**values)
 
 
+MAX_WAIT_S = 86400.0  # a day: longer waits are a typo (`1e10`), not a plan
+
+
 def check_options(options: Options) -> None:
-    """Refuse waits that are not a finite number of seconds in range."""
+    """Refuse waits that are not a finite number of seconds in range, before anything runs."""
     for flag, value, least in (
         ("--timeout", options.timeout, 1.0),
         ("--lock-wait", options.lock_wait, 0.0),
     ):
-        if not math.isfinite(value) or value < least:
+        if not math.isfinite(value) or not least <= value <= MAX_WAIT_S:
             raise UsageError(
-                f"{flag} {value} is not a number of seconds of at least {least:g}",
-                hint=f"give {flag} a finite number of seconds >= {least:g}, e.g. {flag} 300",
+                f"{flag} {value:g} is not a number of seconds from {least:g} to {MAX_WAIT_S:g}",
+                hint=f"give {flag} a number of seconds from {least:g} to {MAX_WAIT_S:g} "
+                f"(a day), e.g. {flag} 300",
             )
 
 
@@ -125,7 +175,13 @@ def run_command(
         if ctx.writes_started and result.exit_code in (ExitCode.PRECONDITION, ExitCode.FAILURE):
             result.exit_code = ExitCode.PARTIAL  # something was written before it failed
     except KeyboardInterrupt:
-        result.fail(KymameshError("interrupted", hint="re-run the same command; it converges"))
+        result.fail(
+            InterruptedRunError(
+                "interrupted (Ctrl-C)"
+                + (" after writing to the cluster" if ctx.writes_started else ""),
+                hint="re-run the same command; it converges",
+            )
+        )
     except Exception as exc:  # a bug: say so plainly, with the traceback under -v
         if options.verbose:
             traceback.print_exc()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import typer
@@ -9,14 +10,47 @@ import typer
 from kymamesh.cli import common as c
 from kymamesh.context import RunContext
 
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _check_namespace(value: str) -> str:
+    """A namespace name is a DNS label (RFC 1123), as the API server requires."""
+    if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
+        raise typer.BadParameter(
+            f"{value!r} is not a namespace name: lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63"
+        )
+    return value
+
+
+def _check_deployments(values: list[str] | None) -> list[str] | None:
+    """A Deployment name is a DNS subdomain (RFC 1123), as the API server requires."""
+    for value in values or ():
+        if len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
+            raise typer.BadParameter(
+                f"{value!r} is not a Deployment name: lower-case letters, digits, '-' and "
+                "'.', starting and ending with a letter or digit, at most 253"
+            )
+    return values
+
 
 def inject_namespace(
-    namespace: Annotated[str, typer.Argument(help="The namespace to put into the mesh.")],
+    namespace: Annotated[
+        str,
+        typer.Argument(
+            metavar="NAMESPACE",
+            callback=_check_namespace,
+            help="The namespace to put into the mesh.",
+        ),
+    ],
     deployment: Annotated[
         list[str] | None,
         typer.Option(
             "--deployment",
             "-d",
+            metavar="NAME",
+            callback=_check_deployments,
             help="A Deployment whose Pods get a sidecar (its Pod template is labelled, so it "
             "rolls).",
         ),

@@ -6,29 +6,38 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
 from kymamesh.context import RunContext
-from kymamesh.errors import UsageError, yaml_problem
+from kymamesh.errors import UsageError
 
 PatchConfig = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         help="YAML file of patch step settings: `steps: {STEP: {PARAM: VALUE}}`.",
     ),
 ]
 Domain = Annotated[
     str | None,
-    typer.Option("--domain", help="Domain of the ingress gateway certificate (*.DOMAIN)."),
+    typer.Option(
+        "--domain", metavar="DOMAIN", help="Domain of the ingress gateway certificate (*.DOMAIN)."
+    ),
 ]
 TlsCert = Annotated[
     Path | None,
-    typer.Option("--tls-cert", help="PEM certificate for the ingress gateway.", dir_okay=False),
+    typer.Option(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM certificate for the ingress gateway.",
+        dir_okay=False,
+    ),
 ]
 TlsKey = Annotated[
     Path | None,
-    typer.Option("--tls-key", help="PEM private key matching --tls-cert.", dir_okay=False),
+    typer.Option(
+        "--tls-key", metavar="FILE", help="PEM private key matching --tls-cert.", dir_okay=False
+    ),
 ]
 RestartProxies = Annotated[
     bool,
@@ -52,6 +61,7 @@ Identity = Annotated[
     str | None,
     typer.Option(
         "--identity",
+        metavar="FILE|none",
         help="Identity file (Dex connectors, static clients, hosts that require a token), "
         "or `none` to turn identity off and remove what it made.",
     ),
@@ -81,19 +91,9 @@ _CONFIG_EXAMPLE = "`steps: {sidecar-resources: {proxy: {limits: {memory: 512Mi}}
 
 def read_config(config: Path) -> dict[str, dict[str, Any]]:
     """The step settings of a `--config` file: `steps: {STEP: {PARAM: VALUE}}`."""
-    try:
-        raw = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        reason = "it is a directory" if config.is_dir() else exc.strerror
-        raise UsageError(
-            f"cannot read --config {config}: {reason}",
-            hint=f"pass --config with the path of a YAML file like {_CONFIG_EXAMPLE}",
-        ) from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(
-            f"--config {config} is not valid YAML: {yaml_problem(exc)}",
-            hint=f"fix the YAML; the file holds e.g. {_CONFIG_EXAMPLE}",
-        ) from None
+    from kymamesh import userfiles
+
+    raw = userfiles.read(config, f"--config {config}", f"e.g. {_CONFIG_EXAMPLE}") or {}
     steps = raw.get("steps") if isinstance(raw, dict) else None
     if not isinstance(steps, dict) or set(raw) - {"steps"}:
         if not isinstance(raw, dict):

