@@ -209,8 +209,9 @@ def mesh_differences(
 ) -> list[str]:
     """The mesh config settings this sidecar started without ([] when current).
 
-    The proxy config is compared only when the injector wrote it into the sidecar (env
-    PROXY_CONFIG, as Istio's templates do) and the Pod does not override it itself.
+    Only a sidecar the injector wrote its proxy config into (env PROXY_CONFIG, as Istio's
+    templates do) is judged; the proxy config only when the Pod does not override it
+    itself (annotation proxy.istio.io/config).
     """
     reasons = []
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
@@ -234,6 +235,7 @@ def mesh_differences(
                     reasons.append(f"{DNS_CAPTURE} {have}, mesh config {meta[DNS_CAPTURE]}")
     if (
         wanted.prometheus_merge is True
+        and raw is not None  # injected by an istiod whose template writes the proxy config
         and str(annotations.get(_PROMETHEUS_SCRAPE, "true")).lower() != "false"
         and str(annotations.get(_PROMETHEUS_PORT)) != str(_STATUS_PORT)
         and _sidecar_template(annotations)

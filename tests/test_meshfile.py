@@ -261,10 +261,12 @@ def test_a_sidecar_started_without_the_mesh_settings_is_out_of_date() -> None:
     ]
     current = _pod({k: v for k, v in mesh["defaultConfig"].items()} | {"concurrency": 0}, merged)
     assert mesh_differences(current, current["spec"]["containers"][0], wanted) == []
-    unmerged = _pod(None, {})
+    unmerged = _pod({**mesh["defaultConfig"]}, {})
     assert mesh_differences(unmerged, unmerged["spec"]["containers"][0], wanted) == [
         "Prometheus merge is on, the sidecar was injected without it"
     ]
+    by_hand = _pod(None, {})  # no proxy config from an injector: not judged
+    assert mesh_differences(by_hand, by_hand["spec"]["containers"][0], wanted) == []
     gateway = _pod(
         {"proxyStatsMatcher": mesh["defaultConfig"]["proxyStatsMatcher"]},
         {"inject.istio.io/templates": "gateway", "proxy.istio.io/unrelated": "x"},
