@@ -59,7 +59,9 @@ def _workload(c: Any, namespace: str) -> None:
         },
     }
     c.kubectl("apply", "-f", "-", input=json.dumps(deployment))
-    c.kubectl("rollout", "status", "deployment/shop", "-n", namespace, "--timeout=180s")
+    c.kubectl(
+        "rollout", "status", "deployment/shop", "-n", namespace, "--timeout=300s", timeout=330
+    )
 
 
 MODULE_CRD = {
@@ -152,8 +154,16 @@ def test_every_setting_of_the_mesh_file(fresh_cluster: Any, tmp_path: Path) -> N
     # restarted on request; the new Pods' sidecars carry the settings
     code, result, stderr = kymamesh_json(c, "patch", "--restart-proxies", "-y")
     assert code == 0, (result, stderr)
-    c.kubectl("rollout", "status", "deployment/shop", "-n", shop_ns, "--timeout=180s")
-    c.kubectl("rollout", "status", "deployment/istio-ingressgateway", "-n", NS, "--timeout=180s")
+    c.kubectl("rollout", "status", "deployment/shop", "-n", shop_ns, "--timeout=300s", timeout=330)
+    c.kubectl(
+        "rollout",
+        "status",
+        "deployment/istio-ingressgateway",
+        "-n",
+        NS,
+        "--timeout=300s",
+        timeout=330,
+    )
 
     def new_shop() -> dict[str, Any] | None:
         pods = [
@@ -189,7 +199,7 @@ def test_every_setting_of_the_mesh_file(fresh_cluster: Any, tmp_path: Path) -> N
     assert gw_values["service"] == {"externalTrafficPolicy": "Local"}
     assert _items(result)["mesh-components"]["outcome"] == "unchanged"
     _check_components(c)
-    c.kubectl("rollout", "status", "deployment/istiod", "-n", NS, "--timeout=180s")
+    c.kubectl("rollout", "status", "deployment/istiod", "-n", NS, "--timeout=300s", timeout=330)
 
     # converged: a re-run writes nothing
     with c.audit.counting() as writes:
