@@ -348,14 +348,74 @@ def release_of(plane: ControlPlane) -> str | None:
     return str(owner) if owner else None
 
 
+def kymamesh_revisions(ctx: RunContext, planes: list[ControlPlane]) -> list[ControlPlane]:
+    """The named revisions kymamesh installed by revisions (`install --revision-based`),
+    known by what kymamesh wrote, whatever Istio version they run and this kymamesh
+    supports: the revision's istiod belongs to the Helm release `istiod-REV`, and
+    kymamesh installed or upgraded that release (its description, on the current Helm
+    revision or, when the current one failed, on an earlier one)."""
+    found = []
+    for plane in planes:
+        name = tags.istiod_release_name(plane.revision)
+        if not plane.suffix or release_of(plane) != name:
+            continue
+        if made_by_kymamesh(ctx, name, plane.namespace):
+            found.append(plane)
+    return found
+
+
+def made_by_kymamesh(ctx: RunContext, release: str, namespace: str) -> bool:
+    from kymamesh.helm import RELEASE_SECRET_TYPE, decode_release
+    from kymamesh.inventory import KYMAMESH_MARK, marked_by_kymamesh
+
+    deployed = ctx.helm.deployed(release, namespace)
+    if deployed is None:
+        return False
+    if marked_by_kymamesh(deployed):
+        return True
+    if deployed.status == "deployed":  # a later `helm upgrade` of someone else: theirs now
+        return False
+    # a failed or pending revision carries helm's message: the revisions before it tell
+    for secret in ctx.cluster.list("v1", "Secret", namespace, f"owner=helm,name={release}"):
+        if secret.get("type") != RELEASE_SECRET_TYPE:
+            continue
+        try:
+            info = decode_release(secret).get("info") or {}
+        except (KeyError, TypeError, ValueError, OSError, EOFError):
+            continue
+        if str(info.get("description") or "").strip().lower().startswith(KYMAMESH_MARK):
+            return True
+    return False
+
+
 def canary_planes(
-    planes: list[ControlPlane], revision: str
+    planes: list[ControlPlane], ours: list[ControlPlane], revision: str | None = None
 ) -> tuple[ControlPlane | None, list[ControlPlane]]:
-    """The canary revision's control plane (its Deployment made by the release
-    `istiod-REV`), if running, and every other revision."""
-    name = tags.istiod_release_name(revision)
-    canary = next((p for p in planes if p.revision == revision and release_of(p) == name), None)
+    """The canary: among the revisions kymamesh installed by revisions (`ours`), the one
+    named `revision` if given, else the newest (the highest istiod version); and every
+    other control plane."""
+    if revision is not None:
+        canary = next((p for p in ours if p.revision == revision), None)
+    else:
+        ranked = sorted(ours, key=lambda p: (_version_of(p), p.revision))
+        canary = ranked[-1] if ranked else None
     return canary, [p for p in planes if p is not canary]
+
+
+def _version_of(plane: ControlPlane) -> Version:
+    found = controlplane.istiod_version(plane.deployment) if plane.deployment else None
+    return found or Version(0, 0, 0)
+
+
+def _refuse_current(planes: list[ControlPlane], version: Version, namespace: str) -> None:
+    """Nothing to upgrade by revisions when an istiod already runs the pinned release."""
+    current = [p for p in planes if _runs(p, version)]
+    if current:
+        raise PreconditionError(
+            f"istiod {', '.join(p.istiod for p in current)} in {namespace} already runs "
+            f"Istio {version}: there is nothing to upgrade by revisions",
+            hint="run `kymamesh install` without --revision-based to keep it up to date",
+        )
 
 
 def _runs(plane: ControlPlane, version: Version) -> bool:
@@ -370,14 +430,31 @@ def release_layout(
     gone: frozenset[str] = frozenset(),
 ) -> ReleaseLayout:
     """The releases of this run: in place, or revision-based when asked or when a
-    canary revision made by kymamesh runs (so that every later run, `install` included,
-    converges instead of upgrading the old revision in place). `gone`: revisions to
-    count as removed (a dry run of `upgrade finish`)."""
+    revision kymamesh installed by revisions runs (so that every later run, `install`
+    included, converges on it instead of adding an unnamed istiod beside it). `gone`:
+    revisions to count as removed (`upgrade finish` plans before it removes them).
+
+    Revision-based, the new revision is named after the pinned version (`1-30-3`); a
+    later plain `install` converges on that one, or on the only revision kymamesh
+    installed by revisions when it is named after another version (upgraded in place,
+    within the version gate)."""
     release = pinned()
-    revision = tags.revision_name(release.version)
+    target = tags.revision_name(release.version)
     planes = controlplane.find_control_planes(ctx.cluster, release.namespace)
     planes = [p for p in planes if p.revision not in gone]
-    canary, others = canary_planes(planes, revision)
+    ours = kymamesh_revisions(ctx, planes)
+    if revision_based or any(p.revision == target for p in ours):
+        canary, others = canary_planes(planes, ours, target)
+    elif len(ours) > 1:
+        names = ", ".join(sorted(p.revision for p in ours))
+        raise PreconditionError(
+            f"revisions {names} (each installed by kymamesh) run side by side in "
+            f"{release.namespace}: a canary upgrade is under way, and neither is Istio "
+            f"{release.version}'s revision {target}",
+            hint="finish it first (`kymamesh upgrade promote`, then `kymamesh upgrade finish`)",
+        )
+    else:
+        canary, others = canary_planes(planes, ours)
     if canary is None and not revision_based:
         return ReleaseLayout(rows=release.releases, stack=stack)
     if canary is None and not others:
@@ -388,14 +465,10 @@ def release_layout(
         )
     if canary is None:
         refuse_revision_value(stack)
-        current = [p for p in others if _runs(p, release.version)]
-        if current:
-            raise PreconditionError(
-                f"istiod {', '.join(p.istiod for p in current)} in {release.namespace} "
-                f"already runs Istio {release.version}: there is nothing to upgrade by "
-                "revisions",
-                hint="run `kymamesh install` without --revision-based to keep it up to date",
-            )
+        _refuse_current(others, release.version, release.namespace)
+    elif revision_based and not others:
+        _refuse_current([canary], release.version, release.namespace)
+    revision = canary.revision if canary is not None else target
     extra: dict[str, Values] = {"istiod": {"revision": revision}}
     if not any(p.suffix == "" for p in others):
         # no unnamed istiod any more: the cluster-wide validator goes to the new revision
@@ -561,27 +634,40 @@ def _wait_ready(
 
 
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
-    """Wait until istiod's injection webhook answers (a dry-run Pod is admitted).
+    """Wait until istiod's injection webhook answers: a dry-run Pod gets the sidecar of
+    the revision expected to inject it (`revision`; for the unnamed one, the revision the
+    default tag points at, if there is one).
 
     istiod is Ready before it has patched its CA bundle into its webhooks; a Pod the
     injector must see (the gateway's) is refused until then, and its ReplicaSet backs
     off for longer after each refusal. So the next release starts only once the
-    injector answers.
+    injector answers. The probe is made where its labels decide which webhook is called
+    (`controlplane.probe_namespace`): a Pod admitted without a sidecar proves nothing.
     """
-    probe = controlplane.injection_probe_pod(namespace, revision)
+    expected = revision
+    if revision == controlplane.DEFAULT_REVISION:
+        tag = ctx.cluster.get(
+            Ref(tags.WEBHOOK_API, tags.MUTATING, tags.tag_webhook_name(namespace))
+        )
+        expected = tags.tag_revision(tag) or revision
     deadline = time.monotonic() + timeout
     pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
     while True:
         try:
-            ctx.cluster.dry_run_create(probe)
-            return
+            got = controlplane.probe_injection(ctx.cluster, revision, namespace)
+            if got == expected:
+                return
+            seen = "a test Pod got " + (
+                "no sidecar" if got is None else f"the sidecar of revision {got}"
+            )
         except ApiError as exc:
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
-                    f"{revision}) does not answer: {exc.message}",
-                    hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
-                    "--timeout if the cluster is slow",
-                ) from None
+            seen = exc.message
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
+                f"{expected}) does not answer: {seen}",
+                hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
+                "--timeout if the cluster is slow",
+            ) from None
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(1.0, pause * 2)

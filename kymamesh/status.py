@@ -265,7 +265,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     cluster = ctx.cluster
     release = pinned()
     namespace = release.namespace
-    canary = read_canary(cluster, namespace)
+    canary = read_canary(ctx)
     releases = []
     for row in release.releases:
         deployed = ctx.helm.deployed(row.release, namespace)
