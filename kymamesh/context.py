@@ -76,6 +76,7 @@ class RunContext:
                 fence=self._check_lock,
                 release_secrets=self._release_secrets,
                 drop_release_secret=self._drop_release_secret,
+                output=_helm_line if self.options.verbose else None,
             )
         return self._helm
 
@@ -146,3 +147,8 @@ class RunContext:
         finally:
             if self._cluster is not None:
                 self._cluster.close()
+
+
+def _helm_line(line: str) -> None:
+    """-v: one line of helm's own output, on stderr."""
+    print(f"helm: {line}", file=sys.stderr, flush=True)

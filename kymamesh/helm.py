@@ -134,7 +134,43 @@ def find_helm(explicit: str | None) -> str:
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio  # only when helm runs: a converged re-run needs none of it
 
-    return asyncio.run(coro)
+    try:
+        return asyncio.run(coro)
+    finally:
+        for relay in _RELAYS:
+            relay()
+
+
+# With -v, helm's own output (its stderr; with --debug for the commands that write) is
+# shown as it was written: helm runs through a small wrapper that copies its stderr to a
+# log, and after each helm command the new lines are passed on (`Helm(output=...)`).
+_RELAYS: list[Callable[[], None]] = []
+_WRAPPER = """#!{python}
+import subprocess, sys
+helm = subprocess.Popen([{helm!r}, *sys.argv[1:]], stderr=subprocess.PIPE)
+with open({log!r}, "ab") as log:
+    for line in helm.stderr:
+        sys.stderr.buffer.write(line)
+        log.write(line)
+sys.exit(helm.wait())
+"""
+
+
+def _output_wrapper(executable: str) -> tuple[str, Path]:
+    """A wrapper for `executable` that also writes its stderr to a log; (wrapper, log)."""
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="kymamesh-helm-"))
+    atexit.register(shutil.rmtree, folder, True)
+    log = folder / "helm.log"
+    log.touch()
+    wrapper = folder / "helm"
+    wrapper.write_text(_WRAPPER.format(python=sys.executable, helm=executable, log=str(log)))
+    wrapper.chmod(0o700)
+    return str(wrapper), log
 
 
 HELM_ATTEMPTS = 4  # one command, tried at most this often on transient faults
@@ -218,11 +254,29 @@ class Helm:
         fence: Callable[[], None] | None = None,
         release_secrets: ReleaseSecrets | None = None,
         drop_release_secret: Callable[[str, str], None] | None = None,
+        output: Callable[[str], None] | None = None,
     ) -> None:
         """`fence` is called before every write (it raises when the run lost its lock);
         `release_secrets` lists Secrets (see the module docstring); `drop_release_secret`
-        deletes one (namespace, name): a revision this run's own failed attempt left pending."""
+        deletes one (namespace, name): a revision this run's own failed attempt left pending;
+        `output` (with -v) is given each line helm writes to its stderr, and the commands
+        that write run with --debug."""
         self.executable = executable
+        self._run_as = executable
+        self._debug = output is not None
+        if output is not None:
+            self._run_as, log = _output_wrapper(executable)
+            seen = [0]
+
+            def relay() -> None:
+                with log.open("rb") as fh:
+                    fh.seek(seen[0])
+                    data = fh.read()
+                seen[0] += len(data)
+                for line in data.decode("utf-8", "replace").splitlines():
+                    output(line)
+
+            _RELAYS.append(relay)
         self._kubeconfig = kubeconfig
         self._context = context
         self._fence = fence or (lambda: None)
@@ -239,12 +293,12 @@ class Helm:
             from pyhelm3 import Client, Command
 
             command = Command(
-                executable=self.executable,
+                executable=self._run_as,
                 kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
                 kubecontext=self._context,
             )
             try:
-                client = Client(command, executable=self.executable)
+                client = Client(command, executable=self._run_as)
             except Exception as exc:
                 raise HelmMissingError(
                     f"cannot run helm at {self.executable}: {exc}",
@@ -527,6 +581,7 @@ class Helm:
                     create_namespace=True,
                     timeout=f"{int(timeout)}s",
                     wait=False,
+                    debug=self._debug,
                     description=description,
                     # Helm 4 applies server-side: the Kyma patch owns some fields of the
                     # chart's ConfigMaps, so take them back; phase 2 then re-applies them.

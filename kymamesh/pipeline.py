@@ -39,6 +39,7 @@ from kymamesh.values import (
     Values,
     ValueSource,
     ValueStack,
+    check_mesh_config,
     check_security,
     load_user_file,
     parse_set,
@@ -94,6 +95,7 @@ def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
     if inputs.set_values:
         stack.sources.append(parse_set(inputs.set_values, charts))
     check_security(stack, charts)
+    check_mesh_config(stack, f"{release.version.major}.{release.version.minor}")
     return stack
 
 
@@ -633,6 +635,22 @@ def _wait_ready(
             _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
 
 
+DENIAL_SETTLE_S = 2.0  # the same denial this long: istiod means it (not a start-up blip)
+
+
+def webhook_denial(exc: ApiError) -> bool:
+    """Whether an admission webhook answered and refused (a deterministic answer: a 4xx
+    whose message says a webhook denied the request), as opposed to a webhook that cannot
+    be reached yet (no endpoint, connection refused, a CA bundle not patched in yet, a
+    timeout: a 500 "failed calling webhook", or no answer at all)."""
+    return (
+        exc.status is not None
+        and 400 <= exc.status < 500
+        and exc.status != 429
+        and "denied the request" in exc.message
+    )
+
+
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
     """Wait until istiod's injection webhook answers: a dry-run Pod gets the sidecar of
     the revision expected to inject it (`revision`; for the unnamed one, the revision the
@@ -642,7 +660,10 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
     injector must see (the gateway's) is refused until then, and its ReplicaSet backs
     off for longer after each refusal. So the next release starts only once the
     injector answers. The probe is made where its labels decide which webhook is called
-    (`controlplane.probe_namespace`): a Pod admitted without a sidecar proves nothing.
+    (`controlplane.probe_namespace`): a Pod admitted without a sidecar proves nothing. A
+    webhook that answers with a denial (a template istiod cannot render) is answering:
+    the same denial for DENIAL_SETTLE_S ends the wait with its message instead of
+    waiting out the timeout.
     """
     expected = revision
     if revision == controlplane.DEFAULT_REVISION:
@@ -652,6 +673,7 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
         expected = tags.tag_revision(tag) or revision
     deadline = time.monotonic() + timeout
     pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
+    denied: tuple[str, float] | None = None  # the webhook's denial, and since when
     while True:
         try:
             got = controlplane.probe_injection(ctx.cluster, revision, namespace)
@@ -662,6 +684,21 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             )
         except ApiError as exc:
             seen = exc.message
+            now = time.monotonic()
+            if not webhook_denial(exc):
+                denied = None
+            elif denied is None or denied[0] != exc.message:
+                denied = (exc.message, now)
+            elif now - denied[1] >= DENIAL_SETTLE_S:
+                raise KymameshError(
+                    f"istiod's injection webhook (revision {expected}) answers, and refuses "
+                    f"Pods: {exc.message}",
+                    hint="the injection template cannot be rendered with these values (or "
+                    "istiod refuses them): fix the values given with -f/--set, or look at "
+                    "istiod's log, and re-run",
+                ) from None
+        else:
+            denied = None
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(
                 f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "

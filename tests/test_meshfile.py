@@ -360,3 +360,19 @@ def test_the_module_manager_running_is_refused() -> None:
     stopped = FakeCluster([manager("istio-controller-manager", 0)], served=served)
     meshfile.refuse_module_manager(stopped)  # type: ignore[arg-type]
     assert meshfile.module_managers(FakeCluster([], served=served)) == []  # type: ignore[arg-type]
+
+
+def test_the_mesh_config_made_is_one_istiod_reads() -> None:
+    """Checked against Istio's MeshConfig schema (kymamesh.meshschema)."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    made: dict[str, Any] = {}
+    apply_mesh_settings(
+        made, mesh_settings_wanted(meshfile.translate(every_field()).steps["mesh-config"])
+    )
+    assert mesh_config_problems(made) == []
+    authorizers = meshfile.translate(every_field()).steps["pilot-webhook"]["authorizers"]
+    from kymamesh.meshschema import provider_problems
+
+    for authorizer in authorizers:
+        assert provider_problems(authorizer, "extensionProviders[]") == []

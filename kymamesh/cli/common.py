@@ -116,7 +116,8 @@ SetValues = Annotated[
     typer.Option(
         "--set",
         metavar="CHART.KEY=VALUE",
-        help="CHART.key=value, e.g. istiod.pilot.replicaCount=2.",
+        help="CHART.key=value in Helm's --set syntax, e.g. istiod.pilot.replicaCount=2 "
+        "(a=1,b=2: two keys; list[0]=x; key={a,b}: a list; \\, a comma in a value).",
     ),
 ]
 
