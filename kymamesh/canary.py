@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kymamesh import MANAGED_BY_LABEL, pipeline, settings, sidecars, tags
@@ -79,7 +79,7 @@ class CanaryState:
     """The revisions in the cluster and where the default tag points (read-only)."""
 
     namespace: str
-    revision: str  # the canary revision (`1-30-3`); "" when there is none
+    revision: str  # the canary revision (`1-31-1`); "" when there is none
     canary: ControlPlane | None
     others: list[ControlPlane]
     tag: Obj | None  # the live default-tag webhook
@@ -553,17 +553,26 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     from kymamesh import patching
 
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
-    pipeline.refuse_revision_value(stack)
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     specs = patching.patch_list_for(ctx, {}, reset=False)
-    stack = pipeline.with_mesh_values(stack, specs, pinned())  # the mesh file's chart values
     state, plan = _finish_plan(ctx)
+    canary = _need_canary(state)
+    found = istiod_version(canary.deployment) if canary.deployment else None
+    release = pipeline.resolve_release(  # the canary's own Istio release
+        ctx,
+        replace(inputs, istio=inputs.istio or (str(found) if found else None)),
+        patching.image_hub(specs),
+    )
+    inputs = pipeline.with_compatibility_mode(inputs, specs, release)
+    stack = pipeline.with_release_values(stack, release, inputs)
+    stack = pipeline.with_mesh_values(stack, specs)  # the mesh file's chart values
+    pipeline.refuse_revision_value(stack, release)
     old = frozenset(p.revision for p in state.others)
     layout = pipeline.release_layout(ctx, stack, revision_based=False, gone=old)
     ctx.planned_control_plane = pipeline.planned_control_plane(layout.stack)
     # everything that can refuse, before the old revision goes: the charts (local or from
     # the repository), the version gate, helm itself, every patch step's preflight
-    planned = pipeline.plan_releases(ctx, inputs, layout.stack, layout.rows)
+    planned = pipeline.plan_releases(ctx, inputs, layout.stack, layout.rows, revision_based=True)
     if plan.actions or any(p.needed for p in planned):
         ctx.helm.check()
     patching.preflight(ctx, specs)
@@ -575,7 +584,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     if not ctx.options.dry_run:
         for plane in state.others:  # removed now, or still terminating from an earlier run
             _wait_gone(ctx.cluster, plane.istiod_ref, ctx.options.timeout)
-    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
+    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows, revision_based=True)
     patching.run_patch(ctx, specs)
     ctx.result.data["canary"] = read_state(ctx).to_json()
 

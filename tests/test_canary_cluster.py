@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support_lifecycle import NAMESPACE, ROOT, get, kymamesh, writes_during
+from tests.support_lifecycle import (
+    NAMESPACE,
+    ROOT,
+    get,
+    install_as_an_earlier_kymamesh,
+    kymamesh,
+    writes_during,
+)
 
 CHARTS = ROOT / "tests" / "fixtures" / "charts"
 OLD_CHARTS = ROOT / "tests" / "fixtures" / "charts-1.29"
@@ -209,7 +216,7 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
 
     config = tmp_path / "system.yaml"  # remembered: promote and rollback restart shop first
     config.write_text(json.dumps(SYSTEM))
-    ok(km(c, "install", "--charts-dir", str(OLD_CHARTS), "--config", str(config), "-y"))
+    install_as_an_earlier_kymamesh(c, OLD_CHARTS, "--config", str(config))
     shop = c.create_namespace("shop", labels={"istio-injection": "enabled"})
     bank = c.create_namespace("bank", labels={"istio-injection": "enabled"})
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(deployment("web")))

@@ -15,7 +15,7 @@ from kymamesh.errors import PreconditionError
 from kymamesh.helm import DeployedRelease
 from kymamesh.inventory import INSTALL_DESCRIPTION
 from kymamesh.output import Progress, Result
-from kymamesh.release import pinned
+from kymamesh.release import catalog, pinned
 from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster
 from tests.support_inventory import FakeHelm
@@ -68,6 +68,7 @@ def _ctx(*deployments: dict[str, Any], by: str = INSTALL_DESCRIPTION) -> RunCont
     ctx = RunContext(options=Options(), result=Result("install"), progress=Progress(quiet=True))
     ctx._cluster = FakeCluster([namespace, *deployments])  # type: ignore[assignment]
     ctx._helm = FakeHelm([_release(d, by) for d in deployments])  # type: ignore[assignment]
+    ctx.release = catalog().release(Version(1, 30, 3))  # the release these layouts install
     return ctx
 
 

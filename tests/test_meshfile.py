@@ -96,18 +96,33 @@ def test_translation_of_every_field() -> None:
     }
 
 
-def test_compatibility_mode_is_the_previous_minor_of_every_chart() -> None:
-    from kymamesh import patching, pipeline
-    from kymamesh.release import pinned
+def test_compatibility_mode_is_the_compatibility_version_of_the_previous_minor() -> None:
+    from dataclasses import replace
 
+    from kymamesh import patching, pipeline
+    from kymamesh.release import catalog
+
+    release = catalog().resolve("1.31", None)
     t = meshfile.translate(meshfile.check_spec({"compatibilityMode": True}, "test"))
     specs = patching.load_patch_list(t.steps)
-    values = pipeline.mesh_values(specs, pinned())
-    version = pinned().version
-    previous = f"{version.major}.{version.minor - 1}"
-    assert {chart: v["compatibilityVersion"] for chart, v in values.items()} == {
-        row.chart: previous for row in pinned().releases
-    }
+    inputs = pipeline.with_compatibility_mode(pipeline.ChartInputs(), specs, release)
+    assert inputs.compatibility_version == "1.30"
+    stack = pipeline.with_release_values(pipeline.build_values(inputs, release), release, inputs)
+    assert {
+        row.chart: stack.merged(row.chart)["compatibilityVersion"] for row in release.releases
+    } == {row.chart: "1.30" for row in release.releases}
+    given = pipeline.ChartInputs(compatibility_version="1.29")  # the flag wins
+    assert pipeline.with_compatibility_mode(given, specs, release) == given
+    off = patching.load_patch_list({})
+    assert (
+        pipeline.with_compatibility_mode(pipeline.ChartInputs(), off, release).compatibility_version
+        is None
+    )
+    no_profile = replace(release, line=replace(release.line, compatibility_versions=()))
+    with pytest.raises(
+        UsageError, match=r"compatibilityMode: Istio 1\.31 offers no behaviour of 1\.30"
+    ):
+        pipeline.with_compatibility_mode(pipeline.ChartInputs(), specs, no_profile)
 
 
 BAD = [
@@ -322,14 +337,14 @@ def test_user_values_that_contradict_the_mesh_file_are_refused(tmp_path: Path) -
     same = pipeline.build_values(
         pipeline.ChartInputs(set_values=("istiod.autoscaleMax=3",)), pinned()
     )
-    layered = pipeline.with_mesh_values(same, specs, pinned())
+    layered = pipeline.with_mesh_values(same, specs)
     assert layered.merged("istiod")["autoscaleMax"] == 3
     assert layered.origin_of("gateway", "service.externalTrafficPolicy") == pipeline.MESH_ORIGIN
     other = pipeline.build_values(
         pipeline.ChartInputs(set_values=("istiod.autoscaleMax=7",)), pinned()
     )
     with pytest.raises(UsageError, match=r"istiod.autoscaleMax is 7 \(from --set"):
-        pipeline.with_mesh_values(other, specs, pinned())
+        pipeline.with_mesh_values(other, specs)
 
 
 def test_the_module_manager_running_is_refused() -> None:

@@ -98,6 +98,7 @@ def finish(
     values: c.ValuesFiles = None,
     set_values: c.SetValues = None,
     repo: c.Repo = None,
+    plain_http: c.PlainHttp = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     helm: c.HelmPath = None,
@@ -125,7 +126,8 @@ def finish(
             charts_dir=charts_dir,
             values_files=tuple(values or ()),
             set_values=tuple(set_values or ()),
-            repository=repo,
+            repository=tuple(repo or ()),
+            plain_http=plain_http,
         )
         canary.finish(ctx, inputs)
 

@@ -499,7 +499,7 @@ def _probe_pod(workload: Obj) -> Obj:
 def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> list[str] | None:
     """What is still out of date in the sidecar the injector gives this workload's Pods now:
     [] when it is current, None when they would get none. A dry run: nothing is created."""
-    versions, resources = control_plane(cluster, istio_namespace)
+    versions, resources, images = control_plane(cluster, istio_namespace)
     mesh = mesh_proxy_configs(cluster, istio_namespace)
     try:
         pod = cluster.dry_run_create(_probe_pod(workload))
@@ -507,7 +507,7 @@ def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> lis
         return [f"{_REFUSED}{exc.message}"]
     if proxy_container(pod) is None:
         return None
-    return outdated_reasons(pod, versions, resources, mesh)
+    return outdated_reasons(pod, versions, resources, images, mesh)
 
 
 def wait_for_injector(cluster: Cluster, ref: Ref, istio_namespace: str, timeout: float) -> None:
