@@ -18,6 +18,7 @@ from tests.test_json_contract import assert_result_shape
 STEPS = [
     "mtls-strict",
     "sidecar-resources",
+    "sidecar-image-hub",
     "injection-policy",
     "tracing-kyma-zipkin",
     "pilot-webhook",
@@ -43,6 +44,8 @@ DATA_KEYS = {
     "identity",
     "canary",
     "outdatedSidecars",
+    "advice",
+    "retiredRegistryImages",
 }
 
 
