@@ -135,11 +135,10 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
     """The chart for one release row, loaded once per run; refused unless its Chart.yaml
     names that chart. Remote charts come from the first source that serves them."""
     release = the_release(ctx)
-    if row.chart in ctx.loaded_charts:
-        return ctx.loaded_charts[row.chart]
-    if inputs.charts_dir is not None:
+    chart = ctx.loaded_charts.get(row.chart)
+    if chart is None and inputs.charts_dir is not None:
         chart = ctx.helm.load_local(inputs.charts_dir, row.chart)
-    else:
+    elif chart is None:
         chart = _load_remote(ctx, inputs, row.chart, release)
     if chart.name != row.chart:
         raise ChartSourceError(
