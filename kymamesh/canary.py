@@ -2,18 +2,28 @@
 
 `kymamesh install --revision-based` installs the pinned istiod as a second revision
 (`1-30-3`, Helm release `istiod-1-30-3`, see `pipeline.release_layout`) beside the
-one running. From there:
+one running. A revision kymamesh installed that way is known by what kymamesh wrote
+(the Helm release `istiod-REV` of revision REV, installed by kymamesh:
+`pipeline.kymamesh_revisions`), not by the version this kymamesh pins: the canary is
+the newest such revision. From there:
 
-- `promote` points the default tag (`kymamesh.tags`) at the new revision, switches
-  off the unnamed revision's own injector webhooks while the tag exists, waits
-  until a Pod that asks for the default revision gets the new revision's sidecar,
-  and restarts the workloads whose sidecar came from another revision than the one
-  that now injects them, through the restart machinery of step `restart-proxies`;
+- `promote` points the default tag (`kymamesh.tags`) at the canary revision, switches
+  off the unnamed revision's own injector webhooks while the tag exists, waits until
+  a Pod that asks for the default revision gets the canary's sidecar, and then
+  restarts the workloads whose sidecar came from another revision than the one that
+  now injects them, through the restart machinery of step `restart-proxies` (with the
+  remembered `systemNamespaces`);
 - `rollback` does the same towards the old revision;
+- before the tag moves, the revision it is to point at must be ready, and a test Pod
+  made where its labels decide which webhook is called must get that revision's
+  sidecar (for the unnamed revision, whose own webhooks are off while the tag exists,
+  that is checked right after the tag moved);
 - `finish` removes the old revision's Helm release once no running Pod has a
   sidecar from it and no namespace names it (refused otherwise, naming them, exit
-  3), then runs phase 1 again: istio-base's validator moves to the new revision and
-  the gateway release is upgraded.
+  3), then runs phase 1 again (istio-base's validator moves to the canary revision
+  and the gateway release is upgraded) and phase 2. Everything that can refuse (the
+  charts, the version gate, the values, the patch steps' preflight) runs before the
+  old revision is removed, and it asks before removing it (unless `--yes`).
 
 Every step reads the live state first and writes only what differs, so a re-run
 writes nothing and a run killed in the middle converges on the next one.
@@ -23,19 +33,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from kymamesh import MANAGED_BY_LABEL, pipeline, sidecars, tags
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh import MANAGED_BY_LABEL, pipeline, settings, sidecars, tags
+from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.context import RunContext
 from kymamesh.controlplane import (
     DEFAULT_REVISION,
     REVISION_LABEL,
     ControlPlane,
     find_control_planes,
-    injection_probe_pod,
     istiod_version,
+    probe_injection,
 )
 from kymamesh.diffs import object_diff
 from kymamesh.errors import (
@@ -69,7 +79,7 @@ class CanaryState:
     """The revisions in the cluster and where the default tag points (read-only)."""
 
     namespace: str
-    revision: str  # the canary revision of the pinned release (`1-30-3`)
+    revision: str  # the canary revision (`1-31-1`); "" when there is none
     canary: ControlPlane | None
     others: list[ControlPlane]
     tag: Obj | None  # the live default-tag webhook
@@ -123,7 +133,8 @@ class CanaryState:
         """For `status` text: one line per fact."""
         if self.canary is None and self.tag is None:
             return []
-        lines = [f"canary upgrade: {self.phase} (revision {self.revision})"]
+        about = f" (revision {self.revision})" if self.revision else ""
+        lines = [f"canary upgrade: {self.phase}{about}"]
         lines.append(f"  default tag: {self.holder or 'none'}")
         for p in ([self.canary] if self.canary else []) + self.others:
             j = _plane_json(p, p is self.canary)
@@ -145,12 +156,14 @@ def _plane_json(plane: ControlPlane, canary: bool) -> dict[str, Any]:
     }
 
 
-def read_state(cluster: Cluster, namespace: str) -> CanaryState:
-    revision = tags.revision_name(pinned().version)
-    canary, others = pipeline.canary_planes(find_control_planes(cluster, namespace), revision)
+def read_state(ctx: RunContext) -> CanaryState:
+    """The revisions in the Istio namespace, the canary among them, and the default tag."""
+    cluster, namespace = ctx.cluster, ctx.namespace
+    planes = find_control_planes(cluster, namespace)
+    canary, others = pipeline.canary_planes(planes, pipeline.kymamesh_revisions(ctx, planes))
     return CanaryState(
         namespace=namespace,
-        revision=revision,
+        revision=canary.revision if canary is not None else "",
         canary=canary,
         others=others,
         tag=cluster.get(_webhook_ref(tags.tag_webhook_name(namespace))),
@@ -273,25 +286,27 @@ def tag_plan(cluster: Cluster, state: CanaryState, target: ControlPlane) -> Plan
 
 
 def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> None:
-    """Wait until a Pod asking for the default revision is injected by `holder` (a dry
-    run: nothing is created). The API server reads webhook changes within moments."""
-    probe = injection_probe_pod(namespace, DEFAULT_REVISION)
+    """Wait until a Pod asking for the default revision gets the sidecar of `holder` (a
+    dry run: nothing is created). The API server reads webhook changes within moments.
+    A Pod admitted without a sidecar does not count: the probe is made where the
+    default tag's webhooks are the ones called (`controlplane.probe_namespace`)."""
     deadline = time.monotonic() + timeout
     seen = "nothing yet"
     while True:
         try:
-            pod = cluster.dry_run_create(probe)
-            got = tags.sidecar_revision(pod)
-            if got is None or got == holder:
-                return  # injected by the holder (or not at all: nothing to tell apart)
-            seen = f"injected by revision {got}"
+            got = probe_injection(cluster, DEFAULT_REVISION, namespace)
+            if got == holder:
+                return
+            seen = "admitted without a sidecar" if got is None else f"injected by revision {got}"
         except ApiError as exc:
             seen = exc.message
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(
                 f"timed out after {timeout:.0f}s waiting for the default tag to reach "
                 f"revision {holder}: a test Pod is still {seen}",
-                hint="check that istiod of that revision runs; re-run the same command",
+                hint=f"check that istiod of revision {holder} runs and answers; the default "
+                "tag points at it now: re-run the same command, or move the tag back "
+                "(`kymamesh upgrade promote` or `kymamesh upgrade rollback`)",
             )
         time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
@@ -363,10 +378,13 @@ def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) ->
                 + ", ".join(o.describe() for o in others)
             )
         return plan
-    options = proxies.restart_options(
-        {"restart": True, **({"batchSize": batch_size} if batch_size is not None else {})},
-        ctx.options.timeout,
-    )
+    remembered = settings.load(cluster, ctx.namespace).get("restart-proxies") or {}
+    params: dict[str, Any] = {"restart": True}
+    if "systemNamespaces" in remembered:  # as `--restart-proxies` of install uses them
+        params["systemNamespaces"] = remembered["systemNamespaces"]
+    if batch_size is not None:
+        params["batchSize"] = batch_size
+    options = proxies.restart_options(params, ctx.options.timeout)
     restarts = proxies.plan_restarts_for(cluster, ctx.namespace, others + restartable, options)
     plan.notes.extend(n for n in restarts.notes if n not in plan.notes)
     for change in restarts.changes:
@@ -391,58 +409,88 @@ def _applier(change: Change, cluster: Cluster) -> Callable[[], None]:
 def _need_canary(state: CanaryState) -> ControlPlane:
     if state.canary is None:
         raise PreconditionError(
-            f"there is no canary revision {state.revision} in {state.namespace} (Deployment "
-            f"{tags.istiod_release_name(state.revision)} of the Helm release of that name)",
+            f"there is no canary revision in {state.namespace} (an istiod `istiod-REV` of "
+            "the Helm release of that name that `kymamesh install --revision-based` made)",
             hint="install it first: `kymamesh install --revision-based`",
         )
     return state.canary
 
 
-def _check_serves(ctx: RunContext, plane: ControlPlane) -> None:
-    """The revision's istiod must answer its injector webhook before the tag points at it."""
-    probe = injection_probe_pod(ctx.namespace, plane.revision)
+def _check_target(ctx: RunContext, plane: ControlPlane) -> None:
+    """Before the default tag points at `plane`: its istiod must be ready, and a test Pod
+    for a named revision must get that revision's sidecar. The unnamed revision's own
+    webhooks are off while a tag exists, so no Pod reaches it before the tag moves:
+    `wait_tag` checks it right after."""
+    live = ctx.cluster.get(plane.istiod_ref)
+    why = not_ready_reason(plane.istiod_ref, live)
+    if (
+        live is not None
+        and not why
+        and not int((live.get("status") or {}).get("availableReplicas") or 0)
+    ):
+        why = "no replica available: it is scaled to 0"
+    if live is None or why:
+        raise PreconditionError(
+            f"istiod of revision {plane.revision} is not ready ({why or 'it is gone'}): the "
+            "default tag is left where it is",
+            hint=f"make {plane.istiod_ref} ready (`kymamesh status`), then re-run",
+        )
     if plane.revision == DEFAULT_REVISION:
-        probe["metadata"]["labels"] = {REVISION_LABEL: DEFAULT_REVISION}
+        return
     try:
-        ctx.cluster.dry_run_create(probe)
+        got = probe_injection(ctx.cluster, plane.revision, ctx.namespace)
     except ApiError as exc:
         raise PreconditionError(
             f"istiod of revision {plane.revision} does not answer its injector webhook: "
             f"{exc.message}",
             hint="check that its Deployment is ready (`kymamesh status`), then re-run",
         ) from None
+    if got != plane.revision:
+        raise PreconditionError(
+            f"a test Pod for revision {plane.revision} got "
+            + ("no sidecar" if got is None else f"the sidecar of revision {got}")
+            + f": revision {plane.revision}'s injector does not inject; the default tag is "
+            "left where it is",
+            hint=f"look at MutatingWebhookConfiguration "
+            f"{tags.injector_webhook_name(plane.revision, ctx.namespace)} and istiod's log",
+        )
 
 
 def move_tag(
     ctx: RunContext, target: ControlPlane, state: CanaryState, batch_size: int | None = None
 ) -> None:
-    """Point the default tag at `target`, then restart the workloads that moved."""
+    """Point the default tag at `target`; once it took effect, restart the workloads that
+    moved."""
     tag = tag_plan(ctx.cluster, state, target)
     if tag.actions and not ctx.options.dry_run:
-        _check_serves(ctx, target)  # a dry-run Pod: only when about to write
+        _check_target(ctx, target)  # a dry-run Pod: only when about to write
         ctx.before_write()
-        tag = tag_plan(ctx.cluster, read_state(ctx.cluster, ctx.namespace), target)  # locked
+        tag = tag_plan(ctx.cluster, read_state(ctx), target)  # again, under the lock
     _run(ctx, PHASE_TAG, tag)
-    restarts = restart_plan(ctx, target.revision, batch_size)
-    if restarts.actions and not ctx.options.dry_run:
+    if tag.actions and not ctx.options.dry_run:
+        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+    restarts = restart_plan(ctx, target.revision, batch_size)  # after the tag took effect
+    if restarts.actions and not ctx.options.dry_run and not tag.actions:
+        # a re-run: the tag an earlier run wrote must be in effect; then plan under the lock
+        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
         if not ctx.locked:
             ctx.before_write()
-            restarts = restart_plan(ctx, target.revision, batch_size)  # again, locked
-        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+        restarts = restart_plan(ctx, target.revision, batch_size)
     _run(ctx, PHASE_RESTARTS, restarts)
-    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+    ctx.result.data["canary"] = read_state(ctx).to_json()
 
 
 def promote(ctx: RunContext, batch_size: int | None = None) -> None:
     """`kymamesh upgrade promote`."""
-    state = read_state(ctx.cluster, ctx.namespace)
+    state = read_state(ctx)
     move_tag(ctx, _need_canary(state), state, batch_size)
 
 
 def rollback(ctx: RunContext, revision: str | None, batch_size: int | None = None) -> None:
     """`kymamesh upgrade rollback`: the tag back to the old revision (`revision` when
-    more than one other revision runs)."""
-    state = read_state(ctx.cluster, ctx.namespace)
+    more than one other revision runs). Before any promote (no tag, and the unnamed
+    revision injects the default Pods) there is nothing to roll back: no write."""
+    state = read_state(ctx)
     _need_canary(state)
     if not state.others:
         raise PreconditionError(
@@ -468,6 +516,14 @@ def rollback(ctx: RunContext, revision: str | None, batch_size: int | None = Non
                 "default tag go back to?",
                 hint="pass --revision NAME",
             )
+    if state.tag is None and state.holder == targets[0].revision:
+        ctx.result.notes.append(
+            f"nothing to roll back: the default tag was never moved (no `upgrade promote` "
+            f"ran), and revision {targets[0].revision} injects the Pods that ask for the "
+            "default revision"
+        )
+        ctx.result.data["canary"] = state.to_json()
+        return
     move_tag(ctx, targets[0], state, batch_size)
 
 
@@ -491,24 +547,57 @@ def _users(cluster: Cluster, old: set[str]) -> tuple[list[str], list[str]]:
 
 
 def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
-    """`kymamesh upgrade finish`: remove the old revisions, then phase 1 again."""
+    """`kymamesh upgrade finish`: plan everything (refusals, phase 1 as if the old
+    revisions were gone, phase 2's preflight), ask, remove the old revisions, then run
+    phase 1 and phase 2, as `install` does."""
+    from kymamesh import patching
+
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
-    pipeline.refuse_revision_value(stack)
+    ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
+    specs = patching.patch_list_for(ctx, {}, reset=False)
     state, plan = _finish_plan(ctx)
+    canary = _need_canary(state)
+    found = istiod_version(canary.deployment) if canary.deployment else None
+    release = pipeline.resolve_release(  # the canary's own Istio release
+        ctx,
+        replace(inputs, istio=inputs.istio or (str(found) if found else None)),
+        patching.image_hub(specs),
+    )
+    stack = pipeline.with_release_values(stack, release, inputs)
+    pipeline.refuse_revision_value(stack, release)
+    old = frozenset(p.revision for p in state.others)
+    layout = pipeline.release_layout(ctx, stack, revision_based=False, gone=old)
+    ctx.planned_control_plane = pipeline.planned_control_plane(layout.stack)
+    # everything that can refuse, before the old revision goes: the charts (local or from
+    # the repository), the version gate, helm itself, every patch step's preflight
+    planned = pipeline.plan_releases(ctx, inputs, layout.stack, layout.rows, revision_based=True)
+    if plan.actions or any(p.needed for p in planned):
+        ctx.helm.check()
+    patching.preflight(ctx, specs)
     if plan.actions and not ctx.options.dry_run:
+        ctx.confirm(_question(ctx, plan))
         ctx.before_write()
         state, plan = _finish_plan(ctx)  # again, under the lock
     _run(ctx, PHASE_REMOVE, plan)
-    old = frozenset(p.revision for p in state.others)
-    gone = old if ctx.options.dry_run else frozenset()
-    layout = pipeline.release_layout(ctx, stack, revision_based=True, gone=gone)
-    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows)
-    ctx.result.data["canary"] = read_state(ctx.cluster, ctx.namespace).to_json()
+    if not ctx.options.dry_run:
+        for plane in state.others:  # removed now, or still terminating from an earlier run
+            _wait_gone(ctx.cluster, plane.istiod_ref, ctx.options.timeout)
+    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows, revision_based=True)
+    patching.run_patch(ctx, specs)
+    ctx.result.data["canary"] = read_state(ctx).to_json()
+
+
+def _question(ctx: RunContext, plan: Plan) -> str:
+    what = "; ".join(a.summary for a in plan.actions)
+    return (
+        f"remove the old control plane from context '{ctx.cluster.context}' ({what}; its "
+        "istiod, ConfigMaps and webhooks go with it)?"
+    )
 
 
 def _finish_plan(ctx: RunContext) -> tuple[CanaryState, Plan]:
     """The refusals of `finish` (each before any write), then the releases to remove."""
-    state = read_state(ctx.cluster, ctx.namespace)
+    state = read_state(ctx)
     _need_canary(state)
     if state.holder != state.revision:
         raise PreconditionError(
@@ -545,7 +634,16 @@ def _finish_plan(ctx: RunContext) -> tuple[CanaryState, Plan]:
             )
         deployed = ctx.helm.deployed(release, ctx.namespace)
         if deployed is None:
-            continue
+            meta = (plane.deployment or {}).get("metadata") or {}
+            if meta.get("deletionTimestamp"):
+                continue  # its release is gone and it is terminating: waited for
+            raise PreconditionError(
+                f"istiod {plane.namespace}/{plane.istiod} of revision {plane.revision} names "
+                f"the Helm release {release}, which does not exist (any more), and it is not "
+                "being deleted: kymamesh does not remove it by hand",
+                hint=f"delete it (kubectl -n {plane.namespace} delete deployment "
+                f"{plane.istiod}), or find what keeps it, then re-run",
+            )
 
         def uninstall(release: str = release, ref: Ref = plane.istiod_ref) -> None:
             ctx.helm.uninstall(release, ctx.namespace, ctx.options.timeout)

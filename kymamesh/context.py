@@ -16,7 +16,8 @@ from kymamesh.output import Progress, Result
 if TYPE_CHECKING:
     from kymamesh.cluster import Cluster
     from kymamesh.controlplane import ControlPlane
-    from kymamesh.helm import Helm
+    from kymamesh.helm import Helm, LoadedChart
+    from kymamesh.release import IstioRelease
 
 
 @dataclass
@@ -49,6 +50,10 @@ class RunContext:
     planned_control_plane: ControlPlane | None = None
     # --charts-dir, for the releases the patch installs (Dex)
     charts_dir: Path | None = None
+    # the Istio release phase 1 installs (from --istio, or the charts' own version), and the
+    # charts loaded for it, each once per run
+    release: IstioRelease | None = None
+    loaded_charts: dict[str, LoadedChart] = field(default_factory=dict)
     # secret values the identity file had read from files or the environment: for this run's
     # steps only, never remembered or shown
     secret_values: dict[str, str] = field(default_factory=dict)
@@ -74,6 +79,7 @@ class RunContext:
                 fence=self._check_lock,
                 release_secrets=self._release_secrets,
                 drop_release_secret=self._drop_release_secret,
+                output=_helm_line if self.options.verbose else None,
             )
         return self._helm
 
@@ -158,3 +164,8 @@ class RunContext:
         finally:
             if self._cluster is not None:
                 self._cluster.close()
+
+
+def _helm_line(line: str) -> None:
+    """-v: one line of helm's own output, on stderr."""
+    print(f"helm: {line}", file=sys.stderr, flush=True)

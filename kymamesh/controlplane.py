@@ -18,6 +18,7 @@ that the patch step and `status` judge mTLS the same way.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -213,8 +214,12 @@ def planned_control_plane(namespace: str, istiod_values: Mapping[str, Any]) -> C
 
 def injection_probe_pod(namespace: str, revision: str) -> Obj:
     """A Pod that the injector webhooks of `revision` are called for, to be created as a
-    dry run only: opted in with sidecar.istio.io/inject (default revision) or istio.io/rev."""
-    labels = {INJECT_LABEL: "true"} if revision == DEFAULT_REVISION else {REVISION_LABEL: revision}
+    dry run only: opted in with sidecar.istio.io/inject (which an injector with `policy:
+    disabled` needs), and for a named revision labelled istio.io/rev. Make it in a
+    namespace `probe_namespace` chose, where those labels decide."""
+    labels = {INJECT_LABEL: "true"}
+    if revision != DEFAULT_REVISION:
+        labels[REVISION_LABEL] = revision
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -225,6 +230,69 @@ def injection_probe_pod(namespace: str, revision: str) -> Obj:
         },
         "spec": {"containers": [{"name": "probe", "image": "kymamesh.invalid/probe:1"}]},
     }
+
+
+# Namespaces whose Pods Istio's injector never injects, whatever their labels.
+INJECTOR_IGNORES = frozenset(
+    {"kube-system", "kube-public", "kube-node-lease", "local-path-storage"}
+)
+
+
+def probe_suits(labels: Mapping[str, str], revision: str) -> bool:
+    """Whether a probe Pod for `revision` in a namespace with these labels reaches that
+    revision's webhooks (for `default`: the default tag's, or the unnamed revision's): a
+    namespace label `istio-injection` would send it to the default revision's namespace
+    webhook (or, `disabled`, to none), and an `istio.io/rev` label to that revision's."""
+    if INJECTION_LABEL in labels:
+        return False
+    found = labels.get(REVISION_LABEL)
+    return found is None or (revision != DEFAULT_REVISION and found == revision)
+
+
+def probe_namespace(namespaces: Iterable[Mapping[str, Any]], revision: str, preferred: str) -> str:
+    """The namespace to make the probe Pod of `revision` in: `preferred` (the Istio
+    namespace), then `default`, then any other by name, the first whose labels let the
+    answer prove something (`probe_suits`), leaving out the namespaces Istio's injector
+    ignores and those being deleted. PreconditionError when none does."""
+    usable = [
+        n
+        for n in namespaces
+        if (n.get("status") or {}).get("phase") != "Terminating"  # refuses new Pods
+        and str((n.get("metadata") or {}).get("name")) not in INJECTOR_IGNORES
+    ]
+    metas = [n.get("metadata") or {} for n in usable]
+    by_name = {str(m.get("name")): dict(m.get("labels") or {}) for m in metas}
+    order = [preferred, "default", *sorted(by_name)]
+    for name in order:
+        if name in by_name and probe_suits(by_name[name], revision):
+            return name
+    raise PreconditionError(
+        f"no namespace where a test Pod would be sent to revision {revision}'s injector: "
+        "every namespace carries an istio-injection or istio.io/rev label",
+        hint="remove the istio-injection label from one namespace (e.g. default), then re-run",
+    )
+
+
+def probe_injection(cluster: Cluster, revision: str, preferred: str) -> str | None:
+    """The revision that injects a probe Pod for `revision` (a server-side dry run, nothing
+    is made), None when no sidecar was injected. An ApiError when the webhook refused it."""
+    namespaces = cluster.list("v1", "Namespace")
+    namespace = probe_namespace(namespaces, revision, preferred)
+    pod = cluster.dry_run_create(injection_probe_pod(namespace, revision))
+    return injected_revision(pod)
+
+
+def injected_revision(pod: Mapping[str, Any]) -> str | None:
+    """The revision that injected the Pod's sidecar, from `sidecar.istio.io/status` (None
+    when the Pod has no such annotation)."""
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
+    if not raw:
+        return None
+    try:
+        found = json.loads(raw).get("revision")
+    except (ValueError, AttributeError):
+        return DEFAULT_REVISION
+    return str(found) if found else DEFAULT_REVISION
 
 
 def root_namespaces(planes: Iterable[ControlPlane]) -> list[str]:

@@ -20,6 +20,7 @@ releases elsewhere (HELM_DRIVER=configmap, sql, memory).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import gzip
 import json
@@ -28,9 +29,10 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -146,7 +148,43 @@ def find_helm(explicit: str | None) -> str:
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     import asyncio  # only when helm runs: a converged re-run needs none of it
 
-    return asyncio.run(coro)
+    try:
+        return asyncio.run(coro)
+    finally:
+        for relay in _RELAYS:
+            relay()
+
+
+# With -v, helm's own output (its stderr; with --debug for the commands that write) is
+# shown as it was written: helm runs through a small wrapper that copies its stderr to a
+# log, and after each helm command the new lines are passed on (`Helm(output=...)`).
+_RELAYS: list[Callable[[], None]] = []
+_WRAPPER = """#!{python}
+import subprocess, sys
+helm = subprocess.Popen([{helm!r}, *sys.argv[1:]], stderr=subprocess.PIPE)
+with open({log!r}, "ab") as log:
+    for line in helm.stderr:
+        sys.stderr.buffer.write(line)
+        log.write(line)
+sys.exit(helm.wait())
+"""
+
+
+def _output_wrapper(executable: str) -> tuple[str, Path]:
+    """A wrapper for `executable` that also writes its stderr to a log; (wrapper, log)."""
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="kymamesh-helm-"))
+    atexit.register(shutil.rmtree, folder, True)
+    log = folder / "helm.log"
+    log.touch()
+    wrapper = folder / "helm"
+    wrapper.write_text(_WRAPPER.format(python=sys.executable, helm=executable, log=str(log)))
+    wrapper.chmod(0o700)
+    return str(wrapper), log
 
 
 HELM_ATTEMPTS = 4  # one command, tried at most this often on transient faults
@@ -239,11 +277,29 @@ class Helm:
         fence: Callable[[], None] | None = None,
         release_secrets: ReleaseSecrets | None = None,
         drop_release_secret: Callable[[str, str], None] | None = None,
+        output: Callable[[str], None] | None = None,
     ) -> None:
         """`fence` is called before every write (it raises when the run lost its lock);
         `release_secrets` lists Secrets (see the module docstring); `drop_release_secret`
-        deletes one (namespace, name): a revision this run's own failed attempt left pending."""
+        deletes one (namespace, name): a revision this run's own failed attempt left pending;
+        `output` (with -v) is given each line helm writes to its stderr, and the commands
+        that write run with --debug."""
         self.executable = executable
+        self._run_as = executable
+        self._debug = output is not None
+        if output is not None:
+            self._run_as, log = _output_wrapper(executable)
+            seen = [0]
+
+            def relay() -> None:
+                with log.open("rb") as fh:
+                    fh.seek(seen[0])
+                    data = fh.read()
+                seen[0] += len(data)
+                for line in data.decode("utf-8", "replace").splitlines():
+                    output(line)
+
+            _RELAYS.append(relay)
         self._kubeconfig = kubeconfig
         self._context = context
         self._fence = fence or (lambda: None)
@@ -252,6 +308,7 @@ class Helm:
         self._client_: Any = None
         self._command_: Any = None
         self._handles: dict[str, Any] = {}
+        self._downloads: Path | None = None  # oci:// charts fetched over plain HTTP
 
     @property
     def _client(self) -> Any:
@@ -260,12 +317,12 @@ class Helm:
             from pyhelm3 import Client, Command
 
             command = Command(
-                executable=self.executable,
+                executable=self._run_as,
                 kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
                 kubecontext=self._context,
             )
             try:
-                client = Client(command, executable=self.executable)
+                client = Client(command, executable=self._run_as)
             except Exception as exc:
                 raise HelmMissingError(
                     f"cannot run helm at {self.executable}: {exc}",
@@ -328,7 +385,18 @@ class Helm:
             )
         return _local_chart(candidates[0].resolve())
 
-    def load_remote(self, chart: str, repo: str, version: Version) -> LoadedChart:
+    def load_remote(
+        self, chart: str, repo: str, version: Version, plain_http: bool = False
+    ) -> LoadedChart:
+        if repo.startswith("oci://") and plain_http:
+            # pyhelm3 cannot pass --plain-http: fetch the package once, use it as a local chart
+            if self._downloads is None:
+                self._downloads = Path(tempfile.mkdtemp(prefix="kymamesh-charts-"))
+                atexit.register(shutil.rmtree, self._downloads, True)
+            folder = self._downloads / f"{chart}-{version}"
+            package = self.pull(chart, repo, version, folder, plain_http=True)
+            loaded = _local_chart(package.resolve())
+            return replace(loaded, source=str(package))
         if repo.startswith("oci://"):
             return self._load(f"{repo.rstrip('/')}/{chart}", repo=None, version=str(version))
         return self._load(chart, repo=repo, version=str(version))
@@ -376,7 +444,9 @@ class Helm:
             self._handles[chart.source] = handle
         return self._handles[chart.source]
 
-    def pull(self, chart: str, repo: str, version: Version, dest: Path) -> Path:
+    def pull(
+        self, chart: str, repo: str, version: Version, dest: Path, plain_http: bool = False
+    ) -> Path:
         """Download one chart package into `dest` (for `charts pull`)."""
         from pyhelm3 import errors
 
@@ -385,6 +455,8 @@ class Helm:
         args = ["pull", ref, "--version", str(version), "--destination", str(dest)]
         if not repo.startswith("oci://"):
             args += ["--repo", repo]
+        elif plain_http:
+            args.append("--plain-http")
         try:
             _run(self._command.run(args))
         except errors.Error as exc:
@@ -393,6 +465,10 @@ class Helm:
                 hint="check the network access to the chart repository, or pass --repo",
             ) from None
         return dest / f"{chart}-{version}.tgz"
+
+    def chart_versions(self, chart: str, repo: str, plain_http: bool = False) -> list[Version]:
+        """The versions of `chart` a source serves (read without helm)."""
+        return chart_versions(chart, repo, plain_http)
 
     # -- releases --------------------------------------------------------------
 
@@ -568,6 +644,8 @@ class Helm:
                 args += ["--version", str(handle.metadata.version)]
             if description:
                 args += ["--description", description]
+            if self._debug:
+                args.append("--debug")
             if self.major >= 4:
                 # Helm 4 applies server-side: the Kyma patch owns some fields of the
                 # chart's ConfigMaps, so take them back; phase 2 then re-applies them.
@@ -713,3 +791,76 @@ def _local_chart(path: Path) -> LoadedChart:
         handle=None,
         metadata=meta,
     )
+
+
+_INDEX_LIMIT = 64 * 1024 * 1024  # Istio's index.yaml is a few MB; refuse anything absurd
+
+
+def chart_versions(
+    chart: str, repo: str, plain_http: bool = False, timeout: float = 30.0
+) -> list[Version]:
+    """The versions of `chart` a chart source serves: a Helm repository's `index.yaml`,
+    or an OCI registry's tag list (Docker Registry API v2, with an anonymous token when the
+    registry asks for one). Versions that are not version numbers are left out."""
+    try:
+        if repo.startswith("oci://"):
+            reference = repo.removeprefix("oci://").rstrip("/") + "/" + chart
+            names = _oci_tags(reference, "http" if plain_http else "https", timeout)
+        else:
+            names = _index_versions(repo.rstrip("/") + "/index.yaml", chart, timeout)
+    except (OSError, ValueError) as exc:
+        raise ChartSourceError(
+            f"cannot read the versions of chart {chart} at {repo}: {exc}",
+            hint="check the network access to the chart source, or pass --repo",
+        ) from None
+    found = []
+    for name in names:
+        try:
+            found.append(Version.parse(name.replace("_", "+")))  # OCI tags write + as _
+        except KymameshError:
+            continue
+    return sorted(set(found))
+
+
+def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> bytes:
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "kymamesh", **(headers or {})})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body: bytes = response.read(_INDEX_LIMIT + 1)
+    if len(body) > _INDEX_LIMIT:
+        raise ValueError(f"{url} is larger than {_INDEX_LIMIT // (1024 * 1024)} MiB")
+    return body
+
+
+def _index_versions(url: str, chart: str, timeout: float) -> list[str]:
+    from kymamesh import yamlfast
+
+    index = yamlfast.load(_get(url, timeout).decode("utf-8"))
+    entries = (index or {}).get("entries") or {} if isinstance(index, dict) else {}
+    return [str(e.get("version")) for e in entries.get(chart) or () if isinstance(e, dict)]
+
+
+def _oci_tags(reference: str, scheme: str, timeout: float) -> list[str]:
+    import json
+    import urllib.error
+    import urllib.parse
+
+    host, _, path = reference.partition("/")
+    url = f"{scheme}://{host}/v2/{path}/tags/list"
+    try:
+        body = _get(url, timeout)
+    except urllib.error.HTTPError as exc:
+        challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
+        if not challenge.lower().startswith("bearer "):
+            raise
+        params = dict(
+            (k.strip(), v.strip().strip('"'))
+            for k, _, v in (part.partition("=") for part in challenge[7:].split(","))
+        )
+        wanted: dict[str, str] = {k: params[k] for k in ("service", "scope") if k in params}
+        query = urllib.parse.urlencode(wanted or {"scope": f"repository:{path}:pull"})
+        token = json.loads(_get(f"{params['realm']}?{query}", timeout))
+        bearer = token.get("token") or token.get("access_token")
+        body = _get(url, timeout, {"Authorization": f"Bearer {bearer}"})
+    return [str(t) for t in json.loads(body).get("tags") or ()]

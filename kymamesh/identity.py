@@ -107,6 +107,52 @@ CONNECTOR_TYPES: Mapping[str, FieldSpec] = {
         needs_redirect=True,
     ),
 }
+# The type of every connector field that is not a secret, as Dex's connector configs
+# declare it (Dex's connector/oidc, saml, ldap and github Config structs): Dex reads its
+# config strictly, so `clientID: 12345` (a number) would stop it.
+_STR, _BOOL, _STRS, _STR_MAP = "a string", "true or false", "a list of strings", "a map of strings"
+_FIELD_TYPES: Mapping[str, str] = {
+    "issuer": _STR,
+    "clientID": _STR,
+    "redirectURI": _STR,
+    "userIDKey": _STR,
+    "userNameKey": _STR,
+    "getUserInfo": _BOOL,
+    "insecureEnableGroups": _BOOL,
+    "scopes": _STRS,
+    "claimMapping": _STR_MAP,
+    "ssoURL": _STR,
+    "ca": _STR,
+    "usernameAttr": _STR,
+    "emailAttr": _STR,
+    "entityIssuer": _STR,
+    "ssoIssuer": _STR,
+    "groupsAttr": _STR,
+    "nameIDPolicyFormat": _STR,
+    "host": _STR,
+    "bindDN": _STR,
+    "startTLS": _BOOL,
+    "rootCA": _STR,
+    "usernamePrompt": _STR,
+    "loadAllGroups": _BOOL,
+    "teamNameField": _STR,
+    "useLoginAsID": _BOOL,
+}
+
+
+def _check_type(label: str, value: Any, kind: str) -> None:
+    ok = {
+        _STR: lambda v: isinstance(v, str),
+        _BOOL: lambda v: isinstance(v, bool),
+        _STRS: lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+        _STR_MAP: lambda v: isinstance(v, Mapping) and all(isinstance(i, str) for i in v.values()),
+    }[kind](value)
+    if not ok:
+        found = "null" if value is None else f"a YAML {type(value).__name__}"
+        quote = ' (quote it: "..." in YAML)' if kind == _STR else ""
+        raise refuse(label, f"must be {kind}, not {found} ({value!r}){quote}", f"write {kind}")
+
+
 _CLAIMS = ("email", "groups", "preferred_username")
 _LDAP_USER_SEARCH = (
     ("baseDN", "username", "idAttr", "emailAttr"),
@@ -448,6 +494,10 @@ def _field(
         ref = secret_ref(value, label)
         refs.append(ref)
         return ref
+    if key in _FIELD_TYPES:
+        _check_type(label, value, _FIELD_TYPES[key])
+    if key == "orgs":
+        _github_orgs(value, label)
     if key in spec.https:
         _url(value, label, https=True)
     if key in spec.absolute:
@@ -473,11 +523,42 @@ def _field(
     return value
 
 
+def _github_orgs(value: Any, label: str) -> None:
+    """github's orgs: a list of {name, teams: [...]}."""
+    if not isinstance(value, list):
+        return  # the list check names it
+    for n, org in enumerate(value):
+        where = f"{label}[{n}]"
+        if not isinstance(org, Mapping) or set(map(str, org)) - {"name", "teams"}:
+            raise refuse(
+                where, "must be {name: ORG, teams: [TEAM, ...]}", "write e.g. {name: acme}"
+            )
+        _check_type(f"{where}.name", org.get("name"), _STR)
+        if "teams" in org:
+            _check_type(f"{where}.teams", org["teams"], _STRS)
+
+
 def _ldap_search(
     fields: Mapping[str, Any], key: str, where: str, names: tuple[tuple[str, ...], tuple[str, ...]]
 ) -> None:
     search = fields[key]
     required, optional = names
+    for attr, value in search.items():
+        if attr == "userMatchers":
+            ok = isinstance(value, list) and all(
+                isinstance(m, Mapping)
+                and set(map(str, m)) == {"userAttr", "groupAttr"}
+                and all(isinstance(v, str) for v in m.values())
+                for m in value
+            )
+            if not ok:
+                raise refuse(
+                    f"{where}.{key}.userMatchers",
+                    "must be a list of {userAttr: ATTR, groupAttr: ATTR}",
+                    "write e.g. [{userAttr: DN, groupAttr: member}]",
+                )
+        elif value is not None:
+            _check_type(f"{where}.{key}.{attr}", value, _STR)
     for req in required:
         if not search.get(req):
             raise refuse(

@@ -113,6 +113,16 @@ def patch_list_for(
     return load_patch_list(merged)
 
 
+def image_hub(specs: list[StepSpec]) -> str | None:
+    """The image hub the user asked for (`--hub`, or remembered): step
+    `sidecar-image-hub`'s `hub`, which phase 1 installs from too, so both agree."""
+    for spec in specs:
+        if spec.kind == "image-hub":
+            hub = spec.params.get("hub")
+            return str(hub).strip().rstrip("/") if hub else None
+    return None
+
+
 def _remember_settings(ctx: RunContext) -> None:
     from kymamesh import settings
 

@@ -4,14 +4,17 @@
 first write, then the phases. The values, the patch list and the foreign-istiod
 check are computed once per run.
 
-Phase 1 is the ordered release table of `resources/istio/release.yaml`. Every
-check that can refuse (values, chart source, version gate) runs for all three
-releases before the first write. A release whose chart version and values are
-already deployed is left alone, so a re-run writes nothing.
+Phase 1 is the ordered release table of `resources/istio/release.yaml`, made from
+the charts of one Istio release of the catalog (`kymamesh.release`): the one
+`--istio` names, or the charts' own version with `--charts-dir`. Every check that
+can refuse (values, Kubernetes range, chart source, version gate) runs for all
+three releases before the first write. A release whose chart version and values
+are already deployed is left alone, so a re-run writes nothing.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -29,16 +32,18 @@ from kymamesh.errors import (
     KymameshError,
     PreconditionError,
     UsageError,
+    VersionGateError,
     WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.release import ChartRelease, IstioRelease, pinned
+from kymamesh.release import ChartRelease, IstioRelease, catalog, pinned
 from kymamesh.values import (
     Values,
     ValueSource,
     ValueStack,
+    check_mesh_config,
     check_security,
     load_user_file,
     parse_set,
@@ -55,6 +60,7 @@ __all__ = [
     "planned_control_plane",
     "refuse_foreign_istiod",
     "release_layout",
+    "resolve_release",
     "run_phase_charts",
 ]
 
@@ -69,7 +75,12 @@ class ChartInputs:
     charts_dir: Path | None = None
     values_files: tuple[Path, ...] = ()
     set_values: tuple[str, ...] = ()
-    repository: str | None = None
+    repository: tuple[str, ...] = ()  # --repo: chart sources in order (default: the catalog's)
+    plain_http: bool = False  # --plain-http: oci:// sources without TLS
+    istio: str | None = None  # --istio: a minor (its newest known patch) or a version
+    hub: str | None = None  # --hub: the image registry (default: the catalog's)
+    compatibility_version: str | None = None  # --compatibility-version: the previous minor
+    skip_version_check: bool = False  # --skip-version-check: the Kubernetes range
 
 
 @dataclass
@@ -94,25 +105,216 @@ def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
     if inputs.set_values:
         stack.sources.append(parse_set(inputs.set_values, charts))
     check_security(stack, charts)
+    check_mesh_config(stack, f"{release.version.major}.{release.version.minor}")
     return stack
 
 
+def the_release(ctx: RunContext) -> IstioRelease:
+    """The Istio release of this run (`resolve_release`), or the default one."""
+    return ctx.release or pinned()
+
+
+def chart_sources(repos: tuple[str, ...], release: IstioRelease) -> tuple[str, ...]:
+    """The chart sources to try in order: `--repo` (each checked), else the catalog's."""
+    for repo in repos:
+        if repo.rstrip("/") in catalog().retired_chart_sources:
+            raise UsageError(
+                f"--repo {repo} is a chart location Istio has switched off",
+                hint="leave --repo out (kymamesh uses "
+                f"{' then '.join(release.chart_sources)}), or name your own mirror",
+            )
+        if not repo.startswith(("https://", "http://", "oci://")):
+            raise UsageError(
+                f"--repo {repo} is not a chart source",
+                hint="give an https:// Helm repository or an oci:// registry path",
+            )
+    return repos or release.chart_sources
+
+
 def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> LoadedChart:
-    """The chart for one release row; refused unless its Chart.yaml names that chart."""
-    release = pinned()
+    """The chart for one release row, loaded once per run; refused unless its Chart.yaml
+    names that chart. Remote charts come from the first source that serves them."""
+    release = the_release(ctx)
+    if row.chart in ctx.loaded_charts:
+        return ctx.loaded_charts[row.chart]
     if inputs.charts_dir is not None:
         chart = ctx.helm.load_local(inputs.charts_dir, row.chart)
     else:
-        repo = inputs.repository or release.chart_repository
-        chart = ctx.helm.load_remote(row.chart, repo, release.version)
+        chart = _load_remote(ctx, inputs, row.chart, release)
     if chart.name != row.chart:
         raise ChartSourceError(
             f"chart {chart.source} is named {chart.name!r} in its Chart.yaml, but release "
             f"{release.namespace}/{row.release} is made from chart {row.chart!r}",
             hint=f"point the source at Istio's {row.chart} chart "
-            "(`kymamesh charts pull --dest DIR` fetches the pinned ones)",
+            "(`kymamesh charts pull --dest DIR` fetches them)",
         )
+    ctx.loaded_charts[row.chart] = chart
     return chart
+
+
+def _load_remote(
+    ctx: RunContext, inputs: ChartInputs, chart: str, release: IstioRelease
+) -> LoadedChart:
+    sources = chart_sources(inputs.repository, release)
+    failures = []
+    for source in sources:
+        try:
+            loaded = ctx.helm.load_remote(chart, source, release.version, inputs.plain_http)
+        except ChartSourceError as exc:
+            failures.append(exc)
+            if len(sources) > 1:
+                ctx.progress.info(f"{chart} {release.version}: {source} did not serve it")
+            continue
+        if source != sources[0]:
+            ctx.progress.info(f"{chart} {release.version} came from {source}")
+        ctx.result.data.setdefault("chartSources", {})[chart] = source
+        return loaded
+    if len(failures) == 1:
+        raise failures[0]
+    raise ChartSourceError(
+        f"no chart source served {chart} {release.version}: "
+        + "; ".join(f.message for f in failures),
+        hint=failures[-1].hint,
+    )
+
+
+def _local_release(ctx: RunContext, inputs: ChartInputs, hub: str | None) -> IstioRelease:
+    """With --charts-dir, the Istio release is the charts' own version: one version for
+    all three charts, of a supported minor, and the one --istio names if given."""
+    assert inputs.charts_dir is not None
+    table = catalog()
+    charts = {
+        row.chart: ctx.helm.load_local(inputs.charts_dir, row.chart) for row in table.releases
+    }
+    versions = {chart.version for chart in charts.values()}
+    if len(versions) > 1:
+        found = ", ".join(f"{c.name} {c.version}" for c in charts.values())
+        raise ChartSourceError(
+            f"the charts in {inputs.charts_dir} are of different Istio releases ({found})",
+            hint="keep the base, istiod and gateway charts of one release together "
+            "(`kymamesh charts pull --istio VERSION --dest DIR`)",
+        )
+    version = next(iter(versions))
+    release = table.release(version, hub)
+    if inputs.istio:
+        wanted = table.resolve(inputs.istio)
+        exact = inputs.istio.count(".") >= 2
+        if (exact and wanted.version != version) or (
+            not exact and wanted.version.minor_line != version.minor_line
+        ):
+            raise UsageError(
+                f"--istio {inputs.istio} but the charts in {inputs.charts_dir} are {version}",
+                hint="leave --istio out to install the charts' own version, or point "
+                "--charts-dir at the charts of the release you want",
+            )
+    for row in table.releases:
+        ctx.loaded_charts[row.chart] = charts[row.chart]
+    return release
+
+
+def resolve_release(ctx: RunContext, inputs: ChartInputs, hub: str | None = None) -> IstioRelease:
+    """The Istio release this run installs, set on `ctx.release`: refused when it is not
+    of a supported minor, or (unless --skip-version-check) when the cluster's Kubernetes
+    is outside that minor's range."""
+    check_hub(hub)
+    if inputs.charts_dir is not None:
+        release = _local_release(ctx, inputs, hub)
+    else:
+        release = catalog().resolve(inputs.istio, hub)
+        line = release.line
+        if release.version > line.latest:
+            ctx.result.notes.append(
+                f"Istio {release.version} is newer than the newest patch kymamesh knows of "
+                f"{line.name} ({line.latest})"
+            )
+        elif release.version < line.latest:
+            ctx.result.notes.append(
+                f"Istio {release.version} is behind {line.latest}, the newest known patch of "
+                f"{line.name}"
+            )
+    if inputs.compatibility_version and (
+        inputs.compatibility_version not in release.line.compatibility_versions
+    ):
+        offered = ", ".join(release.line.compatibility_versions) or "none"
+        raise UsageError(
+            f"--compatibility-version {inputs.compatibility_version}: Istio "
+            f"{release.line.name} offers the behaviour of {offered}",
+            hint="name the previous minor the charts ship a compatibility profile for, or "
+            "leave the option out",
+        )
+    ctx.release = release
+    ctx.result.data["istioRelease"] = str(release.version)
+    if not inputs.skip_version_check:
+        check_kubernetes(ctx, release)
+    return release
+
+
+def check_kubernetes(ctx: RunContext, release: IstioRelease) -> None:
+    """Istio supports a range of Kubernetes versions per minor; refuse outside it."""
+    server = ctx.cluster.server_version()
+    if release.line.supports_kubernetes(server):
+        return
+    raise VersionGateError(
+        f"the cluster runs Kubernetes {server}; Istio {release.line.name} supports "
+        f"Kubernetes {release.line.kubernetes_range()}",
+        hint="install an Istio release that supports this Kubernetes (`kymamesh releases`), "
+        "or pass --skip-version-check if you know better",
+    )
+
+
+_HUB = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9._-]+)*$")
+
+
+def check_hub(hub: str | None) -> None:
+    """A registry path such as `docker.io/istio` or `mirror.example:5000/istio`; never one
+    that Istio switched off."""
+    if hub is None:
+        return
+    text = hub.strip().rstrip("/")
+    if not text or not _HUB.match(text):
+        raise UsageError(
+            f"--hub {hub!r} is not an image registry path",
+            hint="write a registry and path without scheme or tag, e.g. docker.io/istio "
+            "or mirror.example.com:5000/istio",
+        )
+    if catalog().retired_registry(text):
+        raise UsageError(
+            f"--hub {hub} is a registry Istio has switched off",
+            hint="use docker.io/istio (the default) or a mirror of it",
+        )
+
+
+def release_values(release: IstioRelease, inputs: ChartInputs) -> ValueSource:
+    """What the release adds to the values: its image hub (the chart's default hub is
+    never trusted: the published 1.30 charts name a retired registry), and the
+    compatibility profile asked for."""
+    values: dict[str, Values] = {"istiod": {"hub": release.hub, "global": {"hub": release.hub}}}
+    if inputs.compatibility_version:
+        for row in release.releases:
+            values.setdefault(row.chart, {})["compatibilityVersion"] = inputs.compatibility_version
+    return ValueSource(f"the Istio {release.version} release", values)
+
+
+def with_release_values(
+    stack: ValueStack, release: IstioRelease, inputs: ChartInputs
+) -> ValueStack:
+    """The stack with the release's values under the user's (a user's own `--set
+    istiod.hub=...` wins, checked like every hub)."""
+    layered = ValueStack([stack.sources[0], release_values(release, inputs), *stack.sources[1:]])
+    merged = layered.merged("istiod")
+    glob = merged.get("global")
+    hubs = {
+        "hub": merged.get("hub"),
+        "global.hub": glob.get("hub") if isinstance(glob, dict) else None,
+    }
+    for key, value in hubs.items():
+        if isinstance(value, str) and value and catalog().retired_registry(value):
+            raise UsageError(
+                f"istiod.{key} is {value} (from {layered.origin_of('istiod', key)}), a registry "
+                "Istio has switched off",
+                hint="drop it (kymamesh sets the hub), or pass --hub with a mirror",
+            )
+    return layered
 
 
 PatchSettings = Mapping[str, Mapping[str, Any]]
@@ -125,24 +327,27 @@ def install(
     reset: bool,
     revision_based: bool = False,
 ) -> None:
-    """`kymamesh install`: insecure values, unknown patch settings, a foreign istiod and
-    every step's preflight are refused before the first write; then phase 1, then phase 2.
+    """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
+    the catalog or the cluster's Kubernetes range, a foreign istiod and every step's
+    preflight are refused before the first write; then phase 1, then phase 2.
     `given` are the patch settings of this run; `reset` forgets the remembered ones;
-    `revision_based` installs the pinned istiod beside the one running (a canary, see
+    `revision_based` installs the release's istiod beside the one running (a canary, see
     `kymamesh.canary`)."""
     from kymamesh import patching
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
-    if revision_based:
-        refuse_revision_value(stack)
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     specs = patching.patch_list_for(ctx, given, reset=reset)
+    release = resolve_release(ctx, inputs, patching.image_hub(specs))
+    stack = with_release_values(stack, release, inputs)
+    if revision_based:
+        refuse_revision_value(stack, release)
     layout = release_layout(ctx, stack, revision_based)
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)
     refuse_foreign_istiod(ctx, layout.istiod_release)
     patching.preflight(ctx, specs)
-    run_phase_charts(ctx, inputs, stack, layout.rows)
+    run_phase_charts(ctx, inputs, stack, layout.rows, revision_based=layout.canary)
     patching.run_patch(ctx, specs)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
@@ -175,11 +380,13 @@ def plan_releases(
     inputs: ChartInputs,
     stack: ValueStack,
     rows: tuple[ChartRelease, ...] | None = None,
+    revision_based: bool = False,
 ) -> list[PlannedRelease]:
     """Read-only: which releases need an install or upgrade, and why. Refuses early:
     releases kymamesh did not make first, before any chart is loaded.
-    `rows`: the releases to plan (default: the pinned release table)."""
-    release = pinned()
+    `rows`: the releases to plan (default: the release table); `revision_based`: the
+    version gate of an upgrade by revisions (up to two minors)."""
+    release = the_release(ctx)
     ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
     rows = release.releases if rows is None else rows
     found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
@@ -204,6 +411,7 @@ def plan_releases(
             f"release {release.namespace}/{plan.row.release}",
             deployed.chart_version,
             plan.chart.version,
+            revision_based=revision_based,
         )
         if deployed.chart != plan.chart.name:
             plan.reasons.append(f"chart {deployed.chart} -> {plan.chart.name}")
@@ -239,10 +447,31 @@ def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], name
     )
 
 
+def behaviour_notes(release: IstioRelease, plans: list[PlannedRelease]) -> list[str]:
+    """What changes for a mesh that comes from the previous minor (unless kept by
+    --compatibility-version)."""
+    changes = release.line.behaviour_changes
+    for plan in plans:
+        deployed = plan.deployed
+        if plan.row.chart != "istiod" or deployed is None or not changes:
+            continue
+        if deployed.chart_version.minor_line >= release.version.minor_line:
+            continue
+        if plan.values.get("compatibilityVersion"):
+            return []
+        return [
+            f"Istio {release.line.name} changes behaviour: {'; '.join(changes)}. To keep the "
+            f"behaviour of {deployed.chart_version.major}.{deployed.chart_version.minor} for "
+            f"now, re-run with --compatibility-version "
+            f"{deployed.chart_version.major}.{deployed.chart_version.minor}"
+        ]
+    return []
+
+
 def planned_control_plane(stack: ValueStack) -> ControlPlane:
     """The control plane the istiod release makes from these values (its revision and
     mesh root namespace); a bad revision name is a usage error."""
-    return controlplane.planned_control_plane(pinned().namespace, stack.merged("istiod"))
+    return controlplane.planned_control_plane(catalog().namespace, stack.merged("istiod"))
 
 
 REVISION_BASED_ORIGIN = "the revision-based upgrade"
@@ -291,13 +520,13 @@ class ReleaseLayout:
         ]
 
 
-def refuse_revision_value(stack: ValueStack) -> None:
-    """A revision-based upgrade names its revision itself (`1-30-3`): refuse one set by hand."""
+def refuse_revision_value(stack: ValueStack, release: IstioRelease) -> None:
+    """A revision-based upgrade names its revision itself (`1-31-1`): refuse one set by hand."""
     revision = stack.merged("istiod").get("revision")
     if revision:
         raise UsageError(
             f"--revision-based names the new revision itself "
-            f"({tags.revision_name(pinned().version)}), but istiod.revision is set to "
+            f"({tags.revision_name(release.version)}), but istiod.revision is set to "
             f"{revision!r} (from {stack.origin_of('istiod', 'revision')})",
             hint="drop istiod.revision from --set/-f, or install without --revision-based",
         )
@@ -309,14 +538,74 @@ def release_of(plane: ControlPlane) -> str | None:
     return str(owner) if owner else None
 
 
+def kymamesh_revisions(ctx: RunContext, planes: list[ControlPlane]) -> list[ControlPlane]:
+    """The named revisions kymamesh installed by revisions (`install --revision-based`),
+    known by what kymamesh wrote, whatever Istio version they run and this kymamesh
+    supports: the revision's istiod belongs to the Helm release `istiod-REV`, and
+    kymamesh installed or upgraded that release (its description, on the current Helm
+    revision or, when the current one failed, on an earlier one)."""
+    found = []
+    for plane in planes:
+        name = tags.istiod_release_name(plane.revision)
+        if not plane.suffix or release_of(plane) != name:
+            continue
+        if made_by_kymamesh(ctx, name, plane.namespace):
+            found.append(plane)
+    return found
+
+
+def made_by_kymamesh(ctx: RunContext, release: str, namespace: str) -> bool:
+    from kymamesh.helm import RELEASE_SECRET_TYPE, decode_release
+    from kymamesh.inventory import KYMAMESH_MARK, marked_by_kymamesh
+
+    deployed = ctx.helm.deployed(release, namespace)
+    if deployed is None:
+        return False
+    if marked_by_kymamesh(deployed):
+        return True
+    if deployed.status == "deployed":  # a later `helm upgrade` of someone else: theirs now
+        return False
+    # a failed or pending revision carries helm's message: the revisions before it tell
+    for secret in ctx.cluster.list("v1", "Secret", namespace, f"owner=helm,name={release}"):
+        if secret.get("type") != RELEASE_SECRET_TYPE:
+            continue
+        try:
+            info = decode_release(secret).get("info") or {}
+        except (KeyError, TypeError, ValueError, OSError, EOFError):
+            continue
+        if str(info.get("description") or "").strip().lower().startswith(KYMAMESH_MARK):
+            return True
+    return False
+
+
 def canary_planes(
-    planes: list[ControlPlane], revision: str
+    planes: list[ControlPlane], ours: list[ControlPlane], revision: str | None = None
 ) -> tuple[ControlPlane | None, list[ControlPlane]]:
-    """The canary revision's control plane (its Deployment made by the release
-    `istiod-REV`), if running, and every other revision."""
-    name = tags.istiod_release_name(revision)
-    canary = next((p for p in planes if p.revision == revision and release_of(p) == name), None)
+    """The canary: among the revisions kymamesh installed by revisions (`ours`), the one
+    named `revision` if given, else the newest (the highest istiod version); and every
+    other control plane."""
+    if revision is not None:
+        canary = next((p for p in ours if p.revision == revision), None)
+    else:
+        ranked = sorted(ours, key=lambda p: (_version_of(p), p.revision))
+        canary = ranked[-1] if ranked else None
     return canary, [p for p in planes if p is not canary]
+
+
+def _version_of(plane: ControlPlane) -> Version:
+    found = controlplane.istiod_version(plane.deployment) if plane.deployment else None
+    return found or Version(0, 0, 0)
+
+
+def _refuse_current(planes: list[ControlPlane], version: Version, namespace: str) -> None:
+    """Nothing to upgrade by revisions when an istiod already runs the pinned release."""
+    current = [p for p in planes if _runs(p, version)]
+    if current:
+        raise PreconditionError(
+            f"istiod {', '.join(p.istiod for p in current)} in {namespace} already runs "
+            f"Istio {version}: there is nothing to upgrade by revisions",
+            hint="run `kymamesh install` without --revision-based to keep it up to date",
+        )
 
 
 def _runs(plane: ControlPlane, version: Version) -> bool:
@@ -331,14 +620,31 @@ def release_layout(
     gone: frozenset[str] = frozenset(),
 ) -> ReleaseLayout:
     """The releases of this run: in place, or revision-based when asked or when a
-    canary revision made by kymamesh runs (so that every later run, `install` included,
-    converges instead of upgrading the old revision in place). `gone`: revisions to
-    count as removed (a dry run of `upgrade finish`)."""
-    release = pinned()
-    revision = tags.revision_name(release.version)
+    revision kymamesh installed by revisions runs (so that every later run, `install`
+    included, converges on it instead of adding an unnamed istiod beside it). `gone`:
+    revisions to count as removed (`upgrade finish` plans before it removes them).
+
+    Revision-based, the new revision is named after the release's version (`1-31-1`); a
+    later plain `install` converges on that one, or on the only revision kymamesh
+    installed by revisions when it is named after another version (upgraded in place,
+    within the version gate)."""
+    release = the_release(ctx)
+    target = tags.revision_name(release.version)
     planes = controlplane.find_control_planes(ctx.cluster, release.namespace)
     planes = [p for p in planes if p.revision not in gone]
-    canary, others = canary_planes(planes, revision)
+    ours = kymamesh_revisions(ctx, planes)
+    if revision_based or any(p.revision == target for p in ours):
+        canary, others = canary_planes(planes, ours, target)
+    elif len(ours) > 1:
+        names = ", ".join(sorted(p.revision for p in ours))
+        raise PreconditionError(
+            f"revisions {names} (each installed by kymamesh) run side by side in "
+            f"{release.namespace}: a canary upgrade is under way, and neither is Istio "
+            f"{release.version}'s revision {target}",
+            hint="finish it first (`kymamesh upgrade promote`, then `kymamesh upgrade finish`)",
+        )
+    else:
+        canary, others = canary_planes(planes, ours)
     if canary is None and not revision_based:
         return ReleaseLayout(rows=release.releases, stack=stack)
     if canary is None and not others:
@@ -348,15 +654,15 @@ def release_layout(
             hint="install without --revision-based",
         )
     if canary is None:
-        refuse_revision_value(stack)
-        current = [p for p in others if _runs(p, release.version)]
-        if current:
-            raise PreconditionError(
-                f"istiod {', '.join(p.istiod for p in current)} in {release.namespace} "
-                f"already runs Istio {release.version}: there is nothing to upgrade by "
-                "revisions",
-                hint="run `kymamesh install` without --revision-based to keep it up to date",
-            )
+        refuse_revision_value(stack, release)
+        for plane in others:
+            found = controlplane.istiod_version(plane.deployment) if plane.deployment else None
+            if found is not None and found.minor_line != release.version.minor_line:
+                check_upgrade(f"istiod {plane.istiod}", found, release.version, revision_based=True)
+        _refuse_current(others, release.version, release.namespace)
+    elif revision_based and not others:
+        _refuse_current([canary], release.version, release.namespace)
+    revision = canary.revision if canary is not None else target
     extra: dict[str, Values] = {"istiod": {"revision": revision}}
     if not any(p.suffix == "" for p in others):
         # no unnamed istiod any more: the cluster-wide validator goes to the new revision
@@ -444,19 +750,21 @@ def run_phase_charts(
     inputs: ChartInputs,
     stack: ValueStack,
     rows: tuple[ChartRelease, ...] | None = None,
+    revision_based: bool = False,
 ) -> None:
     """Phase 1: install or upgrade each release in order; each ready before the next.
-    `rows`: the releases (default: the pinned release table)."""
-    release = pinned()
+    `rows`: the releases (default: the release table)."""
+    release = the_release(ctx)
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
-    ctx.progress.phase(PHASE_CHARTS)
-    plans = plan_releases(ctx, inputs, stack, rows)
+    ctx.progress.phase(f"{PHASE_CHARTS} (Istio {release.version})")
+    plans = plan_releases(ctx, inputs, stack, rows, revision_based)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
     if any(p.needed for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
-        plans = plan_releases(ctx, inputs, stack, rows)  # again, under the lock
+        plans = plan_releases(ctx, inputs, stack, rows, revision_based)  # again, under the lock
+    ctx.result.notes.extend(behaviour_notes(release, plans))
     for plan in plans:
         label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
         item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
@@ -521,28 +829,76 @@ def _wait_ready(
             _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
 
 
+DENIAL_SETTLE_S = 2.0  # the same denial this long: istiod means it (not a start-up blip)
+
+
+def webhook_denial(exc: ApiError) -> bool:
+    """Whether an admission webhook answered and refused (a deterministic answer: a 4xx
+    whose message says a webhook denied the request), as opposed to a webhook that cannot
+    be reached yet (no endpoint, connection refused, a CA bundle not patched in yet, a
+    timeout: a 500 "failed calling webhook", or no answer at all)."""
+    return (
+        exc.status is not None
+        and 400 <= exc.status < 500
+        and exc.status != 429
+        and "denied the request" in exc.message
+    )
+
+
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
-    """Wait until istiod's injection webhook answers (a dry-run Pod is admitted).
+    """Wait until istiod's injection webhook answers: a dry-run Pod gets the sidecar of
+    the revision expected to inject it (`revision`; for the unnamed one, the revision the
+    default tag points at, if there is one).
 
     istiod is Ready before it has patched its CA bundle into its webhooks; a Pod the
     injector must see (the gateway's) is refused until then, and its ReplicaSet backs
     off for longer after each refusal. So the next release starts only once the
-    injector answers.
+    injector answers. The probe is made where its labels decide which webhook is called
+    (`controlplane.probe_namespace`): a Pod admitted without a sidecar proves nothing. A
+    webhook that answers with a denial (a template istiod cannot render) is answering:
+    the same denial for DENIAL_SETTLE_S ends the wait with its message instead of
+    waiting out the timeout.
     """
-    probe = controlplane.injection_probe_pod(namespace, revision)
+    expected = revision
+    if revision == controlplane.DEFAULT_REVISION:
+        tag = ctx.cluster.get(
+            Ref(tags.WEBHOOK_API, tags.MUTATING, tags.tag_webhook_name(namespace))
+        )
+        expected = tags.tag_revision(tag) or revision
     deadline = time.monotonic() + timeout
     pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
+    denied: tuple[str, float] | None = None  # the webhook's denial, and since when
     while True:
         try:
-            ctx.cluster.dry_run_create(probe)
-            return
+            got = controlplane.probe_injection(ctx.cluster, revision, namespace)
+            if got == expected:
+                return
+            seen = "a test Pod got " + (
+                "no sidecar" if got is None else f"the sidecar of revision {got}"
+            )
         except ApiError as exc:
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
-                    f"{revision}) does not answer: {exc.message}",
-                    hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
-                    "--timeout if the cluster is slow",
+            seen = exc.message
+            now = time.monotonic()
+            if not webhook_denial(exc):
+                denied = None
+            elif denied is None or denied[0] != exc.message:
+                denied = (exc.message, now)
+            elif now - denied[1] >= DENIAL_SETTLE_S:
+                raise KymameshError(
+                    f"istiod's injection webhook (revision {expected}) answers, and refuses "
+                    f"Pods: {exc.message}",
+                    hint="the injection template cannot be rendered with these values (or "
+                    "istiod refuses them): fix the values given with -f/--set, or look at "
+                    "istiod's log, and re-run",
                 ) from None
+        else:
+            denied = None
+        if time.monotonic() >= deadline:
+            raise WaitTimeoutError(
+                f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
+                f"{expected}) does not answer: {seen}",
+                hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
+                "--timeout if the cluster is slow",
+            ) from None
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(1.0, pause * 2)

@@ -3,8 +3,8 @@
 Checks, in order, each failure a `PreconditionError` (exit 3) that names what
 was found, and never a write: the namespace exists; istiod is there (every
 control plane revision: `istiod`, `istiod-REV`, see `kymamesh.controlplane`);
-each one's version, read from the image of its `discovery` container, is the
-supported minor or the one below; the
+each one's version, read from the image of its `discovery` container, is of a
+minor of the release catalog or the one below the oldest; the
 security CRDs exist and are Established. What it found is returned, for the
 command's output and for `status`.
 """
@@ -160,7 +160,9 @@ def check_security_crds(cluster: Cluster) -> None:
         )
 
 
-def find_istio(cluster: Cluster, namespace: str, supported: Version | None) -> FoundIstio:
+def find_istio(
+    cluster: Cluster, namespace: str, supported: tuple[Version, Version] | None
+) -> FoundIstio:
     """The preflight: what is installed, or a `PreconditionError` naming what is wrong.
 
     With `supported` None the version is reported, not judged (for `status`).
@@ -189,8 +191,9 @@ def find_istio(cluster: Cluster, namespace: str, supported: Version | None) -> F
     )
 
 
-def _checked_version(plane: ControlPlane, supported: Version | None) -> Version:
-    """The version of a control plane's istiod, judged against `supported` when given."""
+def _checked_version(plane: ControlPlane, supported: tuple[Version, Version] | None) -> Version:
+    """The version of a control plane's istiod, judged against `supported` (the oldest and
+    newest supported release) when given."""
     assert plane.deployment is not None
     image = _discovery_image(plane.deployment)
     ref = plane.istiod_ref
@@ -200,14 +203,15 @@ def _checked_version(plane: ControlPlane, supported: Version | None) -> Version:
         raise PreconditionError(f"{ref}: {exc.message}", exc.hint) from None
     if supported is not None:
         try:
-            check_supported_for_adoption(version, supported)
+            check_supported_for_adoption(version, *supported)
         except PreconditionError as exc:
             raise PreconditionError(f"{exc.message} (image {image} of {ref})", exc.hint) from None
     return version
 
 
 def adoption_preflight(cluster: Cluster, namespace: str) -> FoundIstio:
-    """`find_istio` against the supported release (the supported minor or one below)."""
-    from kymamesh.release import pinned
+    """`find_istio` against the release catalog (a supported minor, or one below the oldest)."""
+    from kymamesh.release import catalog
 
-    return find_istio(cluster, namespace, pinned().version)
+    lines = catalog().lines
+    return find_istio(cluster, namespace, (lines[-1].latest, lines[0].latest))

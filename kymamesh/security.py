@@ -26,9 +26,43 @@ class SecurityRule:
     key: str
     why: str
     falsy: bool = False  # `insecure_if: falsy`
+    truthy: bool = False  # `insecure_if: truthy`
     one_of: tuple[str, ...] = ()  # `insecure_if: {one_of: [...]}`, upper case
     enum: tuple[str, ...] = ()  # names in number order, for values given as numbers
     absent_secure: bool = True
+    proto: str = ""  # the same path in proto field names (istiod reads both spellings)
+
+    @property
+    def spellings(self) -> tuple[str, ...]:
+        """Every dotted path istiod reads as this key: each part in its JSON or its proto
+        name (protojson takes either), `key` first."""
+        if not self.proto:
+            return (self.key,)
+        paths = [""]
+        for json_name, proto_name in zip(self.key.split("."), self.proto.split("."), strict=True):
+            names = dict.fromkeys((json_name, proto_name))
+            paths = [f"{p}.{n}" if p else n for p in paths for n in names]
+        return tuple(paths)
+
+    def judge(self, values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+        """(path, why) for each spelling present in `values` that breaks the rule; for a
+        rule whose absence is insecure, one entry when no spelling is there. `prefix` is
+        dropped from the paths first (`meshConfig.` for a live mesh config)."""
+        problems = []
+        present = False
+        for path in self.spellings:
+            value, absent = lookup_value(values, path.removeprefix(prefix))
+            if absent:
+                continue
+            present = True
+            problem = self.problem(value, absent=False)
+            if problem:
+                problems.append((path, problem))
+        if not present:
+            problem = self.problem(None, absent=True)
+            if problem:
+                problems.append((self.key, problem))
+        return problems
 
     def problem(self, value: Any, absent: bool) -> str | None:
         """Why `value` breaks this rule, or None. `absent`: missing or null."""
@@ -38,11 +72,18 @@ class SecurityRule:
             return f"missing or null, so the default applies: {self.why}"
         if self.falsy and is_falsy(value):
             return f"{json.dumps(value)} reads as off: {self.why}"
+        if self.truthy and not is_falsy(value):
+            return f"{json.dumps(value)} reads as on: {self.why}"
         if self.one_of:
             name = self._enum_name(value)
             if name in self.one_of:
                 shown = json.dumps(value) if name == str(value) else f"{json.dumps(value)} ({name})"
                 return f"{shown}: {self.why}"
+            if self.enum and name not in self.enum:
+                return (
+                    f"{json.dumps(value)} is not one of {', '.join(self.enum)} (or their "
+                    f"numbers 0 to {len(self.enum) - 1}): istiod cannot read it"
+                )
         return None
 
     def _enum_name(self, value: Any) -> str | None:
@@ -79,7 +120,7 @@ def security_rules() -> tuple[SecurityRule, ...]:
         test = r["insecure_if"]
         absent = str(r.get("absent", "secure"))
         if absent not in ("secure", "insecure") or not (
-            test == "falsy" or (isinstance(test, Mapping) and "one_of" in test)
+            test in ("falsy", "truthy") or (isinstance(test, Mapping) and "one_of" in test)
         ):
             raise ValueError(f"security.yaml: rule {r['key']}: bad insecure_if or absent")
         rules.append(
@@ -88,9 +129,13 @@ def security_rules() -> tuple[SecurityRule, ...]:
                 key=str(r["key"]),
                 why=str(r["why"]),
                 falsy=test == "falsy",
-                one_of=tuple(str(v).upper() for v in test["one_of"]) if test != "falsy" else (),
+                truthy=test == "truthy",
+                one_of=tuple(str(v).upper() for v in test["one_of"])
+                if isinstance(test, Mapping)
+                else (),
                 enum=tuple(str(v).upper() for v in r.get("enum") or ()),
                 absent_secure=absent == "secure",
+                proto=str(r.get("proto") or ""),
             )
         )
     return tuple(rules)
@@ -117,9 +162,6 @@ def mesh_config_problems(mesh: Mapping[str, Any], chart: str = "istiod") -> list
     for rule in security_rules():
         if rule.chart != chart or not rule.key.startswith(MESH_CONFIG_PREFIX):
             continue
-        field = rule.key.removeprefix(MESH_CONFIG_PREFIX)
-        value, absent = lookup_value(mesh, field)
-        problem = rule.problem(value, absent)
-        if problem:
-            problems.append(f"mesh config {field}: {problem}")
+        for path, problem in rule.judge(mesh, prefix=MESH_CONFIG_PREFIX):
+            problems.append(f"mesh config {path.removeprefix(MESH_CONFIG_PREFIX)}: {problem}")
     return problems

@@ -156,13 +156,17 @@ def outdated_reasons(
     pod: Mapping[str, Any],
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
+    proxy_images: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Why this Pod's sidecar is out of date ([] when current, when it has none, or when
     the injector did not put it there: no `sidecar.istio.io/status`).
 
     `istiod_versions` maps a revision to its istiod version; `proxy_resources` maps
     a revision to `global.proxy.resources` of its injector (a revision without an
-    entry: resources not compared). The Pod's revision is the one that injected it.
+    entry: resources not compared); `proxy_images` a revision to the image repository
+    its injector gives (`global.hub`/`global.proxy.image`; one from another registry is
+    outdated, e.g. a hub moved off a switched-off registry). The Pod's revision is the
+    one that injected it.
     """
     container = proxy_container(pod)
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
@@ -176,6 +180,10 @@ def outdated_reasons(
     version = proxy_version(pod)
     if istiod is not None and version is not None and version != istiod:
         reasons.append(f"istio-proxy {version}, istiod {istiod}")
+    wanted_image = (proxy_images or {}).get(revision)
+    repository = image_repository(str(container.get("image") or ""))
+    if wanted_image and repository != wanted_image:
+        reasons.append(f"image {repository}, the injector gives {wanted_image}")
     resources = proxy_resources.get(revision)
     if resources is not None and _sidecar_template(annotations):
         wanted = wanted_resources(resources, annotations)
@@ -271,13 +279,14 @@ def outdated_workloads(
     replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
+    proxy_images: Mapping[str, str] | None = None,
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
     for pod in pods:
         if not is_running(pod):
             continue
-        reasons = outdated_reasons(pod, istiod_versions, proxy_resources)
+        reasons = outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images)
         if not reasons:
             continue
         workload = owner_workload(pod, replica_sets)
@@ -513,6 +522,34 @@ def sidecar_coverage(
     return result
 
 
+def image_repository(image: str) -> str:
+    """An image reference without its tag and digest (`docker.io/istio/proxyv2`)."""
+    ref = image.split("@", 1)[0]
+    head, _, last = ref.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
+
+
+def injector_proxy_image(configmap: Mapping[str, Any] | None) -> str | None:
+    """The image repository the injector gives sidecars: `global.proxy.image` when it is
+    a full reference, else `global.hub`/`global.proxy.image` (None when not known)."""
+    if not configmap:
+        return None
+    try:
+        values = json.loads((configmap.get("data") or {}).get("values") or "")
+    except ValueError:
+        return None
+    glob = values.get("global") if isinstance(values, dict) else None
+    if not isinstance(glob, dict):
+        return None
+    image = str((glob.get("proxy") or {}).get("image") or "")
+    hub = str(glob.get("hub") or "").rstrip("/")
+    if "/" in image:
+        return image_repository(image)
+    if image and hub:
+        return f"{hub}/{image}"
+    return None
+
+
 def injector_proxy_resources(configmap: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     """`global.proxy.resources` from the injector ConfigMap's `values` JSON (None if absent)."""
     if not configmap:
@@ -559,30 +596,38 @@ def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tu
 
 def control_plane(
     cluster: Cluster, istio_namespace: str
-) -> tuple[dict[str, Version], dict[str, Mapping[str, Any]]]:
-    """istiod's version per revision, and each revision's injector proxy resources."""
+) -> tuple[dict[str, Version], dict[str, Mapping[str, Any]], dict[str, str]]:
+    """istiod's version per revision, and each revision's injector proxy resources and
+    proxy image repository."""
     from kymamesh.controlplane import find_control_planes
 
     planes = find_control_planes(cluster, istio_namespace)
     deployments = [p.deployment for p in planes if p.deployment is not None]
     resources = {}
+    images = {}
     for plane in planes:
-        found = injector_proxy_resources(cluster.get(plane.configmap(INJECTOR_CONFIGMAP)))
+        configmap = cluster.get(plane.configmap(INJECTOR_CONFIGMAP))
+        found = injector_proxy_resources(configmap)
         if found is not None:
             resources[plane.revision] = found
-    return istiod_revisions(deployments), resources
+        image = injector_proxy_image(configmap)
+        if image is not None:
+            images[plane.revision] = image
+    return istiod_revisions(deployments), resources, images
 
 
 def find_outdated(
     cluster: Cluster, istio_namespace: str, namespace: str | None = None
 ) -> list[OutdatedWorkload]:
     """Workloads whose sidecars differ from istiod's version or the injector's resources."""
-    versions, resources = control_plane(cluster, istio_namespace)
+    versions, resources, images = control_plane(cluster, istio_namespace)
     pods = [
         p
         for p in list_pods(cluster, namespace)
-        if is_running(p) and outdated_reasons(p, versions, resources)
+        if is_running(p) and outdated_reasons(p, versions, resources, images)
     ]
     if not pods:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
         return []
-    return outdated_workloads(pods, replica_set_index(cluster, namespace), versions, resources)
+    return outdated_workloads(
+        pods, replica_set_index(cluster, namespace), versions, resources, images
+    )

@@ -151,6 +151,10 @@ class MeshStatus:
     canary: CanaryState | None = None  # a revision-based upgrade under way or done
     # every workload with an outdated sidecar, and what --restart-proxies does about it
     outdated: list[dict[str, Any]] = field(default_factory=list)
+    # every container running an image from a registry Istio switched off, with its fix
+    retired_images: list[dict[str, str]] = field(default_factory=list)
+    # what is behind: a newer patch, an end of life, Helm 3 (advice; not unhealthy)
+    advice: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -176,6 +180,8 @@ class MeshStatus:
             "identity": self.identity,
             "canary": self.canary.to_json() if self.canary else None,
             "outdatedSidecars": [dict(o) for o in self.outdated],
+            "retiredRegistryImages": [dict(r) for r in self.retired_images],
+            "advice": list(self.advice),
         }
 
 
@@ -187,7 +193,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     cluster = ctx.cluster
     release = pinned()
     namespace = release.namespace
-    canary = read_canary(cluster, namespace)
+    canary = read_canary(ctx)
     releases = []
     for row in release.releases:
         deployed = ctx.helm.deployed(row.release, namespace)
@@ -205,9 +211,13 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     planes.sort(key=lambda p: (p.suffix != "", p.revision))
     mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
-    _, injector_resources = sidecars.control_plane(cluster, namespace)
+    _, injector_resources, injector_images = sidecars.control_plane(cluster, namespace)
     namespaces = namespace_states(
-        cluster.list("v1", "Namespace"), cluster.list("v1", "Pod"), istiods, injector_resources
+        cluster.list("v1", "Namespace"),
+        cluster.list("v1", "Pod"),
+        istiods,
+        injector_resources,
+        injector_images,
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
     for plane in planes:
@@ -217,6 +227,14 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
         problems.append(f"identity: Dex is not ready: {identity.get('notReady')}")
+    retired = retired_registry_images(cluster.list("v1", "Pod"), installed_by)
+    if retired:
+        pods = sorted({f"{r['namespace']}/{r['pod']}" for r in retired})
+        problems.append(
+            f"{len(pods)} Pod(s) run Istio images from a registry Istio has switched off; "
+            "they fail to start once rescheduled (see retired-registry images)"
+        )
+    advice = currency_advice(istiods, helm_major(ctx) if releases_by_helm(releases) else None)
     return MeshStatus(
         namespace=namespace,
         supported=release.version,
@@ -231,7 +249,106 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         identity=identity,
         canary=canary if canary.canary is not None or canary.tag is not None else None,
         outdated=outdated,
+        retired_images=retired,
+        advice=advice,
     )
+
+
+def helm_major(ctx: RunContext) -> int | None:
+    try:
+        return ctx.helm.major
+    except KymameshError:  # no usable helm here: nothing to say about its version
+        return None
+
+
+def releases_by_helm(releases: list[ReleaseState]) -> bool:
+    return any(r.release is not None for r in releases)
+
+
+def retired_registry_images(pods: list[Obj], installed_by: inv.Installer) -> list[dict[str, str]]:
+    """Each container (init containers too) whose image comes from a registry Istio switched
+    off, with the command that moves it (`resources/istio/catalog.yaml`, retiredHubs)."""
+    from kymamesh.release import catalog
+
+    table = catalog()
+    if installed_by == inv.Installer.KYMAMESH:
+        sidecar_fix = "kymamesh patch --restart-proxies"
+        istiod_fix = "kymamesh install"
+    else:
+        sidecar_fix = "kymamesh patch --existing-istio --restart-proxies"
+        istiod_fix = (
+            "helm upgrade the istiod release with --set hub=docker.io/istio "
+            "--set global.hub=docker.io/istio (or kymamesh install, which manages it)"
+        )
+    found = []
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        for container in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
+            image = str(container.get("image") or "")
+            if not table.retired_registry(image):
+                continue
+            name = str(container.get("name") or "")
+            fix = istiod_fix if name == "discovery" else sidecar_fix
+            found.append(
+                {
+                    "namespace": str(pod["metadata"].get("namespace") or ""),
+                    "pod": str(pod["metadata"].get("name") or ""),
+                    "container": name,
+                    "image": image,
+                    "fix": fix,
+                }
+            )
+    return found
+
+
+def currency_advice(istiods: list[inv.Istiod], helm_major: int | None) -> list[str]:
+    """What is behind, from the release catalog: a newer patch of the running minor, a
+    minor past its end of life or not supported, Helm 3 in use."""
+    from datetime import date
+
+    from kymamesh.release import catalog
+
+    table = catalog()
+    advice = []
+    for d in istiods:
+        if d.version is None:
+            continue
+        line = table.line_of(d.version)
+        where = f"istiod {d.namespace}/{d.name} runs Istio {d.version}"
+        if line is None:
+            advice.append(
+                f"{where}, of a minor this kymamesh does not install (it supports "
+                f"{table.supported_minors()}): upgrade with kymamesh install"
+                + (" --revision-based" if d.version.minor_line < table.lines[-1].minor else "")
+            )
+            continue
+        if d.version < line.latest:
+            advice.append(
+                f"{where}; {line.latest} is out (security fixes): kymamesh install --istio "
+                f"{line.latest} --restart-proxies"
+            )
+        if line.end_of_life and line.end_of_life <= date.today():
+            advice.append(
+                f"{where}; Istio {line.name} reached its end of life on "
+                f"{line.end_of_life.isoformat()}: upgrade to {table.lines[0].name}"
+            )
+    if helm_major == 3:
+        end = table.helm3_security_end
+        advice.append(
+            f"Helm 3 is in use; its security fixes end {end.isoformat()}: use Helm 4 (--helm)"
+        )
+    return advice
+
+
+def retired_lines(retired: list[dict[str, str]]) -> list[str]:
+    if not retired:
+        return []
+    lines = ["retired-registry images (Istio switched these registries off):"]
+    for r in retired:
+        lines.append(
+            f"  {r['namespace']}/{r['pod']} {r['container']}: {r['image']} -> fix: {r['fix']}"
+        )
+    return lines
 
 
 def outdated_sidecars(
@@ -384,6 +501,7 @@ def namespace_states(
     pods: list[Obj],
     istiods: list[inv.Istiod],
     proxy_resources: Mapping[str, Mapping[str, Any]] | None = None,
+    proxy_images: Mapping[str, str] | None = None,
 ) -> list[NamespaceState]:
     """Per namespace with injection on or a sidecar running: coverage and outdated sidecars.
 
@@ -402,7 +520,7 @@ def namespace_states(
             row[1] += 1
             continue
         row[0] += 1
-        if sidecars.outdated_reasons(pod, by_revision, proxy_resources or {}):
+        if sidecars.outdated_reasons(pod, by_revision, proxy_resources or {}, proxy_images):
             row[2] += 1
     states = []
     for ns_obj in namespaces:
@@ -446,6 +564,8 @@ def plain_lines(st: MeshStatus) -> list[str]:
             f"{n.without_sidecar} without, {n.outdated} outdated"
         )
     lines.extend(outdated_lines(st.outdated))
+    lines.extend(retired_lines(st.retired_images))
+    lines.extend(f"advice: {a}" for a in st.advice)
     lines.extend(_verdict(st))
     return lines
 
@@ -507,6 +627,10 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
         console.print("namespaces: none with injection or sidecars")
     for line in outdated_lines(st.outdated):
         console.print(line, highlight=False, markup=False)
+    for line in retired_lines(st.retired_images):
+        console.print(line, highlight=False, markup=False)
+    for line in st.advice:
+        console.print(f"[yellow]advice: {line}[/yellow]", highlight=False)
     for line in _verdict(st):
         color = "green" if st.healthy else "red"
         console.print(f"[{color}]{line}[/{color}]", highlight=False)
@@ -573,14 +697,20 @@ def _headline(st: MeshStatus) -> str:
     versions = sorted({str(d.version) for d in st.istiods if d.version})
     found = f"Istio {', '.join(versions)}" if versions else "Istio"
     if not st.istiods:
-        return f"Istio: not installed in {st.namespace} (kymamesh supports {st.supported})"
+        return f"Istio: not installed in {st.namespace} (kymamesh installs {_supported()})"
     by = {
         inv.Installer.KYMAMESH: "installed by kymamesh",
         inv.Installer.HELM: "installed with Helm, not by kymamesh",
         inv.Installer.OTHER: "installed by another tool (no kymamesh Helm release)",
         inv.Installer.NONE: "installer unknown",
     }[st.installed_by]
-    return f"{found} in {st.namespace}, {by} (kymamesh supports {st.supported})"
+    return f"{found} in {st.namespace}, {by} (kymamesh installs {_supported()})"
+
+
+def _supported() -> str:
+    from kymamesh.release import catalog
+
+    return ", ".join(str(line.latest) for line in catalog().lines)
 
 
 def _istiod_text(d: inv.Istiod) -> str:

@@ -21,7 +21,6 @@ chart: it works on whatever chart rendered that injector webhook.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from kymamesh.controlplane import (
     INJECTION_LABEL,
     INJECTOR_CONFIGMAP,
     REVISION_LABEL,
+    injected_revision,
     suffix_of,
 )
 from kymamesh.versions import Version
@@ -241,14 +241,7 @@ def injecting_revision(
 def sidecar_revision(pod: Mapping[str, Any]) -> str | None:
     """The revision that injected the Pod's sidecar, from `sidecar.istio.io/status`
     (None when the Pod has no such annotation)."""
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get("sidecar.istio.io/status")
-    if not raw:
-        return None
-    try:
-        revision = json.loads(raw).get("revision")
-    except (ValueError, AttributeError):
-        return DEFAULT_REVISION
-    return str(revision) if revision else DEFAULT_REVISION
+    return injected_revision(pod)
 
 
 def moved_pods(

@@ -35,10 +35,12 @@ from kymamesh import MANAGED_BY_LABEL, tags
 from kymamesh import inventory as inv
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
+from kymamesh.controlplane import find_control_planes
 from kymamesh.errors import PreconditionError, WaitTimeoutError
 from kymamesh.helm import DeployedRelease
 from kymamesh.lock import LOCK_NAME
 from kymamesh.output import ItemResult, Outcome
+from kymamesh.pipeline import kymamesh_revisions
 from kymamesh.release import dex_pinned, pinned
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
@@ -91,10 +93,15 @@ def plan(ctx: RunContext) -> Plan:
     release = pinned()
     namespace = release.namespace
     names = []
+    planes = find_control_planes(cluster, namespace)
     for row in release.releases:
         names.append(row.release)
-        if row.chart == "istiod":  # a canary revision's release (`upgrade`), beside it
+        if row.chart == "istiod":  # the revisions kymamesh installed by revisions, beside it
             names.append(tags.istiod_release_name(tags.revision_name(release.version)))
+            names.extend(
+                tags.istiod_release_name(p.revision) for p in kymamesh_revisions(ctx, planes)
+            )
+    names = list(dict.fromkeys(names))
     deployed = {name: ctx.helm.deployed(name, namespace) for name in names}
     istiods = inv.find_istiods(cluster, namespace)
     result = Plan(installed_by=inv.installer(deployed, istiods), istiods=istiods)

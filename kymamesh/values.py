@@ -3,14 +3,13 @@
 Values reach a chart from, in order: the chart's defaults, kymamesh's files in
 `resources/istio/values/`, the user's `-f` files, the user's `--set`. A user
 file is split by chart: its top-level keys are chart names (`base`, `istiod`,
-`gateway`), as are the first part of every `--set` key. Each source is kept
+`gateway`), as are the first part of every `--set` key (Helm's `--set` syntax). Each source is kept
 with its origin so that a refused value names the file or flag it came from.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from kymamesh import userfiles
 from kymamesh.errors import InsecureValuesError, UsageError
 from kymamesh.resources import load_yaml, resources_dir
-from kymamesh.security import lookup_value, security_rules
+from kymamesh.security import security_rules
 
 Values = dict[str, Any]
 
@@ -76,15 +75,17 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Values:
 
 
 _INT64 = range(-(2**63), 2**63)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_MAX_INDEX = 65536  # Helm's limits: a list index, and how deep a dotted name goes
+_MAX_DEPTH = 30
 
 
 def _scalar(text: str) -> Any:
-    """Type a `--set` value the way Helm does.
+    """Type a `--set` value the way Helm does (its strvals `typedVal`).
 
     true/false/null in any case are a boolean or null; `0` and a base-10
     integer that does not start with 0 are an int (so `007` stays a string);
-    everything else, `no` and `off` included, is a string. A value starting with
-    `[` or `{` that is JSON is taken as JSON (kymamesh's addition).
+    everything else, `no`, `off`, `1.5` and `[false]` included, is a string.
     """
     lowered = text.lower()
     if lowered in ("true", "false"):
@@ -95,49 +96,148 @@ def _scalar(text: str) -> Any:
         return 0
     if _INTEGER.fullmatch(text) and not text.startswith("0") and int(text) in _INT64:
         return int(text)
-    if text.startswith(("[", "{")):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            pass
     return text
 
 
-_INTEGER = re.compile(r"[+-]?[0-9]+")
+class _SetSyntaxError(Exception):
+    pass
 
 
-def _split_key(key: str) -> list[str]:
-    """Split a --set key on dots; `\\.` is a dot inside a name, as in Helm."""
-    return [part.replace("\\.", ".") for part in re.split(r"(?<!\\)\.", key)]
+class _SetParser:
+    """Helm's `--set` syntax (its strvals rules), read into nested maps and lists:
+
+    - `a.b=v`: a dot nests maps; `a=1,b=2`: a comma separates KEY=VALUE pairs;
+    - `a[0]=x`, `a[0].b=x`, `a[0][1]=x`: list items by index (missing ones are null);
+    - `a={x,y}`: a list value; `a=`: an empty string; `a=null`: null (Helm drops the key);
+    - a backslash takes the next character as it is: `\\,` is a comma in a value,
+      `\\.` a dot in a key.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def _until(self, stops: str) -> tuple[str, str | None]:
+        """The characters up to the first unescaped one of `stops` (consumed), and that
+        stop; None as the stop at the end of the text."""
+        out: list[str] = []
+        while self.pos < len(self.text):
+            ch = self.text[self.pos]
+            self.pos += 1
+            if ch in stops:
+                return "".join(out), ch
+            if ch == "\\":
+                if self.pos >= len(self.text):
+                    return "".join(out), None
+                ch = self.text[self.pos]
+                self.pos += 1
+            out.append(ch)
+        return "".join(out), None
+
+    def parse(self, data: dict[str, Any]) -> None:
+        while self.pos < len(self.text):
+            self._key(data, 0)
+
+    def _key(self, data: dict[str, Any], depth: int) -> None:
+        key, stop = self._until("=[,.")
+        if stop is None:
+            if key:
+                raise _SetSyntaxError(f"key {key!r} has no value (KEY=VALUE)")
+            return
+        if stop == ",":
+            raise _SetSyntaxError(f"key {key!r} has no value (cannot end with ,)")
+        if stop == "=":
+            data[key] = self._value()
+            return
+        if stop == "[":
+            existing = data.get(key, [])
+            if not isinstance(existing, list):
+                raise _SetSyntaxError(f"{key!r} is set as a map or value, then used as a list")
+            data[key] = self._list_item(existing, self._index(), depth)
+            return
+        depth += 1  # "."
+        if depth > _MAX_DEPTH:
+            raise _SetSyntaxError(f"a key nested more than {_MAX_DEPTH} levels")
+        inner = data.get(key, {})
+        if not isinstance(inner, dict):
+            raise _SetSyntaxError(f"{key!r} is set as a value or list, then used as a map")
+        self._key(inner, depth)
+        if not inner:
+            raise _SetSyntaxError(f"key map {key!r} has no value")
+        data[key] = inner
+
+    def _index(self) -> int:
+        text, stop = self._until("]")
+        if stop is None or not re.fullmatch(r"[+-]?[0-9]+", text):
+            raise _SetSyntaxError(f"list index [{text}] is not a number in brackets")
+        index = int(text)
+        if index < 0 or index > _MAX_INDEX:
+            raise _SetSyntaxError(f"list index {index} is not from 0 to {_MAX_INDEX}")
+        return index
+
+    def _list_item(self, items: list[Any], index: int, depth: int) -> list[Any]:
+        rest, stop = self._until("[.=")
+        if rest:
+            raise _SetSyntaxError(f"unexpected {rest!r} after the list index [{index}]")
+        items = items + [None] * (index + 1 - len(items))
+        if stop == "=":
+            items[index] = self._value()
+        elif stop == "[":
+            inner = items[index] if isinstance(items[index], list) else []
+            items[index] = self._list_item(inner, self._index(), depth)
+        elif stop == ".":
+            inner = items[index] if isinstance(items[index], dict) else {}
+            self._key(inner, depth)
+            items[index] = inner
+        else:
+            raise _SetSyntaxError(f"the list item [{index}] has no value")
+        return items
+
+    def _value(self) -> Any:
+        if self.text.startswith("{", self.pos):
+            self.pos += 1
+            values = []
+            while True:
+                text, stop = self._until(",}")
+                if stop is None:
+                    raise _SetSyntaxError("a list value {...} must end with '}'")
+                values.append(_scalar(text))
+                if stop == "}":
+                    if self.text.startswith(",", self.pos):
+                        self.pos += 1
+                    return values
+        text, _ = self._until(",")
+        return _scalar(text)
+
+
+_SET_HINT = (
+    "write CHART.path.to.key=value (e.g. istiod.pilot.replicaCount=2); a comma separates "
+    "pairs, each starting with a chart name; `\\,` is a comma inside a value, `\\.` a dot "
+    "inside a key, `key={a,b}` a list, `key[0]=x` a list item"
+)
 
 
 def parse_set(expressions: Iterable[str], charts: Iterable[str]) -> ValueSource:
-    """`--set CHART.key.path=value`, repeatable."""
+    """`--set CHART.key.path=value`, repeatable, each in Helm's `--set` syntax."""
     known = sorted(charts)
-    by_chart: dict[str, Values] = {}
+    parsed: dict[str, Any] = {}  # every flag into one map, as Helm does
     for expr in expressions:
-        key, sep, raw = expr.partition("=")
-        if not sep or not key:
-            raise UsageError(
-                f"--set '{expr}' is not KEY=VALUE",
-                hint="write it as CHART.path.to.key=value, e.g. istiod.pilot.replicaCount=2",
-            )
-        chart, *parts = _split_key(key)
-        path = ".".join(parts)
-        if chart not in known or not path:
-            raise UsageError(
-                f"--set '{expr}' does not start with a chart name",
-                hint=f"prefix the key with one of {', '.join(known)}, "
-                "e.g. istiod.meshConfig.accessLogFile=/dev/stdout",
-            )
-        node = by_chart.setdefault(chart, {})
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = _scalar(raw)
-    return ValueSource(origin="--set", by_chart=by_chart)
+        try:
+            _SetParser(expr).parse(parsed)
+        except _SetSyntaxError as exc:
+            raise UsageError(f"--set '{expr}': {exc}", hint=_SET_HINT) from None
+        if not expr.strip():
+            raise UsageError("--set '' is not KEY=VALUE", hint=_SET_HINT)
+        for chart, values in parsed.items():
+            if chart not in known or not isinstance(values, dict):
+                raise UsageError(
+                    f"--set '{expr}': {chart!r} is not a chart name followed by a key"
+                    + (" (after a comma, a new KEY=VALUE starts)" if "," in expr else ""),
+                    hint=f"start every key with one of {', '.join(known)}, e.g. "
+                    "istiod.meshConfig.accessLogFile=/dev/stdout; write `\\,` for a comma "
+                    "inside a value",
+                )
+    return ValueSource(origin="--set", by_chart=parsed)
 
 
 def load_user_file(path: Path, charts: Iterable[str]) -> ValueSource:
@@ -188,14 +288,34 @@ def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
     for rule in security_rules():
         if rule.chart not in charts:
             continue
-        value, absent = lookup_value(stack.merged(rule.chart), rule.key)
-        problem = rule.problem(value, absent)
-        if problem:
-            origin = stack.origin_of(rule.chart, rule.key)
-            problems.append(f"{rule.chart}.{rule.key} from {origin}: {problem}")
+        for path, problem in rule.judge(stack.merged(rule.chart)):
+            origin = stack.origin_of(rule.chart, path)
+            problems.append(f"{rule.chart}.{path} from {origin}: {problem}")
     if problems:
         raise InsecureValuesError(
             "refusing insecure values (nothing was changed):\n  " + "\n  ".join(problems),
             hint="remove these values or set them secure (a switch: true); "
             "kymamesh always installs Istio with mutual TLS on",
+        )
+
+
+def check_mesh_config(stack: ValueStack, minor: str) -> None:
+    """Refuse a `meshConfig` istiod of Istio `minor` could not read (a field of another
+    type, an unknown or twice-given field), naming each field and where it came from
+    (`kymamesh.meshschema`). Runs after the security rules, before anything is written."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    mesh = stack.merged("istiod").get("meshConfig")
+    problems = []
+    for problem in mesh_config_problems(mesh, minor, path="meshConfig"):
+        field = problem.split(":", 1)[0]
+        dotted = re.sub(r"\[[0-9]+\]", "", field)
+        problems.append(f"istiod.{problem} (from {stack.origin_of('istiod', dotted)})")
+    if problems:
+        raise UsageError(
+            f"meshConfig is not a mesh config istiod {minor} can read (nothing was changed):\n  "
+            + "\n  ".join(problems),
+            hint="give each field the type Istio's MeshConfig has (a switch true or false, a "
+            'duration a string like "5s"), and only fields it has; see '
+            "docs/explanation/security.md#the-mesh-config-istiod-can-read",
         )

@@ -110,28 +110,47 @@ def image_version(image: str) -> Version:
         ) from None
 
 
-def check_upgrade(what: str, deployed: Version, target: Version) -> None:
-    """Refuse a downgrade and a jump of more than one minor version."""
+def check_upgrade(
+    what: str, deployed: Version, target: Version, *, revision_based: bool = False
+) -> None:
+    """Istio's upgrade rules: no downgrade; a patch within a minor is routine; in place
+    one minor at a time; by revisions (a canary beside the old control plane) up to two."""
     if target < deployed:
         raise VersionGateError(
             f"{what} is at {deployed}; installing {target} would be a downgrade",
-            hint="kymamesh does not downgrade Istio; use a kymamesh release that supports "
-            f"{deployed}, or uninstall first",
+            hint="kymamesh does not downgrade Istio; install a release of "
+            f"{deployed.major}.{deployed.minor} at {deployed} or newer, or uninstall first",
         )
-    if target.major != deployed.major or target.minor - deployed.minor > 1:
+    reach = 2 if revision_based else 1
+    if target.major != deployed.major or target.minor - deployed.minor > reach:
+        if revision_based:
+            hint = (
+                f"upgrade by revisions at most two minors at a time: first to "
+                f"{deployed.major}.{deployed.minor + 2}"
+            )
+        else:
+            hint = (
+                f"upgrade in place one minor at a time (first --istio "
+                f"{deployed.major}.{deployed.minor + 1}), or by revisions "
+                "(--revision-based), which spans up to two minors"
+            )
         raise VersionGateError(
-            f"{what} is at {deployed}; {target} is more than one minor version ahead",
-            hint=f"upgrade one minor version at a time: first to {deployed.major}."
-            f"{deployed.minor + 1}.x with the kymamesh release that supports it",
+            f"{what} is at {deployed}; {target} is {target.minor - deployed.minor} minor "
+            f"versions ahead, more than {'a revision-based' if revision_based else 'an in-place'} "
+            "upgrade spans",
+            hint=hint,
         )
 
 
-def check_supported_for_adoption(found: Version, supported: Version) -> None:
-    """An existing istiod must be the supported minor or one below."""
-    if found.major == supported.major and supported.minor - 1 <= found.minor <= supported.minor:
+def check_supported_for_adoption(found: Version, oldest: Version, newest: Version) -> None:
+    """An existing istiod must be of a supported minor, or one below the oldest of them
+    (so that kymamesh can patch it, then upgrade it)."""
+    if found.major == newest.major and oldest.minor - 1 <= found.minor <= newest.minor:
         return
     raise PreconditionError(
         f"istiod runs Istio {found}; kymamesh supports adopting "
-        f"{supported.major}.{supported.minor - 1}.x and {supported.major}.{supported.minor}.x",
-        hint=f"upgrade the existing Istio to {supported.major}.{supported.minor}.x first",
+        f"{oldest.major}.{oldest.minor - 1}.x to {newest.major}.{newest.minor}.x",
+        hint=f"upgrade the existing Istio to {oldest.major}.{oldest.minor}.x or newer first"
+        if found < oldest
+        else "use a kymamesh release that supports this Istio",
     )

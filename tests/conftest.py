@@ -11,6 +11,8 @@ TestCluster: .kubeconfig .restricted_kubeconfig .restricted_user .admin_user .se
 .dir .bin_dir .helm (per KYMAMESH_TEST_HELM) .helm4 .helm3 .kubectl_bin .env (PATH with helm
 and kubectl first, KUBECONFIG, HELM_*_HOME) .env_for(helm=4|3, restricted=False)
 .kubectl(*args, check=True, input=None, restricted=False) .helm_run(*args, version=None)
+.istioctl(*args, check=True) .analyze(*args, threshold="Warning") (istioctl analyze -A -o json:
+the messages, [] when none)
 .api(restricted=False) (stdlib client) .client(restricted=False) (kubernetes ApiClient)
 .create_namespace(name, labels) .delete_namespace(name, wait=False) .wait_for(fn, timeout)
 .healthy() .down(keep=True), and .audit, the write counter:
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import re
 import secrets
@@ -67,6 +70,7 @@ def _load_testcluster():
 
 testcluster = _load_testcluster()
 CLUSTER_FIXTURES = {"cluster", "namespace", "fresh_cluster"}
+ANALYZE_FOUND_ISSUES = 79  # istioctl analyze's exit code: a message at --failure-threshold
 __all__ = ["chart_repo", "oci_registry", "source_tools"]  # fixtures of support_sources
 
 
@@ -150,6 +154,23 @@ class TestCluster:
             self.env_for(v),
             timeout,
         )
+
+    def istioctl(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """Run istioctl (Istio 1.31, from the module of the 1.31 istiod) against this cluster."""
+        return self._run([str(self.bin_dir / "istioctl"), *args], check, None, self.env, timeout)
+
+    def analyze(self, *args: str, threshold: str = "Warning") -> list[dict[str, Any]]:
+        """`istioctl analyze -A` (or `args`, e.g. `-n NS`): its messages at `threshold` and
+        above (code, level, message, origin); [] when it finds nothing."""
+        scope = list(args) or ["-A"]
+        r = self.istioctl(
+            "analyze", *scope, "--output-threshold", threshold, "-o", "json", check=False
+        )
+        if r.returncode not in (0, ANALYZE_FOUND_ISSUES):
+            raise AssertionError(f"istioctl analyze failed ({r.returncode}):\n{r.stderr}")
+        return list(json.loads(r.stdout or "[]"))
 
     @staticmethod
     def _run(argv, check, input, env, timeout) -> subprocess.CompletedProcess:

@@ -209,6 +209,51 @@ BAD_INPUTS: dict[str, tuple[Callable[[dict[str, Any]], dict[str, Any]], str, str
         "staticClients[0] (app).secret",
         "is written as plain text",
     ),
+    # Dex reads its config strictly: every field has its type
+    "oidc clientID a number": (
+        _set(("connectors", 0, "clientID"), 12345),
+        "connectors[0] (corp).clientID",
+        "must be a string, not a YAML int",
+    ),
+    "oidc getUserInfo a string": (
+        _set(("connectors", 0, "getUserInfo"), "yes"),
+        "connectors[0] (corp).getUserInfo",
+        "must be true or false",
+    ),
+    "oidc scopes with a number": (
+        _set(("connectors", 0, "scopes"), ["openid", 7]),
+        "connectors[0] (corp).scopes",
+        "must be a list of strings",
+    ),
+    "saml usernameAttr a list": (
+        _set(("connectors", 1, "usernameAttr"), ["name"]),
+        "connectors[1] (adfs).usernameAttr",
+        "must be a string",
+    ),
+    "ldap startTLS a number": (
+        _set(("connectors", 2, "startTLS"), 1),
+        "connectors[2] (ldap).startTLS",
+        "must be true or false",
+    ),
+    "ldap userSearch.baseDN a map": (
+        _set(("connectors", 2, "userSearch", "baseDN"), {"dc": "example"}),
+        "connectors[2] (ldap).userSearch.baseDN",
+        "must be a string",
+    ),
+    "github orgs of numbers": (
+        _append(
+            "connectors",
+            {
+                "type": "github",
+                "id": "gh",
+                "clientID": "kyma",
+                "clientSecret": {"secretRef": {"name": "gh", "key": "secret"}},
+                "orgs": [{"name": 42}],
+            },
+        ),
+        "connectors[3] (gh).orgs[0].name",
+        "must be a string",
+    ),
 }
 
 

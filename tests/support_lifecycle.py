@@ -82,3 +82,21 @@ def istio_crds(cluster: Any) -> list[str]:
 
 def apply(cluster: Any, manifest: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=manifest)
+
+
+def install_as_an_earlier_kymamesh(
+    cluster: Any, charts: Path, *patch_args: str, timeout: str = "180s"
+) -> None:
+    """An Istio of a minor this kymamesh no longer installs (1.29), as an earlier kymamesh
+    release left it: the three Helm releases with kymamesh's values and the revision
+    description its install writes, then the Kyma patch by this kymamesh (`patch_args`:
+    e.g. `--config FILE`, remembered like an install's)."""
+    values = ROOT / "resources" / "istio" / "values"
+    for release, chart in RELEASES:
+        cluster.helm_run(
+            "upgrade", "--install", release, str(charts / chart), "-n", NAMESPACE,
+            "--create-namespace", "-f", str(values / f"{chart}.yaml"),
+            "--description", "kymamesh 0.0.1", "--wait", "--timeout", timeout,
+        )  # fmt: skip
+    run = kymamesh(cluster, "patch", "-y", "--timeout", "180", *patch_args)
+    assert run.code == 0, str(run)

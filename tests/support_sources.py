@@ -10,7 +10,7 @@ oci_registry`, or ask for them in a conftest):
                     every repository it made is stopped after the test
     oci_registry    factory: oci_registry(*chart_dirs) -> OciRegistry, serving at once
                     (the charts pushed under `istio/release/charts`); stopped after the test
-    source_tools    session-wide SourceTools: .helm and .registry, the binaries of the test
+    source_tools    session-wide SourceTools: .helm (4), .helm3, .registry, the binaries of the test
                     cluster's cache (parts `helm` and `registry` of testcluster.py, built if
                     missing), .home and .env (HELM_*_HOME under .home)
 
@@ -38,13 +38,15 @@ Plain HTTP and helm, which the product code needs to know:
 - A Helm repository on plain HTTP needs nothing special: `helm pull CHART --repo
   http://127.0.0.1:PORT --version V`, `helm show chart CHART --repo URL`, `helm install
   --repo URL` work as with https (pyhelm3's `repo=` works unchanged).
-- An OCI registry on plain HTTP needs `--plain-http` on every helm command that reaches it:
-  `helm push X.tgz oci://HOST/PATH --plain-http`, `helm pull oci://HOST/PATH/CHART --version
-  V --plain-http`, and likewise `helm show chart|values`, `helm template`, `helm install`,
-  `helm upgrade` of an `oci://` reference (Helm 4.1.4 and 3.19.0 both have the flag on all
-  of these). Without it helm speaks https and fails with `http: server gave HTTP response
-  to HTTPS client`. Neither helm nor a `localhost` host name makes an exception, and there
-  is no environment variable for it (`helm env` lists none).
+- An OCI registry on plain HTTP needs `--plain-http` on every Helm 4 command that reaches
+  it: `helm push X.tgz oci://HOST/PATH --plain-http`, `helm pull oci://HOST/PATH/CHART
+  --version V --plain-http`, and likewise `helm show chart|values`, `helm template`, `helm
+  install`, `helm upgrade` of an `oci://` reference. Without it Helm 4.1.4 speaks https, to
+  127.0.0.1 and `localhost` too, and fails with `http: server gave HTTP response to HTTPS
+  client`; there is no environment variable for it (`helm env` lists none). Helm 3.19.0
+  falls back to plain HTTP by itself for a loopback host (127.0.0.1, localhost) and accepts
+  `--plain-http` too (all the commands above have the flag in both majors): so pass it,
+  whichever helm runs.
 - pyhelm3 0.5.8 has no parameter for it: `Client.get_chart`, `Client.pull_chart`,
   `Command.pull`, `Command.show_chart` and `Command.install_or_upgrade` build their argument
   lists themselves. So, for a loopback (plain HTTP) registry, run helm through
@@ -131,7 +133,8 @@ def package(
 
 @dataclass
 class SourceTools:
-    helm: Path
+    helm: Path  # Helm 4
+    helm3: Path
     registry: Path
     home: Path  # HELM_*_HOME go under it
 
@@ -147,7 +150,7 @@ def find_tools(home: Path) -> SourceTools:
         helm_dir, registry_dir = tc.build_parts(["helm", "registry"])
     except Exception as e:
         pytest.fail(f"could not build helm and the OCI registry (tests/cluster/): {e}")
-    return SourceTools(helm_dir / "helm", registry_dir / "registry", home)
+    return SourceTools(helm_dir / "helm", helm_dir / "helm3", registry_dir / "registry", home)
 
 
 # ------------------------------------------------------------------------- chart repository

@@ -25,9 +25,10 @@ from support_identity import APP_SECRET_ENV
 from test_fixture_charts import HELM, needs_helm
 from test_install_cluster import CHARTS
 
-from kymamesh.release import dex_pinned, pinned
+from kymamesh.release import dex_pinned
 
 pytestmark = needs_helm
+FIXTURE = "1.30.3"  # the version of the fixture charts the repository serves
 
 # runs the real entry point with the pinned Dex release's repository replaced
 ENTRY = """
@@ -89,7 +90,8 @@ def helm(tmp_path: Path, *args: str) -> None:
 
 
 def pull(tmp_path: Path, repo: Repo, dest: Path) -> dict[str, Any]:
-    args = ["charts", "pull", "--dest", str(dest), "--repo", repo.url, "-o", "json"]
+    args = ["charts", "pull", "--dest", str(dest), "--repo", repo.url, "--istio", FIXTURE, "-o"]
+    args.append("json")
     done = subprocess.run(
         [sys.executable, "-c", ENTRY, *args],
         env=helm_env(tmp_path) | {"KM_TEST_DEX_REPO": repo.url},
@@ -110,7 +112,7 @@ def test_pull_saves_istio_and_dex_and_a_rerun_downloads_nothing(tmp_path: Path, 
     dest = tmp_path / "charts"
     first = pull(tmp_path, repo, dest)
     assert outcomes(first) == {n: "changed" for n in ("base", "istiod", "gateway", "dex")}
-    istio, dex = pinned().version, dex_pinned().version
+    istio, dex = FIXTURE, dex_pinned().version
     assert sorted(p.name for p in dest.iterdir()) == sorted(
         [f"{c}-{istio}.tgz" for c in ("base", "istiod", "gateway")] + [f"dex-{dex}.tgz"]
     )

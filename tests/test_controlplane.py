@@ -15,7 +15,7 @@ from kymamesh.controlplane import (
     planned_control_plane,
     root_namespace_of,
 )
-from kymamesh.errors import UsageError
+from kymamesh.errors import PreconditionError, UsageError
 from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster
 from tests.support_mesh import configmap, istiod_deployment
@@ -114,3 +114,37 @@ def test_effective_mtls_at_the_root() -> None:
     assert effective_mtls([unset]) == ("PERMISSIVE", unset)
     strict = {"metadata": {"name": "default"}, "spec": {"mtls": {"mode": "strict"}}}
     assert effective_mtls([strict]) == ("STRICT", strict)
+
+
+def _ns(name: str, **labels: str) -> dict[str, object]:
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+def test_an_injection_probe_goes_where_its_labels_decide() -> None:
+    """A probe in a namespace labelled istio-injection (either way) or for another revision
+    never reaches the revision's webhooks: admitted without them, it would prove nothing."""
+    from kymamesh.controlplane import injection_probe_pod, probe_namespace
+
+    plain = [_ns("istio-system"), _ns("default")]
+    assert probe_namespace(plain, "1-30-3", "istio-system") == "istio-system"
+    labelled = [
+        _ns("istio-system", **{"istio-injection": "disabled"}),
+        _ns("default", **{"istio-injection": "enabled"}),
+        _ns("apps", **{"istio.io/rev": "1-29-4"}),
+        _ns("canary", **{"istio.io/rev": "1-30-3"}),
+        _ns("kube-system"),  # Istio's injector never injects there
+        {"metadata": {"name": "gone"}, "status": {"phase": "Terminating"}},
+        _ns("web"),
+    ]
+    assert probe_namespace(labelled, "1-30-3", "istio-system") == "canary"
+    assert probe_namespace(labelled, "default", "istio-system") == "web"
+    with pytest.raises(PreconditionError, match="no namespace"):
+        probe_namespace(labelled[:6], "default", "istio-system")
+    # opted in (an injector with `policy: disabled` needs it), and for the revision
+    assert injection_probe_pod("x", "1-30-3")["metadata"]["labels"] == {
+        "sidecar.istio.io/inject": "true",
+        "istio.io/rev": "1-30-3",
+    }
+    assert injection_probe_pod("x", "default")["metadata"]["labels"] == {
+        "sidecar.istio.io/inject": "true"
+    }

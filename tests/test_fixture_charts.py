@@ -25,7 +25,19 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ADDONS = FIXTURES / "addons"
 NAMESPACE = "istio-system"
 # charts folder -> the Istio release its charts stand in for
-CHART_SETS = {"charts": "1.30.3", "charts-1.29": "1.29.4"}
+CHART_SETS = {
+    "charts": "1.30.3",
+    "charts-1.29": "1.29.4",
+    "charts-1.30.5": "1.30.5",
+    "charts-1.31": "1.31.1",
+}
+# charts folder -> the default image hub of its charts (istiod's global.hub)
+HUBS = {
+    "charts": "docker.io/istio",
+    "charts-1.29": "docker.io/istio",
+    "charts-1.30.5": "docker.io/istio",
+    "charts-1.31": "docker.io/istio",
+}
 RELEASE_NAMES = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-ingressgateway"}
 
 Obj = dict[str, Any]
@@ -95,15 +107,91 @@ def injector_config(objs: tuple[Obj, ...]) -> Obj:
 # --- the charts as files ------------------------------------------------------------------
 
 
-def test_derived_charts_match_their_source() -> None:
+def _make_charts() -> Any:
     spec = importlib.util.spec_from_file_location("make_charts", FIXTURES / "make_charts.py")
     assert spec is not None and spec.loader is not None
     make_charts = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = make_charts  # dataclasses look their module up there
     spec.loader.exec_module(make_charts)
+    return make_charts
+
+
+def test_derived_charts_match_their_source() -> None:
+    make_charts = _make_charts()
+    assert make_charts.stale_overlays() == [], (
+        "a source file that an overlay replaces changed: carry the change over to the overlay, "
+        "then run python tests/fixtures/make_charts.py --accept-overlays"
+    )
     assert make_charts.stale_paths() == [], (
         "stale derived charts: run python tests/fixtures/make_charts.py"
     )
+    assert set(make_charts.RELEASES) | {"charts"} == set(CHART_SETS)
+    for folder, release in make_charts.RELEASES.items():
+        assert (release.version, release.hub) == (CHART_SETS[folder], HUBS[folder]), folder
+
+
+@pytest.fixture
+def fixtures_copy(tmp_path: Path) -> Any:
+    """make_charts.py working on a copy of tests/fixtures (symlinks kept as symlinks)."""
+    make_charts = _make_charts()
+    root = tmp_path / "fixtures"
+    shutil.copytree(FIXTURES, root, symlinks=True, ignore=shutil.ignore_patterns("addons"))
+    make_charts.FIXTURES = root
+    make_charts.SOURCE = root / "charts"
+    make_charts.OVERLAYS = root / "overlays"
+    assert make_charts.stale_paths() == [] and make_charts.stale_overlays() == []
+    return make_charts
+
+
+def test_make_charts_check_finds_what_is_stale(fixtures_copy: Any) -> None:
+    make_charts = fixtures_copy
+    root = make_charts.FIXTURES
+    # a derived file edited by hand, a file added, a link gone
+    chart_yaml = root / "charts-1.30.5" / "istiod" / "Chart.yaml"
+    chart_yaml.write_text(chart_yaml.read_text() + "# edited\n")
+    (root / "charts-1.31" / "gateway" / "templates" / "extra.yaml").write_text("{}\n")
+    (root / "charts-1.29" / "base" / "templates").unlink()
+    assert make_charts.main(["--check"]) == 1
+    assert make_charts.stale_paths() == [
+        "charts-1.29/base/templates",
+        "charts-1.30.5/istiod/Chart.yaml",
+        "charts-1.31/gateway/templates/extra.yaml",
+    ]
+    make_charts.write()
+    assert make_charts.stale_paths() == []
+    # the source version moves on: every generated file is stale
+    source_chart = root / "charts" / "gateway" / "Chart.yaml"
+    source_chart.write_text(source_chart.read_text().replace("keywords:", "home: x\nkeywords:"))
+    assert make_charts.stale_paths() == [f"{f}/gateway/Chart.yaml" for f in make_charts.RELEASES]
+
+
+def test_make_charts_check_names_a_source_file_an_overlay_replaces(fixtures_copy: Any) -> None:
+    make_charts = fixtures_copy
+    root = make_charts.FIXTURES
+    source = root / "charts" / "istiod" / "templates" / "deployment.yaml"
+    source.write_text(source.read_text() + "# a fix the overlay lacks\n")
+    assert make_charts.stale_overlays() == [
+        "charts/istiod/templates/deployment.yaml changed since "
+        "overlays/1.31/istiod/templates/deployment.yaml was made from it: carry the change over"
+    ]
+    assert make_charts.main(["--check"]) == 1
+    assert make_charts.stale_paths() == []  # the derived folders themselves are fine
+    make_charts.main(["--accept-overlays"])
+    assert make_charts.stale_overlays() == []
+
+
+def test_make_charts_keeps_versions_out_of_shared_files(fixtures_copy: Any) -> None:
+    make_charts = fixtures_copy
+    root = make_charts.FIXTURES
+    overlay_file = root / "overlays" / "1.31" / "gateway" / "templates" / "service.yaml"
+    overlay_file.write_text(overlay_file.read_text() + "# docker.io/istio\n")
+    with pytest.raises(SystemExit, match="names a version or a hub"):
+        make_charts.stale_paths()
+    overlay_file.write_text(overlay_file.read_text().replace("# docker.io/istio\n", ""))
+    template = root / "charts" / "istiod" / "templates" / "service.yaml"
+    template.write_text(template.read_text() + "# 1.30.3\n")
+    with pytest.raises(SystemExit, match="below the chart's top level"):
+        make_charts.stale_paths()
 
 
 @pytest.mark.parametrize("chart_set", CHART_SETS)
@@ -222,7 +310,8 @@ def test_istiod_deployment_tells_its_version(chart_set: str) -> None:
     assert {"app": "istiod", "istio": "pilot"}.items() <= deployment["metadata"]["labels"].items()
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["name"] == "discovery"
-    assert container["image"] == f"docker.io/istio/pilot:{CHART_SETS[chart_set]}"
+    assert container["image"] == f"{HUBS[chart_set]}/pilot:{CHART_SETS[chart_set]}"
+    assert injector_values(render(chart_set, "istiod"))["global"]["hub"] == HUBS[chart_set]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"  # istiod runs here
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -443,6 +532,224 @@ def test_gateway_service_type_is_a_value() -> None:
         for o in render("charts", "gateway", "--set", "service.type=None")
         if o["kind"] == "Service"
     ]
+
+
+# --- what differs between the releases -----------------------------------------------------
+
+SETS_130 = ("charts", "charts-1.30.5")
+COMPAT_130_ENV = {
+    "PILOT_ENABLE_STRICT_GATEWAY_MERGING": "false",
+    "PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY": "false",
+    "PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS": "false",
+}
+
+
+def istiod_container(objs: tuple[Obj, ...]) -> Obj:
+    (container,) = find(objs, "Deployment", "istiod")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def istiod_env(objs: tuple[Obj, ...]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in istiod_container(objs)["env"]}
+
+
+def _helm_fails(*args: str) -> str:
+    assert HELM is not None
+    result = subprocess.run([HELM, *args], capture_output=True, text=True, check=False)
+    assert result.returncode != 0, f"helm {' '.join(args)} succeeded"
+    return result.stderr
+
+
+@needs_helm
+@pytest.mark.parametrize("chart_set", CHART_SETS)
+def test_sidecar_template_init_image_field_per_release(chart_set: str) -> None:
+    """istio-init's image: .ProxyInitImage in 1.31's injection template, .ProxyImage before."""
+    sidecar = injector_config(render(chart_set, "istiod"))["templates"]["sidecar"]
+    init, proxy = sidecar.split("- name: istio-proxy")
+    assert '"{{ .ProxyImage }}"' in proxy
+    if chart_set == "charts-1.31":
+        assert '"{{ .ProxyInitImage }}"' in init and ".ProxyImage" not in init
+    else:
+        assert '"{{ .ProxyImage }}"' in init and ".ProxyInitImage" not in sidecar
+
+
+@needs_helm
+@pytest.mark.parametrize("chart_set", CHART_SETS)
+def test_istiod_termination_message_policy_from_131(chart_set: str) -> None:
+    assert "terminationMessagePolicy" not in istiod_container(render(chart_set, "istiod"))
+    container = istiod_container(
+        render(chart_set, "istiod", "--set", "terminationMessagePolicy=FallbackToLogsOnError")
+    )
+    if chart_set == "charts-1.31":
+        assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    else:
+        assert "terminationMessagePolicy" not in container
+
+
+@needs_helm
+@pytest.mark.parametrize("chart_set", CHART_SETS)
+def test_istiod_untaint_controller_taint_name(chart_set: str) -> None:
+    """taint.{enabled,name,namespace}: read by every set (1.30.3 added the taint name)."""
+    env = istiod_env(render(chart_set, "istiod"))
+    assert "PILOT_ENABLE_NODE_UNTAINT_CONTROLLERS" not in env
+    objs = render(chart_set, "istiod", "--set", "taint.enabled=true")
+    assert istiod_env(objs)["PILOT_ENABLE_NODE_UNTAINT_CONTROLLERS"] == "true"
+    assert istiod_env(objs)["PILOT_NODE_UNTAINT_CONTROLLERS_TAINT_NAME"] == "cni.istio.io/not-ready"
+    assert not [a for a in istiod_container(objs)["args"] if a.startswith("--cniNamespace")]
+    objs = render(
+        chart_set,
+        "istiod",
+        "--set",
+        "taint.enabled=true",
+        "--set",
+        "taint.name=example.com/no-cni",
+        "--set",
+        "taint.namespace=kube-system",
+    )
+    assert istiod_env(objs)["PILOT_NODE_UNTAINT_CONTROLLERS_TAINT_NAME"] == "example.com/no-cni"
+    assert "--cniNamespace=kube-system" in istiod_container(objs)["args"]
+
+
+@needs_helm
+@pytest.mark.parametrize("chart_set", CHART_SETS)
+def test_reader_service_account_of_ones_own_from_131(chart_set: str) -> None:
+    reader = ("--set", "global.readerServiceAccount.name=my-reader")
+    reader += ("--set", "global.readerServiceAccount.namespace=tools")
+    base_accounts = [o for o in render(chart_set, "base", *reader) if o["kind"] == "ServiceAccount"]
+    binding = find(
+        render(chart_set, "istiod", *reader),
+        "ClusterRoleBinding",
+        "istio-reader-clusterrole-istio-system",
+    )
+    if chart_set == "charts-1.31":
+        assert base_accounts == []
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "my-reader", "namespace": "tools"}
+        ]
+    else:
+        assert [a["metadata"]["name"] for a in base_accounts] == ["istio-reader-service-account"]
+        assert binding["subjects"][0]["name"] == "istio-reader-service-account"
+    # unset, every set binds the base chart's own
+    default = find(
+        render(chart_set, "istiod"), "ClusterRoleBinding", "istio-reader-clusterrole-istio-system"
+    )
+    assert default["subjects"] == [
+        {"kind": "ServiceAccount", "name": "istio-reader-service-account", "namespace": NAMESPACE}
+    ]
+    find(render(chart_set, "base"), "ServiceAccount", "istio-reader-service-account")
+
+
+@needs_helm
+@pytest.mark.parametrize("chart_set", CHART_SETS)
+def test_gateway_dns_and_health_check_node_port_from_131(chart_set: str) -> None:
+    objs = render(
+        chart_set,
+        "gateway",
+        "--set",
+        "service.externalTrafficPolicy=Local",
+        "--set",
+        "service.healthCheckNodePort=30021",
+        "--set",
+        "dnsPolicy=None",
+        "--set-json",
+        'dnsConfig={"nameservers": ["10.0.0.10"], "searches": ["svc.cluster.local"]}',
+    )
+    service = find(objs, "Service", "istio-ingressgateway")["spec"]
+    pod = find(objs, "Deployment", "istio-ingressgateway")["spec"]["template"]["spec"]
+    if chart_set == "charts-1.31":
+        assert service["healthCheckNodePort"] == 30021
+        assert pod["dnsPolicy"] == "None"
+        assert pod["dnsConfig"] == {"nameservers": ["10.0.0.10"], "searches": ["svc.cluster.local"]}
+    else:
+        assert "healthCheckNodePort" not in service
+        assert "dnsPolicy" not in pod and "dnsConfig" not in pod
+    plain = render(chart_set, "gateway")
+    assert "healthCheckNodePort" not in find(plain, "Service", "istio-ingressgateway")["spec"]
+    plain_pod = find(plain, "Deployment", "istio-ingressgateway")["spec"]["template"]["spec"]
+    assert "dnsPolicy" not in plain_pod and "dnsConfig" not in plain_pod
+
+
+@needs_helm
+def test_compatibility_version_130_gives_back_130_behaviour() -> None:
+    plain = istiod_env(render("charts-1.31", "istiod"))
+    assert not set(COMPAT_130_ENV) & set(plain)
+    compat = istiod_env(render("charts-1.31", "istiod", "--set", "compatibilityVersion=1.30"))
+    assert {k: compat[k] for k in COMPAT_130_ENV} == COMPAT_130_ENV
+    # nothing else moves: the profile only adds istiod's environment
+    assert {k: v for k, v in compat.items() if k not in COMPAT_130_ENV} == plain
+    merged = json.loads(
+        find(
+            render("charts-1.31", "istiod", "--set", "compatibilityVersion=1.30"),
+            "ConfigMap",
+            "values",
+        )["data"]["merged-values"]
+    )
+    assert merged["env"] == COMPAT_130_ENV
+    # the 1.29 profile gives back 1.30's change too (and, as Istio's, leaves the span flag)
+    compat_129 = istiod_env(render("charts-1.31", "istiod", "--set", "compatibilityVersion=1.29"))
+    assert compat_129["PILOT_SIDECAR_PICK_BEST_SERVICE_NAMESPACE"] == "false"
+    assert compat_129["PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS"] == "false"
+    assert compat_129["PILOT_ENABLE_STRICT_GATEWAY_MERGING"] == "false"
+    assert "PILOT_SPAWN_UPSTREAM_SPAN_FOR_GATEWAY" not in compat_129
+    # base and gateway take the value too (the profile changes nothing they render)
+    for chart in ("base", "gateway"):
+        assert render("charts-1.31", chart, "--set", "compatibilityVersion=1.30") == render(
+            "charts-1.31", chart
+        )
+
+
+@needs_helm
+def test_compatibility_profile_sits_under_the_users_values() -> None:
+    """As in Istio's charts: the user's `pilot.env` wins over the profile, but the profile's
+    `pilot.env` is copied over the top level last, so a top-level `env` entry loses to it."""
+    args = ("--set", "compatibilityVersion=1.30")
+    env = istiod_env(
+        render(
+            "charts-1.31",
+            "istiod",
+            *args,
+            "--set",
+            "pilot.env.PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS=true",
+        )
+    )
+    assert env["PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS"] == "true"
+    assert env["PILOT_ENABLE_STRICT_GATEWAY_MERGING"] == "false"
+    env = istiod_env(
+        render(
+            "charts-1.31", "istiod", *args, "--set", "env.PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS=true"
+        )
+    )
+    assert env["PILOT_AUTO_SEND_UNHEALTHY_ENDPOINTS"] == "false"
+    env = istiod_env(render("charts-1.31", "istiod", *args, "--set", "env.MY_SETTING=1"))
+    assert env["MY_SETTING"] == "1" and env["PILOT_ENABLE_STRICT_GATEWAY_MERGING"] == "false"
+
+
+@needs_helm
+@pytest.mark.parametrize("chart_set", CHART_SETS)
+@pytest.mark.parametrize("chart", RELEASE_NAMES)
+def test_unknown_compatibility_version_is_refused(
+    chart_set: str, chart: str, tmp_path: Path
+) -> None:
+    known = {"charts-1.31": ["1.29", "1.30"]}.get(chart_set, [])
+    for version in ["1.28", "1.31", *(["1.30"] if not known else [])]:
+        stderr = _helm_fails(
+            "template",
+            RELEASE_NAMES[chart],
+            str(FIXTURES / chart_set / chart),
+            "--set",
+            f"compatibilityVersion={version}",
+        )
+        assert f"unknown compatibility version {version}" in stderr
+    for version in known:
+        render(chart_set, chart, "--set", f"compatibilityVersion={version}")
+    # a values file that writes the version as a YAML number (1.3) finds no profile
+    values = tmp_path / "values.yaml"
+    values.write_text("compatibilityVersion: 1.30\n")
+    stderr = _helm_fails(
+        "template", RELEASE_NAMES[chart], str(FIXTURES / chart_set / chart), "-f", str(values)
+    )
+    assert "unknown compatibility version 1.3" in stderr
 
 
 # --- addon manifests ------------------------------------------------------------------------

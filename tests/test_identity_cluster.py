@@ -34,6 +34,7 @@ from test_install_cluster import CHARTS
 from kymamesh import identity as idn
 from kymamesh import settings
 from kymamesh.cluster import parse_quantity
+from kymamesh.steps import _jwks
 
 DEX_NS = "kyma-system"
 PATCH = ("patch", "--charts-dir", str(CHARTS))  # Dex's chart, when it must be installed
@@ -146,12 +147,46 @@ def versions(c: Any) -> dict[str, str]:
     return found
 
 
+# The gateway's Service with target ports other than its ports (as Istio's older
+# ingress chart had them): the token policy must name the ports the Pods listen on.
+GATEWAY_PORTS = {
+    "gateway": {
+        "service": {
+            "ports": [
+                {"name": "status-port", "port": 15021, "protocol": "TCP", "targetPort": 15021},
+                {"name": "http2", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 8443},
+            ]
+        }
+    }
+}
+
+
+def blocked_cidrs(c: Any) -> dict[str, str | None]:
+    """BLOCKED_CIDRS_IN_JWKS_URIS of each istiod's discovery container (None: unset)."""
+    found = json.loads(
+        c.kubectl(
+            "get", "deployments", "-n", "istio-system", "-l", "app=istiod", "-o", "json"
+        ).stdout
+    )
+    result: dict[str, str | None] = {}
+    for d in found["items"]:
+        (discovery,) = [
+            x for x in d["spec"]["template"]["spec"]["containers"] if x["name"] == "discovery"
+        ]
+        env = {e["name"]: e.get("value") for e in discovery.get("env") or []}
+        result[d["metadata"]["name"]] = env.get(_jwks.ENV)
+    return result
+
+
 def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     c = fresh_cluster()
     user_secret(c)
     doc = identity_doc(tmp_path)
     path = write_identity(tmp_path, doc)
-    args = ("install", "--charts-dir", str(CHARTS), "--identity", str(path))
+    ports = tmp_path / "gateway-ports.yaml"
+    ports.write_text(yaml.safe_dump(GATEWAY_PORTS))
+    args = ("install", "--charts-dir", str(CHARTS), "-f", str(ports), "--identity", str(path))
 
     # the dry run shows it, and writes nothing
     with c.audit.counting() as writes:
@@ -233,17 +268,52 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     assert ra["jwtRules"][0]["jwksUri"] == "http://dex.kyma-system.svc.cluster.local:5556/keys"
     ap = objects["AuthorizationPolicy"]["spec"]
     assert ap["action"] == "DENY"
-    assert ap["rules"][0]["to"][0]["operation"]["hosts"] == [f"app.{DOMAIN}"]
+    # Istio matches hosts exactly while the gateway also routes `app.DOMAIN:443`: each host
+    # with any port too; and only on the gateway's HTTP and HTTPS ports as its Pods listen
+    # on them (the Service's target ports), so the rule never denies TCP traffic whole
+    operation = ap["rules"][0]["to"][0]["operation"]
+    assert operation["hosts"] == [f"app.{DOMAIN}", f"app.{DOMAIN}:*"]
+    assert operation["ports"] == ["8080", "8443"]
     assert ap["rules"][0]["from"][0]["source"]["notRequestPrincipals"] == ["*"]
     vs = objects["VirtualService"]["spec"]
     assert vs["hosts"] == [f"dex.{DOMAIN}"] and vs["gateways"] == ["kyma-system/kyma-gateway"]
+
+    # istiod fetches the signing keys itself: never from loopback, link-local or metadata
+    # addresses (IST0175 of Istio's analyzer); Dex's Service range is not among them
+    assert blocked_cidrs(c) == {"istiod": _jwks.VALUE}
+    assert "169.254.0.0/16" in _jwks.BLOCKED_CIDRS and "fd00:ec2::254/128" in _jwks.BLOCKED_CIDRS
+    dex_service = get(c, "service", "dex", "-n", DEX_NS)
+    assert dex_service is not None
+    assert _jwks.overlaps([f"{ip}/32" for ip in dex_service["spec"]["clusterIPs"]]) == []
+
+    # Istio's own analyzer finds neither the DENY rule that would deny TCP traffic (IST0133)
+    # nor an istiod that fetches JWKS unrestricted (IST0175)
+    analyzed = subprocess.run(
+        ["istioctl", "analyze", "-A", "--output-threshold", "Info", "-o", "json"],
+        env=c.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert analyzed.returncode in (0, 79), analyzed.stderr  # 79: warnings found
+    codes = {m["code"]: m for m in json.loads(analyzed.stdout or "[]")}
+    assert "IST0133" not in codes and "IST0175" not in codes, analyzed.stdout
 
     # istiod's validation webhook admits the policies, and does refuse a broken one
     for kind, obj in objects.items():
         if kind in ("RequestAuthentication", "AuthorizationPolicy"):
             body = {k: obj[k] for k in ("apiVersion", "kind", "spec")}
             body["metadata"] = {"name": f"probe-{kind.lower()}", "namespace": "istio-system"}
-            c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body))
+            admitted = c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(body))
+            # no warning from istiod's validation (Istio's analyzer reports it as IST0133)
+            assert "TCP ports" not in admitted.stderr, admitted.stderr
+    # ... which it does give for the rule without its ports: it would deny all TCP traffic
+    portless = json.loads(json.dumps(objects["AuthorizationPolicy"]))  # a copy
+    portless = {k: portless[k] for k in ("apiVersion", "kind", "spec")}
+    portless["metadata"] = {"name": "probe-portless", "namespace": "istio-system"}
+    del portless["spec"]["rules"][0]["to"][0]["operation"]["ports"]
+    warned = c.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(portless))
+    assert "deny all traffic to TCP ports" in warned.stderr, warned.stderr
     broken = {
         "apiVersion": "security.istio.io/v1",
         "kind": "RequestAuthentication",
@@ -331,6 +401,7 @@ def test_identity_lifecycle(fresh_cluster: Any, tmp_path: Path) -> None:
     assert not any(identity_objects(c).values())
     assert get(c, "secret", idn.MANAGED_SECRET, "-n", DEX_NS) is None
     assert get(c, "secret", LDAP_SECRET, "-n", DEX_NS) is not None
+    assert blocked_cidrs(c) == {"istiod": None}
     status = run(c, "status", "-o", "json", app_secret=None)
     assert status.returncode == 0, status.stdout
     assert json.loads(status.stdout)["data"]["identity"]["enabled"] is False

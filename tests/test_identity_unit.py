@@ -183,3 +183,99 @@ def test_github_connector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         ]
     )
     assert GITHUB_SECRET not in json.dumps(params) + yaml.safe_dump(connector)
+
+
+# -- the gateway policy and istiod's JWKS fetch (pure parts) -----------------------------------
+
+
+def test_each_required_host_is_matched_with_and_without_a_port() -> None:
+    from kymamesh.steps.identity import host_patterns
+
+    assert host_patterns(["app.example.com", "b.example.com"]) == [
+        "app.example.com",
+        "app.example.com:*",
+        "b.example.com",
+        "b.example.com:*",
+    ]
+
+
+def _service(selector: dict[str, str], ports: list[tuple[int, object]]) -> dict[str, object]:
+    return {
+        "metadata": {"name": "gw", "namespace": "istio-system"},
+        "spec": {
+            "selector": selector,
+            "ports": [{"port": p, "targetPort": t} for p, t in ports],
+        },
+    }
+
+
+def test_the_policy_ports_are_the_target_ports_of_the_gateway_service() -> None:
+    from kymamesh.steps.identity import service_target_ports
+
+    selector = {"istio": "ingressgateway"}
+    pod = {
+        "metadata": {"labels": {"istio": "ingressgateway", "app": "istio-ingressgateway"}},
+        "spec": {"containers": [{"ports": [{"name": "web", "containerPort": 8081}]}]},
+    }
+    gateway = _service(
+        {"istio": "ingressgateway", "app": "istio-ingressgateway"},
+        [(15021, 15021), (80, "web"), (443, 8443)],
+    )
+    other = _service({"app": "something-else"}, [(80, 9999), (443, 9998)])
+    # the named target port resolves through the Pod's container ports
+    assert service_target_ports([443, 80], selector, [pod], [other, gateway]) == ["8081", "8443"]
+    # no Service has the port: istiod listens on the server port itself
+    assert service_target_ports([443, 80], selector, [pod], [other]) == ["80", "443"]
+    # no Pods yet (a dry run before phase 1): a Service that selects the gateway counts (a
+    # named target port cannot be resolved without them: the port itself stands in)
+    assert service_target_ports([443, 80], selector, [], [gateway]) == ["80", "8443"]
+
+
+def test_the_jwks_block_list_keeps_what_is_there_and_adds_what_is_missing() -> None:
+    from kymamesh.steps import _jwks
+
+    assert _jwks.wanted(None) == _jwks.VALUE
+    assert _jwks.wanted("") == _jwks.VALUE
+    assert _jwks.wanted(_jwks.VALUE) == _jwks.VALUE
+    mine = "10.1.0.0/16"
+    assert _jwks.wanted(mine) == f"{mine},{_jwks.VALUE}"
+    for needed in ("169.254.0.0/16", "fd00:ec2::254/128", "127.0.0.0/8", "fe80::/10"):
+        assert needed in _jwks.BLOCKED_CIDRS
+
+
+def test_the_jwks_block_list_leaves_service_ranges_alone() -> None:
+    from kymamesh.steps import _jwks
+
+    # usual Service ranges: kubeadm, EKS, AKS, GKE, IPv6 unique local
+    for net in ("10.96.0.0/12", "172.20.0.0/16", "10.0.0.0/16", "34.118.224.0/20", "fd00::/108"):
+        assert _jwks.overlaps([net]) == [], net
+    assert _jwks.overlaps(["169.254.0.0/24"]) == [("169.254.0.0/24", "169.254.0.0/16")]
+    assert _jwks.overlaps(["fd00:ec2::/64"]) == [("fd00:ec2::/64", "fd00:ec2::254/128")]
+
+
+def test_setting_the_variable_edits_only_the_discovery_container() -> None:
+    from kymamesh.steps import _jwks
+
+    live = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "discovery", "env": [{"name": "A", "value": "1"}]},
+                        {"name": "other", "env": [{"name": _jwks.ENV, "value": "x"}]},
+                    ]
+                }
+            }
+        }
+    }
+    patch = _jwks.edit(_jwks.VALUE)(live)
+    containers = patch["spec"]["template"]["spec"]["containers"]
+    assert containers[0]["env"] == [
+        {"name": "A", "value": "1"},
+        {"name": _jwks.ENV, "value": _jwks.VALUE},
+    ]
+    assert containers[1] == live["spec"]["template"]["spec"]["containers"][1]
+    assert (
+        _jwks.current({"spec": {"template": {"spec": {"containers": containers}}}}) == _jwks.VALUE
+    )
+    assert _jwks.edit(None)(live) is None  # nothing to remove: no write

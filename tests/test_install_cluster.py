@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from test_json_contract import assert_result_shape
 
+from tests.support_lifecycle import install_as_an_earlier_kymamesh
+
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "tests" / "fixtures" / "charts"
 CHARTS_129 = ROOT / "tests" / "fixtures" / "charts-1.29"
@@ -138,12 +140,11 @@ def test_insecure_values_refused_with_zero_writes(installed: Any, tmp_path: Path
     assert writes.total == 0
 
 
-def test_downgrade_refused_with_zero_writes(installed: Any) -> None:
+def test_charts_of_an_unsupported_minor_refused_with_zero_writes(installed: Any) -> None:
     with installed.audit.counting() as writes:
         code, doc, _ = kymamesh(installed, "install", "--charts-dir", str(CHARTS_129), "-y")
     assert code == 3
-    assert doc["errors"][0]["code"] == "version-gate"
-    assert "downgrade" in doc["errors"][0]["message"]
+    assert "Istio 1.29.4 is not of a minor kymamesh supports" in doc["errors"][0]["message"]
     assert writes.total == 0
     assert helm_releases(installed)["istiod"]["chart"] == "istiod-1.30.3"
 
@@ -205,8 +206,7 @@ def test_dry_run_shows_diffs_and_writes_nothing(fresh_cluster: Any) -> None:
 
 def test_upgrade_from_previous_minor(fresh_cluster: Any) -> None:
     c = fresh_cluster()
-    code, doc, err = kymamesh(c, "install", "--charts-dir", str(CHARTS_129), "-y")
-    assert code == 0, (doc["errors"], err)
+    install_as_an_earlier_kymamesh(c, CHARTS_129)
     assert istiod_image(c).endswith(":1.29.4")
     code, doc, err = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y")
     assert code == 0, (doc["errors"], err)

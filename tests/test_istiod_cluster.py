@@ -295,3 +295,37 @@ def test_without_a_serving_istiod_install_stops_and_says_why(
     assert "Deployment/istio-system/istio-ingressgateway" in run.stderr, str(run)
     assert "FailedCreate" in run.stderr, str(run)
     assert "no ready endpoint for Service istio-system/istiod port 443" in run.stderr, str(run)
+
+
+BAD_TEMPLATE = """\
+istiod:
+  sidecarInjectorWebhook:
+    templates:
+      sidecar: |
+        spec:
+          containers:
+          - name: {{ .NoSuchField.Anything }}
+"""
+
+
+def test_an_injector_that_refuses_pods_fails_at_once_with_its_message(
+    fresh_cluster: Callable[[], TestCluster], tmp_path: Path
+) -> None:
+    """A sidecar template istiod cannot render: its webhook answers every Pod with a 400
+    denial. That is an answer, not "not ready yet": install stops within seconds with the
+    webhook's message (exit 5: istiod was written), not after --timeout (a long one here,
+    so that waiting it out could not pass for a slow machine)."""
+    c = fresh_cluster()
+    values = tmp_path / "bad-template.yaml"
+    values.write_text(BAD_TEMPLATE)
+    started = time.monotonic()
+    run = kymamesh(
+        c, "install", "--charts-dir", str(CHARTS), "-f", str(values), "-y", "--timeout", "900"
+    )
+    took = time.monotonic() - started
+    assert run.code == 5, str(run)
+    assert "answers, and refuses Pods" in run.stderr, str(run)
+    assert "denied the request" in run.stderr and "NoSuchField" in run.stderr, str(run)
+    assert "timed out" not in run.stderr, str(run)
+    assert took < 450, took  # istiod's start and the release, not the 900 s timeout
+    assert get(c, "deployment", "istio-ingressgateway", "-n", NS) is None  # not started

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TestCluster, testcluster
+from conftest import ANALYZE_FOUND_ISSUES, TestCluster, testcluster
 
 pytestmark = pytest.mark.cluster
 
@@ -120,23 +120,23 @@ def test_istioctl_and_the_registry_are_on_the_cluster_path(cluster: TestCluster)
 
 def test_istioctl_analyze_reads_the_test_cluster(cluster: TestCluster, namespace: str) -> None:
     """`istioctl analyze` against the cluster: a Service port named outside Istio's naming
-    convention is found (IST0118), so analyze really read the cluster's objects."""
+    convention (IST0118, Info) and an unknown Istio annotation (IST0108, Warning) are found,
+    so analyze really read the cluster's objects; the threshold filters as asked."""
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": "web"},
+        "metadata": {"name": "web", "annotations": {"sidecar.istio.io/nonsense": "1"}},
         "spec": {"selector": {"app": "web"}, "ports": [{"name": "foo", "port": 80}]},
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(svc))
-    r = subprocess.run(
-        ["istioctl", "analyze", "-n", namespace, "--output-threshold", "Info", "-o", "json"],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stderr  # Info messages only
-    found = json.loads(r.stdout)
-    assert any(
-        m["code"] == "IST0118" and m["origin"] == f"Service {namespace}/web" for m in found
-    ), r.stdout
+    origin = f"Service {namespace}/web"
+    info = {m["code"] for m in cluster.analyze("-n", namespace, threshold="Info")
+            if m["origin"] == origin}  # fmt: skip
+    assert {"IST0118", "IST0108"} <= info, info
+    warnings = [m for m in cluster.analyze("-n", namespace) if m["origin"] == origin]
+    assert [(m["code"], m["level"]) for m in warnings] == [("IST0108", "Warning")], warnings
+    # exit 79 when a message reaches --failure-threshold (Error unless told)
+    assert cluster.istioctl("analyze", "-n", namespace).returncode == 0
+    failed = cluster.istioctl("analyze", "-n", namespace, "--failure-threshold", "Warning",
+                              check=False)  # fmt: skip
+    assert failed.returncode == ANALYZE_FOUND_ISSUES, failed.stderr

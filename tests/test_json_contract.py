@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from kymamesh.cli.app import app
 from kymamesh.errors import ExitCode, InsecureValuesError
 from kymamesh.output import ItemResult, Outcome, Result
+from kymamesh.release import catalog
 
 RESULT_KEYS = {
     "schema",
@@ -102,4 +103,6 @@ def test_insecure_values_refused_before_touching_a_cluster(tmp_path) -> None:  #
 def test_version_json() -> None:
     result = CliRunner().invoke(app, ["version", "-o", "json"])
     assert result.exit_code == 0
-    assert json.loads(result.stdout)["istio"] == "1.30.3"
+    info = json.loads(result.stdout)
+    assert info["istio"] == str(catalog().resolve(None).version)
+    assert info["supportedIstio"] == [str(line.latest) for line in catalog().lines]

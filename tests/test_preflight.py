@@ -91,10 +91,10 @@ def test_every_revision_is_judged() -> None:
     [
         (
             "docker.io/istio/pilot:1.28.2",
-            r"istiod runs Istio 1.28.2; kymamesh supports adopting 1.29.x and 1.30.x "
+            r"istiod runs Istio 1.28.2; kymamesh supports adopting 1.29.x to 1.31.x "
             r"\(image docker.io/istio/pilot:1.28.2",
         ),
-        ("docker.io/istio/pilot:1.31.0", "runs Istio 1.31.0"),
+        ("docker.io/istio/pilot:1.32.0", "runs Istio 1.32.0"),
         ("docker.io/istio/pilot:2.30.0", "runs Istio 2.30.0"),
         ("docker.io/istio/pilot:latest", "Deployment/istio-system/istiod: the image tag 'latest'"),
         ("docker.io/istio/pilot", "has no tag"),

@@ -22,6 +22,8 @@ from kymamesh.sidecars import (
     OutdatedWorkload,
     Workload,
     has_sidecar,
+    image_repository,
+    injector_proxy_image,
     injector_proxy_resources,
     istiod_revisions,
     on_delete,
@@ -1025,3 +1027,35 @@ def test_a_workload_whose_dry_run_pod_is_refused_is_not_restarted_and_named() ->
         "refused after 0s, so its new Pods would be too (exceeded quota: one-pod)"
     ) in item.error
     assert [w for w in cluster.writes if "Deployment" in w] == []
+
+
+def test_a_sidecar_from_another_registry_than_the_injector_gives_is_outdated() -> None:
+    retired = pod("app-1", image="registry.istio.io/release/proxyv2:1.30.3")
+    current = pod("app-2", image="docker.io/istio/proxyv2:1.30.3@sha256:" + "a" * 64)
+    images = {"default": "docker.io/istio/proxyv2"}
+    versions = {"default": V130}
+    assert outdated_reasons(retired, versions, {}, images) == [
+        "image registry.istio.io/release/proxyv2, the injector gives docker.io/istio/proxyv2"
+    ]
+    assert outdated_reasons(current, versions, {}, images) == []
+    assert outdated_reasons(retired, versions, {}, None) == []  # injector's image not known
+
+
+def test_the_injector_image_comes_from_hub_or_a_full_proxy_image() -> None:
+    def configmap(glob: dict[str, Any]) -> dict[str, Any]:
+        return {"data": {"values": json.dumps({"global": glob})}}
+
+    assert injector_proxy_image(
+        configmap({"hub": "docker.io/istio", "proxy": {"image": "proxyv2"}})
+    ) == ("docker.io/istio/proxyv2")
+    assert (
+        injector_proxy_image(
+            configmap({"hub": "x/y", "proxy": {"image": "mirror:5000/istio/proxyv2:1.30.3"}})
+        )
+        == "mirror:5000/istio/proxyv2"
+    )
+    assert injector_proxy_image(configmap({"proxy": {"image": "proxyv2"}})) is None
+    assert injector_proxy_image({"data": {"values": "not json"}}) is None
+    assert image_repository("localhost:5000/istio/proxyv2:1.30.3-distroless") == (
+        "localhost:5000/istio/proxyv2"
+    )

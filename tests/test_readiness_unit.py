@@ -49,3 +49,23 @@ def test_ready_and_unobserved_deployments() -> None:
     unobserved = not_ready_reason(GATEWAY, _deployment({}))
     assert unobserved == "rollout not yet observed by its controller"
     assert not_ready_reason(GATEWAY, None) == "not found"
+
+
+def test_a_webhook_denial_is_an_answer_and_unreachable_webhooks_are_not() -> None:
+    from kymamesh.errors import ApiError, ClusterUnreachableError
+    from kymamesh.pipeline import webhook_denial
+
+    denied = 'admission webhook "object.sidecar-injector.istio.io" denied the request: x'
+    assert webhook_denial(ApiError(f"refused (400): {denied}", 400))
+    assert webhook_denial(ApiError(f"refused (403): {denied}", 403))
+    not_yet = [
+        ApiError('Internal error: failed calling webhook "x": connection refused', 500),
+        ApiError('failed calling webhook "x": no endpoints available for service', 500),
+        ApiError("failed calling webhook: x509: certificate signed by unknown authority", 500),
+        ApiError("failed calling webhook: context deadline exceeded", 504),
+        ApiError("the server is currently unable to handle the request", 503),
+        ApiError(f"too many requests {denied}", 429),
+        ClusterUnreachableError("cannot reach the Kubernetes API"),
+    ]
+    for exc in not_yet:
+        assert not webhook_denial(exc if isinstance(exc, ApiError) else ApiError(str(exc))), exc

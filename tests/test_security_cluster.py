@@ -97,3 +97,51 @@ def test_status_calls_a_mesh_with_auto_mtls_off_unhealthy(cluster: Any) -> None:
         assert [p for p in run.doc["data"]["problems"] if "minProtocolVersion" in p]
     run = kymamesh(cluster, "status", "-o", "json")
     assert run.code == 0, run.doc["data"]["problems"]
+
+
+def test_privileged_sidecars_and_both_tls_spellings_are_refused_with_zero_writes(
+    cluster: Any, tmp_path: Path
+) -> None:
+    install(cluster)
+    values = tmp_path / "privileged.yaml"
+    values.write_text("istiod:\n  global:\n    proxy:\n      privileged: true\n")
+    attempts: list[tuple[tuple[str, ...], str]] = [
+        (("--set", "istiod.global.proxy.privileged=true"), "privileged"),
+        (("-f", str(values)), "privileged"),
+        (("--set", "istiod.meshConfig.mesh_mTLS.min_protocol_version=TLSV1_0"), "mesh_mTLS"),
+        (("--set", "istiod.meshConfig.enable_auto_mtls=false"), "enable_auto_mtls"),
+    ]
+    for args, named in attempts:
+        run, writes = writes_during(
+            cluster,
+            lambda a=args: kymamesh(  # type: ignore[misc]
+                cluster, "install", "--charts-dir", str(CHARTS), *a, "-y", "-o", "json"
+            ),
+        )
+        assert run.code == 3, (args, str(run))
+        assert run.doc["errors"][0]["code"] == "insecure-values", args
+        assert named in run.doc["errors"][0]["message"], args
+        assert writes.total == 0, (args, writes.by_user_agent)
+
+
+def test_tls_1_3_by_its_number_is_what_istiod_reads(cluster: Any) -> None:
+    """`=2` is TLSV1_3 (Istio's enum), not TLS 1.1: accepted, written, status healthy."""
+    install(cluster)
+    try:
+        run = kymamesh(
+            cluster,
+            "install",
+            "--charts-dir",
+            str(CHARTS),
+            "--set",
+            "istiod.meshConfig.meshMTLS.minProtocolVersion=2",
+            "-y",
+            "-o",
+            "json",
+        )
+        assert run.code == 0, str(run)
+        assert _mesh(cluster)["meshMTLS"] == {"minProtocolVersion": 2}
+        status = kymamesh(cluster, "status", "-o", "json")
+        assert status.code == 0, status.doc["data"]["problems"]
+    finally:
+        install(cluster)

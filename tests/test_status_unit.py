@@ -354,6 +354,8 @@ def test_status_json_keys_are_stable() -> None:
         "identity",
         "canary",
         "outdatedSidecars",
+        "retiredRegistryImages",
+        "advice",
     }
     assert doc["outdatedSidecars"] == [
         {
@@ -585,3 +587,52 @@ def _outdated_rows() -> list[dict[str, object]]:
     )
     plan = RestartPlan(actions=[(entry, "restart", "restarted like `kubectl rollout restart`")])
     return plan.to_json()
+
+
+# -- retired registries and what is behind (the release catalog) ----------------------------
+
+
+def _pod_of(ns: str, name: str, **images: str) -> dict[str, object]:
+    containers = [{"name": c, "image": i} for c, i in images.items() if c != "istio_init"]
+    init = [{"name": "istio-init", "image": images["istio_init"]}] if "istio_init" in images else []
+    return obj("v1", "Pod", name, ns, spec={"containers": containers, "initContainers": init})
+
+
+RETIRED_PROXY = "registry.istio.io/release/proxyv2:1.30.3"
+
+
+def test_retired_registry_images_named_with_their_fix() -> None:
+    pods = [
+        _pod_of("shop", "web-1", app="nginx:1", **{"istio-proxy": RETIRED_PROXY},
+                istio_init=RETIRED_PROXY),
+        _pod_of("istio-system", "istiod-1", discovery="gcr.io/istio-release/pilot:1.30.3"),
+        _pod_of("shop", "ok-1", **{"istio-proxy": "docker.io/istio/proxyv2:1.30.5"}),
+        _pod_of("other", "lookalike", app="gcr.io/istio-release-mirror/thing:1"),
+    ]  # fmt: skip
+    found = mesh.retired_registry_images(pods, inv.Installer.HELM)
+    assert [(r["pod"], r["container"]) for r in found] == [
+        ("web-1", "istio-init"),
+        ("web-1", "istio-proxy"),
+        ("istiod-1", "discovery"),
+    ]
+    assert found[0]["fix"] == "kymamesh patch --existing-istio --restart-proxies"
+    assert "--set hub=docker.io/istio" in found[2]["fix"]
+    by_kymamesh = mesh.retired_registry_images(pods, inv.Installer.KYMAMESH)
+    assert [r["fix"] for r in by_kymamesh] == [
+        "kymamesh patch --restart-proxies",
+        "kymamesh patch --restart-proxies",
+        "kymamesh install",
+    ]
+
+
+def test_advice_names_a_newer_patch_an_unsupported_minor_and_helm_3() -> None:
+    cluster = FakeCluster([istiod("1.30.3"), istiod("1.31.1", "1-31-1"), istiod("1.29.4", "old")])
+    found = inv.find_istiods(cluster, "istio-system")  # type: ignore[arg-type]
+    advice = mesh.currency_advice(found, helm_major=3)
+    assert advice[0].startswith("istiod istio-system/istiod runs Istio 1.30.3; 1.30.5 is out")
+    assert "kymamesh install --istio 1.30.5 --restart-proxies" in advice[0]
+    assert "1.29.4, of a minor this kymamesh does not install" in advice[1]
+    assert "--revision-based" in advice[1]
+    assert advice[2].startswith("Helm 3 is in use; its security fixes end 2027-02-10")
+    assert len(advice) == 3  # the newest 1.31 patch needs no advice
+    assert mesh.currency_advice(found[1:2], helm_major=4) == []

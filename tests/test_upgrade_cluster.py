@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TestCluster, _start
-from tests.support_lifecycle import CHARTS, ROOT, Run, get, kymamesh
+from tests.support_lifecycle import CHARTS, ROOT, Run, get, install_as_an_earlier_kymamesh, kymamesh
 
 pytestmark = pytest.mark.cluster
 
@@ -132,7 +132,7 @@ def old_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """Istio 1.29 (the stand-ins) and injected workloads of every kind, all on 1.29."""
     c = _start(tmp_path_factory.mktemp("upgrade-cluster"))
     try:
-        ok(kymamesh(c, "install", "--charts-dir", str(CHARTS_129), "-y", "--timeout", "180"))
+        install_as_an_earlier_kymamesh(c, CHARTS_129)
         for ns in ("shop", "orders"):
             c.create_namespace(ns, labels={"istio-injection": "enabled"})
         c.create_namespace("legacy", labels={"istio-injection": "enabled"})

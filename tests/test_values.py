@@ -156,8 +156,15 @@ def test_values_file_refuses_every_spelling_of_auto_mtls_off(tmp_path: Path, spe
         "istiod.global.mtls.enabled=off",
         "istiod.meshConfig.meshMTLS.minProtocolVersion=TLSV1_0",
         "istiod.meshConfig.meshMTLS.minProtocolVersion=tlsv1_1",
-        "istiod.meshConfig.meshMTLS.minProtocolVersion=1",
-        "istiod.meshConfig.meshMTLS.minProtocolVersion=2",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=3",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=TLSV1_4",
+        "istiod.meshConfig.mesh_mTLS.min_protocol_version=TLSV1_0",
+        "istiod.meshConfig.meshMTLS.min_protocol_version=TLSV1_1",
+        "istiod.meshConfig.mesh_mTLS.minProtocolVersion=TLSV1_0",
+        "istiod.meshConfig.enable_auto_mtls=false",
+        "istiod.global.proxy.privileged=true",
+        "istiod.global.proxy.privileged=yes",
+        "istiod.global.proxy.privileged=1",
     ],
 )
 def test_every_rule_judges_by_meaning(expr: str) -> None:
@@ -177,8 +184,13 @@ def test_every_rule_judges_by_meaning(expr: str) -> None:
         "istiod.meshConfig=null",
         "istiod.global.mtls.auto=null",
         "istiod.meshConfig.meshMTLS.minProtocolVersion=TLSV1_2",
-        "istiod.meshConfig.meshMTLS.minProtocolVersion=3",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=1",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=2",  # TLSV1_3, not TLSV1_1
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=0",
+        "istiod.meshConfig.meshMTLS.minProtocolVersion=TLSV1_3",
+        "istiod.meshConfig.mesh_mTLS.min_protocol_version=TLSV1_3",
         "istiod.meshConfig.meshMTLS.minProtocolVersion=TLS_AUTO",
+        "istiod.global.proxy.privileged=false",
         "istiod.meshConfig.meshMTLS.minProtocolVersion=null",
     ],
 )
@@ -214,6 +226,9 @@ def test_rules_are_data_by_meaning() -> None:
         ({"enableAutoMtls": "no"}, ["enableAutoMtls"]),
         ({"enableAutoMtls": 0}, ["enableAutoMtls"]),
         ({"meshMTLS": {"minProtocolVersion": "TLSV1_1"}}, ["meshMTLS.minProtocolVersion"]),
+        ({"mesh_mTLS": {"min_protocol_version": "TLSV1_0"}}, ["mesh_mTLS.min_protocol_version"]),
+        ({"enable_auto_mtls": False}, ["enable_auto_mtls"]),
+        ({"meshMTLS": {"minProtocolVersion": 2}}, []),
         ({"enableAutoMtls": None}, []),
         ({"enableAutoMtls": True, "meshMTLS": {"minProtocolVersion": "TLSV1_3"}}, []),
         ({}, []),
@@ -224,3 +239,56 @@ def test_live_mesh_config_is_judged_by_the_mesh_config_rules(
 ) -> None:
     problems = mesh_config_problems(mesh)
     assert [p.split(":")[0].removeprefix("mesh config ") for p in problems] == bad
+
+
+# -- Helm's --set syntax (its strvals rules) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exprs", "istiod"),
+    [
+        (["istiod.a=1,istiod.b=2"], {"a": 1, "b": 2}),
+        (["istiod.l[0]=x"], {"l": ["x"]}),
+        (["istiod.l[1].n=v"], {"l": [None, {"n": "v"}]}),
+        (["istiod.l[0][1]=x"], {"l": [[None, "x"]]}),
+        (["istiod.l={a,b,0}"], {"l": ["a", "b", 0]}),
+        (["istiod.l={a,b},istiod.z=1"], {"l": ["a", "b"], "z": 1}),
+        (["istiod.x=a\\,b"], {"x": "a,b"}),
+        (["istiod.x=a=b"], {"x": "a=b"}),
+        (["istiod.x="], {"x": ""}),
+        (["istiod.x=[false]"], {"x": "[false]"}),  # Helm: a string, not a list
+        (["istiod.l[0]=x", "istiod.l[1]=y"], {"l": ["x", "y"]}),  # one map across flags
+    ],
+)
+def test_set_takes_helms_forms(exprs: list[str], istiod: dict[str, object]) -> None:
+    assert parse_set(exprs, CHARTS).by_chart["istiod"] == istiod
+
+
+def test_set_comma_separates_pairs_never_folds_into_the_value() -> None:
+    source = parse_set(["istiod.meshConfig.enableAutoMtls=false,istiod.pilot.x=1"], CHARTS)
+    assert source.by_chart["istiod"] == {
+        "meshConfig": {"enableAutoMtls": False},
+        "pilot": {"x": 1},
+    }
+    with pytest.raises(InsecureValuesError):  # the false is seen, not "false,istiod..."
+        check_security(ValueStack([project_source(CHARTS), source]), CHARTS)
+
+
+@pytest.mark.parametrize(
+    ("expr", "said"),
+    [
+        ("istiod.a=1,b=2", "'b' is not a chart name"),
+        ("istiod.a", "has no value"),
+        ("istiod.a,", "cannot end with ,"),
+        ("istiod.l[x]=1", "not a number"),
+        ("istiod.l[-1]=1", "not from 0"),
+        ("istiod.l={a,b", "must end with '}'"),
+        ("istiod.l[0]x=1", "unexpected 'x'"),
+        ("istiod.a=1,istiod.a.b=2", "then used as a map"),
+    ],
+)
+def test_set_refuses_what_helm_cannot_read(expr: str, said: str) -> None:
+    with pytest.raises(UsageError) as err:
+        parse_set([expr], CHARTS)
+    assert said in err.value.message and expr in err.value.message
+    assert err.value.hint and "\\," in err.value.hint

@@ -40,19 +40,32 @@ def test_image_without_a_version_is_a_clear_error(image: str) -> None:
 def test_upgrade_gate() -> None:
     check_upgrade("r", Version(1, 29, 4), Version(1, 30, 3))
     check_upgrade("r", Version(1, 30, 3), Version(1, 30, 3))
+    check_upgrade("r", Version(1, 30, 3), Version(1, 30, 5))  # a patch: routine
     with pytest.raises(VersionGateError, match="downgrade"):
         check_upgrade("r", Version(1, 30, 3), Version(1, 29, 4))
-    with pytest.raises(VersionGateError, match="more than one minor"):
-        check_upgrade("r", Version(1, 28, 0), Version(1, 30, 3))
+    with pytest.raises(VersionGateError, match="downgrade"):
+        check_upgrade("r", Version(1, 30, 5), Version(1, 30, 3))
+    with pytest.raises(VersionGateError, match=r"2 minor versions ahead.*in-place") as err:
+        check_upgrade("r", Version(1, 29, 4), Version(1, 31, 1))
+    assert "--revision-based" in (err.value.hint or "")
 
 
-def test_adoption_accepts_supported_minor_and_one_below() -> None:
-    supported = Version(1, 30, 3)
-    check_supported_for_adoption(Version(1, 30, 0), supported)
-    check_supported_for_adoption(Version(1, 29, 9), supported)
-    for found in (Version(1, 28, 5), Version(1, 31, 0), Version(2, 30, 0)):
+def test_upgrade_gate_by_revisions_spans_two_minors() -> None:
+    check_upgrade("r", Version(1, 29, 4), Version(1, 31, 1), revision_based=True)
+    check_upgrade("r", Version(1, 30, 3), Version(1, 31, 1), revision_based=True)
+    with pytest.raises(VersionGateError, match=r"3 minor versions ahead.*revision-based"):
+        check_upgrade("r", Version(1, 28, 0), Version(1, 31, 1), revision_based=True)
+    with pytest.raises(VersionGateError, match="downgrade"):
+        check_upgrade("r", Version(1, 31, 1), Version(1, 30, 5), revision_based=True)
+
+
+def test_adoption_accepts_supported_minors_and_one_below() -> None:
+    oldest, newest = Version(1, 30, 5), Version(1, 31, 1)
+    for found in (Version(1, 31, 0), Version(1, 30, 0), Version(1, 29, 9)):
+        check_supported_for_adoption(found, oldest, newest)
+    for found in (Version(1, 28, 5), Version(1, 32, 0), Version(2, 30, 0)):
         with pytest.raises(PreconditionError):
-            check_supported_for_adoption(found, supported)
+            check_supported_for_adoption(found, oldest, newest)
 
 
 # -- pre-releases and build metadata (SemVer 2.0 order) ---------------------------
@@ -138,11 +151,12 @@ def test_upgrade_gate_with_prereleases() -> None:
         check_upgrade("r", Version.parse("1.31.0"), Version.parse("1.31.0-rc.0"))
     with pytest.raises(VersionGateError, match="downgrade"):
         check_upgrade("r", Version.parse("1.31.0-rc.1"), Version.parse("1.31.0-rc.0"))
-    with pytest.raises(VersionGateError, match=r"1\.29\.4; 1\.31\.0-rc\.0 is more than one minor"):
+    with pytest.raises(VersionGateError, match=r"1\.29\.4; 1\.31\.0-rc\.0 is 2 minor"):
         check_upgrade("r", Version.parse("1.29.4"), Version.parse("1.31.0-rc.0"))
 
 
 def test_adoption_of_a_prerelease_istiod() -> None:
-    check_supported_for_adoption(Version.parse("1.30.0-rc.0"), Version(1, 30, 3))
-    with pytest.raises(PreconditionError, match=r"1\.31\.0-rc\.0"):
-        check_supported_for_adoption(Version.parse("1.31.0-rc.0"), Version(1, 30, 3))
+    oldest, newest = Version(1, 30, 5), Version(1, 31, 1)
+    check_supported_for_adoption(Version.parse("1.31.0-rc.0"), oldest, newest)
+    with pytest.raises(PreconditionError, match=r"1\.32\.0-rc\.0"):
+        check_supported_for_adoption(Version.parse("1.32.0-rc.0"), oldest, newest)

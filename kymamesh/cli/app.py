@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from kymamesh.cli import charts, inject, install, patch, status, uninstall, upgrade, version
+from kymamesh.cli import (
+    charts,
+    inject,
+    install,
+    patch,
+    releases,
+    status,
+    uninstall,
+    upgrade,
+    version,
+)
 from kymamesh.cli.parsing import KymameshCommand, KymameshGroup
 
 app = typer.Typer(
@@ -26,6 +36,7 @@ app.command("status")(status.status)
 app.command("uninstall")(uninstall.uninstall)
 app.add_typer(upgrade.app, name="upgrade")
 app.add_typer(charts.app, name="charts")
+app.command("releases")(releases.releases)
 app.command("version")(version.version)
 
 

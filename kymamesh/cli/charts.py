@@ -1,4 +1,4 @@
-"""`kymamesh charts pull`: fetch the pinned charts for an offline install later."""
+"""`kymamesh charts pull`: fetch an Istio release's charts for an offline install later."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import typer
 from kymamesh.cli import common as c
 from kymamesh.context import RunContext
 from kymamesh.errors import UsageError
-from kymamesh.output import ItemResult, Outcome
 
 
 def prepare_dest(dest: Path) -> None:
@@ -28,7 +27,7 @@ def prepare_dest(dest: Path) -> None:
         ) from None
 
 
-app = typer.Typer(help="Work with the pinned Istio charts.", no_args_is_help=True)
+app = typer.Typer(help="Work with the Istio charts of the release catalog.", no_args_is_help=True)
 
 
 @app.command("pull")
@@ -39,48 +38,29 @@ def pull(
             "--dest", metavar="DIR", help="Folder to put the chart packages in.", file_okay=False
         ),
     ],
+    istio: Annotated[
+        str | None,
+        typer.Option(
+            "--istio",
+            metavar="VERSION",
+            help="Istio release: a minor (its newest known patch) or a version; default the "
+            "newest supported minor.",
+        ),
+    ] = None,
     repo: c.Repo = None,
+    plain_http: c.PlainHttp = False,
     helm: c.HelmPath = None,
     output: c.Output = c.OutputFormat.text,
     verbose: c.Verbose = False,
 ) -> None:
-    """Download base, istiod and gateway at the pinned version, and Dex's chart, into DEST
-    (for --charts-dir)."""
+    """Download base, istiod and gateway of an Istio release, and Dex's chart, into DEST (for
+    --charts-dir). Each chart comes from the first chart source that serves it."""
     options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
-        from kymamesh.release import dex_pinned, pinned
+        from kymamesh import releases
 
         prepare_dest(dest)
-        release = pinned()
-        source = repo or release.chart_repository
-        phase = ctx.result.phase("charts pull")
-        ctx.progress.phase(f"charts pull: Istio {release.version} from {source}")
-        for row in release.releases:
-            target = dest / f"{row.chart}-{release.version}.tgz"
-            item = ItemResult(name=row.chart, outcome=Outcome.UNCHANGED)
-            phase.items.append(item)
-            with ctx.progress.item(row.chart) as tracker:
-                if target.exists():
-                    item.summary = f"{target} already there"
-                else:
-                    ctx.helm.pull(row.chart, source, release.version, dest)
-                    item.outcome = Outcome.CHANGED
-                    item.summary = f"saved {target}"
-                tracker.done(item.outcome, item.summary)
-        dex = dex_pinned()  # from its own pinned repository: --repo is Istio's
-        target = dest / f"{dex.chart}-{dex.version}.tgz"
-        item = ItemResult(name=dex.chart, outcome=Outcome.UNCHANGED)
-        phase.items.append(item)
-        with ctx.progress.item(f"{dex.chart} (identity, from {dex.chart_repository})") as tracker:
-            if target.exists():
-                item.summary = f"{target} already there"
-            else:
-                ctx.helm.pull(dex.chart, dex.chart_repository, dex.version, dest)
-                item.outcome = Outcome.CHANGED
-                item.summary = f"saved {target}"
-            tracker.done(item.outcome, item.summary)
-        ctx.result.data["dest"] = str(dest)
-        ctx.result.notes.append(f"install offline with: kymamesh install --charts-dir {dest}")
+        releases.pull(ctx, dest, istio, tuple(repo or ()), plain_http)
 
     c.run_command("charts pull", options, body)

@@ -93,13 +93,27 @@ def _check_repo(value: str | None) -> str | None:
     return value
 
 
+def _check_repos(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        _check_repo(value)
+    return values
+
+
 Repo = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         "--repo",
         metavar="URL",
-        callback=_check_repo,
-        help="Chart repository (https:// or oci://) instead of the pinned one.",
+        callback=_check_repos,
+        help="Chart source (https:// Helm repository or oci:// registry) instead of the "
+        "release catalog's; repeat it for sources tried in order.",
+    ),
+]
+PlainHttp = Annotated[
+    bool,
+    typer.Option(
+        "--plain-http",
+        help="Reach oci:// chart sources over plain HTTP (a registry without TLS).",
     ),
 ]
 ValuesFiles = Annotated[
@@ -116,7 +130,8 @@ SetValues = Annotated[
     typer.Option(
         "--set",
         metavar="CHART.KEY=VALUE",
-        help="CHART.key=value, e.g. istiod.pilot.replicaCount=2.",
+        help="CHART.key=value in Helm's --set syntax, e.g. istiod.pilot.replicaCount=2 "
+        "(a=1,b=2: two keys; list[0]=x; key={a,b}: a list; \\, a comma in a value).",
     ),
 ]
 

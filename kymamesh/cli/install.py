@@ -10,12 +10,40 @@ from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
 from kymamesh.context import RunContext
 
+Istio = Annotated[
+    str | None,
+    typer.Option(
+        "--istio",
+        metavar="VERSION",
+        help="Istio to install: a minor (its newest known patch, e.g. 1.31) or a release "
+        "(1.31.1); default the newest supported minor. `kymamesh releases` lists them.",
+    ),
+]
+CompatibilityVersion = Annotated[
+    str | None,
+    typer.Option(
+        "--compatibility-version",
+        metavar="MINOR",
+        help="On a minor upgrade, keep the previous minor's behaviour for now (the charts' "
+        "compatibilityVersion profile, e.g. 1.30).",
+    ),
+]
+SkipVersionCheck = Annotated[
+    bool,
+    typer.Option(
+        "--skip-version-check",
+        help="Install even when the cluster's Kubernetes is outside the Istio release's range.",
+    ),
+]
+
 
 def install(
+    istio: Istio = None,
     charts_dir: c.ChartsDir = None,
     values: c.ValuesFiles = None,
     set_values: c.SetValues = None,
     repo: c.Repo = None,
+    plain_http: c.PlainHttp = False,
     config: p.PatchConfig = None,
     domain: p.Domain = None,
     tls_cert: p.TlsCert = None,
@@ -25,12 +53,15 @@ def install(
         bool,
         typer.Option(
             "--revision-based",
-            help="Canary upgrade: install istiod as a new revision (1-30-3) beside the running "
-            "one, which keeps the default tag; then `kymamesh upgrade promote`.",
+            help="Canary upgrade: install istiod as a new revision (e.g. 1-31-1) beside the "
+            "running one, which keeps the default tag; then `kymamesh upgrade promote`.",
         ),
     ] = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
+    hub: p.Hub = None,
+    compatibility_version: CompatibilityVersion = None,
+    skip_version_check: SkipVersionCheck = False,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -52,9 +83,15 @@ def install(
             charts_dir=charts_dir,
             values_files=tuple(values or ()),
             set_values=tuple(set_values or ()),
-            repository=repo,
+            repository=tuple(repo or ()),
+            plain_http=plain_http,
+            istio=istio,
+            compatibility_version=compatibility_version,
+            skip_version_check=skip_version_check,
         )
-        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
+        given = p.patch_overrides(
+            config, domain, tls_cert, tls_key, restart_proxies, restart_batch, hub
+        )
         p.add_identity(given, ctx, identity)
         pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
 

@@ -29,6 +29,7 @@ def patch(
     restart_proxies: p.RestartProxies = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
+    hub: p.Hub = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -47,7 +48,9 @@ def patch(
         from kymamesh import pipeline
 
         ctx.charts_dir = charts_dir
-        given = p.patch_overrides(config, domain, tls_cert, tls_key, restart_proxies, restart_batch)
+        given = p.patch_overrides(
+            config, domain, tls_cert, tls_key, restart_proxies, restart_batch, hub
+        )
         p.add_identity(given, ctx, identity)
         pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
 

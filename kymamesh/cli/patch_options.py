@@ -57,6 +57,16 @@ RestartBatch = Annotated[
     ),
 ]
 
+Hub = Annotated[
+    str | None,
+    typer.Option(
+        "--hub",
+        metavar="REGISTRY",
+        help="Image registry for istiod, gateways and sidecars, e.g. a mirror "
+        "(default: the release catalog's, docker.io/istio). Remembered.",
+    ),
+]
+
 Identity = Annotated[
     str | None,
     typer.Option(
@@ -114,11 +124,17 @@ def patch_overrides(
     tls_key: Path | None = None,
     restart_proxies: bool = False,
     restart_batch: int | None = None,
+    hub: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Step parameters from --config, then from the flags (flags win)."""
     overrides: dict[str, dict[str, Any]] = {}
     if config is not None:
         overrides.update(read_config(config))
+    if hub is not None:
+        from kymamesh.pipeline import check_hub
+
+        check_hub(hub)
+        overrides.setdefault("sidecar-image-hub", {})["hub"] = hub.strip().rstrip("/")
     tls = overrides.setdefault("ingress-gateway-tls", {})
     if domain is not None:
         if not domain.strip():

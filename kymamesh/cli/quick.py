@@ -29,18 +29,25 @@ def _version_format(args: Sequence[str]) -> bool | None:
 
 def render_version(as_json: bool) -> str:
     from kymamesh import __version__
-    from kymamesh.release import pinned
+    from kymamesh.release import catalog
 
-    release = pinned()
-    info = {
+    table = catalog()
+    release = table.resolve(None)
+    info: dict[str, object] = {
         "kymamesh": __version__,
         "istio": str(release.version),
+        "supportedIstio": [str(line.latest) for line in table.lines],
         "kubernetes": f"{release.kubernetes_min.major}.{release.kubernetes_min.minor}-"
         f"{release.kubernetes_max.major}.{release.kubernetes_max.minor}",
     }
     if as_json:
         return json.dumps(info, indent=2)
-    return f"kymamesh {info['kymamesh']} (Istio {info['istio']}, Kubernetes {info['kubernetes']})"
+    others = ", ".join(str(line.latest) for line in table.lines if line.latest != release.version)
+    return (
+        f"kymamesh {info['kymamesh']} (Istio {info['istio']}, Kubernetes {info['kubernetes']}"
+        + (f"; also Istio {others}" if others else "")
+        + ")"
+    )
 
 
 def answer_quickly(argv: Sequence[str]) -> bool:

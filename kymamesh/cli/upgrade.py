@@ -31,9 +31,9 @@ def promote(
     restart_batch: RestartBatch = None,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
+    helm: c.HelmPath = None,
     dry_run: c.DryRun = False,
     output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
     verbose: c.Verbose = False,
     timeout: c.Timeout = 300.0,
     lock_wait: c.LockWait = 60.0,
@@ -42,7 +42,9 @@ def promote(
 
     Pods that ask for the default revision (istio-injection=enabled,
     istio.io/rev=default, sidecar.istio.io/inject=true) are injected by the new
-    revision from then on. A re-run converges.
+    revision from then on. Refused (exit 3), with nothing written, unless the new
+    istiod is ready and injects a test Pod. It does not ask (no --yes): `upgrade
+    rollback` undoes it. A re-run converges.
     """
     options = c.options_from(locals())
 
@@ -67,14 +69,19 @@ def rollback(
     restart_batch: RestartBatch = None,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
+    helm: c.HelmPath = None,
     dry_run: c.DryRun = False,
     output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
     verbose: c.Verbose = False,
     timeout: c.Timeout = 300.0,
     lock_wait: c.LockWait = 60.0,
 ) -> None:
-    """Point the default tag back at the old revision and restart the workloads it moves."""
+    """Point the default tag back at the old revision and restart the workloads it moves.
+
+    Refused (exit 3), with nothing written, unless the old istiod is ready. Before any
+    promote there is nothing to roll back (no write). It does not ask (no --yes):
+    `upgrade promote` undoes it.
+    """
     options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
@@ -91,6 +98,7 @@ def finish(
     values: c.ValuesFiles = None,
     set_values: c.SetValues = None,
     repo: c.Repo = None,
+    plain_http: c.PlainHttp = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
     helm: c.HelmPath = None,
@@ -104,7 +112,10 @@ def finish(
     """Remove the old revision once no Pod uses it, then upgrade istio-base and the gateway.
 
     Refused (exit 3), naming them, while a running Pod has a sidecar of the old
-    revision or a namespace is labelled with it. Give the chart options of install.
+    revision or a namespace is labelled with it; the charts, the version gate and the
+    patch are checked before anything is removed. Asks before removing the old control
+    plane (--yes to confirm without a terminal). Give the chart options of install;
+    phase 2 (the Kyma patch) runs after phase 1, as in install.
     """
     options = c.options_from(locals())
 
@@ -115,7 +126,8 @@ def finish(
             charts_dir=charts_dir,
             values_files=tuple(values or ()),
             set_values=tuple(set_values or ()),
-            repository=repo,
+            repository=tuple(repo or ()),
+            plain_http=plain_http,
         )
         canary.finish(ctx, inputs)
 

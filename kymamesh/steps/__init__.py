@@ -16,7 +16,7 @@ from typing import Final
 from kymamesh.steps.addons import RemoveAddonsStep
 from kymamesh.steps.base import Change, Step, StepContext, StepKind
 from kymamesh.steps.identity import IdentityStep
-from kymamesh.steps.injector import InjectionPolicyStep, SidecarResourcesStep
+from kymamesh.steps.injector import ImageHubStep, InjectionPolicyStep, SidecarResourcesStep
 from kymamesh.steps.meshconfig import ExtAuthzStep, TracingStep
 from kymamesh.steps.mtls import PeerAuthenticationStep
 from kymamesh.steps.proxies import RestartProxiesStep
@@ -28,6 +28,7 @@ KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
     {
         "peer-authentication": PeerAuthenticationStep,
         "sidecar-resources": SidecarResourcesStep,
+        "image-hub": ImageHubStep,
         "injection-policy": InjectionPolicyStep,
         "mesh-tracing": TracingStep,
         "mesh-ext-authz": ExtAuthzStep,

@@ -128,9 +128,21 @@ def key_changes(
 ) -> list[Change]:
     """The changes that `editor` makes to one key of ConfigMap `name` of every control
     plane revision (`name-REV`), none where in place, each with a diff by meaning."""
+    return plane_key_changes(ctx, name, key, lambda _plane: editor, parse)
+
+
+def plane_key_changes(
+    ctx: StepContext,
+    name: str,
+    key: str,
+    editor_for: Callable[[ControlPlane], Editor],
+    parse: Parser,
+) -> list[Change]:
+    """`key_changes` with an editor per control plane revision (what is wanted may depend
+    on the revision's Istio version)."""
     changes: list[Change] = []
     for plane in ctx.control_planes:
-        changes += _key_change(ctx, plane, name, key, editor, parse)
+        changes += _key_change(ctx, plane, name, key, editor_for(plane), parse)
     return changes
 
 

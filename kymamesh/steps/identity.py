@@ -21,10 +21,21 @@ What it leaves, when enabled (the parameters are checked by `kymamesh.identity`)
   issuer https://dex.DOMAIN, keys from Dex's Service inside the cluster; a request with a
   token that fails is refused, one without a token passes;
 - AuthorizationPolicy `istio-system/kyma-dex-require-token`, only when hosts require a
-  token: DENY for requests to them without a valid token (no request principal).
+  token: DENY for requests to them without a valid token (no request principal). Each
+  host is listed as itself and as `host:*` (Istio matches `hosts` exactly, while the
+  gateway routes `Host: app.DOMAIN:443` as well), and the rule is scoped to the
+  gateway's HTTP and HTTPS ports as its Pods listen on them (the target ports of the
+  gateway's Service, read from the cluster), so that it never applies to TCP traffic;
+- istiod's environment variable `BLOCKED_CIDRS_IN_JWKS_URIS` on every istiod revision:
+  istiod fetches the JWKS of a RequestAuthentication itself and must not be pointed at
+  loopback, link-local or cloud metadata addresses (`JWKS_BLOCKED_CIDRS`). Dex is
+  reached by its Service name, which resolves to a ClusterIP of the cluster's Service
+  range; that range is checked against the list before anything is written. istiod
+  reads the variable when it starts: setting it rolls istiod's Pods.
 
 Disabled (`--identity none`), it removes each of those objects that carries kymamesh's
-label and the Dex release kymamesh installed; anything else is left alone.
+label and the Dex release kymamesh installed, and istiod's `BLOCKED_CIDRS_IN_JWKS_URIS`
+where it is exactly the list kymamesh sets; anything else is left alone.
 """
 
 from __future__ import annotations
@@ -50,8 +61,9 @@ from kymamesh.inventory import (
     marked_by_kymamesh,
 )
 from kymamesh.release import DexRelease, dex_pinned
+from kymamesh.steps import _jwks
 from kymamesh.steps.base import Change, StepContext
-from kymamesh.steps.tls import TlsParams, matches
+from kymamesh.steps.tls import TlsParams, gateway_object, matches
 
 SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 NETWORKING_API_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1beta1")
@@ -157,6 +169,7 @@ class IdentityStep:
                 f"{setup.pin.namespace}) to let kymamesh install Dex, or leave out --identity",
             )
         _secret_data(ctx, setup)  # every Secret and key Dex would read exists
+        _refuse_blocked_service_range(ctx)
         if helm is not None:
             restart = _secret_change(ctx, setup) is not None
             if _release_reasons(ctx, helm, setup, deployed, restart):
@@ -180,7 +193,7 @@ class IdentityStep:
         setup = Setup.of(ctx)
         if not setup.identity.enabled:
             return _removals(ctx, setup)
-        changes: list[Change] = []
+        changes: list[Change] = _jwks_changes(ctx, enabled=True)  # before any policy
         secret = _secret_change(ctx, setup)
         if secret is not None:
             changes.append(secret)
@@ -543,6 +556,10 @@ def wanted_objects(ctx: StepContext, setup: Setup) -> dict[str, tuple[Obj | None
         },
     }
     hosts = list(setup.identity.require_token_hosts)
+    operation: dict[str, Any] = {"hosts": host_patterns(hosts)}
+    ports = gateway_ports(ctx.cluster, setup) if hosts else []
+    if ports:
+        operation["ports"] = ports
     ap = (
         {
             "apiVersion": sec,
@@ -554,7 +571,7 @@ def wanted_objects(ctx: StepContext, setup: Setup) -> dict[str, tuple[Obj | None
                 "rules": [
                     {
                         "from": [{"source": {"notRequestPrincipals": ["*"]}}],
-                        "to": [{"operation": {"hosts": hosts}}],
+                        "to": [{"operation": operation}],
                     }
                 ],
             },
@@ -663,11 +680,158 @@ def _delete(cluster: Cluster, ref: Ref) -> None:
     cluster.delete(ref)
 
 
+def host_patterns(hosts: list[str]) -> list[str]:
+    """Each host as itself and with any port: Istio matches `hosts` of an authorization
+    rule exactly, while the gateway serves a host with and without a port in the Host
+    header (its routes match `host` and `host:*`); a DENY for `host` alone lets
+    `Host: host:443` through."""
+    return [pattern for host in hosts for pattern in (host, f"{host}:*")]
+
+
+def gateway_ports(cluster: Cluster, setup: Setup) -> list[str]:
+    """The ports the ingress gateway's Pods serve the Kyma gateway's HTTP and HTTPS
+    servers on, as an authorization rule matches them (the connection's port at the Pod):
+    for each server port of the Gateway, the target port of the Service port of that
+    number on a Service that selects the gateway's Pods, or the server port itself where
+    no Service has it (as istiod does). Scoping the DENY rule to them keeps it off TCP
+    traffic, which it would otherwise deny whole (a rule with HTTP-only fields matches
+    any TCP connection)."""
+    gateway = gateway_object(setup.tls, "networking.istio.io/v1")
+    numbers = [
+        int(s["port"]["number"])
+        for s in gateway["spec"]["servers"]
+        if str(s["port"].get("protocol", "")).upper() in ("HTTP", "HTTPS", "HTTP2")
+    ]
+    selector = dict(setup.tls.selector)
+    query = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    pods = [p for p in cluster.list("v1", "Pod", label_selector=query) if p.get("metadata")]
+    return service_target_ports(numbers, selector, pods, _services(cluster, setup, pods))
+
+
+def _services(cluster: Cluster, setup: Setup, pods: list[Obj]) -> list[Obj]:
+    namespaces = sorted({str(p["metadata"].get("namespace")) for p in pods}) or [
+        setup.mesh_namespace
+    ]
+    found = []
+    for namespace in namespaces:
+        found.extend(cluster.list("v1", "Service", namespace=namespace))
+    return found
+
+
+def service_target_ports(
+    numbers: list[int], selector: Mapping[str, str], pods: list[Obj], services: list[Obj]
+) -> list[str]:
+    """Pure: see `gateway_ports`. Without gateway Pods (a dry run before phase 1), a
+    Service whose selector includes the gateway selector counts."""
+    pod_labels = [dict((p.get("metadata") or {}).get("labels") or {}) for p in pods]
+
+    def selects(service: Obj) -> bool:
+        wanted = dict((service.get("spec") or {}).get("selector") or {})
+        if not wanted:
+            return False
+        if pod_labels:
+            return any(all(labels.get(k) == v for k, v in wanted.items()) for labels in pod_labels)
+        return all(wanted.get(k) == v for k, v in selector.items())
+
+    def container_port(name: str) -> int | None:
+        for pod in pods:
+            for container in (pod.get("spec") or {}).get("containers") or []:
+                for port in container.get("ports") or []:
+                    if port.get("name") == name and port.get("containerPort"):
+                        return int(port["containerPort"])
+        return None
+
+    chosen = [s for s in services if selects(s)]
+    result: set[int] = set()
+    for number in numbers:
+        targets = set()
+        for service in chosen:  # every Service that has the port: istiod may use any
+            for port in (service.get("spec") or {}).get("ports") or []:
+                if int(port.get("port") or 0) == number:
+                    raw = port.get("targetPort", number)
+                    found = int(raw) if str(raw).isdigit() else container_port(str(raw))
+                    targets.add(found if found is not None else number)
+        result |= targets or {number}
+    return [str(p) for p in sorted(result)]
+
+
+# -- istiod's JWKS fetch -------------------------------------------------------------------
+
+
+def _refuse_blocked_service_range(ctx: StepContext) -> None:
+    """Dex's Service must stay reachable for istiod: no blocked CIDR may overlap the
+    cluster's Service range (nothing in practice does; a cluster that did would lose its
+    token checks)."""
+    found = _jwks.overlaps(_jwks.service_ranges(ctx.cluster))
+    if found:
+        where = ", ".join(f"{net} (blocked: {cidr})" for net, cidr in found)
+        raise PreconditionError(
+            f"the cluster's Service range overlaps what istiod's {_jwks.ENV} blocks: {where}; "
+            "istiod could not fetch Dex's signing keys through Dex's Service",
+            hint="identity needs a Service range outside loopback, link-local and cloud "
+            "metadata addresses",
+        )
+
+
+def _jwks_changes(ctx: StepContext, enabled: bool) -> list[Change]:
+    """`BLOCKED_CIDRS_IN_JWKS_URIS` on every istiod revision: set (on) or, where it is
+    exactly kymamesh's list, removed (off). Changing it rolls istiod's Pods."""
+    changes = []
+    for plane in ctx.control_planes:
+        if plane.deployment is None:
+            if enabled and ctx.dry_run:
+                changes.append(
+                    Change(
+                        f"Deployment/{plane.namespace}/{plane.istiod}",
+                        f"{_jwks.ENV} set (once phase 1 has installed istiod)",
+                        _never,
+                    )
+                )
+            continue
+        live = ctx.cluster.get(plane.istiod_ref)  # not the plane's: read before this run wrote
+        if live is None or not _jwks.has_discovery(live):
+            continue
+        have = _jwks.current(live)
+        if enabled:
+            want: str | None = _jwks.wanted(have)
+            if want == have:
+                continue
+            summary = f"{_jwks.ENV}={want} (istiod's JWKS fetches; rolls istiod)"
+        else:
+            if have != _jwks.VALUE:
+                continue
+            want = None
+            summary = f"{_jwks.ENV} removed: identity is off (rolls istiod)"
+        target = f"Deployment/{plane.namespace}/{plane.istiod}"
+        changes.append(
+            Change(
+                target,
+                summary,
+                _env_setter(plane.istiod_ref, want),
+                diff=f"--- {target}\n+++ {target}\n-  {_jwks.ENV}={have or ''}\n"
+                f"+  {_jwks.ENV}={want or ''}",
+            )
+        )
+    return changes
+
+
+def _env_setter(ref: Ref, value: str | None) -> Any:
+    def apply(cluster: Cluster) -> None:
+        cluster.update(ref, _jwks.edit(value))
+
+    return apply
+
+
+def _never(cluster: Cluster) -> None:
+    raise AssertionError("a dry-run change is never applied")
+
+
 # -- off: removing what the step made ------------------------------------------------------
 
 
 def _removals(ctx: StepContext, setup: Setup) -> list[Change]:
-    """Identity off: the policies, the route, Dex, then the Secret; only what is kymamesh's."""
+    """Identity off: the policies, the route, Dex, the Secret, then istiod's JWKS block
+    list; only what is kymamesh's."""
     changes = []
     for role in ("authorizationPolicy", "requestAuthentication", "virtualService"):
         ref = _role_ref(ctx, setup, role)
@@ -711,6 +875,7 @@ def _removals(ctx: StepContext, setup: Setup) -> list[Change]:
                     _deleter(ref),
                 )
             )
+    changes += _jwks_changes(ctx, enabled=False)
     return changes
 
 

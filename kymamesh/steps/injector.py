@@ -13,7 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from kymamesh import controlplane
+from kymamesh.controlplane import ControlPlane
 from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.release import catalog
 from kymamesh.steps._configmaps import (
     INJECTOR_CONFIGMAP,
     Editor,
@@ -23,6 +26,7 @@ from kymamesh.steps._configmaps import (
     key_changes,
     parse_json_map,
     parse_yaml_map,
+    plane_key_changes,
 )
 from kymamesh.steps.base import Change, StepContext
 from kymamesh.units import quantity, same_resources
@@ -213,4 +217,89 @@ class InjectionPolicyStep:
             CONFIG_KEY,
             policy_editor(self._policy(ctx)),
             lambda text: parse_yaml_map(text, CONFIG_KEY),
+        )
+
+
+# the injector's image settings that may name a registry: global.hub, and a full image
+# reference in global.proxy.image / global.proxy_init.image
+_IMAGE_KEYS = ("proxy", "proxy_init")
+
+
+def retired_registry(image_or_hub: str) -> str | None:
+    return catalog().retired_registry(image_or_hub)
+
+
+def hub_editor(wanted: str | None, fallback: str) -> Editor:
+    """Sets global.hub to `wanted`; without one, moves a hub (or a full proxy image) off a
+    switched-off registry to `fallback` and leaves any other hub (a user's mirror) alone."""
+
+    def edit(text: str) -> KeyEdit | None:
+        values = parse_json_map(text, f"ConfigMap {INJECTOR_CONFIGMAP} key `{VALUES_KEY}`")
+        glob = values.get("global")
+        if not isinstance(glob, dict):
+            glob = values["global"] = {}
+        summaries = []
+        current = glob.get("hub")
+        target = wanted or (fallback if retired_registry(str(current or "")) else None)
+        if target and current != target:
+            glob["hub"] = target
+            summaries.append(f"global.hub {current or 'unset'} -> {target}")
+        for key in _IMAGE_KEYS:
+            section = glob.get(key)
+            image = section.get("image") if isinstance(section, dict) else None
+            retired = retired_registry(image) if isinstance(image, str) else None
+            if isinstance(section, dict) and isinstance(image, str) and retired:
+                section["image"] = (target or fallback) + image[len(retired) :]
+                summaries.append(f"global.{key}.image {image} -> {section['image']}")
+        if not summaries:
+            return None
+        return KeyEdit(dump_json(values), tuple(summaries))
+
+    return edit
+
+
+class ImageHubStep:
+    """Sidecars from where Istio's images live: the injector's hub is the one asked for
+    (`hub`, set by --hub) or, by default, never a registry Istio has switched off (it
+    moves to the catalog's hub for the revision's Istio minor). Running sidecars keep
+    their image until restarted (step restart-proxies lists them)."""
+
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"hub"})
+
+    @staticmethod
+    def _wanted(ctx: StepContext) -> str | None:
+        hub = ctx.params.get("hub")
+        if hub is None:
+            return None
+        if not isinstance(hub, str) or not hub.strip():
+            raise UsageError(
+                "sidecar-image-hub: `hub` must be a registry path such as docker.io/istio"
+            )
+        if retired_registry(hub):
+            raise UsageError(
+                f"sidecar-image-hub: hub {hub} is a registry Istio has switched off",
+                hint="use docker.io/istio or a mirror of it",
+            )
+        return hub.strip().rstrip("/")
+
+    def preflight(self, ctx: StepContext) -> str | None:
+        self._wanted(ctx)
+        return None
+
+    def check(self, ctx: StepContext) -> list[Change]:
+        wanted = self._wanted(ctx)
+        table = catalog()
+
+        def editor_for(plane: ControlPlane) -> Editor:
+            version = controlplane.istiod_version(plane.deployment) if plane.deployment else None
+            line = table.line_of(version) if version else None
+            default = table.resolve(None).line
+            return hub_editor(wanted, (line or default).hub)
+
+        return plane_key_changes(
+            ctx,
+            INJECTOR_CONFIGMAP,
+            VALUES_KEY,
+            editor_for,
+            lambda text: parse_json_map(text, VALUES_KEY),
         )

@@ -256,6 +256,21 @@ def _mesh_changes(ctx: StepContext, editor: Editor) -> list[Change]:
     )
 
 
+def refuse_unreadable(step: str, key: str, provider: Mapping[str, Any]) -> None:
+    """Refuse an extension provider (made from the step's `key` settings) that istiod could
+    not read as a MeshConfig.ExtensionProvider (`kymamesh.meshschema`)."""
+    from kymamesh.meshschema import provider_problems
+
+    problems = provider_problems(provider, "extensionProviders[]")
+    if problems:
+        raise UsageError(
+            f"{step}: the extension provider made from `{key}` is not one istiod can read:\n  "
+            + "\n  ".join(problems),
+            hint=f"fix steps.{step}.{key} in --config: each field as Istio's "
+            'MeshConfig.ExtensionProvider has it (a duration a string like "5s")',
+        )
+
+
 class TracingStep:
     """Active tracing to Zipkin in kyma-system (or, chosen by `tracer`, to an OpenTelemetry
     collector); no reference to a Zipkin in istio-system remains."""
@@ -265,7 +280,9 @@ class TracingStep:
     )
 
     def preflight(self, ctx: StepContext) -> str | None:
-        tracing_wanted(ctx.params, ctx.namespace)
+        wanted = tracing_wanted(ctx.params, ctx.namespace)
+        for key, tracer in (("provider", ZIPKIN), (OPENTELEMETRY, OPENTELEMETRY)):
+            refuse_unreadable("tracing-kyma-zipkin", key, wanted.providers[tracer])
         return None
 
     def check(self, ctx: StepContext) -> list[Change]:
@@ -371,7 +388,9 @@ class ExtAuthzStep:
     PARAMS: ClassVar[frozenset[str]] = frozenset({"enabled", "provider"})
 
     def preflight(self, ctx: StepContext) -> str | None:
-        ext_authz_wanted(ctx.params)
+        wanted = ext_authz_wanted(ctx.params)
+        if wanted.enabled:
+            refuse_unreadable("pilot-webhook", "provider", wanted.provider)
         return None
 
     def check(self, ctx: StepContext) -> list[Change]:

@@ -349,6 +349,8 @@ class Part:
             fcntl.flock(lockf, fcntl.LOCK_EX)  # one build of this part at a time
             if not force and self.built():
                 return final
+            for stale in final.parent.glob(".build-*"):  # left by a build that was killed
+                shutil.rmtree(stale, ignore_errors=True)
             log(f"building {self.name} ({final.name})")
             t0 = time.monotonic()
             work = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
