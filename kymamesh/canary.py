@@ -563,7 +563,9 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
         replace(inputs, istio=inputs.istio or (str(found) if found else None)),
         patching.image_hub(specs),
     )
+    inputs = pipeline.with_compatibility_mode(inputs, specs, release)
     stack = pipeline.with_release_values(stack, release, inputs)
+    stack = pipeline.with_mesh_values(stack, specs)  # the mesh file's chart values
     pipeline.refuse_revision_value(stack, release)
     old = frozenset(p.revision for p in state.others)
     layout = pipeline.release_layout(ctx, stack, revision_based=False, gone=old)

@@ -46,6 +46,8 @@ class RunContext:
     _helm_writes: int = 0
     # the patch settings to remember after a successful patch (see kymamesh.settings)
     patch_settings: dict[str, dict[str, Any]] | None = None
+    # the patch settings remembered from the former run, before this run's were merged in
+    remembered_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the control plane `install` makes (from the istiod values), for steps run before it exists
     planned_control_plane: ControlPlane | None = None
     # --charts-dir, for the releases the patch installs (Dex)

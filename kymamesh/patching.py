@@ -109,6 +109,7 @@ def patch_list_for(
         if name in known
     }
     merged = settings.effective(remembered, given)
+    ctx.remembered_settings = remembered
     ctx.patch_settings = settings.to_remember(merged)
     return load_patch_list(merged)
 
@@ -167,6 +168,7 @@ def _context(
         helm=lambda: ctx.helm,
         charts_dir=ctx.charts_dir,
         secret_values=ctx.secret_values,
+        remembered=ctx.remembered_settings.get(spec.name) or {},
     )
 
 

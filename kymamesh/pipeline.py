@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kymamesh import controlplane, tags
+from kymamesh import controlplane, meshfile, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -319,6 +319,84 @@ def with_release_values(
 
 PatchSettings = Mapping[str, Mapping[str, Any]]
 
+MESH_ORIGIN = "the mesh file (patch step mesh-components)"
+
+
+def _components(specs: list[Any]) -> dict[str, Any]:
+    from kymamesh.steps.components import COMPONENTS_KIND, components_wanted
+
+    params = next((s.params for s in specs if s.kind == COMPONENTS_KIND), None)
+    return components_wanted(params) if params else {}
+
+
+def mesh_values(specs: list[Any]) -> dict[str, Values]:
+    """The chart values of the mesh file's component settings (step `mesh-components`,
+    remembered like every patch setting): HPA bounds, rollout and resources of istiod
+    and the gateway, the gateway Service's traffic policy, istiod's experimental env."""
+    wanted = _components(specs)
+    return meshfile.chart_values(wanted) if wanted else {}
+
+
+def with_compatibility_mode(
+    inputs: ChartInputs, specs: list[Any], release: IstioRelease
+) -> ChartInputs:
+    """The mesh file's `compatibilityMode: true` is `--compatibility-version` of the minor
+    before the release's (the flag, when given, wins); refused when the release's charts
+    offer no profile of that minor."""
+    if inputs.compatibility_version or not _components(specs).get("compatibilityMode"):
+        return inputs
+    previous = f"{release.version.major}.{release.version.minor - 1}"
+    if previous not in release.line.compatibility_versions:
+        offered = ", ".join(release.line.compatibility_versions) or "none"
+        raise UsageError(
+            f"compatibilityMode: Istio {release.line.name} offers no behaviour of {previous} "
+            f"(its compatibility profiles: {offered})",
+            hint="drop compatibilityMode from the mesh file, or pass --compatibility-version",
+        )
+    return replace(inputs, compatibility_version=previous)
+
+
+def with_mesh_values(stack: ValueStack, specs: list[Any]) -> ValueStack:
+    """The stack with the mesh file's values above kymamesh's and the release's, below the
+    user's `-f`/`--set`, which must not contradict them."""
+    values = mesh_values(specs)
+    if not values:
+        return stack
+    source = ValueSource(MESH_ORIGIN, values)
+    layered = ValueStack([stack.sources[0], source, *stack.sources[1:]])
+    for chart, chart_values in values.items():
+        merged = layered.merged(chart)
+        for dotted, wanted in _leaves(chart_values):
+            found = _at(merged, dotted)
+            origin = layered.origin_of(chart, dotted)
+            if found != wanted and origin != MESH_ORIGIN:
+                raise UsageError(
+                    f"{chart}.{dotted} is {found!r} (from {origin}), but the mesh file sets "
+                    f"{wanted!r}; the step mesh-components would undo the chart's value",
+                    hint=f"drop {chart}.{dotted} from -f/--set, or change the mesh file",
+                )
+    return layered
+
+
+def _leaves(values: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            found += _leaves(value, dotted + ".")
+        else:
+            found.append((dotted, value))
+    return found
+
+
+def _at(values: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
 
 def install(
     ctx: RunContext,
@@ -338,8 +416,11 @@ def install(
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     specs = patching.patch_list_for(ctx, given, reset=reset)
+    meshfile.refuse_module_manager(ctx.cluster)
     release = resolve_release(ctx, inputs, patching.image_hub(specs))
+    inputs = with_compatibility_mode(inputs, specs, release)
     stack = with_release_values(stack, release, inputs)
+    stack = with_mesh_values(stack, specs)
     if revision_based:
         refuse_revision_value(stack, release)
     layout = release_layout(ctx, stack, revision_based)
@@ -361,6 +442,7 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
     from kymamesh.preflight import adoption_preflight
 
     specs = patching.patch_list_for(ctx, given, reset=reset)
+    meshfile.refuse_module_manager(ctx.cluster)
     found = adoption_preflight(ctx.cluster, ctx.namespace)
     ctx.result.data["istio"] = found.to_json()
     ctx.progress.info(f"found {found.describe()}")

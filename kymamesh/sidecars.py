@@ -152,11 +152,104 @@ def _sidecar_template(annotations: Mapping[str, Any]) -> bool:
     return "sidecar" in [t.strip() for t in str(templates).split(",")]
 
 
+# -- the mesh config a proxy was started with ------------------------------------
+
+PROXY_CONFIG_ENV = "PROXY_CONFIG"  # the injector's JSON of the Pod's ProxyConfig
+PROXY_CONFIG_ANNOTATION = "proxy.istio.io/config"  # a Pod's own ProxyConfig overrides
+DNS_CAPTURE = "ISTIO_META_DNS_CAPTURE"
+# ProxyConfig fields a proxy reads only when it starts, and which the mesh file sets; the
+# gateway topology matters to gateways only (a sidecar is not restarted for it)
+_PROXY_CONFIG_FIELDS = ("gatewayTopology", "proxyStatsMatcher")
+_GATEWAY_ONLY = ("gatewayTopology",)
+_PROMETHEUS_PORT = "prometheus.io/port"
+_PROMETHEUS_SCRAPE = "prometheus.io/scrape"
+_STATUS_PORT = 15020
+
+
+@dataclass(frozen=True)
+class MeshProxyConfig:
+    """What a revision's mesh config gives each proxy it injects now (the parts a running
+    proxy keeps until its Pod is re-created)."""
+
+    default_config: Mapping[str, Any]
+    # enablePrometheusMerge as the mesh config sets it; None when it does not say (Istio's
+    # default, on): then the Pods' annotations are not judged
+    prometheus_merge: bool | None = None
+
+
+def mesh_proxy_config(mesh: Mapping[str, Any]) -> MeshProxyConfig:
+    default_config = mesh.get("defaultConfig")
+    merge = mesh.get("enablePrometheusMerge")
+    return MeshProxyConfig(
+        default_config=default_config if isinstance(default_config, Mapping) else {},
+        prometheus_merge=merge if isinstance(merge, bool) else None,
+    )
+
+
+def _sparse(value: Any) -> Any:
+    """A ProxyConfig value without its empty parts (the JSON the injector writes leaves out
+    zeros, false and empties; a mesh config may spell them)."""
+    if isinstance(value, Mapping):
+        kept = {str(k): _sparse(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, 0, False, "", [], {})}
+    if isinstance(value, list):
+        return [_sparse(v) for v in value]
+    return value
+
+
+def _env_value(container: Mapping[str, Any], name: str) -> str | None:
+    for entry in container.get("env") or []:
+        if entry.get("name") == name:
+            return str(entry.get("value") or "")
+    return None
+
+
+def mesh_differences(
+    pod: Mapping[str, Any], container: Mapping[str, Any], wanted: MeshProxyConfig
+) -> list[str]:
+    """The mesh config settings this sidecar started without ([] when current).
+
+    Only a sidecar the injector wrote its proxy config into (env PROXY_CONFIG, as Istio's
+    templates do) is judged; the proxy config only when the Pod does not override it
+    itself (annotation proxy.istio.io/config).
+    """
+    reasons = []
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    raw = _env_value(container, PROXY_CONFIG_ENV)
+    if raw is not None and not annotations.get(PROXY_CONFIG_ANNOTATION):
+        try:
+            started = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            started = None
+        if isinstance(started, Mapping):
+            sidecar = _sidecar_template(annotations)
+            for name in _PROXY_CONFIG_FIELDS:
+                if sidecar and name in _GATEWAY_ONLY:
+                    continue
+                if _sparse(started.get(name)) != _sparse(wanted.default_config.get(name)):
+                    reasons.append(f"proxy config {name} differs from the mesh config")
+            meta = wanted.default_config.get("proxyMetadata") or {}
+            if DNS_CAPTURE in meta:
+                have = str((started.get("proxyMetadata") or {}).get(DNS_CAPTURE) or "false")
+                if have.lower() != str(meta[DNS_CAPTURE]).lower():
+                    reasons.append(f"{DNS_CAPTURE} {have}, mesh config {meta[DNS_CAPTURE]}")
+    if (
+        wanted.prometheus_merge is True
+        and raw is not None  # injected by an istiod whose template writes the proxy config
+        and str(annotations.get(_PROMETHEUS_SCRAPE, "true")).lower() != "false"
+        and str(annotations.get(_PROMETHEUS_PORT)) != str(_STATUS_PORT)
+        and _sidecar_template(annotations)
+    ):
+        reasons.append("Prometheus merge is on, the sidecar was injected without it")
+    return reasons
+
+
 def outdated_reasons(
     pod: Mapping[str, Any],
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
     proxy_images: Mapping[str, str] | None = None,
+    mesh: Mapping[str, MeshProxyConfig] | None = None,
 ) -> list[str]:
     """Why this Pod's sidecar is out of date ([] when current, when it has none, or when
     the injector did not put it there: no `sidecar.istio.io/status`).
@@ -166,7 +259,8 @@ def outdated_reasons(
     entry: resources not compared); `proxy_images` a revision to the image repository
     its injector gives (`global.hub`/`global.proxy.image`; one from another registry is
     outdated, e.g. a hub moved off a switched-off registry). The Pod's revision is the
-    one that injected it.
+    one that injected it. `mesh` maps a revision to what its mesh config gives proxies
+    (`mesh_differences`; none: not compared).
     """
     container = proxy_container(pod)
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
@@ -190,6 +284,9 @@ def outdated_reasons(
         differences = resource_differences(container, wanted)
         if differences:
             reasons.append("resources differ: " + "; ".join(differences))
+    expected = (mesh or {}).get(revision)
+    if expected is not None:
+        reasons += mesh_differences(pod, container, expected)
     return reasons
 
 
@@ -280,13 +377,14 @@ def outdated_workloads(
     istiod_versions: Mapping[str, Version],
     proxy_resources: Mapping[str, Mapping[str, Any]],
     proxy_images: Mapping[str, str] | None = None,
+    mesh: Mapping[str, MeshProxyConfig] | None = None,
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
     for pod in pods:
         if not is_running(pod):
             continue
-        reasons = outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images)
+        reasons = outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images, mesh)
         if not reasons:
             continue
         workload = owner_workload(pod, replica_sets)
@@ -616,18 +714,40 @@ def control_plane(
     return istiod_revisions(deployments), resources, images
 
 
+def mesh_proxy_configs(cluster: Cluster, istio_namespace: str) -> dict[str, MeshProxyConfig]:
+    """What each revision's mesh config (ConfigMap `istio[-REV]`, key `mesh`) gives proxies."""
+    import yaml
+
+    from kymamesh.controlplane import MESH_CONFIGMAP, find_control_planes
+
+    found = {}
+    for plane in find_control_planes(cluster, istio_namespace):
+        live = cluster.get(plane.configmap(MESH_CONFIGMAP))
+        text = ((live or {}).get("data") or {}).get("mesh")
+        if not text:
+            continue
+        try:
+            mesh = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        if isinstance(mesh, Mapping):
+            found[plane.revision] = mesh_proxy_config(mesh)
+    return found
+
+
 def find_outdated(
     cluster: Cluster, istio_namespace: str, namespace: str | None = None
 ) -> list[OutdatedWorkload]:
-    """Workloads whose sidecars differ from istiod's version or the injector's resources."""
+    """Workloads whose sidecars differ from istiod's version, the injector's resources or
+    image, or the mesh config's proxy settings."""
     versions, resources, images = control_plane(cluster, istio_namespace)
+    mesh = mesh_proxy_configs(cluster, istio_namespace)
     pods = [
         p
         for p in list_pods(cluster, namespace)
-        if is_running(p) and outdated_reasons(p, versions, resources, images)
+        if is_running(p) and outdated_reasons(p, versions, resources, images, mesh)
     ]
     if not pods:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
         return []
-    return outdated_workloads(
-        pods, replica_set_index(cluster, namespace), versions, resources, images
-    )
+    index = replica_set_index(cluster, namespace)
+    return outdated_workloads(pods, index, versions, resources, images, mesh)

@@ -162,8 +162,12 @@ class MeshStatus:
 
     def to_json(self) -> dict[str, Any]:
         """The `data` of `status -o json`: stable camelCase keys (docs/reference/json-output.md)."""
+        state, description, conditions = module_state(self)
         return {
             "healthy": self.healthy,
+            "state": state,
+            "description": description,
+            "conditions": conditions,
             "problems": list(self.problems),
             "istio": {
                 "namespace": self.namespace,
@@ -183,6 +187,80 @@ class MeshStatus:
             "retiredRegistryImages": [dict(r) for r in self.retired_images],
             "advice": list(self.advice),
         }
+
+
+# -- a state in the spirit of the Kyma Istio module's ---------------------------------
+
+READY, PROCESSING, ERROR, DELETING, WARNING = "Ready", "Processing", "Error", "Deleting", "Warning"
+_IN_PROGRESS = ("pending-install", "pending-upgrade", "pending-rollback")
+
+
+def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, str]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+    }
+
+
+def module_state(st: MeshStatus) -> tuple[str, str, list[dict[str, str]]]:
+    """The mesh's state as the Kyma Istio module reports its resource's: a state (Ready,
+    Processing, Error, Deleting, Warning), a description, and conditions of type `Ready`
+    and `ProxySidecarRestartSucceeded` with a reason each (docs/reference/json-output.md).
+
+    Deleting: a release being uninstalled. Processing: a release being installed or
+    upgraded. Error: no istiod, an istiod not ready, a release missing or failed, an
+    insecure mesh config, a step that cannot be checked, or anything else `status` judges
+    unhealthy beyond the two below. Warning: the only problems are patch steps not
+    applied (drift), or sidecars out of date. Ready otherwise.
+    """
+    statuses = [r.release.status for r in st.releases if r.release is not None]
+    pending_steps = [s for s in st.steps if not s.applied and not s.error]
+    drift = [p for p in st.problems if p.startswith("patch step ") and "check failed" not in p]
+    others = [p for p in st.problems if p not in drift]
+    if "uninstalling" in statuses:
+        state, reason = DELETING, "IstioUninstalling"
+    elif any(x in _IN_PROGRESS for x in statuses):
+        state, reason = PROCESSING, "ReconcileUnknown"
+    elif not st.istiods:
+        state, reason = ERROR, "IstioNotInstalled"
+    elif others:
+        state, reason = ERROR, "ReconcileFailed"
+    elif pending_steps:
+        state, reason = WARNING, "PatchNotApplied"
+    else:
+        state, reason = READY, "ReconcileSucceeded"
+    message = "; ".join(st.problems) or "the mesh is in the state kymamesh leaves"
+    conditions = [_condition("Ready", state == READY, reason, message)]
+    manual = [o for o in st.outdated if o.get("action") in ("manual", "opted-out")]
+    if not st.outdated:
+        restart = _condition(
+            "ProxySidecarRestartSucceeded",
+            True,
+            "ProxySidecarRestartSucceeded",
+            "every sidecar is up to date",
+        )
+    elif manual:
+        names = ", ".join(f"{o['kind']}/{o['namespace']}/{o['name']}" for o in manual)
+        restart = _condition(
+            "ProxySidecarRestartSucceeded",
+            False,
+            "ProxySidecarManualRestartRequired",
+            f"out-of-date sidecars kymamesh does not restart: {names}",
+        )
+    else:
+        restart = _condition(
+            "ProxySidecarRestartSucceeded",
+            False,
+            "ProxySidecarRestartRequired",
+            f"{len(st.outdated)} workload(s) run out-of-date sidecars: run "
+            "`kymamesh patch --restart-proxies`",
+        )
+    conditions.append(restart)
+    if state == READY and st.outdated:
+        return WARNING, restart["message"], conditions
+    return state, message if state != READY else "Istio is ready", conditions
 
 
 # -- gathering ---------------------------------------------------------------

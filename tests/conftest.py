@@ -27,6 +27,13 @@ the messages, [] when none)
 Writes by users named system:* (controllers, scheduler, kwok) are left out unless
 include_system=True. Counts are exact right after the requests return (see AuditLog.settle).
 
+Clusters are started ahead of need (tests/support_clusters.py): while a test runs, the next
+one that starts a cluster (`fresh_cluster`, the session's `cluster`, a module fixture calling
+`_start`) gets one started in the background, and a test's own clusters are stopped in the
+background after it. KYMAMESH_TEST_PREFETCH=0 starts each when asked for, as before. The
+files run longest first (their tests in order), which balances `pytest -n 2 --dist loadfile`
+(scripts/test.sh); each xdist worker has its own session cluster.
+
 Chart sources on loopback (tests/support_sources.py, imported here so every test can ask for
 them): `chart_repo(*chart_dirs)` (a Helm repository over HTTP), `oci_registry(*chart_dirs)`
 (an OCI registry, plain HTTP), `source_tools` (their helm and registry binaries).
@@ -52,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support_clusters import pool
 from support_sources import chart_repo, oci_registry, source_tools
 
 TESTCLUSTER_PY = Path(__file__).resolve().parent / "cluster" / "testcluster.py"
@@ -78,10 +86,124 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cluster: talks to the test cluster (tests/cluster/)")
 
 
+def _uses_a_cluster(item: pytest.Item) -> bool:
+    return bool(CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if _uses_a_cluster(item):
             item.add_marker(pytest.mark.cluster)
+    _longest_files_first(items)
+
+
+def _longest_files_first(items: list[pytest.Item]) -> None:
+    """Order the files by their expected time, longest first (the tests of a file keep their
+    order): with xdist (`-n 2 --dist loadfile`, scripts/test.sh) a worker takes the next file
+    when it is nearly done with its own, so the short files fill the gaps at the end. The
+    estimate counts the clusters a file starts and its tests on a cluster."""
+    cost: dict[str, float] = {}
+    module_fixtures: dict[str, set[str]] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        weight = 0.1
+        if _uses_a_cluster(item):
+            weight = 6.0
+        if "fresh_cluster" in getattr(item, "fixturenames", ()):
+            weight += 30.0
+        for name in _own_cluster_fixtures(item):
+            if name not in module_fixtures.setdefault(path, set()):
+                module_fixtures[path].add(name)
+                weight += 30.0
+        cost[path] = cost.get(path, 0.0) + weight
+    first = {path: i for i, path in enumerate(dict.fromkeys(cost))}
+    items.sort(key=lambda it: (-cost[it.nodeid.split("::")[0]], first[it.nodeid.split("::")[0]]))
+
+
+def _own_cluster_fixtures(item: pytest.Item) -> list[str]:
+    """The fixtures of `item` other than the session's `cluster` that call `_start`."""
+    names = set(getattr(item, "fixturenames", ())) - {"cluster"}
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", None) or {}
+    found = []
+    for name in sorted(names & set(defs)):
+        code = getattr(getattr(defs[name][-1], "func", None), "__code__", None)
+        if code is not None and "_start" in code.co_names:
+            found.append(name)
+    return found
+
+
+# Clusters started ahead of need (support_clusters.py) --------------------------------------
+
+
+def _starts_a_cluster(item: pytest.Item | None) -> bool:
+    """Whether `item` starts a cluster: it uses `fresh_cluster`, or a fixture that calls
+    `_start` (the session's `cluster`, a module's own cluster) and is not set up yet."""
+    if item is None:
+        return False
+    names = set(getattr(item, "fixturenames", ()))
+    if "fresh_cluster" in names:
+        return True
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", None) or {}
+    if os.environ.get("KYMAMESH_TEST_KUBECONFIG_DIR"):
+        names.discard("cluster")  # an external cluster: nothing to start
+    for name in names & set(defs):
+        fixturedef = defs[name][-1]
+        code = getattr(getattr(fixturedef, "func", None), "__code__", None)
+        if (
+            code is not None
+            and "_start" in code.co_names
+            and getattr(fixturedef, "cached_result", None) is None
+        ):
+            return True
+    return False
+
+
+_ahead: dict[str, Any] = {"item": None, "next": None, "first": True}
+
+
+def _prefetch_for_what_comes() -> None:
+    """Start a spare cluster when the next test, or a later one of the current test's file,
+    starts one (the rest of a file runs in this process, with or without xdist)."""
+    item, nextitem = _ahead["item"], _ahead["next"]
+    if item is None:
+        return
+    if _starts_a_cluster(nextitem):
+        pool.prefetch()
+        return
+    items = item.session.items
+    here = item.nodeid.split("::")[0]
+    index = _ahead.get("index")
+    if index is None or _ahead.get("index_of") is not items:
+        _ahead["index"] = index = {it.nodeid: i for i, it in enumerate(items)}
+        _ahead["index_of"] = items
+    for later in items[index.get(item.nodeid, len(items)) + 1 :]:
+        if later.nodeid.split("::")[0] != here:
+            break
+        if _starts_a_cluster(later):
+            pool.prefetch()
+            return
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _ahead["item"], _ahead["next"] = item, nextitem
+    if pool.make_dir is None:
+        factory = getattr(item.config, "_tmp_path_factory", None)  # what tmp_path_factory is
+        if factory is not None:
+            pool.make_dir = lambda: factory.mktemp("cluster")
+    if _ahead["first"]:
+        _ahead["first"] = False
+        # the session's cluster starts while the tests that need none run
+        if not os.environ.get("KYMAMESH_TEST_KUBECONFIG_DIR") and any(
+            "cluster" in getattr(i, "fixturenames", ()) for i in item.session.items
+        ):
+            _build()
+            pool.prefetch()
+    _prefetch_for_what_comes()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    pool.close()
 
 
 class TestCluster:
@@ -270,11 +392,28 @@ def _cli(*args: str, timeout: float) -> str:
     return r.stdout.strip()
 
 
-def _start(directory: Path) -> TestCluster:
+_built = False
+
+
+def _build() -> None:
+    global _built
+    if _built:
+        return
     try:
         _cli("build", timeout=3600)  # instant when cached
     except RuntimeError as e:
         pytest.fail(f"could not build the test cluster: {e}", pytrace=False)
+    _built = True
+
+
+def _start(directory: Path) -> TestCluster:
+    """A new cluster: the spare started in the background (support_clusters.py) if there is
+    one, else one started now in `directory`."""
+    _build()
+    spare = pool.take()
+    if spare is not None:
+        _prefetch_for_what_comes()
+        return TestCluster(spare, owned=True)
     for attempt in (1, 2):  # a second try, should another process take a port picked for us
         try:
             _cli("up", "--dir", str(directory), timeout=600)
@@ -322,8 +461,7 @@ def fresh_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable
 
     yield make
     for c in started:
-        with contextlib.suppress(Exception):
-            c.down(keep=True)
+        pool.stop_later(c.dir)  # `down --keep` in the background
 
 
 def _ns_name(nodeid: str) -> str:

@@ -230,6 +230,7 @@ def test_fresh_install_of_istio_131(fresh_cluster: Any) -> None:
     status = kymamesh(c, "status", "-o", "json")
     assert status.code == 0, str(status)
     assert status.doc["data"]["advice"] == []
+    assert c.analyze() == []  # istioctl analyze -A: no warning, no error
 
 
 def test_patch_then_minor_upgrade_in_place(fresh_cluster: Any) -> None:
@@ -255,6 +256,7 @@ def test_patch_then_minor_upgrade_in_place(fresh_cluster: Any) -> None:
         )
         assert again.code == 0, str(again)
         assert writes.total == 0, writes.describe()
+    assert c.analyze() == []  # after the in-place upgrades: no warning, no error
     # the minor upgrade named what changes, and how to keep the old behaviour
     assert any("--compatibility-version 1.30" in n for n in run.doc["notes"]), run.doc["notes"]
 
@@ -300,3 +302,4 @@ def test_two_minors_by_revisions(fresh_cluster: Any) -> None:
     status = kymamesh(c, "status", "-o", "json")
     assert status.code == 0, str(status)
     assert [d["version"] for d in status.doc["data"]["istiod"]] == ["1.31.1"]
+    assert c.analyze() == []  # after the canary's finish: no warning, no error

@@ -18,9 +18,12 @@ from tests.test_json_contract import assert_result_shape
 STEPS = [
     "mtls-strict",
     "sidecar-resources",
+    "sidecar-image-hub",
     "injection-policy",
     "tracing-kyma-zipkin",
     "pilot-webhook",
+    "mesh-config",
+    "mesh-components",
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
@@ -28,6 +31,9 @@ STEPS = [
 ]
 DATA_KEYS = {
     "healthy",
+    "state",
+    "description",
+    "conditions",
     "problems",
     "istio",
     "releases",
@@ -38,6 +44,8 @@ DATA_KEYS = {
     "identity",
     "canary",
     "outdatedSidecars",
+    "advice",
+    "retiredRegistryImages",
 }
 
 
@@ -142,6 +150,13 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
             "--force -f pod.yaml)",
         }
     ]
+    # as the Kyma Istio module would say it: installed, but a sidecar needs a manual restart
+    assert data["state"] == "Warning"
+    conditions = {c["type"]: (c["status"], c["reason"]) for c in data["conditions"]}
+    assert conditions == {
+        "Ready": ("True", "ReconcileSucceeded"),
+        "ProxySidecarRestartSucceeded": ("False", "ProxySidecarManualRestartRequired"),
+    }
 
     text = kymamesh(cluster, "status")
     assert text.code == 0, str(text)

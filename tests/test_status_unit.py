@@ -344,6 +344,9 @@ def test_status_json_keys_are_stable() -> None:
     doc = st.to_json()
     assert set(doc) == {
         "healthy",
+        "state",
+        "description",
+        "conditions",
         "problems",
         "istio",
         "releases",

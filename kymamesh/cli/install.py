@@ -62,6 +62,7 @@ def install(
     hub: p.Hub = None,
     compatibility_version: CompatibilityVersion = None,
     skip_version_check: SkipVersionCheck = False,
+    mesh: p.Mesh = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -93,6 +94,7 @@ def install(
             config, domain, tls_cert, tls_key, restart_proxies, restart_batch, hub
         )
         p.add_identity(given, ctx, identity)
+        p.add_mesh(given, ctx, mesh)
         pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
 
     c.run_command("install", options, body)

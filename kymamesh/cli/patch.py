@@ -30,6 +30,7 @@ def patch(
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     hub: p.Hub = None,
+    mesh: p.Mesh = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -52,6 +53,7 @@ def patch(
             config, domain, tls_cert, tls_key, restart_proxies, restart_batch, hub
         )
         p.add_identity(given, ctx, identity)
+        p.add_mesh(given, ctx, mesh)
         pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
 
     c.run_command("patch", options, body)

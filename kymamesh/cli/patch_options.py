@@ -77,6 +77,16 @@ Identity = Annotated[
     ),
 ]
 
+Mesh = Annotated[
+    str | None,
+    typer.Option(
+        "--mesh",
+        metavar="FILE|cluster:",
+        help="Mesh file (docs/reference/mesh-file.md), or a Kyma Istio module `Istio` "
+        "resource, or `cluster:` to read the module's kyma-system/default from the cluster.",
+    ),
+]
+
 ResetSettings = Annotated[
     bool,
     typer.Option(
@@ -185,3 +195,26 @@ def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: st
     params, values = idn.read_identity_file(Path(identity))
     given["identity"] = params
     ctx.secret_values.update(values)
+
+
+def add_mesh(given: dict[str, dict[str, Any]], ctx: RunContext, mesh: str | None) -> None:
+    """`--mesh FILE|cluster:` as the parameters of the patch steps it sets (over `--config`'s)."""
+    from kymamesh import meshfile
+    from kymamesh.values import deep_merge
+
+    if mesh is None:
+        return
+    if mesh.strip() == meshfile.CLUSTER_SOURCE:
+        spec = meshfile.read_from_cluster(ctx.cluster)
+    elif mesh.startswith(meshfile.CLUSTER_SOURCE):
+        raise UsageError(
+            f"--mesh {mesh}: `{meshfile.CLUSTER_SOURCE}` takes nothing after the colon",
+            hint=f"write --mesh {meshfile.CLUSTER_SOURCE} to read "
+            f"{meshfile.MODULE_NAMESPACE}/{meshfile.MODULE_NAME}",
+        )
+    else:
+        spec = meshfile.read_mesh_file(Path(mesh))
+    translation = meshfile.translate(spec)
+    merged = deep_merge(given, translation.steps)
+    given.clear()
+    given.update({k: dict(v) for k, v in merged.items()})

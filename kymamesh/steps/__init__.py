@@ -15,9 +15,10 @@ from typing import Final
 
 from kymamesh.steps.addons import RemoveAddonsStep
 from kymamesh.steps.base import Change, Step, StepContext, StepKind
+from kymamesh.steps.components import ComponentsStep
 from kymamesh.steps.identity import IdentityStep
 from kymamesh.steps.injector import ImageHubStep, InjectionPolicyStep, SidecarResourcesStep
-from kymamesh.steps.meshconfig import ExtAuthzStep, TracingStep
+from kymamesh.steps.meshconfig import ExtAuthzStep, MeshSettingsStep, TracingStep
 from kymamesh.steps.mtls import PeerAuthenticationStep
 from kymamesh.steps.proxies import RestartProxiesStep
 from kymamesh.steps.tls import GatewayTlsStep
@@ -32,6 +33,8 @@ KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
         "injection-policy": InjectionPolicyStep,
         "mesh-tracing": TracingStep,
         "mesh-ext-authz": ExtAuthzStep,
+        "mesh-settings": MeshSettingsStep,
+        "mesh-components": ComponentsStep,
         "gateway-tls": GatewayTlsStep,
         "remove-addons": RemoveAddonsStep,
         "identity": IdentityStep,

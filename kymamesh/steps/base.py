@@ -52,6 +52,8 @@ class StepContext:
     charts_dir: Path | None = None
     # secret values read at run time (files, environment) for this run only; never remembered
     secret_values: Mapping[str, str] = field(default_factory=dict)
+    # this step's parameters as remembered from the former run (before this run's settings)
+    remembered: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def control_planes(self) -> tuple[ControlPlane, ...]:

@@ -298,37 +298,96 @@ class ExtAuthzWanted:
     enabled: bool
     name: str
     provider: dict[str, Any] = field(default_factory=dict)
+    # the mesh file's authorizers, each an extensionProviders entry of type envoyExtAuthzHttp
+    authorizers: tuple[dict[str, Any], ...] = ()
+    # authorizers a former run added that are no longer asked for: removed
+    retired: tuple[str, ...] = ()
 
 
 _EXT_AUTHZ = "envoyExtAuthzHttp"
 
 
-def ext_authz_wanted(params: Mapping[str, Any]) -> ExtAuthzWanted:
+def _ext_authz_settings(provider: Mapping[str, Any], step: str, key: str) -> dict[str, Any]:
+    service, port = _service_port(provider, step, key)
+    settings: dict[str, Any] = {"service": service, "port": port}
+    for name, value in provider.items():
+        if name in ("name", "service", "port") or value is None:
+            continue
+        if name == "timeout":
+            try:
+                duration(value)
+            except UsageError as exc:
+                raise UsageError(f"{step}: {key}.timeout: {exc.message}", exc.hint) from None
+            value = str(value)
+        elif name.startswith(("includeRequestHeaders", "headersTo", "includeAdditional")) and (
+            not isinstance(value, list | dict)
+        ):
+            raise UsageError(f"{step}: {key}.{name} must be a list of header names")
+        settings[name] = copy.deepcopy(value)
+    return settings
+
+
+def _authorizers(params: Mapping[str, Any], step: str, own: str) -> list[dict[str, Any]]:
+    raw = params.get("authorizers") or []
+    if not isinstance(raw, list):
+        raise UsageError(
+            f"{step}: authorizers must be a list of extension providers",
+            hint="write e.g. `authorizers: [{name: authz, envoyExtAuthzHttp: {service: "
+            "authz.ns.svc.cluster.local, port: 8080}}]`, or use the mesh file's "
+            "config.authorizers",
+        )
+    found: list[dict[str, Any]] = []
+    names = {own}
+    for i, entry in enumerate(raw):
+        key = f"authorizers[{i}]"
+        entry = _provider_map(entry, step, key)
+        name = _name(entry, step, key)
+        if name in names:
+            raise UsageError(
+                f"{step}: {key}.name {name!r} is taken"
+                + (" by the Kyma webhook's provider" if name == own else ""),
+                hint="give each authorizer its own name",
+            )
+        names.add(name)
+        settings = _provider_map(entry.get(_EXT_AUTHZ), step, f"{key}.{_EXT_AUTHZ}")
+        found.append({"name": name, _EXT_AUTHZ: _ext_authz_settings(settings, step, key)})
+    return found
+
+
+def ext_authz_wanted(
+    params: Mapping[str, Any], remembered: Mapping[str, Any] | None = None
+) -> ExtAuthzWanted:
+    """`remembered`: the step's parameters of the former run (its authorizers that are
+    not asked for any more are removed)."""
     step = "pilot-webhook"
     enabled = params.get("enabled", True)
     if not isinstance(enabled, bool):
         raise UsageError(f"{step}: enabled must be true or false (found {enabled!r})")
     provider = _provider_map(params.get("provider"), step)
     name = _name(provider, step)
+    authorizers = tuple(_authorizers(params, step, name))
+    wanted_names = {a["name"] for a in authorizers}
+    before = (remembered or {}).get("authorizers")
+    retired = tuple(
+        sorted(
+            {
+                str(a.get("name"))
+                for a in (before if isinstance(before, list) else [])
+                if isinstance(a, dict) and a.get("name") and a.get("name") not in wanted_names
+            }
+            - {name}
+        )
+    )
     if not enabled:
-        return ExtAuthzWanted(enabled=False, name=name)
-    service, port = _service_port(provider, step)
-    settings: dict[str, Any] = {"service": service, "port": port}
-    for key, value in provider.items():
-        if key in ("name", "service", "port") or value is None:
-            continue
-        if key == "timeout":
-            try:
-                duration(value)
-            except UsageError as exc:
-                raise UsageError(f"{step}: provider.timeout: {exc.message}", exc.hint) from None
-            value = str(value)
-        elif key.startswith(("includeRequestHeaders", "headersTo", "includeAdditional")) and (
-            not isinstance(value, list | dict)
-        ):
-            raise UsageError(f"{step}: provider.{key} must be a list of header names")
-        settings[key] = copy.deepcopy(value)
-    return ExtAuthzWanted(enabled=True, name=name, provider={"name": name, _EXT_AUTHZ: settings})
+        return ExtAuthzWanted(enabled=False, name=name, authorizers=authorizers, retired=retired)
+    settings = _ext_authz_settings(provider, step, "provider")
+    return ExtAuthzWanted(
+        enabled=True,
+        name=name,
+        provider={"name": name, _EXT_AUTHZ: settings},
+        authorizers=authorizers,
+        retired=retired,
+    )
 
 
 def _same_ext_authz(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
@@ -346,53 +405,227 @@ def _same_ext_authz(live: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return rest_live == rest_wanted and live_settings == wanted_settings
 
 
-def apply_ext_authz(mesh: dict[str, Any], wanted: ExtAuthzWanted) -> list[str]:
-    """Edit a mesh config in place; what was done, in words ([] when in place)."""
-    providers = mesh.get("extensionProviders") or []
+def _put_provider(
+    providers: list[Any], wanted: Mapping[str, Any] | None, name: str, done: list[str]
+) -> list[Any]:
+    """The providers with the one named `name` as wanted (None: removed)."""
     kept: list[Any] = []
     found = False
-    done: list[str] = []
     for provider in providers:
-        if not isinstance(provider, dict) or provider.get("name") != wanted.name:
+        if not isinstance(provider, dict) or provider.get("name") != name:
             kept.append(provider)
             continue
-        if not wanted.enabled:
-            done.append(f"removed extension provider {wanted.name}")
+        if wanted is None:
+            done.append(f"removed extension provider {name}")
             continue
         if found:
             continue  # a duplicate of our own entry
         found = True
-        if _same_ext_authz(provider, wanted.provider):
+        if _same_ext_authz(provider, wanted):
             kept.append(provider)
         else:
-            kept.append(copy.deepcopy(wanted.provider))
-            done.append(f"updated extension provider {wanted.name}")
-    if wanted.enabled and not found:
-        kept.append(copy.deepcopy(wanted.provider))
-        settings = wanted.provider[_EXT_AUTHZ]
+            kept.append(copy.deepcopy(dict(wanted)))
+            done.append(f"updated extension provider {name}")
+    if wanted is not None and not found:
+        kept.append(copy.deepcopy(dict(wanted)))
+        settings = wanted[_EXT_AUTHZ]
         done.append(
-            f"added extension provider {wanted.name} "
+            f"added extension provider {name} "
             f"({_EXT_AUTHZ} {settings['service']}:{settings['port']})"
         )
-    if kept != providers:
+    return kept
+
+
+def apply_ext_authz(mesh: dict[str, Any], wanted: ExtAuthzWanted) -> list[str]:
+    """Edit a mesh config in place; what was done, in words ([] when in place)."""
+    providers = list(mesh.get("extensionProviders") or [])
+    done: list[str] = []
+    kept = _put_provider(providers, wanted.provider if wanted.enabled else None, wanted.name, done)
+    for authorizer in wanted.authorizers:
+        kept = _put_provider(kept, authorizer, str(authorizer["name"]), done)
+    for name in wanted.retired:
+        kept = _put_provider(kept, None, name, done)
+    if kept != (mesh.get("extensionProviders") or []):
         mesh["extensionProviders"] = kept
     return done
 
 
 class ExtAuthzStep:
-    """The Kyma webhook registered with istiod as an HTTP external-authorization provider.
+    """The Kyma webhook registered with istiod as an HTTP external-authorization provider,
+    and the mesh file's authorizers beside it (`authorizers`).
 
-    `enabled: false` removes the provider kymamesh added (found by its name).
+    `enabled: false` removes the provider kymamesh added (found by its name); an
+    authorizer a former run added and the settings no longer name is removed too.
     """
 
-    PARAMS: ClassVar[frozenset[str]] = frozenset({"enabled", "provider"})
+    PARAMS: ClassVar[frozenset[str]] = frozenset({"enabled", "provider", "authorizers"})
 
     def preflight(self, ctx: StepContext) -> str | None:
-        wanted = ext_authz_wanted(ctx.params)
+        wanted = ext_authz_wanted(ctx.params, ctx.remembered)
         if wanted.enabled:
             refuse_unreadable("pilot-webhook", "provider", wanted.provider)
+        for i, authorizer in enumerate(wanted.authorizers):
+            refuse_unreadable("pilot-webhook", f"authorizers[{i}]", authorizer)
         return None
 
     def check(self, ctx: StepContext) -> list[Change]:
-        wanted = ext_authz_wanted(ctx.params)
+        wanted = ext_authz_wanted(ctx.params, ctx.remembered)
         return _mesh_changes(ctx, mesh_editor(lambda mesh: apply_ext_authz(mesh, wanted)))
+
+
+# -- the mesh file's mesh-wide settings ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeshSettingsWanted:
+    """The mesh config fields the mesh file sets; a field that is None is left alone."""
+
+    num_trusted_proxies: int | None = None
+    forward_client_cert_details: str | None = None
+    prometheus_merge: bool | None = None
+    trust_domain: str | None = None
+    dns_proxying: bool | None = None
+    stats_inclusion: tuple[str, ...] | None = None
+
+
+# step parameter -> the mesh file field it comes from (its type and allowed values)
+_MESH_PARAMS = {
+    "numTrustedProxies": "config.numTrustedProxies",
+    "forwardClientCertDetails": "config.forwardClientCertDetails",
+    "prometheusMerge": "config.telemetry.metrics.prometheusMerge",
+    "trustDomain": "config.trustDomain",
+    "dnsProxying": "config.enableDNSProxying",
+    "proxyStatsInclusionRegexps": "config.proxyStatsMatcher.inclusionRegexps",
+}
+DNS_CAPTURE = "ISTIO_META_DNS_CAPTURE"
+
+
+def mesh_settings_wanted(params: Mapping[str, Any]) -> MeshSettingsWanted:
+    """The step's parameters, each checked as its mesh file field."""
+    from kymamesh import meshfile
+
+    checked: dict[str, Any] = {}
+    for param, path in _MESH_PARAMS.items():
+        value = params.get(param)
+        if value is None:
+            continue
+        spec_field = meshfile.SCHEMA
+        for part in path.split("."):
+            spec_field = spec_field.child(part)
+        checked[param] = meshfile.check_value(value, spec_field, "mesh-config", param)
+    inclusion = checked.get("proxyStatsInclusionRegexps")
+    return MeshSettingsWanted(
+        num_trusted_proxies=checked.get("numTrustedProxies"),
+        forward_client_cert_details=checked.get("forwardClientCertDetails"),
+        prometheus_merge=checked.get("prometheusMerge"),
+        trust_domain=checked.get("trustDomain"),
+        dns_proxying=checked.get("dnsProxying"),
+        stats_inclusion=None if inclusion is None else tuple(inclusion),
+    )
+
+
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any, done: list[str], why: str) -> None:
+    """doc[path] = value (maps made on the way) when it differs; said in `done`."""
+    here = doc
+    for key in path[:-1]:
+        here = _mapping_at(here, key)
+    old = here.get(path[-1])
+    if old == value:
+        return
+    here[path[-1]] = copy.deepcopy(value)
+    was = "" if old is None else f" (was {old})"
+    done.append(f"{'.'.join(path)} {value}{was}{why}")
+
+
+_GATEWAYS_RESTART = "; the gateways take it when restarted"
+_PROXIES_RESTART = "; sidecars and gateways take it when restarted"
+
+
+def apply_mesh_settings(mesh: dict[str, Any], wanted: MeshSettingsWanted) -> list[str]:
+    """Edit a mesh config in place; what was done, in words ([] when in place)."""
+    done: list[str] = []
+    topology = ("defaultConfig", "gatewayTopology")
+    if wanted.num_trusted_proxies is not None:
+        _set(
+            mesh,
+            (*topology, "numTrustedProxies"),
+            wanted.num_trusted_proxies,
+            done,
+            _GATEWAYS_RESTART,
+        )
+    if wanted.forward_client_cert_details is not None:
+        _set(
+            mesh,
+            (*topology, "forwardClientCertDetails"),
+            wanted.forward_client_cert_details,
+            done,
+            _GATEWAYS_RESTART,
+        )
+    if wanted.prometheus_merge is not None:
+        _set(
+            mesh,
+            ("enablePrometheusMerge",),
+            wanted.prometheus_merge,
+            done,
+            "; sidecars take it when restarted",
+        )
+    if wanted.trust_domain is not None:
+        _set(
+            mesh,
+            ("trustDomain",),
+            wanted.trust_domain,
+            done,
+            "; workloads get certificates of it when restarted",
+        )
+    if wanted.dns_proxying is not None:
+        _set(
+            mesh,
+            ("defaultConfig", "proxyMetadata", DNS_CAPTURE),
+            str(wanted.dns_proxying).lower(),
+            done,
+            _PROXIES_RESTART,
+        )
+    if wanted.stats_inclusion is not None:
+        matcher_path = ("defaultConfig", "proxyStatsMatcher", "inclusionRegexps")
+        if wanted.stats_inclusion:
+            _set(mesh, matcher_path, list(wanted.stats_inclusion), done, _PROXIES_RESTART)
+        else:
+            matcher = (mesh.get("defaultConfig") or {}).get("proxyStatsMatcher")
+            if isinstance(matcher, dict) and "inclusionRegexps" in matcher:
+                del matcher["inclusionRegexps"]
+                if not matcher:
+                    del mesh["defaultConfig"]["proxyStatsMatcher"]
+                done.append(
+                    "removed defaultConfig.proxyStatsMatcher.inclusionRegexps" + _PROXIES_RESTART
+                )
+    return done
+
+
+class MeshSettingsStep:
+    """The mesh file's mesh-wide settings in the mesh config (ConfigMap `istio`, key
+    `mesh`): trusted proxies and client-certificate forwarding at the gateways, Prometheus
+    merge, the trust domain, DNS proxying, the proxies' stats. A parameter left null is
+    not touched. Running proxies keep what they started with: the step `restart-proxies`
+    lists them (and restarts them on request)."""
+
+    PARAMS: ClassVar[frozenset[str]] = frozenset(_MESH_PARAMS)
+
+    def preflight(self, ctx: StepContext) -> str | None:
+        from kymamesh.meshschema import mesh_config_problems
+
+        made: dict[str, Any] = {}
+        apply_mesh_settings(made, mesh_settings_wanted(ctx.params))
+        problems = mesh_config_problems(made)  # as istiod reads a MeshConfig
+        if problems:
+            raise UsageError(
+                "mesh-config: the mesh config made of these settings is not one istiod can "
+                "read:\n  " + "\n  ".join(problems),
+                hint="fix the mesh file (docs/reference/mesh-file.md)",
+            )
+        return None
+
+    def check(self, ctx: StepContext) -> list[Change]:
+        wanted = mesh_settings_wanted(ctx.params)
+        if wanted == MeshSettingsWanted():
+            return []
+        return _mesh_changes(ctx, mesh_editor(lambda mesh: apply_mesh_settings(mesh, wanted)))

@@ -47,6 +47,7 @@ from kymamesh.sidecars import (
     Workload,
     control_plane,
     find_outdated,
+    mesh_proxy_configs,
     on_delete,
     opted_out,
     outdated_reasons,
@@ -499,13 +500,14 @@ def injector_gives(cluster: Cluster, workload: Obj, istio_namespace: str) -> lis
     """What is still out of date in the sidecar the injector gives this workload's Pods now:
     [] when it is current, None when they would get none. A dry run: nothing is created."""
     versions, resources, images = control_plane(cluster, istio_namespace)
+    mesh = mesh_proxy_configs(cluster, istio_namespace)
     try:
         pod = cluster.dry_run_create(_probe_pod(workload))
     except ApiError as exc:  # e.g. the injector refuses while istiod restarts, or a quota
         return [f"{_REFUSED}{exc.message}"]
     if proxy_container(pod) is None:
         return None
-    return outdated_reasons(pod, versions, resources, images)
+    return outdated_reasons(pod, versions, resources, images, mesh)
 
 
 def wait_for_injector(cluster: Cluster, ref: Ref, istio_namespace: str, timeout: float) -> None:
