@@ -36,7 +36,7 @@ from kymamesh.errors import (
     WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
-from kymamesh.inventory import INSTALL_DESCRIPTION
+from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import ChartRelease, IstioRelease, catalog, pinned
 from kymamesh.values import (
@@ -463,20 +463,24 @@ def plan_releases(
     rows: tuple[ChartRelease, ...] | None = None,
     revision_based: bool = False,
 ) -> list[PlannedRelease]:
-    """Read-only: which releases need an install or upgrade, and why. Refuses early.
+    """Read-only: which releases need an install or upgrade, and why. Refuses early:
+    releases kymamesh did not make first, before any chart is loaded.
     `rows`: the releases to plan (default: the release table); `revision_based`: the
     version gate of an upgrade by revisions (up to two minors)."""
     release = the_release(ctx)
     ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
+    rows = release.releases if rows is None else rows
+    found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
+    refuse_foreign_releases(found, release.namespace)
     plans = []
-    for row in release.releases if rows is None else rows:
+    for row in rows:
         chart = load_chart(ctx, inputs, row)
         plans.append(
             PlannedRelease(
                 row=row,
                 chart=chart,
                 values=stack.merged(row.chart),
-                deployed=ctx.helm.deployed(row.release, release.namespace),
+                deployed=found[row.release],
             )
         )
     for plan in plans:
@@ -499,6 +503,29 @@ def plan_releases(
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
     return plans
+
+
+def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], namespace: str) -> None:
+    """Helm releases of the release table that kymamesh did not make (a plain `helm
+    install`, another tool) are not `install`'s to take over: refused, as `patch` and the
+    identity step refuse an Istio or a Dex someone else installed. kymamesh's releases carry
+    its mark (`kymamesh.inventory.marked_by_kymamesh`), which Helm keeps on the revisions a
+    person's own `helm upgrade` adds."""
+    foreign = [r for r in deployed.values() if r is not None and not marked_by_kymamesh(r)]
+    if not foreign:
+        return
+    names = ", ".join(
+        f"{namespace}/{r.name} ({r.chart} {r.chart_version}, revision {r.revision})"
+        for r in foreign
+    )
+    plural = len(foreign) > 1
+    raise PreconditionError(
+        f"Helm release{'s' if plural else ''} {names} {'were' if plural else 'was'} not "
+        "installed by kymamesh; `install` does not take over an Istio someone else "
+        "installed with Helm",
+        hint="to bring that Istio to the Kyma state (and keep upgrading it with your own "
+        "Helm), run `kymamesh patch --existing-istio`",
+    )
 
 
 def behaviour_notes(release: IstioRelease, plans: list[PlannedRelease]) -> list[str]:
