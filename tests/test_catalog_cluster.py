@@ -318,7 +318,7 @@ def test_charts_whose_default_hub_is_retired_install_from_the_catalogs(
     values.write_text(text.replace("    hub: docker.io/istio\n", f"    hub: {RETIRED}\n"))
     c = fresh_cluster()
     rendered = c.helm_run("template", "istiod", str(charts / "istiod"), "-n", NAMESPACE)
-    assert f"image: \"{RETIRED}/pilot:1.30.3\"" in rendered.stdout  # the chart's default
+    assert f'image: "{RETIRED}/pilot:1.30.3"' in rendered.stdout  # the chart's default
     run = kymamesh(c, "install", "--charts-dir", str(charts), "-y")
     assert run.code == 0, str(run)
     meshed(c, "shop")
