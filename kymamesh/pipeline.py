@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kymamesh import controlplane, meshfile, tags
 from kymamesh.cluster import Ref
@@ -155,25 +155,42 @@ def _load_remote(
     ctx: RunContext, inputs: ChartInputs, chart: str, release: IstioRelease
 ) -> LoadedChart:
     sources = chart_sources(inputs.repository, release)
-    failures = []
+    source, loaded = from_first_source(
+        ctx,
+        f"{chart} {release.version}",
+        sources,
+        lambda source: ctx.helm.load_remote(chart, source, release.version, inputs.plain_http),
+    )
+    ctx.result.data.setdefault("chartSources", {})[chart] = source
+    return loaded
+
+
+T = TypeVar("T")
+
+
+def from_first_source(
+    ctx: RunContext, what: str, sources: tuple[str, ...], fetch: Callable[[str], T]
+) -> tuple[str, T]:
+    """`fetch` from each chart source in order until one serves: (that source, its answer).
+    Every source refusing is one error naming each source's refusal."""
+    failures: list[ChartSourceError] = []
     for source in sources:
         try:
-            loaded = ctx.helm.load_remote(chart, source, release.version, inputs.plain_http)
+            found = fetch(source)
         except ChartSourceError as exc:
             failures.append(exc)
             if len(sources) > 1:
-                ctx.progress.info(f"{chart} {release.version}: {source} did not serve it")
+                ctx.progress.info(f"{what}: {source} did not serve it")
             continue
         if source != sources[0]:
-            ctx.progress.info(f"{chart} {release.version} came from {source}")
-        ctx.result.data.setdefault("chartSources", {})[chart] = source
-        return loaded
+            ctx.progress.info(f"{what} came from {source}")
+        return source, found
     if len(failures) == 1:
         raise failures[0]
     raise ChartSourceError(
-        f"no chart source served {chart} {release.version}: "
-        + "; ".join(f.message for f in failures),
-        hint=failures[-1].hint,
+        f"no chart source served {what}: " + "; ".join(f.message for f in failures),
+        hint="check the network access to the chart sources, or pass --repo with a mirror "
+        "(`kymamesh charts pull` elsewhere and --charts-dir for an air-gapped cluster)",
     )
 
 
