@@ -85,7 +85,7 @@ def apply(cluster: Any, manifest: str) -> None:
 
 
 def install_as_an_earlier_kymamesh(
-    cluster: Any, charts: Path, *patch_args: str, timeout: str = "180s"
+    cluster: Any, charts: Path, *patch_args: str, timeout: str = "300s"
 ) -> None:
     """An Istio of a minor this kymamesh no longer installs (1.29), as an earlier kymamesh
     release left it: the three Helm releases with kymamesh's values and the revision
