@@ -57,6 +57,23 @@ def helm_install_foreign(cluster: Any) -> None:
         )
 
 
+def meshed_deployment(name: str) -> dict[str, Any]:
+    """A one-replica Deployment whose Pods ask for a sidecar (`sidecar.istio.io/inject`)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, "sidecar.istio.io/inject": "true"}},
+                "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+            },
+        },
+    }
+
+
 def writes_during(cluster: Any, fn: Any) -> tuple[Any, Any]:
     """(fn(), the writes to the cluster while it ran: by kymamesh and by helm)."""
     mark = cluster.audit.mark()

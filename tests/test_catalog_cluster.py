@@ -17,27 +17,12 @@ from tests.support_lifecycle import (
     get,
     install_as_an_earlier_kymamesh,
     kymamesh,
+    meshed_deployment,
     writes_during,
 )
 
 RETIRED = "registry.istio.io/release"
 CHARTS_129 = ROOT / "tests" / "fixtures" / "charts-1.29"
-
-
-def meshed_deployment(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name, "sidecar.istio.io/inject": "true"}},
-                "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
-            },
-        },
-    }
 
 
 def proxy_images(c: Any, namespace: str) -> dict[str, str]:
