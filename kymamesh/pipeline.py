@@ -14,6 +14,7 @@ are already deployed is left alone, so a re-run writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshfile, tags
+from kymamesh import controlplane, meshfile, tags, unverified
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -90,10 +91,18 @@ class PlannedRelease:
     values: Values
     deployed: DeployedRelease | None
     reasons: list[str] = field(default_factory=list)
+    # its injector not seen to answer since kymamesh last changed it (`kymamesh.unverified`)
+    unverified: str = ""
 
     @property
     def needed(self) -> bool:
+        """Whether helm must install or upgrade it."""
         return bool(self.reasons)
+
+    @property
+    def acts(self) -> bool:
+        """Whether this run writes for it: a helm upgrade, or a mark to clear."""
+        return self.needed or bool(self.unverified)
 
 
 def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
@@ -489,6 +498,7 @@ def plan_releases(
     rows = release.releases if rows is None else rows
     found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
     refuse_foreign_releases(found, release.namespace)
+    marked = unverified.marks(ctx.cluster, release.namespace) if any(found.values()) else {}
     plans = []
     for row in rows:
         chart = load_chart(ctx, inputs, row)
@@ -498,6 +508,7 @@ def plan_releases(
                 chart=chart,
                 values=stack.merged(row.chart),
                 deployed=found[row.release],
+                unverified=marked.get(row.release, "") if found[row.release] else "",
             )
         )
     for plan in plans:
@@ -859,7 +870,7 @@ def run_phase_charts(
     plans = plan_releases(ctx, inputs, stack, rows, revision_based)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
-    if any(p.needed for p in plans) and not ctx.options.dry_run:
+    if any(p.acts for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
         plans = plan_releases(ctx, inputs, stack, rows, revision_based)  # again, under the lock
     ctx.result.notes.extend(behaviour_notes(release, plans))
@@ -883,7 +894,17 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
     item.changes = list(plan.reasons)
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
-        if not ctx.options.dry_run:
+        if plan.unverified:
+            # changed by an earlier run whose injector check failed or was cut short
+            item.changes.append(f"injector not seen to answer since: {plan.unverified}")
+            if ctx.options.dry_run:
+                item.outcome = Outcome.WOULD_CHANGE
+                item.summary += "; would check its injector answers again"
+                return
+            _wait_ready(ctx, plan, namespace, changed=True, known=plan.deployed)
+            item.outcome = Outcome.CHANGED
+            item.summary += "; its injector answers again"
+        elif not ctx.options.dry_run:
             _wait_ready(ctx, plan, namespace, changed=False, known=plan.deployed)
         return
     if ctx.options.dry_run:
@@ -917,14 +938,26 @@ def _wait_ready(
     """
     manifest = ctx.helm.manifest(plan.row.release, namespace, known)
     deadline = time.monotonic() + ctx.options.timeout
-    ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+    injectors = [h for h in manifest if h.get("kind") == "MutatingWebhookConfiguration"]
     if not changed:  # a release left as it was: its webhooks were answered before
+        ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
         return
-    for hook in manifest:
-        if hook.get("kind") == "MutatingWebhookConfiguration":
+    marks = {plan.row.release: plan.unverified} if plan.unverified else {}
+    if injectors and not plan.unverified:  # marked until its injector answers
+        unverified.mark(ctx.cluster, namespace, plan.row.release, unverified.WAITING)
+        marks = {plan.row.release: unverified.WAITING}
+    try:
+        ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+        for hook in injectors:
             labels = controlplane.labels_of(hook)
             revision = labels.get(controlplane.REVISION_LABEL, controlplane.DEFAULT_REVISION)
             _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
+    except KymameshError as exc:
+        if injectors:
+            with contextlib.suppress(KymameshError):  # the wait's own error is the one to tell
+                unverified.mark(ctx.cluster, namespace, plan.row.release, exc.message)
+        raise
+    unverified.clear(ctx.cluster, namespace, plan.row.release, marks)
 
 
 DENIAL_SETTLE_S = 2.0  # the same denial this long: istiod means it (not a start-up blip)
@@ -982,7 +1015,7 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             elif denied is None or denied[0] != exc.message:
                 denied = (exc.message, now)
             elif now - denied[1] >= DENIAL_SETTLE_S:
-                raise KymameshError(
+                raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
                     f"Pods: {exc.message}",
                     hint="the injection template cannot be rendered with these values (or "

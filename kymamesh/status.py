@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kymamesh import inventory as inv
-from kymamesh import sidecars
+from kymamesh import sidecars, unverified
 from kymamesh.canary import CanaryState
 from kymamesh.canary import read_state as read_canary
 from kymamesh.cluster import Cluster, Obj
@@ -301,6 +301,12 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     for plane in planes:
         problems += mesh_config_security(cluster, plane)
     problems += canary.problems()
+    for name, why in unverified.marks(cluster, namespace).items():
+        problems.append(
+            f"Helm release {namespace}/{name}: its injector has not been seen to answer since "
+            f"kymamesh last changed it ({why}; ConfigMap {namespace}/{unverified.NAME}); "
+            "re-run kymamesh install, which checks it again"
+        )
     identity = identity_state(ctx, specs) if istiods else None
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
