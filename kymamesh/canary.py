@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from kymamesh import MANAGED_BY_LABEL, pipeline, settings, sidecars, tags
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
@@ -292,14 +292,22 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
     default tag's webhooks are the ones called (`controlplane.probe_namespace`)."""
     deadline = time.monotonic() + timeout
     seen = "nothing yet"
+    denials = pipeline.Denials()
     while True:
         try:
             got = probe_injection(cluster, DEFAULT_REVISION, namespace)
             if got == holder:
                 return
             seen = "admitted without a sidecar" if got is None else f"injected by revision {got}"
+            denials.see(None)
         except ApiError as exc:
             seen = exc.message
+            if denials.see(exc):
+                raise PreconditionError(
+                    f"the default tag points at revision {holder}, and its injector refuses "
+                    f"Pods: {exc.message}",
+                    hint=f"look at istiod's log and the injector ConfigMap of revision {holder}",
+                ) from None
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(
                 f"timed out after {timeout:.0f}s waiting for the default tag to reach "
@@ -468,7 +476,10 @@ def move_tag(
         tag = tag_plan(ctx.cluster, read_state(ctx), target)  # again, under the lock
     _run(ctx, PHASE_TAG, tag)
     if tag.actions and not ctx.options.dry_run:
-        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+        try:
+            wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+        except KymameshError as exc:
+            _move_back(ctx, state, target, exc)
     restarts = restart_plan(ctx, target.revision, batch_size)  # after the tag took effect
     if restarts.actions and not ctx.options.dry_run and not tag.actions:
         # a re-run: the tag an earlier run wrote must be in effect; then plan under the lock
@@ -478,6 +489,27 @@ def move_tag(
         restarts = restart_plan(ctx, target.revision, batch_size)
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx).to_json()
+
+
+def _move_back(
+    ctx: RunContext, before: CanaryState, target: ControlPlane, exc: KymameshError
+) -> NoReturn:
+    """The default tag did not take effect on `target` (its injector does not answer, or
+    refuses Pods): point it back at the revision that held it before, so that Pods asking
+    for the default revision are injected again rather than refused by a webhook that
+    fails closed, then fail with why."""
+    planes = ([before.canary] if before.canary is not None else []) + list(before.others)
+    previous = next((p for p in planes if p.revision == before.holder), None)
+    if previous is None or previous.revision == target.revision:
+        raise exc
+    _run(ctx, PHASE_TAG, tag_plan(ctx.cluster, read_state(ctx), previous))
+    kind = WaitTimeoutError if isinstance(exc, WaitTimeoutError) else PreconditionError
+    raise kind(
+        f"{exc.message}; the default tag was moved back to revision {previous.revision}, "
+        "which held it before",
+        hint=f"make revision {target.revision}'s istiod answer (its Deployment, its "
+        "injector ConfigMap and its log; `kymamesh status`), then re-run",
+    ) from None
 
 
 def promote(ctx: RunContext, batch_size: int | None = None) -> None:

@@ -976,6 +976,25 @@ def webhook_denial(exc: ApiError) -> bool:
     )
 
 
+class Denials:
+    """Tells when a webhook's denial is meant: the same denial (`webhook_denial`) seen
+    again after DENIAL_SETTLE_S, not a blip while istiod starts."""
+
+    def __init__(self) -> None:
+        self._first: tuple[str, float] | None = None  # the denial, and since when
+
+    def see(self, exc: ApiError | None) -> bool:
+        """Record one probe's error (None: it got an answer); True once settled."""
+        now = time.monotonic()
+        if exc is None or not webhook_denial(exc):
+            self._first = None
+            return False
+        if self._first is None or self._first[0] != exc.message:
+            self._first = (exc.message, now)
+            return False
+        return now - self._first[1] >= DENIAL_SETTLE_S
+
+
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
     """Wait until istiod's injection webhook answers: a dry-run Pod gets the sidecar of
     the revision expected to inject it (`revision`; for the unnamed one, the revision the
@@ -998,7 +1017,7 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
         expected = tags.tag_revision(tag) or revision
     deadline = time.monotonic() + timeout
     pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
-    denied: tuple[str, float] | None = None  # the webhook's denial, and since when
+    denials = Denials()
     while True:
         try:
             got = controlplane.probe_injection(ctx.cluster, revision, namespace)
@@ -1007,14 +1026,10 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             seen = "a test Pod got " + (
                 "no sidecar" if got is None else f"the sidecar of revision {got}"
             )
+            denials.see(None)
         except ApiError as exc:
             seen = exc.message
-            now = time.monotonic()
-            if not webhook_denial(exc):
-                denied = None
-            elif denied is None or denied[0] != exc.message:
-                denied = (exc.message, now)
-            elif now - denied[1] >= DENIAL_SETTLE_S:
+            if denials.see(exc):
                 raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
                     f"Pods: {exc.message}",
@@ -1022,8 +1037,6 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
                     "istiod refuses them): fix the values given with -f/--set, or look at "
                     "istiod's log, and re-run",
                 ) from None
-        else:
-            denied = None
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(
                 f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
