@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshfile, meshidentity, tags
+from kymamesh import controlplane, meshca, meshfile, meshidentity, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -440,6 +440,7 @@ def install(
     given: PatchSettings,
     reset: bool,
     revision_based: bool = False,
+    ca_dir: Path | None = None,
 ) -> None:
     """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
     the catalog or the cluster's Kubernetes range, a foreign istiod and every step's
@@ -464,11 +465,25 @@ def install(
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)
     refuse_foreign_istiod(ctx, layout.istiod_release)
+    ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
+    if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
+        meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     run_phase_charts(ctx, inputs, stack, layout.rows, revision_based=layout.canary)
     patching.run_patch(ctx, specs)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
+
+
+def _plan_ca(
+    ctx: RunContext, specs: list[Any], ca_dir: Path | None, namespace: str
+) -> meshca.CaPlan | None:
+    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it."""
+    if ca_dir is None:
+        return None
+    identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
+    name = meshidentity.wanted(identity).get("clusterName")
+    return meshca.plan(ctx.cluster, namespace, ca_dir, name)
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
