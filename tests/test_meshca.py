@@ -68,7 +68,7 @@ def test_a_key_of_another_certificate_is_refused(tmp_path: Path) -> None:
     assert isinstance(root, certs.RootCa)
     a, b = certs.make_cluster_ca(root, "a"), certs.make_cluster_ca(root, "b")
     wrong = certs.ClusterCa(a.ca_cert_pem, b.ca_key_pem, a.cert_chain_pem, a.root_cert_pem)
-    with pytest.raises(InvalidCertificateError, match="ca-key.pem does not belong"):
+    with pytest.raises(InvalidCertificateError, match=r"ca-key\.pem does not belong"):
         certs.check_cluster_ca(wrong, "dir", NOW)
 
 
@@ -97,5 +97,5 @@ def test_folders_that_hold_no_ca_are_usage_errors(tmp_path: Path) -> None:
     half = tmp_path / "half"
     half.mkdir()
     (half / "ca-cert.pem").write_text("x")
-    with pytest.raises(UsageError, match="not ca-key.pem, root-cert.pem, cert-chain.pem"):
+    with pytest.raises(UsageError, match=r"not ca-key\.pem, root-cert\.pem, cert-chain\.pem"):
         meshca.read_dir(half, NOW)
