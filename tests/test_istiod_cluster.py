@@ -337,8 +337,8 @@ def test_a_rerun_after_an_injector_that_refused_checks_it_again(
     """An upgrade whose injector then refuses every Pod fails (exit 5). A re-run with the
     same values finds the istiod release as it wants it, but the injector was never seen
     to answer since that change: it asks again and is refused the same way (exit 3: it
-    wrote nothing), instead of reporting the mesh in place. `status` says so. A good install then clears the mark,
-    and the run after that writes nothing."""
+    wrote nothing), instead of reporting the mesh in place. `status` says so. A good
+    install then clears the mark, and the run after that writes nothing."""
     c = fresh_cluster()
     run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "300")
     assert run.code == 0, str(run)
