@@ -72,6 +72,9 @@ def install(
     compatibility_version: CompatibilityVersion = None,
     skip_version_check: SkipVersionCheck = False,
     mesh: p.Mesh = None,
+    mesh_id: p.MeshId = None,
+    cluster_name: p.ClusterName = None,
+    network: p.Network = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -104,6 +107,7 @@ def install(
         )
         p.add_identity(given, ctx, identity)
         p.add_mesh(given, ctx, mesh)
+        p.add_mesh_identity(given, mesh_id, cluster_name, network)
         pipeline.install(
             ctx,
             inputs,
