@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshfile, meshidentity, tags
+from kymamesh import controlplane, meshca, meshfile, meshidentity, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -441,6 +441,7 @@ def install(
     reset: bool,
     revision_based: bool = False,
     take_over: bool = False,
+    ca_dir: Path | None = None,
 ) -> None:
     """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
     the catalog or the cluster's Kubernetes range, a foreign istiod and every step's
@@ -469,21 +470,29 @@ def install(
         takeover.preflight(ctx, release, layout.istiod_release)
     else:
         refuse_foreign_istiod(ctx, layout.istiod_release)
+    ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
+    if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
+        meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     run_phase_charts(
         ctx, inputs, stack, layout.rows, revision_based=layout.canary, take_over=take_over
     )
     if take_over:
-        left = takeover.leftovers(ctx, release.namespace)
-        ctx.result.data["takeOver"] = {"leftovers": left}
-        if left:
-            ctx.result.notes.append(
-                "objects Istio's installer made that no release renders were left as they "
-                f"are: {', '.join(left)}; delete them once nothing needs them"
-            )
+        takeover.report_leftovers(ctx, release.namespace)
     patching.run_patch(ctx, specs)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
+
+
+def _plan_ca(
+    ctx: RunContext, specs: list[Any], ca_dir: Path | None, namespace: str
+) -> meshca.CaPlan | None:
+    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it."""
+    if ca_dir is None:
+        return None
+    identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
+    name = meshidentity.wanted(identity).get("clusterName")
+    return meshca.plan(ctx.cluster, namespace, ca_dir, name)
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:

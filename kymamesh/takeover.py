@@ -179,3 +179,14 @@ def leftovers(ctx: RunContext, namespace: str) -> list[str]:
             if not annotations.get(HELM_RELEASE_ANNOTATION):
                 found.append(str(_ref(obj, namespace)))
     return sorted(found)
+
+
+def report_leftovers(ctx: RunContext, namespace: str) -> None:
+    """`takeOver.leftovers` of the result, and a note naming them."""
+    left = leftovers(ctx, namespace)
+    ctx.result.data["takeOver"] = {"leftovers": left}
+    if left:
+        ctx.result.notes.append(
+            "objects Istio's installer made that no release renders were left as they are: "
+            f"{', '.join(left)}; delete them once nothing needs them"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -75,6 +76,18 @@ def install(
     mesh_id: p.MeshId = None,
     cluster_name: p.ClusterName = None,
     network: p.Network = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            metavar="DIR",
+            help="The mesh's root CA (`kymamesh ca create --out DIR`), or an intermediate of "
+            "your own (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem): this "
+            "cluster's intermediate CA, issued by that root, goes into Secret "
+            "istio-system/cacerts before istiod starts.",
+            file_okay=False,
+        ),
+    ] = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -115,6 +128,7 @@ def install(
             reset=reset_settings,
             revision_based=revision_based,
             take_over=take_over,
+            ca_dir=ca,
         )
 
     c.run_command("install", options, body)
