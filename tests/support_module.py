@@ -137,13 +137,13 @@ def install_module_shaped(cluster: Any, charts: Path = CHARTS, manager_replicas:
         )  # fmt: skip
         if release == "istiod":
             cluster.kubectl(
-                "rollout", "status", "deployment/istiod", "-n", NAMESPACE, "--timeout=180s",
-                timeout=200,
+                "rollout", "status", "deployment/istiod", "-n", NAMESPACE, "--timeout=300s",
+                timeout=320,
             )  # fmt: skip
             wait_injector(cluster)
     cluster.kubectl(
         "rollout", "status", "deployment/istio-ingressgateway", "-n", NAMESPACE,
-        "--timeout=180s", timeout=200,
+        "--timeout=300s", timeout=320,
     )  # fmt: skip
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manager_deployment(manager_replicas)))
 
