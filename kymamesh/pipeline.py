@@ -946,7 +946,11 @@ def _run_release(
     item.changes = list(plan.reasons)
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
-<<<<<<< HEAD
+        handed = takeover.hand_over(ctx, plan.row.release, namespace) if take_over else []
+        if handed:  # an earlier take-over cut short after Helm's part
+            item.changes += handed
+            item.outcome = Outcome.WOULD_CHANGE if ctx.options.dry_run else Outcome.CHANGED
+            item.summary = "taken over from Istio's installer"
         if plan.unverified:
             # changed by an earlier run whose injector check failed or was cut short
             item.changes.append(f"injector not seen to answer since: {plan.unverified}")
@@ -958,16 +962,7 @@ def _run_release(
             item.outcome = Outcome.CHANGED
             item.summary += "; its injector answers again"
         elif not ctx.options.dry_run:
-            _wait_ready(ctx, plan, namespace, changed=False, known=plan.deployed)
-=======
-        handed = takeover.hand_over(ctx, plan.row.release, namespace) if take_over else []
-        if handed:  # an earlier take-over cut short after Helm's part
-            item.changes += handed
-            item.outcome = Outcome.WOULD_CHANGE if ctx.options.dry_run else Outcome.CHANGED
-            item.summary = "taken over from Istio's installer"
-        if not ctx.options.dry_run:
             _wait_ready(ctx, plan, namespace, changed=bool(handed), known=plan.deployed)
->>>>>>> main
         return
     if ctx.options.dry_run:
         item.outcome = Outcome.WOULD_CHANGE

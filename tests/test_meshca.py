@@ -13,7 +13,6 @@ from kymamesh.certs import InvalidCertificateError
 from kymamesh.errors import UsageError
 
 
-
 def now() -> datetime:
     """The time of the check: read when it is made (a time read at import is minutes old
     by the time a test runs on a busy machine, older than a CA made during the test)."""
