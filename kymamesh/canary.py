@@ -210,18 +210,10 @@ def _run(ctx: RunContext, phase_name: str, plan: Plan) -> None:
         phase.items.append(item)
         if ctx.options.dry_run:
             continue
-        with ctx.progress.item(action.name) as tracker:
-            try:
-                ctx.before_write()
-                action.apply()
-                item.outcome = Outcome.CHANGED
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                raise
-            finally:
-                tracker.done(item.outcome, item.summary)
-        item.duration_s = tracker.duration_s
+        with ctx.progress.track(item):
+            ctx.before_write()
+            action.apply()
+            item.outcome = Outcome.CHANGED
 
 
 # -- the default tag -------------------------------------------------------------------------

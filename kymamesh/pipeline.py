@@ -926,16 +926,8 @@ def run_phase_charts(
         label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
         item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
         phase.items.append(item)
-        with ctx.progress.item(label) as tracker:
-            try:
-                _run_release(ctx, plan, item, namespace, take_over)
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                raise
-            finally:
-                tracker.done(item.outcome, item.summary)
-        item.duration_s = tracker.duration_s
+        with ctx.progress.track(item, label):
+            _run_release(ctx, plan, item, namespace, take_over)
 
 
 def _run_release(

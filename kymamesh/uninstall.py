@@ -272,29 +272,20 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
         for ref in p.patch_objects:
             item = ItemResult(str(ref), Outcome.UNCHANGED)
             phase.items.append(item)
-            with ctx.progress.item(str(ref)) as tracker:
+            with ctx.progress.track(item):
                 gone = cluster.delete(ref)
                 item.outcome = Outcome.CHANGED if gone else Outcome.UNCHANGED
                 item.summary = "deleted" if gone else "already gone"
-                tracker.done(item.outcome, item.summary)
-            item.duration_s = tracker.duration_s
     if p.releases:
         phase = ctx.result.phase(PHASE_RELEASES)
         ctx.progress.phase(PHASE_RELEASES)
         for r in p.releases:
             item = ItemResult(r.name, Outcome.UNCHANGED)
             phase.items.append(item)
-            with ctx.progress.item(f"{r.name} ({r.chart} {r.chart_version})") as tracker:
-                try:
-                    ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
-                except Exception as exc:
-                    item.outcome = Outcome.FAILED
-                    item.error = str(exc)
-                    raise
+            with ctx.progress.track(item, f"{r.name} ({r.chart} {r.chart_version})"):
+                ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
                 item.outcome = Outcome.CHANGED
                 item.summary = "helm uninstall"
-                tracker.done(item.outcome, item.summary)
-            item.duration_s = tracker.duration_s
     if purge and p.crds:
         phase = ctx.result.phase(PHASE_CRDS)
         ctx.progress.phase(PHASE_CRDS)
