@@ -31,7 +31,6 @@ writes nothing and a run killed in the middle converges on the next one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
@@ -58,6 +57,7 @@ from kymamesh.errors import (
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import pinned
 from kymamesh.steps.base import Change
+from kymamesh.waits import wait_until
 
 PHASE_TAG = "default tag"
 PHASE_RESTARTS = "workloads"
@@ -282,33 +282,37 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
     dry run: nothing is created). The API server reads webhook changes within moments.
     A Pod admitted without a sidecar does not count: the probe is made where the
     default tag's webhooks are the ones called (`controlplane.probe_namespace`)."""
-    deadline = time.monotonic() + timeout
-    seen = "nothing yet"
     denials = pipeline.Denials()
-    while True:
+
+    def pending() -> str | None:
         try:
             got = probe_injection(cluster, DEFAULT_REVISION, namespace)
-            if got == holder:
-                return
-            seen = "admitted without a sidecar" if got is None else f"injected by revision {got}"
-            denials.see(None)
         except ApiError as exc:
-            seen = exc.message
             if denials.see(exc):
                 raise PreconditionError(
                     f"the default tag points at revision {holder}, and its injector refuses "
                     f"Pods: {exc.message}",
                     hint=f"look at istiod's log and the injector ConfigMap of revision {holder}",
                 ) from None
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {timeout:.0f}s waiting for the default tag to reach "
-                f"revision {holder}: a test Pod is still {seen}",
-                hint=f"check that istiod of revision {holder} runs and answers; the default "
-                "tag points at it now: re-run the same command, or move the tag back "
-                "(`kymamesh upgrade promote` or `kymamesh upgrade rollback`)",
-            )
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            return exc.message
+        denials.see(None)
+        if got == holder:
+            return None
+        return "admitted without a sidecar" if got is None else f"injected by revision {got}"
+
+    wait_until(
+        pending,
+        timeout,
+        lambda seen: (
+            f"timed out after {timeout:.0f}s waiting for the default tag to reach "
+            f"revision {holder}: a test Pod is still {seen}"
+        ),
+        hint=f"check that istiod of revision {holder} runs and answers; the default "
+        "tag points at it now: re-run the same command, or move the tag back "
+        "(`kymamesh upgrade promote` or `kymamesh upgrade rollback`)",
+        first=0.5,
+        most=0.5,
+    )
 
 
 # -- restarts --------------------------------------------------------------------------------
@@ -689,11 +693,11 @@ def _finish_plan(ctx: RunContext) -> tuple[CanaryState, Plan]:
 
 def _wait_gone(cluster: Cluster, ref: Ref, timeout: float) -> None:
     """helm uninstall does not wait: the old istiod must be gone before phase 1 runs."""
-    deadline = time.monotonic() + timeout
-    while cluster.get(ref) is not None:
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"{ref} is still there {timeout:.0f}s after its release was uninstalled",
-                hint="look at what holds it (finalizers), then re-run",
-            )
-        time.sleep(0.5)
+    wait_until(
+        lambda: None if cluster.get(ref) is None else "still there",
+        timeout,
+        lambda _: f"{ref} is still there {timeout:.0f}s after its release was uninstalled",
+        hint="look at what holds it (finalizers), then re-run",
+        first=0.5,
+        most=0.5,
+    )

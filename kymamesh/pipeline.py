@@ -34,7 +34,6 @@ from kymamesh.errors import (
     PreconditionError,
     UsageError,
     VersionGateError,
-    WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
@@ -51,6 +50,7 @@ from kymamesh.values import (
     project_source,
 )
 from kymamesh.versions import Version, check_upgrade
+from kymamesh.waits import wait_until
 
 __all__ = [
     "ChartInputs",
@@ -1067,20 +1067,12 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             Ref(tags.WEBHOOK_API, tags.MUTATING, tags.tag_webhook_name(namespace))
         )
         expected = tags.tag_revision(tag) or revision
-    deadline = time.monotonic() + timeout
-    pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
     denials = Denials()
-    while True:
+
+    def pending() -> str | None:
         try:
             got = controlplane.probe_injection(ctx.cluster, revision, namespace)
-            if got == expected:
-                return
-            seen = "a test Pod got " + (
-                "no sidecar" if got is None else f"the sidecar of revision {got}"
-            )
-            denials.see(None)
         except ApiError as exc:
-            seen = exc.message
             if denials.see(exc):
                 raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
@@ -1089,12 +1081,22 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
                     "istiod refuses them): fix the values given with -f/--set, or look at "
                     "istiod's log, and re-run",
                 ) from None
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
-                f"{expected}) does not answer: {seen}",
-                hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
-                "--timeout if the cluster is slow",
-            ) from None
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(1.0, pause * 2)
+            return exc.message
+        denials.see(None)
+        if got == expected:
+            return None
+        return "a test Pod got " + (
+            "no sidecar" if got is None else f"the sidecar of revision {got}"
+        )
+
+    # istiod patches its CA bundle in a second or two: look soon, then less often
+    wait_until(
+        pending,
+        timeout,
+        lambda seen: (
+            f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
+            f"{expected}) does not answer: {seen}"
+        ),
+        hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
+        "--timeout if the cluster is slow",
+    )

@@ -27,7 +27,6 @@ makes zero writes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +35,13 @@ from kymamesh import inventory as inv
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import find_control_planes
-from kymamesh.errors import PreconditionError, WaitTimeoutError
+from kymamesh.errors import PreconditionError
 from kymamesh.helm import DeployedRelease
 from kymamesh.lock import LOCK_NAME
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.pipeline import kymamesh_revisions
 from kymamesh.release import dex_pinned, pinned
+from kymamesh.waits import wait_until
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
 PHASE_RELEASES = "Istio Helm releases"
@@ -305,17 +305,20 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
 
 def _wait_gone(ctx: RunContext, refs: list[Ref]) -> None:
     """CRDs go only once their resources are gone; a reinstall right after needs them gone."""
-    deadline = time.monotonic() + ctx.options.timeout
     pending = list(refs)
-    while pending:
+
+    def still_there() -> str | None:
+        nonlocal pending
         pending = [r for r in pending if ctx.cluster.get(r) is not None]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {ctx.options.timeout:.0f}s waiting for the deletion of: "
-                + ", ".join(str(r) for r in pending),
-                hint="look at their finalizers and remaining resources with kubectl; "
-                "re-run to continue",
-            )
-        time.sleep(0.5)
+        return ", ".join(str(r) for r in pending) or None
+
+    wait_until(
+        still_there,
+        ctx.options.timeout,
+        lambda seen: (
+            f"timed out after {ctx.options.timeout:.0f}s waiting for the deletion of: {seen}"
+        ),
+        hint="look at their finalizers and remaining resources with kubectl; re-run to continue",
+        first=0.5,
+        most=0.5,
+    )
