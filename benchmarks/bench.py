@@ -65,12 +65,13 @@ class Fresh:
 
 
 @contextlib.contextmanager
-def fresh_cluster(tc: Any, prefix: str) -> Iterator[Fresh]:
-    """A test cluster of its own, stopped again at the end."""
+def fresh_cluster(tc: Any, prefix: str, *up_args: str) -> Iterator[Fresh]:
+    """A test cluster of its own (`up_args`: more options of `testcluster.py up`), stopped
+    again at the end."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         directory = Path(tmp) / "c"
         subprocess.run(
-            [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory)],
+            [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory), *up_args],
             check=True,
             capture_output=True,
         )

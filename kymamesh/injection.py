@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from kymamesh.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployme
 from kymamesh.diffs import unified_lines, yaml_lines
 from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
 from kymamesh.output import ItemResult, Outcome
+from kymamesh.rollouts import wait_for_rollouts
 from kymamesh.sidecars import (
     WorkloadSidecars,
     list_pods,
@@ -259,26 +259,17 @@ def run(ctx: RunContext, request: InjectRequest) -> None:
 
 
 def _wait_rollouts(ctx: RunContext, refs: list[Ref]) -> None:
-    """Ready, and no Pods of an older ReplicaSet left (what `kubectl rollout status` waits for)."""
-    deadline = time.monotonic() + ctx.options.timeout
+    """Until every rollout is finished, as `kubectl rollout status` judges it
+    (`kymamesh.rollouts`): every replica updated and available, no old one left."""
+
+    def fail(waiting: list[str]) -> Exception:
+        return WaitTimeoutError(
+            f"timed out after {ctx.options.timeout:.0f}s; not rolled out: " + "; ".join(waiting),
+            hint="look at these Deployments with kubectl rollout status; raise --timeout",
+        )
+
     with ctx.progress.item(f"waiting for {len(refs)} rollout(s)") as tracker:
-        ctx.cluster.wait_ready(refs, ctx.options.timeout)
-        while True:
-            old = []
-            for ref in refs:
-                status = (ctx.cluster.get(ref) or {}).get("status") or {}
-                extra = int(status.get("replicas") or 0) - int(status.get("updatedReplicas") or 0)
-                if extra > 0:
-                    old.append(f"{ref} ({extra} old replica(s) still terminating)")
-            if not old:
-                break
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"timed out after {ctx.options.timeout:.0f}s; not rolled out: "
-                    + "; ".join(old),
-                    hint="look at these Deployments with kubectl rollout status; raise --timeout",
-                )
-            time.sleep(1.0)
+        wait_for_rollouts(ctx.cluster, refs, ctx.options.timeout, fail)
         tracker.done(Outcome.UNCHANGED, "rolled out")
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshfile, tags
+from kymamesh import controlplane, meshfile, revisions, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -968,7 +968,7 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
     denied: tuple[str, float] | None = None  # the webhook's denial, and since when
     while True:
         try:
-            got = controlplane.probe_injection(ctx.cluster, revision, namespace)
+            got = revisions.probe_injection(ctx.cluster, revision, namespace)
             if got == expected:
                 return
             seen = "a test Pod got " + (

@@ -289,13 +289,13 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     planes.sort(key=lambda p: (p.suffix != "", p.revision))
     mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
-    _, injector_resources, injector_images = sidecars.control_plane(cluster, namespace)
+    injectors = sidecars.read_injectors(cluster, namespace)
     namespaces = namespace_states(
         cluster.list("v1", "Namespace"),
         cluster.list("v1", "Pod"),
         istiods,
-        injector_resources,
-        injector_images,
+        injectors.resources,
+        injectors.images,
     )
     problems = judge(installed_by, releases, istiods, steps, namespace)
     for plane in planes:
@@ -434,7 +434,7 @@ def outdated_sidecars(
 ) -> list[dict[str, Any]]:
     """Each workload with an outdated sidecar and what `--restart-proxies` would do
     (step restart-proxies' own plan, without restarting: no dry-run Pods are made)."""
-    from kymamesh.steps.proxies import plan_restarts, restart_options
+    from kymamesh.restarts import plan_restarts, restart_options
 
     params: dict[str, Any] = {}
     for spec in specs:

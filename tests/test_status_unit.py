@@ -580,8 +580,8 @@ def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() ->
 
 
 def _outdated_rows() -> list[dict[str, object]]:
+    from kymamesh.restarts import RestartPlan
     from kymamesh.sidecars import OutdatedWorkload, Workload
-    from kymamesh.steps.proxies import RestartPlan
 
     entry = OutdatedWorkload(
         Workload("Deployment", "demo", "cart"),
