@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from tenacity import (
     retry,
@@ -54,6 +54,7 @@ USER_AGENT = f"kymamesh/{__version__}"
 _REQUEST_TIMEOUT = (5, 30)  # connect, read
 WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
 WAIT_MAX_POLL_S = 1.0  # ... and the longest
+LIST_PAGE = 500  # list_pages: objects per request
 _ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 
@@ -188,6 +189,7 @@ class Cluster:
         self._cache_file = cache
         self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
+        self._remembered: dict[tuple[str, ...], Any] | None = None  # see remembered()
         self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
 
     # -- connecting ---------------------------------------------------------
@@ -353,10 +355,24 @@ class Cluster:
         write ends the snapshot: what follows it is read live again.
         """
         self._snapshot = {}
+        self._remembered = {}
         try:
             yield
         finally:
             self._snapshot = None
+            self._remembered = None
+
+    def remembered(self, key: tuple[str, ...], compute: Callable[[], T]) -> T:
+        """Within a snapshot, what `compute()` made of the cluster's answers, made once per
+        `key` (e.g. every Pod, cut to what kymamesh reads of it, parsed once per `status`
+        run instead of once per check); outside one, or after a write, made every time.
+        The answer is shared: callers must not change it."""
+        memo = self._remembered
+        if memo is None:
+            return compute()
+        if key not in memo:
+            memo[key] = compute()
+        return cast(T, memo[key])
 
     def _read(self, key: tuple[str, ...], request: Callable[[], Any]) -> Obj | None:
         """One read (`request` returns a raw reply); None when the object is not found."""
@@ -423,6 +439,48 @@ class Cluster:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return list(items)
+
+    def list_pages(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        limit: int = LIST_PAGE,
+    ) -> Iterator[builtins.list[Obj]]:
+        """All objects of a kind, `limit` at a time (the API's chunked list: `limit` and
+        `continue`); nothing when the kind is not served. For kinds of which a cluster has
+        many (Pods): a caller that keeps a part of each object never holds every whole
+        object at once. Not kept in a snapshot (see `remembered`)."""
+        try:
+            resource = self._resource(api_version, kind)
+        except NotFoundError:
+            return
+        token: str | None = None
+        while True:
+
+            def fetch(token: str | None = token) -> Obj:
+                data = self._dynamic.get(
+                    resource,
+                    namespace=namespace,
+                    label_selector=label_selector,
+                    limit=limit,
+                    _continue=token,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                ).data
+                return _json_of_bytes(data)
+
+            body = self._call(fetch)
+            items = body.get("items") or []
+            for item in items:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+            token = (body.get("metadata") or {}).get("continue") or None
+            del body
+            yield items
+            if token is None:
+                return
 
     # -- writes --------------------------------------------------------------
 
@@ -628,6 +686,7 @@ class Cluster:
         self.writes += 1
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
+            self._remembered = None
         self._lock.check()
 
     def lock(

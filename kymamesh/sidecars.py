@@ -515,7 +515,48 @@ def istiod_revisions(deployments: Iterable[Mapping[str, Any]]) -> dict[str, Vers
 
 
 def list_pods(cluster: Cluster, namespace: str | None = None) -> list[Obj]:
-    return cluster.list("v1", "Pod", namespace)
+    """Every Pod (of a namespace), each cut to what kymamesh reads of it (`slim_pod`),
+    read a page at a time so that a cluster of many Pods never sits in memory whole;
+    within a read-only run (`Cluster.snapshot`) read once. Callers must not change them."""
+
+    def read() -> list[Obj]:
+        return [slim_pod(p) for page in cluster.list_pages("v1", "Pod", namespace) for p in page]
+
+    return cluster.remembered(("pods", namespace or ""), read)
+
+
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_CONTAINER_FIELDS = ("name", "image", "resources", "restartPolicy")
+
+
+def _slim_container(container: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {k: container[k] for k in _CONTAINER_FIELDS if k in container}
+    if container.get("name") == PROXY_CONTAINER and "env" in container:
+        kept["env"] = container["env"]  # PROXY_CONFIG: the mesh config it started with
+    return kept
+
+
+def slim_pod(pod: Mapping[str, Any]) -> Obj:
+    """What kymamesh reads of a Pod: its metadata (without managedFields and kubectl's
+    last-applied copy), its containers' names, images and resources (and the sidecar's
+    environment) and its phase. A Pod of a few kilobytes becomes a few hundred bytes."""
+    meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and _LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != _LAST_APPLIED}
+    spec = pod.get("spec") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return {
+        "apiVersion": pod.get("apiVersion", "v1"),
+        "kind": pod.get("kind", "Pod"),
+        "metadata": meta,
+        "spec": {
+            key: [_slim_container(c) for c in spec[key]]
+            for key in ("containers", "initContainers")
+            if spec.get(key)
+        },
+        "status": {"phase": phase} if phase else {},
+    }
 
 
 def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tuple[str, str], Obj]:

@@ -290,9 +290,10 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
     steps = check_steps(ctx, specs, istio_present=bool(istiods))
     injectors = sidecars.read_injectors(cluster, namespace)
+    pods = sidecars.list_pods(cluster)  # read once: the checks below share them
     namespaces = namespace_states(
         cluster.list("v1", "Namespace"),
-        cluster.list("v1", "Pod"),
+        pods,
         istiods,
         injectors.resources,
         injectors.images,
@@ -305,7 +306,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
         problems.append(f"identity: Dex is not ready: {identity.get('notReady')}")
-    retired = retired_registry_images(cluster.list("v1", "Pod"), installed_by)
+    retired = retired_registry_images(pods, installed_by)
     if retired:
         pods = sorted({f"{r['namespace']}/{r['pod']}" for r in retired})
         problems.append(

@@ -1086,6 +1086,14 @@ class _Counting:
                 return found(*args, **kwargs)
 
             return counted
+        if name == "list_pages":  # a list, one request per page
+
+            def pages(*args: Any, **kwargs: Any) -> Any:
+                for page in found(*args, **kwargs):
+                    self.calls.append("list")
+                    yield page
+
+            return pages
         return found
 
 
