@@ -39,17 +39,24 @@ from bench import CHARTS, build, fresh_cluster, kymamesh, run, testcluster
 
 
 def _apply(objects: list[dict[str, object]], env: dict[str, str]) -> None:
-    """Create objects with kubectl, a few hundred at a time."""
+    """Create objects with kubectl, a few hundred at a time (a failed call is tried again:
+    a busy test cluster can time one out)."""
     for start in range(0, len(objects), 250):
         doc = {"apiVersion": "v1", "kind": "List", "items": objects[start : start + 250]}
-        subprocess.run(
-            ["kubectl", "create", "-f", "-", "-o", "name"],
-            input=json.dumps(doc),
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+        for attempt in range(3):
+            done = subprocess.run(
+                ["kubectl", "create", "-f", "-", "-o", "name"],
+                input=json.dumps(doc),
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode == 0 or ("AlreadyExists" in done.stderr and attempt):
+                break
+            print(f"kubectl create failed ({done.returncode}): {done.stderr[-500:]}", flush=True)
+            time.sleep(5)
+        else:
+            raise SystemExit("kubectl create kept failing")
 
 
 def _deployment(name: str, namespace: str, replicas: int) -> dict[str, object]:
