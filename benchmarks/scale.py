@@ -122,7 +122,17 @@ def _node(tc, name: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
         "status": {
             "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": pods},
             "capacity": {"cpu": "1000", "memory": "4Ti", "pods": pods},
-            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"},
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "kubeletVersion": tc.K8S_VERSION,
+                "kubeProxyVersion": tc.K8S_VERSION,
+                **{
+                    k: "kwok"
+                    for k in ("machineID", "systemUUID", "bootID", "kernelVersion", "osImage")
+                },
+                "containerRuntimeVersion": "kwok",
+            },
         },
     }
 
