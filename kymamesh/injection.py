@@ -282,9 +282,11 @@ def _report(
 ) -> None:
     """Notes and JSON data: each workload, its Pods, and how many have a sidecar."""
     cluster = ctx.cluster
-    coverage = sidecar_coverage(
-        list_pods(cluster, request.namespace), replica_set_index(cluster, request.namespace)
-    )
+    pods = list_pods(cluster, request.namespace)
+    # the ReplicaSets tell which Deployment a Pod belongs to: read only when there are Pods
+    # (a rollout of thousands of Deployments leaves as many ReplicaSets)
+    owners = replica_set_index(cluster, request.namespace) if pods else {}
+    coverage = sidecar_coverage(pods, owners)
     opted_in = {e.ref.name for e in edits[1:] if e.wanted == "true"} | _opted_in_deployments(
         deployments, edits
     )

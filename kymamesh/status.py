@@ -308,9 +308,9 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         problems.append(f"identity: Dex is not ready: {identity.get('notReady')}")
     retired = retired_registry_images(pods, installed_by)
     if retired:
-        pods = sorted({f"{r['namespace']}/{r['pod']}" for r in retired})
+        stale = sorted({f"{r['namespace']}/{r['pod']}" for r in retired})
         problems.append(
-            f"{len(pods)} Pod(s) run Istio images from a registry Istio has switched off; "
+            f"{len(stale)} Pod(s) run Istio images from a registry Istio has switched off; "
             "they fail to start once rescheduled (see retired-registry images)"
         )
     advice = currency_advice(istiods, helm_major(ctx) if releases_by_helm(releases) else None)
