@@ -556,6 +556,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     inputs = pipeline.with_compatibility_mode(inputs, specs, release)
     stack = pipeline.with_release_values(stack, release, inputs)
     stack = pipeline.with_mesh_values(stack, specs)  # the mesh file's chart values
+    stack = pipeline.with_identity_values(stack, specs)  # mesh ID, cluster name, network
     pipeline.refuse_revision_value(stack, release)
     old = frozenset(p.revision for p in state.others)
     layout = pipeline.release_layout(ctx, stack, revision_based=False, gone=old)

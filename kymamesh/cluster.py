@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import http.client
 import json
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +41,7 @@ from kymamesh.errors import (
     ClusterUnreachableError,
     ConflictError,
     ForbiddenError,
+    IstiodUnreachableError,
     NotFoundError,
     PreconditionError,
     WaitTimeoutError,
@@ -57,6 +60,12 @@ WAIT_MAX_POLL_S = 1.0  # ... and the longest
 LIST_PAGE = 500  # list_pages: objects per request
 _ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
+ISTIOD_DEBUG_PORT = 15014  # istiod's monitoring port: /metrics, /version, /debug/*
+ISTIOD_DEBUG_TIMEOUT_S = 10.0  # one istiod Pod: port-forward, request and the whole answer
+_ISTIOD_DEBUG_HINT = (
+    "check that istiod runs (`kubectl -n {ns} get pods -l app=istiod`, its log with `kubectl "
+    "-n {ns} logs POD`) and that your credentials may create pods/portforward in {ns}"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -482,6 +491,112 @@ class Cluster:
             if token is None:
                 return
 
+    # -- istiod's debug views -------------------------------------------------
+
+    def istiod_debug(
+        self, path: str, *, revision: str | None = None, namespace: str = "istio-system"
+    ) -> dict[str, bytes]:
+        """GET `path` (e.g. `/debug/mesh`) on port 15014 of every ready istiod Pod (of
+        `revision`, or of all revisions): {Pod name: body}. As istioctl does, through a
+        port-forward to each Pod, at once: istiod's `/debug` handlers answer requests
+        from localhost without credentials (a port-forward arrives from inside the Pod),
+        while the API server's service proxy reaches it from outside, without the caller's
+        credentials (401). Each Pod has ISTIOD_DEBUG_TIMEOUT_S for all of it.
+
+        Raises IstiodUnreachableError when no istiod Pod is ready, or when one did not
+        answer with 200 (naming each such Pod and what failed; the others' answers ride
+        along in `answers`).
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"istiod_debug: path {path!r} must start with '/'")
+        selector = "app=istiod" + (f",istio.io/rev={revision}" if revision else "")
+        which = f"istiod Pod in {namespace}" + (f" of revision {revision}" if revision else "")
+        hint = _ISTIOD_DEBUG_HINT.format(ns=namespace)
+        pods = sorted(
+            p["metadata"]["name"]
+            for p in self.list("v1", "Pod", namespace=namespace, label_selector=selector)
+            if _pod_ready(p)
+        )
+        if not pods:
+            raise IstiodUnreachableError(f"no ready {which}", hint=hint)
+        answers: dict[str, bytes] = {}
+        failures: dict[str, str] = {}
+        done = threading.Lock()
+
+        def fetch(pod: str) -> None:
+            try:
+                body = self._pod_http_get(namespace, pod, ISTIOD_DEBUG_PORT, path)
+            except _PodGetError as exc:
+                with done:
+                    failures[pod] = str(exc)
+                return
+            with done:
+                answers[pod] = body
+
+        threads = {
+            pod: threading.Thread(target=fetch, args=(pod,), name=f"istiod-debug {pod}")
+            for pod in pods
+        }
+        deadline = time.monotonic() + ISTIOD_DEBUG_TIMEOUT_S + 1
+        for thread in threads.values():
+            thread.daemon = True  # a connect that never returns must not hold the exit
+            thread.start()
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with done:
+            for pod in pods:
+                if pod not in answers and pod not in failures:
+                    failures[pod] = f"no answer within {ISTIOD_DEBUG_TIMEOUT_S:.0f}s"
+            if failures:
+                said = "; ".join(f"Pod {namespace}/{pod}: {why}" for pod, why in failures.items())
+                raise IstiodUnreachableError(
+                    f"GET {path} on istiod's port {ISTIOD_DEBUG_PORT} failed for "
+                    f"{len(failures)} of {len(pods)} {which.replace('Pod', 'Pods', 1)}: {said}",
+                    hint=hint,
+                    answers=answers,
+                    failures=failures,
+                )
+            return dict(answers)
+
+    def _pod_http_get(self, namespace: str, pod: str, port: int, path: str) -> bytes:
+        """One HTTP GET on a Pod's port through a port-forward (websocket, pods/portforward)."""
+        from kubernetes import client
+        from kubernetes.stream import portforward
+
+        timeout = ISTIOD_DEBUG_TIMEOUT_S
+        # An ApiClient of its own: the library's portforward swaps the client's call_api
+        # while it connects, which would cross with other threads sharing one client.
+        api = client.ApiClient(self._api.configuration)
+        api.user_agent = USER_AGENT
+        try:
+            try:
+                forward = portforward(_PodPortForward(api).connect, pod, namespace, ports=port)
+            except Exception as exc:  # the library raises ApiException(status=0, reason=...)
+                reason = getattr(exc, "reason", None) or exc
+                raise _PodGetError(f"port-forward to port {port}: {reason}") from None
+            try:
+                sock = forward.socket(port)
+                sock.settimeout(timeout)
+                conn = http.client.HTTPConnection("localhost", port, timeout=timeout)
+                conn.sock = sock
+                conn.request("GET", path, headers={"User-Agent": USER_AGENT})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                error = forward.error(port)  # what the kubelet said, if it said anything
+                why = error.strip() if error else f"{type(exc).__name__}: {exc}"
+                raise _PodGetError(f"GET {path} on port {port}: {why}") from None
+            finally:
+                forward.close()
+        finally:
+            api.close()
+        if resp.status != 200:
+            text = body[:200].decode("utf-8", "replace").strip()
+            raise _PodGetError(
+                f"GET {path} on port {port}: HTTP {resp.status}" + (f": {text}" if text else "")
+            )
+        return body
+
     # -- writes --------------------------------------------------------------
 
     def apply(self, obj: Obj, *, force: bool = True) -> Obj:
@@ -759,6 +874,33 @@ class Cluster:
             ),
             retry,
         )
+
+
+class _PodPortForward:
+    """The one API method `kubernetes.stream.portforward` needs (GET pods/NAME/portforward),
+    made here as the generated CoreV1Api makes it: that module is 4 MB of Python and takes
+    seconds to import, which every `status` would pay."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client  # portforward() finds it through the bound method
+
+    def connect(self, name: str, namespace: str, *, ports: int, **_options: Any) -> Any:
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/portforward"
+        headers: dict[str, str] = {}
+        self.api_client.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
+        url = f"{self.api_client.configuration.host}{path}?ports={ports}"
+        return self.api_client.call_api("GET", url, header_params=headers).response
+
+
+class _PodGetError(Exception):
+    """One Pod's request failed; the message says what, for IstiodUnreachableError."""
+
+
+def _pod_ready(pod: Obj) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def not_ready_reason(ref: Ref, obj: Obj | None) -> str | None:

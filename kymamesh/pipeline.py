@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshfile, revisions, tags
+from kymamesh import controlplane, meshca, meshfile, meshidentity, revisions, tags
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -372,24 +372,44 @@ def with_compatibility_mode(
     return replace(inputs, compatibility_version=previous)
 
 
+IDENTITY_ORIGIN = "--mesh-id/--cluster-name/--network (patch step multicluster-identity)"
+
+
+def with_identity_values(stack: ValueStack, specs: list[Any]) -> ValueStack:
+    """The stack with the cluster's mesh ID, cluster name and network (given now or
+    remembered) above kymamesh's values, below the user's `-f`/`--set`, which must not
+    contradict them."""
+    params = next((s.params for s in specs if s.kind == meshidentity.KIND), None)
+    return _layered(stack, meshidentity.chart_values(params or {}), IDENTITY_ORIGIN)
+
+
 def with_mesh_values(stack: ValueStack, specs: list[Any]) -> ValueStack:
     """The stack with the mesh file's values above kymamesh's and the release's, below the
     user's `-f`/`--set`, which must not contradict them."""
-    values = mesh_values(specs)
+    return _layered(stack, mesh_values(specs), MESH_ORIGIN)
+
+
+def _layered(stack: ValueStack, values: dict[str, Values], origin_name: str) -> ValueStack:
     if not values:
         return stack
-    source = ValueSource(MESH_ORIGIN, values)
+    source = ValueSource(origin_name, values)
     layered = ValueStack([stack.sources[0], source, *stack.sources[1:]])
     for chart, chart_values in values.items():
         merged = layered.merged(chart)
         for dotted, wanted in _leaves(chart_values):
             found = _at(merged, dotted)
             origin = layered.origin_of(chart, dotted)
-            if found != wanted and origin != MESH_ORIGIN:
+            if found != wanted and origin != origin_name:
+                if origin_name == MESH_ORIGIN:
+                    raise UsageError(
+                        f"{chart}.{dotted} is {found!r} (from {origin}), but the mesh file sets "
+                        f"{wanted!r}; the step mesh-components would undo the chart's value",
+                        hint=f"drop {chart}.{dotted} from -f/--set, or change the mesh file",
+                    )
                 raise UsageError(
-                    f"{chart}.{dotted} is {found!r} (from {origin}), but the mesh file sets "
-                    f"{wanted!r}; the step mesh-components would undo the chart's value",
-                    hint=f"drop {chart}.{dotted} from -f/--set, or change the mesh file",
+                    f"{chart}.{dotted} is {found!r} (from {origin}), but {origin_name} "
+                    f"sets {wanted!r}",
+                    hint=f"drop {chart}.{dotted} from -f/--set; the flags set it",
                 )
     return layered
 
@@ -420,6 +440,7 @@ def install(
     given: PatchSettings,
     reset: bool,
     revision_based: bool = False,
+    ca_dir: Path | None = None,
 ) -> None:
     """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
     the catalog or the cluster's Kubernetes range, a foreign istiod and every step's
@@ -437,17 +458,32 @@ def install(
     inputs = with_compatibility_mode(inputs, specs, release)
     stack = with_release_values(stack, release, inputs)
     stack = with_mesh_values(stack, specs)
+    stack = with_identity_values(stack, specs)
     if revision_based:
         refuse_revision_value(stack, release)
     layout = release_layout(ctx, stack, revision_based)
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)
     refuse_foreign_istiod(ctx, layout.istiod_release)
+    ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
+    if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
+        meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     run_phase_charts(ctx, inputs, stack, layout.rows, revision_based=layout.canary)
     patching.run_patch(ctx, specs)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
+
+
+def _plan_ca(
+    ctx: RunContext, specs: list[Any], ca_dir: Path | None, namespace: str
+) -> meshca.CaPlan | None:
+    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it."""
+    if ca_dir is None:
+        return None
+    identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
+    name = meshidentity.wanted(identity).get("clusterName")
+    return meshca.plan(ctx.cluster, namespace, ca_dir, name)
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:

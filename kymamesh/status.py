@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kymamesh import inventory as inv
-from kymamesh import sidecars
+from kymamesh import meshidentity, sidecars
 from kymamesh.canary import CanaryState
 from kymamesh.canary import read_state as read_canary
 from kymamesh.cluster import Cluster, Obj
@@ -155,6 +155,8 @@ class MeshStatus:
     retired_images: list[dict[str, str]] = field(default_factory=list)
     # what is behind: a newer patch, an end of life, Helm 3 (advice; not unhealthy)
     advice: list[str] = field(default_factory=list)
+    # the cluster's mesh ID, cluster name, network, trust domain (kymamesh.meshidentity)
+    multicluster: dict[str, Any] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -186,6 +188,7 @@ class MeshStatus:
             "outdatedSidecars": [dict(o) for o in self.outdated],
             "retiredRegistryImages": [dict(r) for r in self.retired_images],
             "advice": list(self.advice),
+            "multicluster": self.multicluster,
         }
 
 
@@ -330,6 +333,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         outdated=outdated,
         retired_images=retired,
         advice=advice,
+        multicluster=meshidentity.live(cluster, namespace) if istiods else None,
     )
 
 
@@ -636,6 +640,7 @@ def plain_lines(st: MeshStatus) -> list[str]:
     for s in st.steps:
         lines.append(f"  {'✓' if s.applied else '✗'} {s.name}: {_step_text(s)}")
     lines.extend(identity_lines(st.identity))
+    lines.extend(meshidentity.status_lines(st.multicluster))
     lines.append("namespaces:" if st.namespaces else "namespaces: none with injection or sidecars")
     for n in st.namespaces:
         lines.append(
@@ -687,6 +692,8 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
         steps.add_row(s.name, mark, s.description if s.applied else _step_text(s))
     console.print(steps)
     for line in identity_lines(st.identity):
+        console.print(line, highlight=False, markup=False)
+    for line in meshidentity.status_lines(st.multicluster):
         console.print(line, highlight=False, markup=False)
 
     if st.namespaces:

@@ -24,6 +24,7 @@ STEPS = [
     "pilot-webhook",
     "mesh-config",
     "mesh-components",
+    "multicluster-identity",
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
@@ -46,6 +47,7 @@ DATA_KEYS = {
     "outdatedSidecars",
     "advice",
     "retiredRegistryImages",
+    "multicluster",
 }
 
 

@@ -359,6 +359,7 @@ def test_status_json_keys_are_stable() -> None:
         "outdatedSidecars",
         "retiredRegistryImages",
         "advice",
+        "multicluster",
     }
     assert doc["outdatedSidecars"] == [
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -63,6 +64,21 @@ def install(
     compatibility_version: CompatibilityVersion = None,
     skip_version_check: SkipVersionCheck = False,
     mesh: p.Mesh = None,
+    mesh_id: p.MeshId = None,
+    cluster_name: p.ClusterName = None,
+    network: p.Network = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            metavar="DIR",
+            help="The mesh's root CA (`kymamesh ca create --out DIR`), or an intermediate of "
+            "your own (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem): this "
+            "cluster's intermediate CA, issued by that root, goes into Secret "
+            "istio-system/cacerts before istiod starts.",
+            file_okay=False,
+        ),
+    ] = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -95,6 +111,14 @@ def install(
         )
         p.add_identity(given, ctx, identity)
         p.add_mesh(given, ctx, mesh)
-        pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
+        p.add_mesh_identity(given, mesh_id, cluster_name, network)
+        pipeline.install(
+            ctx,
+            inputs,
+            given,
+            reset=reset_settings,
+            revision_based=revision_based,
+            ca_dir=ca,
+        )
 
     c.run_command("install", options, body)

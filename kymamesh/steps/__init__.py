@@ -19,6 +19,7 @@ from kymamesh.steps.components import ComponentsStep
 from kymamesh.steps.identity import IdentityStep
 from kymamesh.steps.injector import ImageHubStep, InjectionPolicyStep, SidecarResourcesStep
 from kymamesh.steps.meshconfig import ExtAuthzStep, MeshSettingsStep, TracingStep
+from kymamesh.steps.meshidentity import MeshIdentityStep
 from kymamesh.steps.mtls import PeerAuthenticationStep
 from kymamesh.steps.proxies import RestartProxiesStep
 from kymamesh.steps.tls import GatewayTlsStep
@@ -35,6 +36,7 @@ KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
         "mesh-ext-authz": ExtAuthzStep,
         "mesh-settings": MeshSettingsStep,
         "mesh-components": ComponentsStep,
+        "mesh-identity": MeshIdentityStep,
         "gateway-tls": GatewayTlsStep,
         "remove-addons": RemoveAddonsStep,
         "identity": IdentityStep,
