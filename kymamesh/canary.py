@@ -328,13 +328,13 @@ def moved_workloads(
     moved = revisions.moved_pods(sidecars.list_pods(cluster), namespaces, holder)
     if not moved:
         return [], []
-    replica_sets = sidecars.replica_set_index(cluster)
-    found: dict[sidecars.Workload, sidecars.OutdatedWorkload] = {}
-    for pod, have, now in moved:
-        workload = sidecars.owner_workload(pod, replica_sets)
-        reason = f"sidecar from revision {have}, now injected by revision {now}"
-        found.setdefault(workload, sidecars.OutdatedWorkload(workload)).add(pod, [reason])
-    entries = [found[w] for w in sorted(found)]
+    entries = sidecars.group_by_workload(
+        (
+            (pod, [f"sidecar from revision {have}, now injected by revision {now}"])
+            for pod, have, now in moved
+        ),
+        sidecars.replica_set_index(cluster),
+    )
     return [e for e in entries if e.workload.restartable], [
         e for e in entries if not e.workload.restartable
     ]

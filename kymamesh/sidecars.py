@@ -353,7 +353,9 @@ class OutdatedWorkload:
         if version is not None:
             self.versions.add(version)
         meta = pod.get("metadata") or {}
-        self.pods = sorted({*self.pods, str(meta.get("name"))})
+        name = str(meta.get("name"))
+        if name not in self.pods:
+            self.pods.append(name)  # sorted by `group_by_workload`
         self.pod_restarts.append((meta.get("annotations") or {}).get(RESTARTED_AT))
         created = _created(pod)
         if created is not None and (self.oldest_pod is None or created < self.oldest_pod):
@@ -381,16 +383,31 @@ def outdated_workloads(
     mesh: Mapping[str, MeshProxyConfig] | None = None,
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
+    judged = (
+        (pod, outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images, mesh))
+        for pod in pods
+        if is_running(pod)
+    )
+    return group_by_workload(((p, r) for p, r in judged if r), replica_sets)
+
+
+def group_by_workload(
+    judged: Iterable[tuple[Mapping[str, Any], list[str]]],
+    replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> list[OutdatedWorkload]:
+    """Out-of-date Pods, each with why, as the workloads that own them, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
-    for pod in pods:
-        if not is_running(pod):
-            continue
-        reasons = outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images, mesh)
-        if not reasons:
-            continue
+    for pod, reasons in judged:
         workload = owner_workload(pod, replica_sets)
         found.setdefault(workload, OutdatedWorkload(workload)).add(pod, reasons)
-    return [found[w] for w in sorted(found)]
+    entries = sorted(found.values(), key=lambda e: _sort_key(e.workload))
+    for entry in entries:
+        entry.pods.sort()
+    return entries
+
+
+def _sort_key(workload: Workload) -> tuple[str, str, str]:
+    return (workload.kind, workload.namespace, workload.name)
 
 
 # -- a workload's Pod template -----------------------------------------------------
@@ -651,10 +668,8 @@ def find_outdated(
     """Workloads whose sidecars differ from istiod's version, the injector's resources or
     image, or the mesh config's proxy settings: one list of Pods, and of ReplicaSets when
     one is out of date."""
-    pods = [p for p in list_pods(cluster, namespace) if is_running(p) and injectors.outdated(p)]
-    if not pods:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
+    judged = [(p, injectors.outdated(p)) for p in list_pods(cluster, namespace) if is_running(p)]
+    outdated = [(p, reasons) for p, reasons in judged if reasons]
+    if not outdated:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
         return []
-    index = replica_set_index(cluster, namespace)
-    return outdated_workloads(
-        pods, index, injectors.versions, injectors.resources, injectors.images, injectors.mesh
-    )
+    return group_by_workload(outdated, replica_set_index(cluster, namespace))
