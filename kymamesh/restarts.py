@@ -45,6 +45,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -406,73 +407,111 @@ def plan_restarts_for(
 # -- the changes -------------------------------------------------------------------
 
 
+PARALLEL_RESTARTS = 8  # restarts of one batch in flight at once (independent workloads)
+
+
 def _changes(
     plan: RestartPlan,
     live: Mapping[Workload, Obj],
     injector: InjectorAnswers,
     opts: RestartOptions,
 ) -> list[Change]:
+    """One change per workload, batch by batch; the first change of a batch carries out
+    the whole batch (`_Batch`), the others are its parts, already done when applied."""
     changes = []
     count = len(plan.batches)
-    for number, batch in enumerate(plan.batches, start=1):
-        label = f"batch {number}/{count}"
-        later = [e for b in plan.batches[number:] for e in b]
-        for position, entry in enumerate(batch):
-            first = number == 1 and position == 0
-            last = position == len(batch) - 1
-            changes.append(
-                _change(
-                    entry,
-                    live[entry.workload],
-                    label,
-                    injector,
-                    opts,
-                    before=plan.pending if first else [],
-                    after=(batch, later) if last else None,
-                )
-            )
+    for number, members in enumerate(plan.batches, start=1):
+        batch = _Batch(
+            members=[(e, live[e.workload]) for e in members],
+            label=f"batch {number}/{count}",
+            later=[e for b in plan.batches[number:] for e in b],
+            before=plan.pending if number == 1 else [],
+            injector=injector,
+            opts=opts,
+        )
+        changes += [_change(entry, obj, batch) for entry, obj in batch.members]
     return changes
 
 
-def _change(
-    entry: OutdatedWorkload,
-    live: Obj,
-    label: str,
-    injector: InjectorAnswers,
-    opts: RestartOptions,
-    before: list[OutdatedWorkload],
-    after: tuple[list[OutdatedWorkload], list[OutdatedWorkload]] | None,
-) -> Change:
-    """One workload's restart; the first also waits for restarts an earlier run left under
-    way, the last of a batch for the whole batch's rollouts."""
-    ref = workload_ref(entry.workload)
-    reasons = "; ".join(entry.reasons)
-    delete_pods = _deletes_pods(entry, live)
+@dataclass
+class _Batch:
+    """One batch of restarts: begun once the restarts an earlier run left under way (before
+    the first batch) have finished and the injector gives each template shape of the batch
+    its current sidecar; then every workload restarted, PARALLEL_RESTARTS at a time (after
+    a refused one, no further restart starts); done when every rollout has finished."""
 
-    def apply(cluster: Cluster) -> None:
-        if before:
+    members: list[tuple[OutdatedWorkload, Obj]]
+    label: str
+    later: list[OutdatedWorkload]
+    before: list[OutdatedWorkload]
+    injector: InjectorAnswers
+    opts: RestartOptions
+    started: bool = False
+
+    def apply(self, cluster: Cluster) -> None:
+        if self.started:
+            return
+        self.started = True
+        first = self.members[0][0]
+        if self.before:
             wait_for_restarts(
-                cluster, before, opts.timeout, "restarts begun by an earlier run", later=[entry]
+                cluster,
+                self.before,
+                self.opts.timeout,
+                "restarts begun by an earlier run",
+                later=[first],
             )
-        injector.wait_current(ref, live)
-        if delete_pods:
-            delete_outdated_pods(cluster, ref, entry.pods, opts.timeout)
-        else:
-            now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}}
-            cluster.merge_patch(ref, patch)
-        if after is not None:
-            batch, later = after
-            wait_for_restarts(cluster, batch, opts.timeout, label, later)
+        for entry, live in self.members:
+            self.injector.wait_current(workload_ref(entry.workload), live)
+        self._restart_all(cluster)
+        entries = [e for e, _ in self.members]
+        wait_for_restarts(cluster, entries, self.opts.timeout, self.label, self.later)
 
-    if delete_pods:
+    def _restart_all(self, cluster: Cluster) -> None:
+        failed: list[Exception] = []
+
+        def restart(member: tuple[OutdatedWorkload, Obj]) -> None:
+            if failed:
+                return
+            try:
+                _restart(cluster, member[0], member[1], self.opts.timeout)
+            except Exception as exc:  # the first one is raised once the others in flight end
+                failed.append(exc)
+
+        if len(self.members) == 1:
+            restart(self.members[0])
+        else:
+            workers = min(PARALLEL_RESTARTS, len(self.members))
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(restart, self.members))
+        if failed:
+            raise failed[0]
+
+
+def _restart(cluster: Cluster, entry: OutdatedWorkload, live: Obj, timeout: float) -> None:
+    """One workload: a new restart annotation on its template, or its outdated Pods
+    deleted one at a time."""
+    ref = workload_ref(entry.workload)
+    if _deletes_pods(entry, live):
+        delete_outdated_pods(cluster, ref, entry.pods, timeout)
+        return
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}}
+    cluster.merge_patch(ref, patch)
+
+
+def _change(entry: OutdatedWorkload, live: Obj, batch: _Batch) -> Change:
+    """One workload's restart, as a part of its batch."""
+    reasons = "; ".join(entry.reasons)
+    label = batch.label
+    if _deletes_pods(entry, live):
         summary = f"{entry.workload}: Pods {', '.join(entry.pods)} deleted, {label} ({reasons})"
         diff = f"  {label}: {entry.workload}: delete Pods {', '.join(entry.pods)} one at a time"
     else:
         summary = f"{entry.workload} restarted, {label} ({reasons})"
         annotation = f"spec.template.metadata.annotations[{RESTARTED_AT}]"
         diff = f"  {label}: {entry.workload}: {annotation} = <now>"
-    return Change(target=str(entry.workload), summary=summary, apply=apply, diff=diff)
+    return Change(target=str(entry.workload), summary=summary, apply=batch.apply, diff=diff)
 
 
 def wait_for_restarts(
