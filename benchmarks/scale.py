@@ -213,9 +213,16 @@ def _injector_gives(env: dict[str, str], mib: int) -> bool:
         return False
     for container in json.loads(done.stdout)["spec"].get("containers") or []:
         if container["name"] == "istio-proxy":
-            limit = (container.get("resources") or {}).get("limits", {}).get("memory")
-            return bool(limit == f"{mib}Mi")
+            limit = str((container.get("resources") or {}).get("limits", {}).get("memory"))
+            return _mib(limit) == mib  # the API server spells 2048Mi as 2Gi
     return False
+
+
+def _mib(quantity: str) -> float:
+    for suffix, factor in (("Gi", 1024), ("Mi", 1), ("Ki", 1 / 1024)):
+        if quantity.endswith(suffix):
+            return float(quantity[: -len(suffix)]) * factor
+    return float(quantity) / 2**20 if quantity.replace(".", "").isdigit() else -1
 
 
 def _planned(stdout: str) -> int:
