@@ -27,8 +27,10 @@ REPLICA_SET = "ReplicaSet"
 FIRST_POLL_S = 0.05  # the first pause between two looks; then half as long again each time
 MAX_POLL_S = 1.0
 # Up to this many objects of one kind in one namespace are read one by one; more, with
-# one list of the namespace (or, over several namespaces, of the cluster)
+# one list of the namespace; more such namespaces than _NAMESPACE_LISTS_AT_MOST, with one
+# list of the cluster
 _GET_AT_MOST = 2
+_NAMESPACE_LISTS_AT_MOST = 4
 
 
 def rollout_unfinished(kind: str, obj: Mapping[str, Any] | None) -> str | None:
@@ -141,7 +143,7 @@ def restart_pending(workload: Mapping[str, Any], oldest_pod: datetime | None) ->
 def read_workloads(cluster: Cluster, refs: Iterable[Ref]) -> dict[Ref, Obj | None]:
     """The live objects of `refs` (None: gone): a few of one kind and namespace one by
     one, more with one list of their namespace, or of the cluster when they are spread
-    over several namespaces. The number of requests does not grow with the workloads."""
+    over many namespaces. The number of requests does not grow with the workloads."""
     wanted = list(dict.fromkeys(refs))
     groups: dict[tuple[str, str], dict[str, list[Ref]]] = {}
     for ref in wanted:
@@ -149,18 +151,19 @@ def read_workloads(cluster: Cluster, refs: Iterable[Ref]) -> dict[Ref, Obj | Non
     found: dict[Ref, Obj | None] = {}
     for (api_version, kind), by_namespace in groups.items():
         crowded = [ns for ns, members in by_namespace.items() if len(members) > _GET_AT_MOST]
-        listed: dict[tuple[str, str], Obj] = {}
-        if len(crowded) > 1:
+        whole = len(crowded) > _NAMESPACE_LISTS_AT_MOST
+        if whole:
             sources = [cluster.list(api_version, kind)]
         else:
             sources = [cluster.list(api_version, kind, ns) for ns in crowded]
+        listed: dict[tuple[str, str], Obj] = {}
         for items in sources:
             for obj in items:
                 meta = obj.get("metadata") or {}
                 listed[(str(meta.get("namespace") or ""), str(meta.get("name")))] = obj
         for namespace, members in by_namespace.items():
             for ref in members:
-                if sources and (len(crowded) > 1 or namespace in crowded):
+                if whole or namespace in crowded:
                     found[ref] = listed.get((namespace, ref.name))
                 else:
                     found[ref] = cluster.get(ref)

@@ -1097,14 +1097,16 @@ class _Counting:
         return found
 
 
-def _many_outdated(count: int, annotate: int = 0) -> FakeCluster:
-    """The mesh with `count` outdated Deployments over 3 namespaces; the first `annotate`
+def _many_outdated(
+    count: int, annotate: int = 0, namespaces: tuple[str, ...] = ("a", "b", "c")
+) -> FakeCluster:
+    """The mesh with `count` outdated Deployments over `namespaces`; the first `annotate`
     of them ask for their own sidecar memory (another template shape)."""
     cluster = mesh_with_old_sidecar()
-    for ns in ("a", "b", "c"):
+    for ns in namespaces:
         cluster.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     for i in range(count):
-        ns = ("a", "b", "c")[i % 3]
+        ns = namespaces[i % len(namespaces)]
         deployment = _deployment(ns, f"w{i:03d}")
         if i < annotate:
             deployment["spec"]["template"]["metadata"]["annotations"] = {
@@ -1115,19 +1117,34 @@ def _many_outdated(count: int, annotate: int = 0) -> FakeCluster:
     return cluster
 
 
-@pytest.mark.parametrize("count", [10, 100])
+@pytest.mark.parametrize("count", [30, 300])
 def test_a_plan_reads_each_kind_once_and_asks_the_injector_once_per_shape(count: int) -> None:
     from kymamesh.restarts import plan_restarts
 
-    counting = _Counting(_many_outdated(count))
+    spread = ("a", "b", "c", "d", "e", "f")
+    counting = _Counting(_many_outdated(count, namespaces=spread))
     options = restart_options({"restart": True})
     plan = plan_restarts(counting, "istio-system", options)  # type: ignore[arg-type]
     assert len(plan.changes) == count + 1  # and Deployment shop/app
     # one list each of istiod, Pods, ReplicaSets, Deployments, Namespaces; two ConfigMaps
-    # of the one revision; one dry-run Pod per namespace (the shape includes it)
+    # of the one revision and its mesh config for the root namespace; one dry-run Pod per
+    # namespace (the shape includes it)
     assert counting.calls.count("list") == 5, counting.calls
-    assert counting.calls.count("get") == 3, counting.calls  # root namespace's mesh config too
-    assert counting.calls.count("dry_run_create") == 4, counting.calls
+    assert counting.calls.count("get") == 3, counting.calls
+    assert counting.calls.count("dry_run_create") == len(spread) + 1, counting.calls
+
+
+def test_a_few_workloads_are_read_one_by_one_and_a_crowded_namespace_with_a_list() -> None:
+    from kymamesh.restarts import workload_ref
+    from kymamesh.rollouts import read_workloads
+
+    cluster = _many_outdated(7, namespaces=("a", "b", "b", "b", "b", "b", "b"))
+    counting = _Counting(cluster)
+    refs = [workload_ref(Workload("Deployment", ns, f"w{i:03d}")) for i, ns in enumerate("abbbbbb")]
+    gone = workload_ref(Workload("Deployment", "b", "gone"))
+    found = read_workloads(counting, [*refs, gone])  # type: ignore[arg-type]
+    assert sorted(counting.calls) == ["get", "list"]  # a: one Deployment; b: seven, a list
+    assert found[gone] is None and all(found[r] is not None for r in refs)
 
 
 def test_workloads_of_another_template_shape_get_a_dry_run_pod_of_their_own() -> None:
