@@ -91,6 +91,9 @@ class Measured:
     peak_kib: int  # kymamesh: its own process; other commands: their largest process
     helm_peak_kib: int  # kymamesh: its largest helm run (0: it ran none)
     stdout: str
+    # CPU seconds (user and system) of the command and the processes it waited for: what
+    # it cost itself, unlike `seconds`, whatever else the machine was doing
+    cpu_seconds: float = 0.0
 
     @property
     def peak_mib(self) -> float:
@@ -150,6 +153,16 @@ def run(argv: list[str], env: dict[str, str], *, check: bool = True) -> Measured
             raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{stderr[-3000:]}")
         if is_kymamesh:
             return Measured(
-                seconds, max(_kib(own), default=0), max(_kib(helm_peaks), default=0), stdout
+                seconds,
+                max(_kib(own), default=0),
+                max(_kib(helm_peaks), default=0),
+                stdout,
+                usage.ru_utime + usage.ru_stime,
             )
-        return Measured(seconds, max(_kib(tree), default=usage.ru_maxrss), 0, stdout)
+        return Measured(
+            seconds,
+            max(_kib(tree), default=usage.ru_maxrss),
+            0,
+            stdout,
+            usage.ru_utime + usage.ru_stime,
+        )

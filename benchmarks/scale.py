@@ -95,8 +95,8 @@ def _measure(log, tc, argv: list[str], env: dict[str, str]) -> str:  # type: ign
     writes = log.writes_since(mark).total
     reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
     return (
-        f"{measured.seconds:6.2f} s, {writes} writes, {reads} reads, "
-        f"peak {measured.peak_mib:.0f} MiB"
+        f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU), {writes} writes, "
+        f"{reads} reads, peak {measured.peak_mib:.0f} MiB"
     )
 
 
@@ -267,7 +267,8 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
             writes = log.writes_since(mark).total
             reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
             print(
-                f"planning restarts, {size} outdated Deployments: {measured.seconds:6.2f} s, "
+                f"planning restarts, {size} outdated Deployments: {measured.seconds:6.2f} s "
+                f"({measured.cpu_seconds:.2f} s CPU), "
                 f"{reads + writes} requests ({reads} reads, {writes} dry-run creates), "
                 f"peak {measured.peak_mib:.0f} MiB, {_planned(measured.stdout)} restarts planned",
                 flush=True,
@@ -286,8 +287,9 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
             reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
             print(
                 f"restarting {size} outdated Deployments in batches of {args.batch}: "
-                f"{measured.seconds:6.2f} s, {writes} writes, {reads} reads, "
-                f"peak {measured.peak_mib:.0f} MiB, {_planned(measured.stdout)} restarted",
+                f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU), {writes} writes, "
+                f"{reads} reads, peak {measured.peak_mib:.0f} MiB, "
+                f"{_planned(measured.stdout)} restarted",
                 flush=True,
             )
 
