@@ -4,7 +4,7 @@ reads (audit log: requests of the admin group) of each, on one fresh test cluste
 the mesh installed from the stand-in charts. Then, on a second cluster, sidecar restarts.
 
     python benchmarks/scale.py [--deployments 300] [--pods 2000] [--namespaces 50]
-        [--outdated 300,3000] [--roll 1000] [--batch 10%] [--code DIR]
+        [--outdated 300,3000] [--roll 1000] [--batch 10%] [--code DIR] [--before DIR]
 
 The Deployments have 0 replicas (the patches and rollouts are measured, not Pods).
 The test cluster's one simulated node takes 250 Pods: the others stay Pending, which is
@@ -236,6 +236,14 @@ def _planned(stdout: str) -> int:
     )
 
 
+def _use(env: dict[str, str], tree: Path | None) -> None:
+    """Run the kymamesh of `tree` (None: the one installed)."""
+    if tree:
+        env["PYTHONPATH"] = str(tree.resolve())
+    else:
+        env.pop("PYTHONPATH", None)
+
+
 def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
     sizes = sorted({int(n) for n in args.outdated.split(",") if int(n)} | {args.roll} - {0})
     if not sizes:
@@ -262,17 +270,22 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
             mib += 512
             _memory_limit(env, mib)  # every sidecar is out of date now
             argv = kymamesh("patch", "--restart-proxies", "--dry-run", "-o", "json")
-            mark = log.mark()
-            measured = run(argv, env, check=False)
-            writes = log.writes_since(mark).total
-            reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
-            print(
-                f"planning restarts, {size} outdated Deployments: {measured.seconds:6.2f} s "
-                f"({measured.cpu_seconds:.2f} s CPU), "
-                f"{reads + writes} requests ({reads} reads, {writes} dry-run creates), "
-                f"peak {measured.peak_mib:.0f} MiB, {_planned(measured.stdout)} restarts planned",
-                flush=True,
-            )
+            trees = [("", args.code)] + ([("before: ", args.before)] if args.before else [])
+            for who, tree in trees:  # the same cluster for both, one after the other
+                _use(env, tree)
+                mark = log.mark()
+                measured = run(argv, env, check=False)
+                writes = log.writes_since(mark).total
+                reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
+                print(
+                    f"{who}planning restarts, {size} outdated Deployments: "
+                    f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU), "
+                    f"{reads + writes} requests ({reads} reads, {writes} dry-run creates), "
+                    f"peak {measured.peak_mib:.0f} MiB, {_planned(measured.stdout)} restarts "
+                    "planned",
+                    flush=True,
+                )
+            _use(env, args.code)
             if size != args.roll:
                 continue
             _wait_for(
@@ -303,6 +316,12 @@ def main() -> int:
     parser.add_argument("--roll", type=int, default=1000)
     parser.add_argument("--batch", default="10%")
     parser.add_argument("--code", type=Path, default=None)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="another kymamesh tree whose restart planning is measured on the same cluster",
+    )
     args = parser.parse_args()
     tc = testcluster()
     build()
