@@ -355,7 +355,12 @@ def _mesh_cases(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untype
             # The first run meets the cluster still busy with the new Pods (scheduling,
             # status updates); the second, a settled one.
             shown = _measure(log, tc, kymamesh("status", "-o", "json"), env)
-            print(f"  the same again:                     {shown}")
+            print(f"  the same again:                     {shown}", flush=True)
+            if args.before:
+                _use(env, args.before)
+                shown = _measure(log, tc, kymamesh("status", "-o", "json"), env)
+                print(f"  before:                             {shown}", flush=True)
+                _use(env, args.code)
 
 
 if __name__ == "__main__":
