@@ -252,7 +252,12 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
         env, log = fresh.env, fresh.log
         if args.code:
             env["PYTHONPATH"] = str(args.code.resolve())
-        run(kymamesh("install", "--charts-dir", str(CHARTS), "-y", "-o", "json"), env)
+        run(
+            kymamesh(
+                "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "900", "-o", "json"
+            ),
+            env,
+        )
         nodes = math.ceil(max(sizes) / NODE_PODS)
         _apply([_node(tc, f"kwok-bench-{i}") for i in range(nodes)], env)
         spaces = [f"outdated-{i}" for i in range(SPREAD)]
@@ -336,7 +341,12 @@ def _mesh_cases(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untype
         env, log = fresh.env, fresh.log
         if args.code:
             env["PYTHONPATH"] = str(args.code.resolve())
-        run(kymamesh("install", "--charts-dir", str(CHARTS), "-y", "-o", "json"), env)
+        run(
+            kymamesh(
+                "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "900", "-o", "json"
+            ),
+            env,
+        )
         if args.deployments:
             _apply([_namespace("scale")], env)
             _apply([_deployment(f"d{i:04d}", "scale", 0) for i in range(args.deployments)], env)
