@@ -500,6 +500,36 @@ class Cluster:
                 )
             return dict(answers)
 
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        container: str | None = None,
+        since_time: str | None = None,
+        limit_bytes: int = 1 << 20,
+    ) -> str:
+        """A Pod's log (of `container`), the lines written at `since_time` (RFC 3339) or
+        later, at most `limit_bytes` of them (from the start). Raises NotFoundError when
+        the Pod is gone."""
+        params: builtins.list[tuple[str, str]] = [("limitBytes", str(limit_bytes))]
+        if container:
+            params.append(("container", container))
+        if since_time:
+            params.append(("sinceTime", since_time))
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        reply = self._call(
+            lambda: self._dynamic.request(
+                "GET",
+                path,
+                query_params=builtins.list(params),
+                header_params={"Accept": "*/*"},
+                _request_timeout=_REQUEST_TIMEOUT,
+            )
+        )
+        data = getattr(reply, "data", reply)  # text/plain may come back decoded already
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
     def _pod_http_get(self, namespace: str, pod: str, port: int, path: str) -> bytes:
         """One HTTP GET on a Pod's port through a port-forward (websocket, pods/portforward)."""
         from kubernetes import client

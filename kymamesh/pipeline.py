@@ -540,7 +540,33 @@ def plan_releases(
             plan.reasons.append(f"status is {deployed.status}")
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
+        if plan.row.chart == "istiod" and not plan.reasons:
+            plan.reasons.extend(unreadable_mesh_config(ctx, stack, plan.chart.version))
     return plans
+
+
+def unreadable_mesh_config(ctx: RunContext, stack: ValueStack, version: Version) -> list[str]:
+    """Why the istiod release must be upgraded although nothing of it changed: its live mesh
+    config (ConfigMap `istio`, key `mesh`, edited behind kymamesh's back) is one istiod cannot
+    read, so istiod runs an older one ("invalid mesh config, using last known state") and a
+    restarted istiod cannot start. The upgrade writes the chart's mesh config again (Helm's
+    three-way merge; Helm 4 with --force-conflicts), and phase 2 patches it as always."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    ref = planned_control_plane(stack).configmap(controlplane.MESH_CONFIGMAP)
+    live = ctx.cluster.get(ref)
+    if live is None:
+        return []
+    mesh = controlplane.parse_mesh((live.get("data") or {}).get(controlplane.MESH_KEY))
+    problems = ["key mesh is not a YAML map"] if mesh is None else []
+    if mesh is not None:
+        problems = mesh_config_problems(mesh, f"{version.major}.{version.minor}")
+    if not problems:
+        return []
+    return [
+        f"ConfigMap {ref.namespace}/{ref.name} holds a mesh config istiod cannot read "
+        f"({'; '.join(problems)}): written again from the chart"
+    ]
 
 
 def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], namespace: str) -> None:
