@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -57,6 +58,15 @@ def install(
             "running one, which keeps the default tag; then `kymamesh upgrade promote`.",
         ),
     ] = False,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over",
+            help="Adopt an Istio applied without Helm (the Kyma Istio module, istioctl) into "
+            "kymamesh's Helm releases, in place, istiod and its webhooks serving throughout "
+            "(Helm 4). Stop the module's manager first.",
+        ),
+    ] = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     hub: p.Hub = None,
@@ -66,6 +76,18 @@ def install(
     mesh_id: p.MeshId = None,
     cluster_name: p.ClusterName = None,
     network: p.Network = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            metavar="DIR",
+            help="The mesh's root CA (`kymamesh ca create --out DIR`), or an intermediate of "
+            "your own (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem): this "
+            "cluster's intermediate CA, issued by that root, goes into Secret "
+            "istio-system/cacerts before istiod starts.",
+            file_okay=False,
+        ),
+    ] = None,
     reset_settings: p.ResetSettings = False,
     kubeconfig: c.Kubeconfig = None,
     context: c.Context = None,
@@ -99,6 +121,14 @@ def install(
         p.add_identity(given, ctx, identity)
         p.add_mesh(given, ctx, mesh)
         p.add_mesh_identity(given, mesh_id, cluster_name, network)
-        pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
+        pipeline.install(
+            ctx,
+            inputs,
+            given,
+            reset=reset_settings,
+            revision_based=revision_based,
+            take_over=take_over,
+            ca_dir=ca,
+        )
 
     c.run_command("install", options, body)
