@@ -474,9 +474,11 @@ def install(
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
         meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
-    run_phase_charts(
-        ctx, inputs, stack, layout.rows, revision_based=layout.canary, take_over=take_over
-    )
+    egress = meshfile.egress_enabled(_components(specs))
+    rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
+    run_phase_charts(ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over)
+    if not egress and not layout.canary:
+        remove_egress_gateway(ctx)
     if take_over:
         takeover.report_leftovers(ctx, release.namespace)
     patching.run_patch(ctx, specs)
@@ -493,6 +495,35 @@ def _plan_ca(
     identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
     name = meshidentity.wanted(identity).get("clusterName")
     return meshca.plan(ctx.cluster, namespace, ca_dir, name)
+
+
+def egress_row() -> ChartRelease:
+    """The egress gateway's release: a second release of the gateway chart, with values of
+    its own (`kymamesh.meshfile.egress_values`)."""
+    return ChartRelease(
+        release=meshfile.EGRESS_RELEASE,
+        chart="gateway",
+        ready="the egress gateway Deployment is Available",
+        values_key=meshfile.EGRESS_VALUES,
+    )
+
+
+def remove_egress_gateway(ctx: RunContext) -> None:
+    """The egress gateway kymamesh installed goes when the mesh file no longer enables it
+    (a release of that name kymamesh did not make is left alone)."""
+    namespace = the_release(ctx).namespace
+    deployed = ctx.helm.deployed(meshfile.EGRESS_RELEASE, namespace)
+    if deployed is None or not marked_by_kymamesh(deployed):
+        return
+    item = ItemResult(name=meshfile.EGRESS_RELEASE, outcome=Outcome.WOULD_CHANGE)
+    item.summary = "uninstall: the mesh file does not enable the egress gateway"
+    item.changes = [item.summary]
+    ctx.result.phase(PHASE_CHARTS).items.append(item)
+    if ctx.options.dry_run:
+        return
+    ctx.before_write()
+    ctx.helm.uninstall(meshfile.EGRESS_RELEASE, namespace, ctx.options.timeout)
+    item.outcome = Outcome.CHANGED
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
@@ -515,6 +546,11 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
             hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
         )
     patching.preflight(ctx, specs)
+    if meshfile.egress_enabled(_components(specs)):
+        ctx.result.notes.append(
+            "the mesh file enables the egress gateway: `kymamesh install` makes it (Helm "
+            f"release {meshfile.EGRESS_RELEASE}); `patch` installs no Helm release"
+        )
     patching.run_patch(ctx, specs)
 
 
@@ -541,7 +577,7 @@ def plan_releases(
             PlannedRelease(
                 row=row,
                 chart=chart,
-                values=stack.merged(row.chart),
+                values=stack.merged(row.values_for),
                 deployed=found[row.release],
             )
         )

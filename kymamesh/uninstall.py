@@ -3,8 +3,10 @@
 Order: the Kyma patch's own objects (those labelled
 `app.kubernetes.io/managed-by=kymamesh`: the identity step's AuthorizationPolicy,
 RequestAuthentication and VirtualService, the Gateway, the TLS Secret and the
-identity Secret, the PeerAuthentications `default` and Dex's), then the Helm
-releases dex (in kyma-system, when kymamesh installed it), istio-ingressgateway,
+identity Secret, the PeerAuthentications `default` and Dex's, the NetworkPolicies of step
+network-policies), then the Helm
+releases dex (in kyma-system, when kymamesh installed it), istio-egressgateway (when the
+mesh file enabled it), istio-ingressgateway,
 istiod, istio-base. The patch's mesh-config and injector entries live in the
 istiod release's ConfigMaps and go with it.
 
@@ -39,9 +41,11 @@ from kymamesh.controlplane import find_control_planes
 from kymamesh.errors import PreconditionError, WaitTimeoutError
 from kymamesh.helm import DeployedRelease
 from kymamesh.lock import LOCK_NAME
+from kymamesh.meshfile import EGRESS_RELEASE
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.pipeline import kymamesh_revisions
 from kymamesh.release import dex_pinned, pinned
+from kymamesh.steps.netpol import NAMES as NETWORK_POLICY_NAMES
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
 PHASE_RELEASES = "Istio Helm releases"
@@ -106,6 +110,9 @@ def plan(ctx: RunContext) -> Plan:
     istiods = inv.find_istiods(cluster, namespace)
     result = Plan(installed_by=inv.installer(deployed, istiods), istiods=istiods)
     result.releases = [r for r in reversed(list(deployed.values())) if r is not None]
+    egress = ctx.helm.deployed(EGRESS_RELEASE, namespace)  # the mesh file's egress gateway
+    if egress is not None and inv.marked_by_kymamesh(egress):
+        result.releases.insert(0, egress)
     dex = dex_pinned()  # installed last (by the identity step): removed first
     dex_release = ctx.helm.deployed(dex.release, dex.namespace)
     if dex_release is not None and inv.marked_by_kymamesh(dex_release):
@@ -133,6 +140,10 @@ def plan(ctx: RunContext) -> Plan:
     for obj in cluster.list(tags.WEBHOOK_API, tags.MUTATING, label_selector=selector):
         if tags.TAG_LABEL in (obj["metadata"].get("labels") or {}):
             patch_objects.append(inv.ref_of(obj, tags.WEBHOOK_API))
+    # the network-policies step's NetworkPolicies (its own names, wherever they are)
+    for obj in cluster.list("networking.k8s.io/v1", "NetworkPolicy", label_selector=selector):
+        if obj["metadata"]["name"] in NETWORK_POLICY_NAMES:
+            patch_objects.append(inv.ref_of(obj, "networking.k8s.io/v1"))
     # the identity step's Secret of values read at run time, beside Dex
     for obj in cluster.list("v1", "Secret", namespace=dex.namespace, label_selector=selector):
         patch_objects.append(inv.ref_of(obj, "v1"))

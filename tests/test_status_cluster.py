@@ -25,6 +25,7 @@ STEPS = [
     "mesh-config",
     "mesh-components",
     "multicluster-identity",
+    "network-policies",
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
