@@ -44,11 +44,11 @@ from kymamesh.errors import (
     IstiodUnreachableError,
     NotFoundError,
     PreconditionError,
-    WaitTimeoutError,
     yaml_problem,
 )
 from kymamesh.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
 from kymamesh.versions import Version
+from kymamesh.waits import wait_until
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -764,10 +764,10 @@ class Cluster:
         Polls soon after a change (most objects turn ready within a second), then less
         often: WAIT_FIRST_POLL_S, growing by half each time up to WAIT_MAX_POLL_S.
         """
-        deadline = time.monotonic() + timeout
         pending: builtins.list[Ref] = builtins.list(refs)
-        pause = WAIT_FIRST_POLL_S
-        while True:
+
+        def not_ready() -> str | None:
+            nonlocal pending
             reasons = []
             still = []
             for ref in pending:
@@ -777,17 +777,21 @@ class Cluster:
                     reasons.append(f"{ref} ({why})")
             pending = still
             if not pending:
-                return
+                return None
             if on_poll:
                 on_poll(reasons)
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"timed out after {timeout:.0f}s; not ready: " + "; ".join(reasons),
-                    hint="look at these objects with kubectl describe; raise --timeout if the "
-                    "cluster is slow",
-                )
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 1.5, WAIT_MAX_POLL_S)
+            return "; ".join(reasons)
+
+        wait_until(
+            not_ready,
+            timeout,
+            lambda seen: f"timed out after {timeout:.0f}s; not ready: {seen}",
+            hint="look at these objects with kubectl describe; raise --timeout if the "
+            "cluster is slow",
+            first=WAIT_FIRST_POLL_S,
+            most=WAIT_MAX_POLL_S,
+            grow=1.5,
+        )
 
     # -- the lock ------------------------------------------------------------
 

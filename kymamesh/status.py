@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kymamesh import inventory as inv
-from kymamesh import meshidentity, meshview, sidecars
+from kymamesh import meshidentity, meshview, sidecars, unverified
 from kymamesh.canary import CanaryState
 from kymamesh.canary import read_state as read_canary
 from kymamesh.cluster import Cluster, Obj
@@ -343,6 +343,12 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     for plane in planes:
         problems += mesh_config_security(cluster, plane)
     problems += canary.problems()
+    for name, why in unverified.marks(cluster, namespace).items():
+        problems.append(
+            f"Helm release {namespace}/{name}: its injector has not been seen to answer since "
+            f"kymamesh last changed it ({why}; ConfigMap {namespace}/{unverified.NAME}); "
+            "re-run kymamesh install, which checks it again"
+        )
     running = [
         replace(m, fix=mesh_config_fix(installed_by, m.configmap))
         for m in running_mesh_configs(cluster, istiods)
