@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,6 +72,7 @@ from kymamesh.sidecars import (
     template_proxy_version,
 )
 from kymamesh.steps.base import Change
+from kymamesh.waits import wait_until
 
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_SYSTEM_NAMESPACES = ("kyma-system",)
@@ -685,15 +685,24 @@ class InjectorAnswers:
         shape = self._shape(workload)
         if shape in self._current:
             return
-        deadline = time.monotonic() + self.timeout
-        while True:
-            reasons = self._ask(workload)
-            if not reasons:  # current, or no sidecar at all (the plan leaves those out)
-                self._current.add(shape)
-                return
-            if time.monotonic() >= deadline:
-                raise _injector_timeout(ref, reasons, self.timeout)
-            time.sleep(min(_INJECTOR_POLL_S, max(0.0, deadline - time.monotonic())))
+        last: list[str] = []
+
+        def pending() -> str | None:
+            last[:] = self._ask(workload) or []  # [] when current, or no sidecar at all
+            return "; ".join(last) or None
+
+        try:
+            wait_until(
+                pending,
+                self.timeout,
+                str,
+                hint="",
+                first=_INJECTOR_POLL_S,
+                most=_INJECTOR_POLL_S,
+            )
+        except WaitTimeoutError:
+            raise _injector_timeout(ref, list(last), self.timeout) from None
+        self._current.add(shape)
 
 
 def _injector_timeout(ref: Ref, reasons: list[str], timeout: float) -> WaitTimeoutError:

@@ -15,12 +15,13 @@ a change and then less often, up to once a second.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.errors import WaitTimeoutError
+from kymamesh.waits import wait_until
 
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 REPLICA_SET = "ReplicaSet"
@@ -173,19 +174,19 @@ def read_workloads(cluster: Cluster, refs: Iterable[Ref]) -> dict[Ref, Obj | Non
 def poll(
     check: Callable[[], list[str]], timeout: float, fail: Callable[[list[str]], Exception]
 ) -> None:
-    """Call `check` until it returns nothing left to wait for, up to `timeout` seconds:
-    soon after the start, then less often (FIRST_POLL_S, growing by half up to
-    MAX_POLL_S). On timeout, raise `fail(what is still waited for)`."""
-    deadline = time.monotonic() + timeout
-    pause = FIRST_POLL_S
-    while True:
-        waiting = check()
-        if not waiting:
-            return
-        if time.monotonic() >= deadline:
-            raise fail(waiting)
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(pause * 1.5, MAX_POLL_S)
+    """`waits.wait_until` over a check that lists what is still waited for: soon after the
+    start, then less often (FIRST_POLL_S, growing by half up to MAX_POLL_S). On timeout,
+    raise `fail(what is still waited for)`."""
+    last: list[str] = []
+
+    def pending() -> str | None:
+        last[:] = check()
+        return "; ".join(last) or None
+
+    try:
+        wait_until(pending, timeout, str, hint="", first=FIRST_POLL_S, most=MAX_POLL_S, grow=1.5)
+    except WaitTimeoutError:
+        raise fail(list(last)) from None
 
 
 def unfinished(cluster: Cluster, refs: Iterable[Ref]) -> list[str]:

@@ -429,7 +429,7 @@ def test_step_restarts_only_once_the_injector_gives_the_current_sidecar(
 
     cluster.admit = admit
     slept: list[float] = []
-    monkeypatch.setattr("kymamesh.restarts.time.sleep", slept.append)
+    monkeypatch.setattr("kymamesh.waits.time.sleep", slept.append)
     ctx = run_context(cluster)
     patching.run_patch(ctx, proxies_spec(True))
     assert ctx.result.phases[0].items[0].outcome == "changed"
@@ -1161,7 +1161,7 @@ def test_a_restart_waits_for_the_injector_once_per_shape(monkeypatch: pytest.Mon
 
     cluster = _many_outdated(30)
     counting = _Counting(cluster)
-    monkeypatch.setattr("kymamesh.restarts.time.sleep", lambda s: None)
+    monkeypatch.setattr("kymamesh.waits.time.sleep", lambda s: None)
     options = restart_options({"restart": True})
     plan = plan_restarts(counting, "istio-system", options)  # type: ignore[arg-type]
     counting.calls.clear()

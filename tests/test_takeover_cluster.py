@@ -151,6 +151,10 @@ def test_take_over_a_module_shaped_istio(fresh_cluster: Any) -> None:
     assert "kyma-project.io/module" not in pod["metadata"]["labels"]
     env = pod["spec"]["containers"][0].get("env") or []
     assert MODULE_ENV["name"] not in [e["name"] for e in env]
+    pdb = get(c, "pdb", "istio-ingressgateway", "-n", NAMESPACE)  # the module's, adopted
+    assert pdb is not None and pdb["metadata"]["annotations"]["meta.helm.sh/release-name"] == (
+        "istio-ingressgateway"
+    )
 
     # status: installed by kymamesh
     run = kymamesh(c, "status", "-o", "json")
