@@ -4,6 +4,9 @@
   the real istiod reports as its own cluster (its /debug/clusterz), remembered, `status`.
 - ca create, install --ca: the cluster's intermediate of the mesh root in Secret cacerts
   before istiod starts, used by the real istiod; no private key in any output.
+- mesh join: refusals with zero writes on every cluster; two clusters on one network, each
+  real istiod watching the other through the remote secret kymamesh wrote; a re-run
+  writes nothing.
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ from __future__ import annotations
 import base64
 import json
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tests.conftest import TestCluster
+from tests.conftest import TestCluster, _start
 from tests.support_lifecycle import CHARTS, get, kymamesh
 
 NS = "istio-system"
+EXEC_API = "client.authentication.k8s.io/v1"
 
 
 def istiod_debug(c: TestCluster, path: str) -> Any:
@@ -163,3 +170,188 @@ def _no_key_in(output: str, key_pem: bytes) -> None:
     body = b"".join(line for line in key_pem.splitlines() if not line.startswith(b"-----"))
     assert body.decode() not in output.replace("\n", "")
     assert base64.b64encode(key_pem).decode() not in output
+
+
+# -- mesh join -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two clusters, east and west, each installed into mesh1 (one network) with an
+    intermediate of one root; and `odd`, installed with another mesh ID, the name east and
+    another root (for the refusals)."""
+    root = tmp_path_factory.mktemp("mesh-root")
+    other = tmp_path_factory.mktemp("other-root")
+    clusters = {
+        "east": _start(tmp_path_factory.mktemp("east")),
+        "west": _start(tmp_path_factory.mktemp("west")),
+        "odd": _start(tmp_path_factory.mktemp("odd")),
+    }
+    try:
+        first = clusters["east"]
+        assert kymamesh(first, "ca", "create", "--out", str(root / "ca")).code == 0
+        assert kymamesh(first, "ca", "create", "--out", str(other / "ca")).code == 0
+        for name, c in clusters.items():
+            mesh_id, cluster_name, ca = (
+                ("mesh2", "east", other) if name == "odd" else ("mesh1", name, root)
+            )
+            run = kymamesh(
+                c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "180",
+                "--mesh-id", mesh_id, "--cluster-name", cluster_name, "--network", "net1",
+                "--ca", str(ca / "ca"),
+            )  # fmt: skip
+            assert run.code == 0, str(run)
+        yield {**clusters, "root": root / "ca"}
+    finally:
+        for c in clusters.values():
+            c.down(keep=True)
+
+
+def join_args(*clusters: TestCluster) -> list[str]:
+    args = ["mesh", "join"]
+    for c in clusters:
+        args += ["--kubeconfig", str(c.kubeconfig)]
+    return args
+
+
+def test_join_refusals_write_nothing_on_any_cluster(mesh: dict[str, Any]) -> None:
+    east, west, odd = mesh["east"], mesh["west"], mesh["odd"]
+    everyone = (east, west, odd)
+
+    def refused(*args: str) -> dict[str, Any]:
+        marks = [c.audit.mark() for c in everyone]
+        run = kymamesh(east, *args, "-o", "json")
+        for c, mark in zip(everyone, marks, strict=True):
+            writes = c.audit.writes_since(mark)
+            assert writes.total == 0, writes.describe()
+        assert run.code == 3, str(run)
+        return dict(run.doc["errors"][0])
+
+    # another mesh ID, the same cluster name twice, another root: each named
+    error = refused(*join_args(east, odd))
+    assert "the mesh IDs must be equal and set: east has mesh1, east has mesh2" in error["message"]
+    assert "cluster names must differ, but east is the name of" in error["message"]
+    assert (
+        "the roots of trust differ: the cacerts of east chain to another root" in (error["message"])
+    )
+    assert "--mesh-id" in error["hint"] and "--ca DIR" in error["hint"]
+
+    # an API server the peers cannot reach
+    error = refused(*join_args(east, west), "--api-server", "west=https://127.0.0.1:9")
+    assert "the API server of west at https://127.0.0.1:9 does not answer" in error["message"]
+    assert "--api-server NAME=URL" in error["hint"]
+
+    # someone's remote secret whose kubeconfig carries exec and a token file (istiod refuses it)
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "west", "cluster": {"server": west.server}}],
+        "contexts": [{"name": "west", "context": {"cluster": "west", "user": "west"}}],
+        "current-context": "west",
+        "users": [
+            {
+                "name": "west",
+                "user": {
+                    "exec": {
+                        "command": "cloud-auth",
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                    },
+                    "tokenFile": "/var/run/token",
+                },
+            }
+        ],
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "istio-remote-secret-west",
+            "namespace": NS,
+            "labels": {"istio/multiCluster": "true"},
+            "annotations": {"networking.istio.io/cluster": "west"},
+        },
+        "stringData": {"west": yaml.safe_dump(foreign)},
+    }
+    east.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    try:
+        error = refused(*join_args(east, west))
+        assert (
+            "east already has a remote secret for west, istio-system/istio-remote-secret-west, "
+            "that kymamesh did not make; its kubeconfig carries users.exec, users.tokenFile"
+        ) in error["message"]
+    finally:
+        east.kubectl("delete", "secret", "istio-remote-secret-west", "-n", NS)
+
+    # bad command lines: exit 2
+    one = kymamesh(east, *join_args(east), "-o", "json")
+    assert one.code == 2 and "at least two clusters" in one.doc["errors"][0]["message"]
+    bad = kymamesh(east, *join_args(east, west), "--api-server", "west", "-o", "json")
+    assert bad.code == 2 and "is not NAME=https://" in bad.doc["errors"][0]["message"]
+
+
+def test_join_two_clusters_on_one_network(mesh: dict[str, Any]) -> None:
+    east, west = mesh["east"], mesh["west"]
+    # a Service that exists only in east
+    east.create_namespace("shop")
+    east.kubectl("create", "service", "clusterip", "cart", "--tcp=8080:8080", "-n", "shop")
+
+    dry = kymamesh(east, *join_args(east, west), "--dry-run", "-o", "json")
+    assert dry.code == 0, str(dry)
+    writes = {i["name"]: i for p in dry.doc["phases"] if p["name"] == "writes" for i in p["items"]}
+    assert set(writes) == {"east reads west", "west reads east"}
+    assert all(i["outcome"] == "would-change" for i in writes.values())
+
+    run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "120")
+    assert run.code == 0, str(run)
+    assert run.doc["data"]["verified"]["east"]["synced"] == ["west"]
+
+    for here, peer in ((east, "west"), (west, "east")):
+        # the real istiod lists the peer synced, through the remote secret kymamesh wrote
+        clusters = {e["id"]: e for e in istiod_debug(here, "/debug/clusterz")}
+        assert clusters[peer]["syncStatus"] == "synced", clusters
+        assert clusters[peer]["secretName"] == f"{NS}/istio-remote-secret-{peer}"
+        secret = get(here, "secret", f"istio-remote-secret-{peer}", "-n", NS)
+        assert secret is not None
+        assert secret["metadata"]["labels"]["istio/multiCluster"] == "true"
+        assert secret["metadata"]["annotations"]["networking.istio.io/cluster"] == peer
+        (key,) = secret["data"]
+        assert key == peer
+        kubeconfig = yaml.safe_load(base64.b64decode(secret["data"][peer]))
+        (user,) = kubeconfig["users"]
+        assert set(user["user"]) == {"token"}  # never the admin's client certificate
+        (entry,) = kubeconfig["clusters"]
+        assert set(entry["cluster"]) == {"server", "certificate-authority-data"}
+        peer_cluster = east if peer == "east" else west
+        assert entry["cluster"]["server"] == peer_cluster.server
+        # the token is of the reader account kymamesh made in the peer, bound to the reader role
+        reader = f"kymamesh-reader-{here_name(here, east)}"
+        binding = get(peer_cluster, "clusterrolebinding", reader)
+        assert binding is not None
+        assert binding["roleRef"]["name"] == f"istio-reader-clusterrole-{NS}"
+        run_as = peer_cluster.kubectl(
+            "auth", "can-i", "create", "secrets", "-n", NS,
+            f"--as=system:serviceaccount:{NS}:{reader}",
+            check=False,
+        )  # fmt: skip
+        assert run_as.stdout.strip() == "no"
+
+    # west's istiod knows east's Service `cart`, with east's address
+    def cart_in_west() -> dict[str, Any] | None:
+        services = istiod_debug(west, "/debug/registryz")
+        return next((s for s in services if s["hostname"] == "cart.shop.svc.cluster.local"), None)
+
+    cart = TestCluster.wait_for(cart_in_west, 60, "cart.shop in west's registry")
+    east_ip = json.loads(east.kubectl("get", "svc", "cart", "-n", "shop", "-o", "json").stdout)
+    assert cart["clusterVIPs"]["Addresses"] == {"east": [east_ip["spec"]["clusterIP"]]}
+
+    # a re-run writes nothing on either cluster
+    marks = [east.audit.mark(), west.audit.mark()]
+    again = kymamesh(east, *join_args(east, west), "-o", "json")
+    assert again.code == 0 and again.doc["changed"] is False, str(again)
+    for c, mark in zip((east, west), marks, strict=True):
+        writes = c.audit.writes_since(mark)
+        assert writes.total == 0, writes.describe()
+
+
+def here_name(c: TestCluster, east: TestCluster) -> str:
+    return "east" if c is east else "west"
