@@ -62,6 +62,10 @@ READER_ROLE_LABEL = "app=istio-reader"
 DEFAULT_TOKEN_LIFETIME = timedelta(days=30)
 RENEW_FRACTION = 1 / 3  # a token with less than this share of its lifetime left is renewed
 PARALLEL = 4  # clusters worked on side by side
+# Before Istio 1.30.4 an istiod drops a peer's Services from its registry when that peer's
+# remote secret changes (a new token), and does not get them back (make-before-break of
+# the remote cluster came in 1.30.4; the 1.31 line has it).
+SECRET_UPDATE_SAFE_FROM = Version(1, 30, 4)
 _FORBIDDEN_AUTH = ("exec", "auth-provider", "tokenFile", "username", "password")
 _FILE_KEYS = ("client-certificate", "client-key", "certificate-authority")
 
@@ -82,10 +86,12 @@ class Target:
         return f"{where}" + (f" (context {self.context})" if self.context else "")
 
 
-def targets(kubeconfigs: Sequence[str], contexts: Sequence[str]) -> list[Target]:
+def targets(kubeconfigs: Sequence[str], contexts: Sequence[str], least: int = 2) -> list[Target]:
     """The clusters of `--kubeconfig A --kubeconfig B` and/or `--context X --context Y`:
     repeated kubeconfigs (each its current context), repeated contexts of one kubeconfig,
     or both, paired in order."""
+    if not kubeconfigs and not contexts and least == 1:
+        return [Target(None, None)]  # the default kubeconfig and its current context
     if kubeconfigs and contexts and len(kubeconfigs) != len(contexts):
         if len(kubeconfigs) == 1:
             return [Target(kubeconfigs[0], ctx) for ctx in contexts]
@@ -100,9 +106,9 @@ def targets(kubeconfigs: Sequence[str], contexts: Sequence[str]) -> list[Target]
         found = [Target(None, c) for c in contexts]
     else:
         found = [Target(k, None) for k in kubeconfigs]
-    if len(found) < 2:
+    if len(found) < least:
         raise UsageError(
-            f"mesh join needs at least two clusters, got {len(found)}",
+            f"this needs at least {least} cluster{'s' if least > 1 else ''}, got {len(found)}",
             hint="name each cluster: --kubeconfig A --kubeconfig B, or --context A --context B",
         )
     if len(set(found)) != len(found):
@@ -407,6 +413,7 @@ class PairPlan:
     watcher: Member
     writes: list[Write] = field(default_factory=list)
     stale_tokens: list[str] = field(default_factory=list)  # anchors to delete after verify
+    renews: bool = False  # replaces the token of a remote secret in place
 
 
 def reader_name(watcher: str) -> str:
@@ -500,6 +507,7 @@ def plan_pair(
     plan.stale_tokens = sorted(anchors)
     placeholder = _remote_secret(reader, "(a new token)", anchor_name, now + lifetime)
     why = "new" if live is None else ("rotated" if rotate else "renewed")
+    plan.renews = live is not None
     plan.writes.append(
         Write(
             watcher,
@@ -681,8 +689,11 @@ def join(
     api_server_flags: Sequence[str],
     lifetime: timedelta = DEFAULT_TOKEN_LIFETIME,
     verify_timeout: float | None = None,
+    rotate: bool = False,
 ) -> None:
-    """`kymamesh mesh join`: preflight on every cluster, the writes, the verification."""
+    """`kymamesh mesh join`: preflight on every cluster, the writes, the verification.
+    `rotate` (`kymamesh mesh rotate`): a new token for every pair, each peer synced on it,
+    then the old tokens revoked."""
     api_servers = parse_api_servers(api_server_flags)
     if lifetime < timedelta(minutes=10):
         raise UsageError(
@@ -692,7 +703,7 @@ def join(
     members = connect(ctx, found)
     with sessions(members):
         try:
-            _join(ctx, members, api_servers, lifetime, verify_timeout)
+            _join(ctx, members, api_servers, lifetime, verify_timeout, rotate)
         except KymameshError as exc:
             raise _partial(members, exc) from None
 
@@ -714,6 +725,7 @@ def _join(
     api_servers: Mapping[str, str],
     lifetime: timedelta,
     verify_timeout: float | None,
+    rotate: bool = False,
 ) -> None:
     phase = ctx.result.phase(PREFLIGHT)
     ctx.progress.phase(PREFLIGHT)
@@ -731,7 +743,8 @@ def _join(
         )
     preflight(members, api_servers)
     now = datetime.now(UTC)
-    plans = _plan_all(members, lifetime, now)
+    plans = _plan_all(members, lifetime, now, rotate)
+    refuse_unsafe_updates(plans)
     needed = any(p.writes for p in plans)
     if needed and not ctx.options.dry_run:
         for m in members:  # one lock per cluster, in the fixed order
@@ -739,7 +752,8 @@ def _join(
         for m in members:  # plan again under the locks
             read_member(m, api_servers)
         preflight(members, api_servers)
-        plans = _plan_all(members, lifetime, now)
+        plans = _plan_all(members, lifetime, now, rotate)
+        refuse_unsafe_updates(plans)
     _write(ctx, members, plans)
     ctx.result.data = {
         "clusters": [m.describe() for m in members],
@@ -761,10 +775,37 @@ def _join(
     _revoke_stale(ctx, plans)
 
 
-def _plan_all(members: Sequence[Member], lifetime: timedelta, now: datetime) -> list[PairPlan]:
+def updates_wipe_registry(version: Version | None) -> bool:
+    """Whether an istiod of `version` loses a peer's Services when its remote secret changes."""
+    return version is not None and version < SECRET_UPDATE_SAFE_FROM
+
+
+def refuse_unsafe_updates(plans: Sequence[PairPlan]) -> None:
+    """A changed remote secret (a new token) in a cluster whose istiod would drop that peer's
+    Services: refused before any write."""
+    unsafe = sorted(
+        {
+            f"{p.watcher.name} (Istio {p.watcher.version})"
+            for p in plans
+            if p.renews and updates_wipe_registry(p.watcher.version)
+        }
+    )
+    if unsafe:
+        raise PreconditionError(
+            f"a new token would change remote secrets in {', '.join(unsafe)}, whose istiod drops "
+            "a peer's Services from its registry when the peer's remote secret changes (fixed "
+            f"in Istio {SECRET_UPDATE_SAFE_FROM}); nothing was written",
+            hint="upgrade those clusters first (kymamesh install --istio 1.31, or 1.30 for its "
+            "newest patch), then rotate",
+        )
+
+
+def _plan_all(
+    members: Sequence[Member], lifetime: timedelta, now: datetime, rotate: bool = False
+) -> list[PairPlan]:
     pairs = [(r, w) for w in members for r in members if r is not w]
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        return list(pool.map(lambda rw: plan_pair(rw[0], rw[1], lifetime, now), pairs))
+        return list(pool.map(lambda rw: plan_pair(rw[0], rw[1], lifetime, now, rotate), pairs))
 
 
 def _write(ctx: RunContext, members: Sequence[Member], plans: Sequence[PairPlan]) -> None:
@@ -923,3 +964,289 @@ def verify(ctx: RunContext, members: Sequence[Member], timeout: float) -> dict[s
             "others (--api-server NAME=URL); a re-run converges",
         )
     return out
+
+
+# -- who a cluster is joined with ------------------------------------------------------------
+
+
+def joined_peers(cluster: Cluster) -> list[str]:
+    """The clusters this one is joined with by kymamesh: the remote secrets it wrote here
+    and the reader accounts it made here for peers (reads only)."""
+    peers: set[str] = set()
+    for secret in cluster.list("v1", "Secret", NAMESPACE, f"{MULTICLUSTER_LABEL}=true"):
+        if _ours(secret):
+            peers.update(_clusters_of(secret))
+    for account in cluster.list("v1", "ServiceAccount", NAMESPACE, READER_LABEL):
+        if _ours(account):
+            peer = (account["metadata"].get("labels") or {}).get(READER_LABEL)
+            if peer:
+                peers.add(str(peer))
+    return sorted(peers)
+
+
+def refuse_if_joined(cluster: Cluster, what: str) -> None:
+    """`uninstall` on a cluster that is part of a mesh: refused, naming the peers."""
+    peers = joined_peers(cluster)
+    if peers:
+        raise PreconditionError(
+            f"{what}: this cluster is joined in a mesh with {', '.join(peers)}; their istiods "
+            "watch it, and it watches theirs",
+            hint="take it out first: kymamesh mesh leave --kubeconfig THIS "
+            + " ".join(f"--kubeconfig {p.upper()}" for p in peers)
+            + " (the first one leaves)",
+        )
+
+
+def peer_entries(cluster: Cluster, now: datetime | None = None) -> list[dict[str, Any]]:
+    """What this cluster's remote secrets say of each peer: its server, when its token
+    expires, whether kymamesh wrote it (reads only; never the token)."""
+    now = now or datetime.now(UTC)
+    out = []
+    for secret in cluster.list("v1", "Secret", NAMESPACE, f"{MULTICLUSTER_LABEL}=true"):
+        for peer in _clusters_of(secret):
+            token, server, _ = stored_token(secret, peer)
+            expires = token_claims(token).get("exp")
+            when = (
+                datetime.fromtimestamp(expires, UTC) if isinstance(expires, int | float) else None
+            )
+            out.append(
+                {
+                    "cluster": peer,
+                    "secret": f"{NAMESPACE}/{secret['metadata']['name']}",
+                    "server": server,
+                    "byKymamesh": _ours(secret),
+                    "tokenExpires": f"{when:%Y-%m-%dT%H:%M:%SZ}" if when else None,
+                    "tokenExpired": bool(when and when <= now),
+                }
+            )
+    return sorted(out, key=lambda e: str(e["cluster"]))
+
+
+# -- leave -----------------------------------------------------------------------------------
+
+
+LEAVE = "leave: what join wrote, on both sides"
+
+
+def leave(ctx: RunContext, found: Sequence[Target], verify_timeout: float | None = None) -> None:
+    """`kymamesh mesh leave`: the first cluster leaves; the others are its peers, each of
+    which must be given (their remote secrets for it are removed too)."""
+    members = connect(ctx, found)
+    with sessions(members):
+        try:
+            _leave(ctx, members, verify_timeout or ctx.options.timeout)
+        except KymameshError as exc:
+            raise _partial(members, exc) from None
+
+
+def _leave(ctx: RunContext, members: list[Member], timeout: float) -> None:
+    phase = ctx.result.phase(PREFLIGHT)
+    ctx.progress.phase(PREFLIGHT)
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        list(pool.map(lambda m: read_member(m, {}), members))
+    leaving, others = members[0], members[1:]
+    for m in members:
+        phase.items.append(ItemResult(name=m.name, outcome=Outcome.UNCHANGED,
+                                      summary="leaves" if m is leaving else "stays"))  # fmt: skip
+    peers = joined_peers(leaving.cluster)
+    given = {m.name for m in others}
+    missing = sorted(set(peers) - given)
+    if missing:
+        raise PreconditionError(
+            f"{leaving.name} is joined with {', '.join(missing)} too, which were not given: "
+            "their remote secrets for it would be left behind; nothing was written",
+            hint="name every peer after the cluster that leaves: kymamesh mesh leave "
+            "--kubeconfig LEAVING --kubeconfig PEER ...",
+        )
+    writes = _leave_writes(leaving, others)
+    if writes and not ctx.options.dry_run:
+        for m in sorted(members, key=lambda m: m.name):  # the fixed order
+            m.ctx.take_lock()
+        writes = _leave_writes(leaving, others)
+    step = ctx.result.phase(LEAVE)
+    ctx.progress.phase(LEAVE)
+    for m in sorted(members, key=lambda m: m.name):
+        mine = [w for w in writes if w.member is m]
+        item = ItemResult(name=m.name, outcome=Outcome.UNCHANGED, summary="nothing of the join")
+        step.items.append(item)
+        with ctx.progress.item(m.name) as tracker:
+            for w in mine:
+                item.changes.append(f"{w.target}: {w.summary}")
+                item.diff = (item.diff + "\n" + w.diff).strip()
+                if ctx.options.dry_run:
+                    item.outcome = Outcome.WOULD_CHANGE
+                    continue
+                w.apply()
+                item.outcome = Outcome.CHANGED
+            if mine:
+                item.summary = (
+                    f"deleted {len(mine)} objects"
+                    if not ctx.options.dry_run
+                    else (f"would delete {len(mine)} objects")
+                )
+            tracker.done(item.outcome, item.summary)
+    ctx.result.data = {"left": leaving.name, "peers": sorted(given)}
+    if ctx.options.dry_run or not writes:
+        return
+    _wait_forgotten(ctx, leaving, others, timeout)
+
+
+def _leave_writes(leaving: Member, others: Sequence[Member]) -> list[Write]:
+    writes: list[Write] = []
+    for peer in others:
+        writes += _pair_objects(reader=leaving, watcher=peer)
+        writes += _pair_objects(reader=peer, watcher=leaving)
+    return writes
+
+
+def _pair_objects(reader: Member, watcher: Member) -> list[Write]:
+    """The deletes that undo `watcher` reading `reader`: kymamesh's objects only."""
+    found: list[tuple[Member, Obj]] = []
+    secret = watcher.cluster.get(Ref("v1", "Secret", remote_secret_name(reader.name), NAMESPACE))
+    if secret is not None and _ours(secret):
+        found.append((watcher, secret))
+    name = reader_name(watcher.name)
+    for ref in (
+        Ref("v1", "ServiceAccount", name, NAMESPACE),
+        Ref("rbac.authorization.k8s.io/v1", "ClusterRoleBinding", name),
+    ):
+        live = reader.cluster.get(ref)
+        if live is not None and _ours(live):
+            found.append((reader, live))
+    for anchor in _anchors(reader.cluster, watcher.name):
+        live = reader.cluster.get(Ref("v1", "Secret", anchor, NAMESPACE))
+        if live is not None and _ours(live):
+            found.append((reader, live))
+    writes = []
+    for member, obj in found:
+        ref = Ref.of(obj)
+        writes.append(
+            Write(
+                member,
+                str(ref),
+                f"deleted ({watcher.name} no longer reads {reader.name})",
+                _deleter(member.cluster, ref),
+                f"--- {ref}\n+++ (deleted)",
+            )
+        )
+    return writes
+
+
+def _deleter(cluster: Cluster, ref: Ref) -> Callable[[], None]:
+    def delete() -> None:
+        cluster.delete(ref)
+
+    return delete
+
+
+def _wait_forgotten(
+    ctx: RunContext, leaving: Member, others: Sequence[Member], timeout: float
+) -> None:
+    """Until no istiod lists the other side any more."""
+    phase = ctx.result.phase(VERIFY)
+    ctx.progress.phase(VERIFY)
+    deadline = time.monotonic() + timeout
+    for m in [*others, leaving]:
+        gone = {leaving.name} if m is not leaving else {p.name for p in others}
+        while True:
+            try:
+                listed = set(synced_peers(m)) & gone
+            except IstiodUnreachableError as exc:
+                listed, why = gone, exc.message
+            else:
+                why = f"istiod still lists {', '.join(sorted(listed))}"
+            if not listed:
+                phase.items.append(
+                    ItemResult(
+                        name=m.name,
+                        outcome=Outcome.UNCHANGED,
+                        summary=f"istiod no longer lists {', '.join(sorted(gone))}",
+                    )
+                )
+                break
+            if time.monotonic() > deadline:
+                raise WaitTimeoutError(
+                    f"{m.name}: {why} after {timeout:.0f}s",
+                    hint="check istiod's log; a re-run converges",
+                )
+            time.sleep(1.0)
+
+
+# -- mesh status -----------------------------------------------------------------------------
+
+
+def mesh_status(ctx: RunContext, found: Sequence[Target]) -> bool:
+    """`kymamesh mesh status`: each cluster's peers, their sync state in its istiod, when
+    each token expires, and what is wrong. Reads only. True when healthy."""
+    members = connect(ctx, found)
+    with sessions(members):
+        return _mesh_status(ctx, members)
+
+
+def _mesh_status(ctx: RunContext, members: list[Member]) -> bool:
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        list(pool.map(lambda m: read_member(m, {}), members))
+    members.sort(key=lambda m: m.name)
+    by_name = {m.name: m for m in members}
+    now = datetime.now(UTC)
+    problems: list[str] = []
+    clusters = []
+    for m in members:
+        entries = peer_entries(m.cluster, now)
+        try:
+            sync: dict[str, str] | None = synced_peers(m)
+        except IstiodUnreachableError as exc:
+            sync = None
+            problems.append(f"{m.name}: istiod's /debug/clusterz cannot be read: {exc.message}")
+        for e in entries:
+            peer = str(e["cluster"])
+            e["syncStatus"] = (sync or {}).get(peer, "not listed") if sync is not None else None
+            if sync is not None and e["syncStatus"] != "synced":
+                problems.append(f"{m.name}: istiod reports {peer} {e['syncStatus']}")
+            if e["tokenExpired"]:
+                problems.append(
+                    f"{m.name}: the token it reads {peer} with expired on {e['tokenExpires']}"
+                )
+            other = by_name.get(peer)
+            if other is not None and e["byKymamesh"]:
+                token, _, _ = stored_token(m.remote_secrets.get(peer), peer)
+                if not _token_backed(other, token):
+                    e["tokenRevoked"] = True
+                    problems.append(
+                        f"{m.name}: the token it reads {peer} with is no longer backed in "
+                        f"{peer} (its reader account or token Secret is gone)"
+                    )
+        listed = {str(e["cluster"]) for e in entries}
+        for other in members:
+            if other is not m and other.name not in listed:
+                problems.append(f"{m.name} has no remote secret for {other.name}: not joined")
+        clusters.append({**m.describe(), "peers": entries})
+    ctx.result.data = {"clusters": clusters, "problems": problems, "healthy": not problems}
+    for c in clusters:
+        peers = ", ".join(
+            f"{e['cluster']} {e.get('syncStatus') or 'unknown'} (token until "
+            f"{e['tokenExpires'] or 'unknown'})"
+            for e in c["peers"]
+        )
+        ctx.result.notes.append(
+            f"{c['name']}: mesh {c['meshID']}, network {c['network'] or 'unset'}, peers: "
+            f"{peers or 'none'}"
+        )
+    ctx.result.notes.extend(f"problem: {p}" for p in problems)
+    return not problems
+
+
+def _token_backed(reader: Member, token: str) -> bool:
+    """Whether the reader cluster still has the account and the Secret `token` is bound to."""
+    info = token_claims(token).get("kubernetes.io") or {}
+    account = info.get("serviceaccount") or {}
+    anchor = info.get("secret") or {}
+    r = reader.cluster
+    live_sa = r.get(Ref("v1", "ServiceAccount", str(account.get("name", "")), NAMESPACE))
+    if live_sa is None or live_sa["metadata"].get("uid") != account.get("uid"):
+        return False
+    if anchor:
+        live = r.get(Ref("v1", "Secret", str(anchor.get("name", "")), NAMESPACE))
+        if live is None or live["metadata"].get("uid") != anchor.get("uid"):
+            return False
+    return True
