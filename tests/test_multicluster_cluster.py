@@ -183,33 +183,26 @@ def _no_key_in(output: str, key_pem: bytes) -> None:
 # -- mesh join -------------------------------------------------------------------------------
 
 
+def install_member(c: TestCluster, mesh_id: str, name: str, ca: Path) -> None:
+    run = kymamesh(
+        c, "install", "--charts-dir", str(CHARTS_131), "-y", "--timeout", "300",
+        "--mesh-id", mesh_id, "--cluster-name", name, "--network", "net1", "--ca", str(ca),
+    )  # fmt: skip
+    assert run.code == 0, str(run)
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Two clusters, east and west, each installed into mesh1 (one network) with an
-    intermediate of one root; and `odd`, installed with another mesh ID, the name east and
-    another root (for the refusals)."""
-    root = tmp_path_factory.mktemp("mesh-root")
-    other = tmp_path_factory.mktemp("other-root")
-    clusters = {
-        "east": _start(tmp_path_factory.mktemp("east")),
-        "west": _start(tmp_path_factory.mktemp("west")),
-        "odd": _start(tmp_path_factory.mktemp("odd")),
-    }
+    intermediate of one root."""
+    root = tmp_path_factory.mktemp("mesh-root") / "ca"
+    clusters = {"east": _start(tmp_path_factory.mktemp("east"))}
     try:
-        first = clusters["east"]
-        assert kymamesh(first, "ca", "create", "--out", str(root / "ca")).code == 0
-        assert kymamesh(first, "ca", "create", "--out", str(other / "ca")).code == 0
+        clusters["west"] = _start(tmp_path_factory.mktemp("west"))
+        assert kymamesh(clusters["east"], "ca", "create", "--out", str(root)).code == 0
         for name, c in clusters.items():
-            mesh_id, cluster_name, ca = (
-                ("mesh2", "east", other) if name == "odd" else ("mesh1", name, root)
-            )
-            run = kymamesh(
-                c, "install", "--charts-dir", str(CHARTS_131), "-y", "--timeout", "180",
-                "--mesh-id", mesh_id, "--cluster-name", cluster_name, "--network", "net1",
-                "--ca", str(ca / "ca"),
-            )  # fmt: skip
-            assert run.code == 0, str(run)
-        yield {**clusters, "root": root / "ca"}
+            install_member(c, "mesh1", name, root)
+        yield {**clusters, "root": root}
     finally:
         for c in clusters.values():
             c.down(keep=True)
@@ -222,8 +215,22 @@ def join_args(*clusters: TestCluster) -> list[str]:
     return args
 
 
-def test_join_refusals_write_nothing_on_any_cluster(mesh: dict[str, Any]) -> None:
-    east, west, odd = mesh["east"], mesh["west"], mesh["odd"]
+def test_join_refusals_write_nothing_on_any_cluster(
+    mesh: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`odd` is installed with another mesh ID, the name east and another root."""
+    east, west = mesh["east"], mesh["west"]
+    odd = _start(tmp_path_factory.mktemp("odd"))
+    try:
+        other = tmp_path_factory.mktemp("other-root") / "ca"
+        assert kymamesh(odd, "ca", "create", "--out", str(other)).code == 0
+        install_member(odd, "mesh2", "east", other)
+        _refusals(east, west, odd)
+    finally:
+        odd.down(keep=True)
+
+
+def _refusals(east: TestCluster, west: TestCluster, odd: TestCluster) -> None:
     everyone = (east, west, odd)
 
     def refused(*args: str) -> dict[str, Any]:
@@ -467,12 +474,7 @@ def test_three_clusters_then_a_fourth(
     try:
         extra["south"] = _start(tmp_path_factory.mktemp("south"))
         for name, c in extra.items():
-            run = kymamesh(
-                c, "install", "--charts-dir", str(CHARTS_131), "-y", "--timeout", "180",
-                "--mesh-id", "mesh1", "--cluster-name", name, "--network", "net1",
-                "--ca", str(mesh["root"]),
-            )  # fmt: skip
-            assert run.code == 0, str(run)
+            install_member(c, "mesh1", name, mesh["root"])
         three = (east, west, extra["north"])
         run = kymamesh(east, *join_args(*three), "-o", "json", "--timeout", "180")
         assert run.code == 0, str(run)
