@@ -1,4 +1,4 @@
-"""One mesh across clusters: `kymamesh mesh join` (multi-primary, one network).
+"""One mesh across clusters: `kymamesh mesh join` (multi-primary, one network or several).
 
 Each istiod watches its peers' API servers through a remote secret: in cluster W,
 Secret `istio-system/istio-remote-secret-R` (label `istio/multiCluster: "true"`,
@@ -66,6 +66,12 @@ PARALLEL = 4  # clusters worked on side by side
 # remote secret changes (a new token), and does not get them back (make-before-break of
 # the remote cluster came in 1.30.4; the 1.31 line has it).
 SECRET_UPDATE_SAFE_FROM = Version(1, 30, 4)
+# several networks: the east-west gateway (Istio's gateway chart, networkGateway=NET) and the
+# Gateway that passes mTLS through it to the services of its cluster
+EAST_WEST_NAME = "istio-eastwestgateway"
+EAST_WEST_PORT = 15443
+GATEWAY_PORT_LABEL = "networking.istio.io/gatewayPort"
+CROSS_NETWORK_GATEWAY = "cross-network-gateway"
 _FORBIDDEN_AUTH = ("exec", "auth-provider", "tokenFile", "username", "password")
 _FILE_KEYS = ("client-certificate", "client-key", "certificate-authority")
 
@@ -151,6 +157,7 @@ class Member:
     root_pem: bytes | None = None  # the root of its cacerts
     reader_role: str | None = None
     remote_secrets: dict[str, Obj] = field(default_factory=dict)  # by the peer it names
+    gateways: list[Obj] = field(default_factory=list)  # east-west gateway Services
 
     @property
     def cluster(self) -> Cluster:
@@ -216,6 +223,11 @@ def read_member(m: Member, api_servers: Mapping[str, str]) -> None:
     for secret in cluster.list("v1", "Secret", NAMESPACE, f"{MULTICLUSTER_LABEL}=true"):
         for peer in _clusters_of(secret):
             m.remote_secrets[peer] = secret
+    m.gateways = [
+        svc
+        for svc in cluster.list("v1", "Service", NAMESPACE, meshidentity.NETWORK_LABEL)
+        if (svc["metadata"].get("labels") or {}).get(meshidentity.NETWORK_LABEL) == m.network
+    ]
 
 
 def _reader_role(cluster: Cluster) -> str | None:
@@ -273,13 +285,7 @@ def preflight(members: Sequence[Member], api_servers: Mapping[str, str]) -> None
         )
     problems += _root_problems(members)
     problems += _version_problems(members)
-    networks = {m.network for m in members}
-    if len(networks) > 1:
-        problems.append(
-            "the clusters are on different networks ("
-            + ", ".join(f"{m.name} {m.network or 'unset'}" for m in members)
-            + "): mesh join connects clusters of one network"
-        )
+    problems += _network_problems(members)
     for m in members:
         if m.reader_role is None:
             problems.append(
@@ -298,6 +304,67 @@ def preflight(members: Sequence[Member], api_servers: Mapping[str, str]) -> None
             "mesh join refused, nothing was written: " + "; ".join(problems),
             hint=_preflight_hint(problems),
         )
+
+
+def several_networks(members: Sequence[Member]) -> bool:
+    return len({m.network for m in members}) > 1
+
+
+def gateway_address(svc: Mapping[str, Any]) -> str | None:
+    """The address a load balancer gave an east-west gateway Service (ip or hostname)."""
+    for entry in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        address = entry.get("ip") or entry.get("hostname")
+        if address:
+            return str(address)
+    return None
+
+
+def _gateway_port(svc: Mapping[str, Any]) -> bool:
+    labels = svc["metadata"].get("labels") or {}
+    port = int(labels.get(GATEWAY_PORT_LABEL) or EAST_WEST_PORT)
+    return any(p.get("port") == port for p in (svc.get("spec") or {}).get("ports") or [])
+
+
+def _network_problems(members: Sequence[Member]) -> list[str]:
+    """On several networks: every cluster's network set, and an east-west gateway Service
+    of its network (port 15443) with an address, which the peers' sidecars reach it at."""
+    if not several_networks(members):
+        return []
+    unset = [m.name for m in members if not m.network]
+    if unset:
+        return [
+            f"the clusters are on several networks, but {', '.join(unset)} "
+            f"{'has' if len(unset) == 1 else 'have'} none (install --network NET)"
+        ]
+    problems = []
+    for m in members:
+        ready = [svc for svc in m.gateways if _gateway_port(svc) and gateway_address(svc)]
+        if ready:
+            continue
+        if not m.gateways:
+            why = (
+                f"no east-west gateway: no Service in {NAMESPACE} labelled "
+                f"{meshidentity.NETWORK_LABEL}={m.network} (Istio's gateway chart with "
+                f"name={EAST_WEST_NAME} and networkGateway={m.network} makes it)"
+            )
+        else:
+            svc = m.gateways[0]
+            name = f"{NAMESPACE}/{svc['metadata']['name']}"
+            kind = (svc.get("spec") or {}).get("type") or "ClusterIP"
+            if not _gateway_port(svc):
+                why = f"its east-west gateway Service {name} has no port {EAST_WEST_PORT}"
+            elif kind != "LoadBalancer":
+                why = (
+                    f"its east-west gateway Service {name} is of type {kind}: no load balancer "
+                    "gives it an address the other networks reach"
+                )
+            else:
+                why = (
+                    f"its east-west gateway Service {name} has no address yet: no load "
+                    "balancer has answered it (none in this cluster, or one still working)"
+                )
+        problems.append(f"{m.name} (network {m.network}): {why}")
+    return problems
 
 
 def _root_problems(members: Sequence[Member]) -> list[str]:
@@ -386,6 +453,12 @@ def _preflight_hint(problems: list[str]) -> str:
         hints.append("install every cluster with --ca DIR of one root (`kymamesh ca create`)")
     if "does not answer" in text:
         hints.append("pass --api-server NAME=URL with an address the peers reach")
+    if "east-west gateway" in text:
+        hints.append(
+            f"install the east-west gateway in each cluster (helm install {EAST_WEST_NAME} "
+            f"istio/gateway -n {NAMESPACE} --set name={EAST_WEST_NAME} --set "
+            "networkGateway=NET) and wait until its Service has an address"
+        )
     if "did not make" in text:
         hints.append("delete the remote secrets named, then re-run")
     return "; ".join(hints) or "fix what is named, then re-run"
@@ -805,7 +878,60 @@ def _plan_all(
 ) -> list[PairPlan]:
     pairs = [(r, w) for w in members for r in members if r is not w]
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        return list(pool.map(lambda rw: plan_pair(rw[0], rw[1], lifetime, now, rotate), pairs))
+        plans = list(pool.map(lambda rw: plan_pair(rw[0], rw[1], lifetime, now, rotate), pairs))
+    if several_networks(members):
+        for m in members:  # in the first plan where the cluster is the reader
+            first = next(p for p in plans if p.reader is m)
+            first.writes[:0] = _cross_network_gateway(m)
+    return plans
+
+
+def cross_network_gateway(m: Member) -> Obj:
+    """The Gateway that lets the other networks' sidecars reach this cluster's services
+    through its east-west gateway: port 15443, TLS passed through (AUTO_PASSTHROUGH)."""
+    selector = {"istio": "eastwestgateway"}
+    ready = [svc for svc in m.gateways if _gateway_port(svc) and gateway_address(svc)]
+    chosen = ((ready[0].get("spec") or {}).get("selector") or {}) if ready else {}
+    if chosen.get("istio"):
+        selector = {"istio": str(chosen["istio"])}
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {
+            "name": CROSS_NETWORK_GATEWAY,
+            "namespace": NAMESPACE,
+            "labels": {MANAGED_BY_LABEL: "kymamesh"},
+        },
+        "spec": {
+            "selector": selector,
+            "servers": [
+                {
+                    "port": {"number": EAST_WEST_PORT, "name": "tls", "protocol": "TLS"},
+                    "tls": {"mode": "AUTO_PASSTHROUGH"},
+                    "hosts": ["*.local"],
+                }
+            ],
+        },
+    }
+
+
+def _cross_network_gateway(m: Member) -> list[Write]:
+    wanted = cross_network_gateway(m)
+    ref = Ref.of(wanted)
+    live = m.cluster.get(ref)
+    if live is not None and live.get("spec") == wanted["spec"] and _ours(live):
+        return []
+    cluster = m.cluster
+    return [
+        Write(
+            m,
+            str(ref),
+            f"Gateway {CROSS_NETWORK_GATEWAY}: port {EAST_WEST_PORT} TLS AUTO_PASSTHROUGH for "
+            f"*.local on the east-west gateway ({wanted['spec']['selector']})",
+            lambda: _apply(cluster, wanted),
+            object_diff(live, wanted, str(ref)),
+        )
+    ]
 
 
 def _write(ctx: RunContext, members: Sequence[Member], plans: Sequence[PairPlan]) -> None:
@@ -909,11 +1035,33 @@ def services_from(member: Member, peer: str) -> list[str]:
     return sorted(found)
 
 
+def _unseen_gateways(m: Member, peers: Sequence[str], gateways: Mapping[str, str]) -> list[str]:
+    """The peers whose east-west gateway (its address) `m`'s istiod does not list yet."""
+    if not gateways:
+        return []
+    known: set[tuple[str, str]] = set()
+    for pod in istiod_view(m, "/debug/networkz"):
+        for gw in pod if isinstance(pod, list) else []:
+            known.add((str(gw.get("Cluster")), str(gw.get("Addr"))))
+    return [f"{p} ({gateways[p]})" for p in peers if (p, gateways[p]) not in known]
+
+
 def verify(ctx: RunContext, members: Sequence[Member], timeout: float) -> dict[str, Any]:
     """Wait until every istiod reports each peer synced and knows Services of each peer."""
     phase = ctx.result.phase(VERIFY)
     ctx.progress.phase(VERIFY)
     out: dict[str, Any] = {}
+
+    gateways = (
+        {
+            p.name: next(
+                (a for a in (gateway_address(svc) for svc in p.gateways) if a is not None), ""
+            )
+            for p in members
+        }
+        if several_networks(members)
+        else {}
+    )
 
     def check(m: Member) -> tuple[Member, dict[str, Any], str | None]:
         peers = [p.name for p in members if p is not m]
@@ -925,17 +1073,21 @@ def verify(ctx: RunContext, members: Sequence[Member], timeout: float) -> dict[s
                 waiting = [p for p in peers if seen.get(p) != "synced"]
                 services = {p: services_from(m, p) for p in peers} if not waiting else {}
                 empty = [p for p in peers if not services.get(p)]
-                if not waiting and not empty:
+                unseen = _unseen_gateways(m, peers, gateways) if not waiting else []
+                if not waiting and not empty and unseen:
+                    last = "no east-west gateway of " + ", ".join(unseen) + " in its networkz yet"
+                elif not waiting and not empty:
                     return (
                         m,
                         {"synced": peers, "services": {p: len(s) for p, s in services.items()}},
                         None,
                     )
-                last = (
-                    ", ".join(f"{p} {seen.get(p, 'not listed')}" for p in waiting)
-                    if waiting
-                    else "no Service of " + ", ".join(empty) + " in its registry yet"
-                )
+                else:
+                    last = (
+                        ", ".join(f"{p} {seen.get(p, 'not listed')}" for p in waiting)
+                        if waiting
+                        else "no Service of " + ", ".join(empty) + " in its registry yet"
+                    )
             except IstiodUnreachableError as exc:
                 last = exc.message
             if time.monotonic() > deadline:
@@ -1096,6 +1248,17 @@ def _leave_writes(leaving: Member, others: Sequence[Member]) -> list[Write]:
     for peer in others:
         writes += _pair_objects(reader=leaving, watcher=peer)
         writes += _pair_objects(reader=peer, watcher=leaving)
+    for m in [leaving, *others]:  # the cross-network Gateway, once nothing else needs it
+        rest = set(joined_peers(m.cluster)) - (
+            {p.name for p in others} if m is leaving else {leaving.name}
+        )
+        ref = Ref("networking.istio.io/v1", "Gateway", CROSS_NETWORK_GATEWAY, NAMESPACE)
+        live = m.cluster.get(ref) if m.cluster.serves(ref.api_version, ref.kind) else None
+        if not rest and live is not None and _ours(live):
+            writes.append(
+                Write(m, str(ref), "deleted (no peer left on another network)",
+                      _deleter(m.cluster, ref), f"--- {ref}\n+++ (deleted)")
+            )  # fmt: skip
     return writes
 
 

@@ -183,10 +183,12 @@ def _no_key_in(output: str, key_pem: bytes) -> None:
 # -- mesh join -------------------------------------------------------------------------------
 
 
-def install_member(c: TestCluster, mesh_id: str, name: str, ca: Path) -> None:
+def install_member(
+    c: TestCluster, mesh_id: str, name: str, ca: Path, network: str = "net1"
+) -> None:
     run = kymamesh(
         c, "install", "--charts-dir", str(CHARTS_131), "-y", "--timeout", "300",
-        "--mesh-id", mesh_id, "--cluster-name", name, "--network", "net1", "--ca", str(ca),
+        "--mesh-id", mesh_id, "--cluster-name", name, "--network", network, "--ca", str(ca),
     )  # fmt: skip
     assert run.code == 0, str(run)
 
@@ -463,6 +465,90 @@ def test_status_rotate_uninstall_refusal_and_leave(mesh: dict[str, Any]) -> None
     status = kymamesh(east, "mesh", "status", *everyone, "-o", "json")
     assert status.code == 7
     assert "east has no remote secret for west: not joined" in status.doc["data"]["problems"]
+
+
+def east_west_service(network: str) -> dict[str, Any]:
+    """The east-west gateway's Service as Istio's gateway chart makes it with
+    name=istio-eastwestgateway and networkGateway=NETWORK (the stand-in gateway chart has no
+    networkGateway, so the test makes the Service itself)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "istio-eastwestgateway",
+            "namespace": NS,
+            "labels": {"istio": "eastwestgateway", "topology.istio.io/network": network},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"istio": "eastwestgateway"},
+            "ports": [
+                {"name": "status-port", "port": 15021, "targetPort": 15021},
+                {"name": "tls", "port": 15443, "targetPort": 15443},
+                {"name": "tls-istiod", "port": 15012, "targetPort": 15012},
+                {"name": "tls-webhook", "port": 15017, "targetPort": 15017},
+            ],
+        },
+    }
+
+
+def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
+    east, west = mesh["east"], mesh["west"]
+    install_member(west, "mesh1", "west", mesh["root"], network="net2")
+    addresses = {"east": "203.0.113.10", "west": "203.0.113.20"}
+    try:
+        for c, net in ((east, "net1"), (west, "net2")):
+            c.kubectl("apply", "-f", "-", input=json.dumps(east_west_service(net)))
+        # no load balancer here: refused, naming each cluster and why; nothing written
+        marks = [east.audit.mark(), west.audit.mark()]
+        refused = kymamesh(east, *join_args(east, west), "-o", "json")
+        assert refused.code == 3, str(refused)
+        message = refused.doc["errors"][0]["message"]
+        assert "east (network net1): its east-west gateway Service istio-system/" in message
+        assert "has no address yet" in message and "west (network net2)" in message
+        for c, mark in zip((east, west), marks, strict=True):
+            assert c.audit.writes_since(mark).total == 0
+
+        # the address a cloud's load balancer controller would give (set by the test)
+        for c, name in ((east, "east"), (west, "west")):
+            status = {"status": {"loadBalancer": {"ingress": [{"ip": addresses[name]}]}}}
+            c.kubectl(
+                "patch", "service", "istio-eastwestgateway", "-n", NS, "--subresource=status",
+                "--type=merge", "-p", json.dumps(status),
+            )  # fmt: skip
+        run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "180")
+        assert run.code == 0, str(run)
+        for here, peer in ((east, "west"), (west, "east")):
+            gateway = get(here, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS)
+            assert gateway is not None
+            (server,) = gateway["spec"]["servers"]
+            assert server["port"]["number"] == 15443
+            assert server["tls"]["mode"] == "AUTO_PASSTHROUGH"
+            assert server["hosts"] == ["*.local"]
+            assert gateway["spec"]["selector"] == {"istio": "eastwestgateway"}
+            # the real istiod knows the peer's network gateway at the peer's address
+            seen = {(g["Cluster"], g["Network"], g["Addr"], g["Port"])
+                    for g in istiod_debug(here, "/debug/networkz")}  # fmt: skip
+            net = "net1" if peer == "east" else "net2"
+            assert (peer, net, addresses[peer], 15443) in seen, seen
+        # east's Service, in west's registry
+        services = istiod_debug(west, "/debug/registryz")
+        cart = next(s for s in services if s["hostname"] == "cart.shop.svc.cluster.local")
+        assert list(cart["clusterVIPs"]["Addresses"]) == ["east"]
+        with east.audit.counting() as ew, west.audit.counting() as ww:
+            again = kymamesh(east, *join_args(east, west), "-o", "json")
+        assert again.code == 0 and again.doc["changed"] is False, str(again)
+        assert ew.total == 0 and ww.total == 0
+
+        left = kymamesh(east, "mesh", "leave", *join_args(east, west)[2:], "-o", "json")
+        assert left.code == 0, str(left)
+        assert _join_objects(east) == [] and _join_objects(west) == []
+        for c in (east, west):
+            assert get(c, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS) is None
+    finally:
+        for c in (east, west):
+            c.kubectl("delete", "service", "istio-eastwestgateway", "-n", NS, check=False)
+        install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 
 def test_three_clusters_then_a_fourth(
