@@ -562,6 +562,33 @@ class Cluster:
             fenced=True,
         )
 
+    def release_field_manager(self, ref: Ref, manager: str) -> Obj:
+        """Make another installer's field manager give up its fields of an object: a
+        server-side apply, as `manager`, of an object that sets nothing. The fields that
+        manager alone owned are removed; fields another manager owns too stay (Kubernetes'
+        documented way to hand fields over, since ownership moves only by applying)."""
+        self.check_lock()
+        resource = self._resource(ref.api_version, ref.kind)
+        meta: dict[str, Any] = {"name": ref.name}
+        if ref.namespace:
+            meta["namespace"] = ref.namespace
+        body = {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": meta}
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.server_side_apply(
+                    resource,
+                    body=body,
+                    name=ref.name,
+                    namespace=ref.namespace or None,
+                    field_manager=manager,
+                    force_conflicts=False,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
+            ),
+            fenced=True,
+        )
+
     def create(self, obj: Obj) -> Obj:
         self.check_lock()
         return self._post(obj, fenced=True)

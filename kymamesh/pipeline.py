@@ -440,6 +440,7 @@ def install(
     given: PatchSettings,
     reset: bool,
     revision_based: bool = False,
+    take_over: bool = False,
     ca_dir: Path | None = None,
 ) -> None:
     """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
@@ -447,8 +448,9 @@ def install(
     preflight are refused before the first write; then phase 1, then phase 2.
     `given` are the patch settings of this run; `reset` forgets the remembered ones;
     `revision_based` installs the release's istiod beside the one running (a canary, see
-    `kymamesh.canary`)."""
-    from kymamesh import patching
+    `kymamesh.canary`); `take_over` adopts an Istio applied without Helm into the
+    releases (`kymamesh.takeover`)."""
+    from kymamesh import patching, takeover
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
@@ -464,12 +466,19 @@ def install(
     layout = release_layout(ctx, stack, revision_based)
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)
-    refuse_foreign_istiod(ctx, layout.istiod_release)
+    if take_over and not layout.canary:
+        takeover.preflight(ctx, release, layout.istiod_release)
+    else:
+        refuse_foreign_istiod(ctx, layout.istiod_release)
     ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
         meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
-    run_phase_charts(ctx, inputs, stack, layout.rows, revision_based=layout.canary)
+    run_phase_charts(
+        ctx, inputs, stack, layout.rows, revision_based=layout.canary, take_over=take_over
+    )
+    if take_over:
+        takeover.report_leftovers(ctx, release.namespace)
     patching.run_patch(ctx, specs)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
@@ -835,6 +844,7 @@ def refuse_foreign_istiod(ctx: RunContext, release_name: str | None = None) -> N
         f"by the Helm release {row.release} that `install` manages; installing over it would "
         "fight over the same objects",
         hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`"
+        + ("" if owner else "; to bring it under kymamesh's releases: `install --take-over`")
         + ("" if not plane.suffix else f", or install another revision than {plane.revision}"),
     )
 
@@ -885,9 +895,11 @@ def run_phase_charts(
     stack: ValueStack,
     rows: tuple[ChartRelease, ...] | None = None,
     revision_based: bool = False,
+    take_over: bool = False,
 ) -> None:
     """Phase 1: install or upgrade each release in order; each ready before the next.
-    `rows`: the releases (default: the release table)."""
+    `rows`: the releases (default: the release table); `take_over`: objects applied
+    without Helm are adopted (`kymamesh.takeover`)."""
     release = the_release(ctx)
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
@@ -905,7 +917,7 @@ def run_phase_charts(
         phase.items.append(item)
         with ctx.progress.item(label) as tracker:
             try:
-                _run_release(ctx, plan, item, namespace)
+                _run_release(ctx, plan, item, namespace, take_over)
             except KymameshError as exc:
                 item.outcome = Outcome.FAILED
                 item.error = exc.message
@@ -915,12 +927,21 @@ def run_phase_charts(
         item.duration_s = tracker.duration_s
 
 
-def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str) -> None:
+def _run_release(
+    ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str, take_over: bool
+) -> None:
+    from kymamesh import takeover
+
     item.changes = list(plan.reasons)
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
+        handed = takeover.hand_over(ctx, plan.row.release, namespace) if take_over else []
+        if handed:  # an earlier take-over cut short after Helm's part
+            item.changes += handed
+            item.outcome = Outcome.WOULD_CHANGE if ctx.options.dry_run else Outcome.CHANGED
+            item.summary = "taken over from Istio's installer"
         if not ctx.options.dry_run:
-            _wait_ready(ctx, plan, namespace, changed=False, known=plan.deployed)
+            _wait_ready(ctx, plan, namespace, changed=bool(handed), known=plan.deployed)
         return
     if ctx.options.dry_run:
         item.outcome = Outcome.WOULD_CHANGE
@@ -934,7 +955,10 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
         namespace,
         ctx.options.timeout,
         description=INSTALL_DESCRIPTION,
+        take_ownership=take_over and plan.deployed is None,
     )
+    if take_over:
+        item.changes += takeover.hand_over(ctx, plan.row.release, namespace)
     item.outcome = Outcome.CHANGED
     item.summary = "; ".join(plan.reasons)
     _wait_ready(ctx, plan, namespace, changed=True)

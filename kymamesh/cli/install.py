@@ -58,6 +58,15 @@ def install(
             "running one, which keeps the default tag; then `kymamesh upgrade promote`.",
         ),
     ] = False,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over",
+            help="Adopt an Istio applied without Helm (the Kyma Istio module, istioctl) into "
+            "kymamesh's Helm releases, in place, istiod and its webhooks serving throughout "
+            "(Helm 4). Stop the module's manager first.",
+        ),
+    ] = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     hub: p.Hub = None,
@@ -118,6 +127,7 @@ def install(
             given,
             reset=reset_settings,
             revision_based=revision_based,
+            take_over=take_over,
             ca_dir=ca,
         )
 
