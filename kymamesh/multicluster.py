@@ -558,9 +558,7 @@ def plan_pair(
     anchors = _anchors(r, watcher.name)
     keep = _current_anchor(live, reader, anchors, lifetime, now) if not rotate else None
     plan.stale_tokens = sorted(a for a in anchors if a != keep)
-    if keep is not None and not plan.writes:
-        return plan
-    if keep is not None:  # the token holds; the account or binding were restored
+    if keep is not None:  # the token holds (the account or binding may be restored above)
         return plan
     anchor_name = f"{sa_name}-token-{secrets.token_hex(3)}"
     anchor = {

@@ -495,6 +495,9 @@ def east_west_service(network: str) -> dict[str, Any]:
 def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
     east, west = mesh["east"], mesh["west"]
     install_member(west, "mesh1", "west", mesh["root"], network="net2")
+    if get(east, "service", "cart", "-n", "shop") is None:  # made by the one-network test
+        east.create_namespace("shop")
+        east.kubectl("create", "service", "clusterip", "cart", "--tcp=8080:8080", "-n", "shop")
     addresses = {"east": "203.0.113.10", "west": "203.0.113.20"}
     try:
         for c, net in ((east, "net1"), (west, "net2")):
@@ -531,9 +534,14 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
                     for g in istiod_debug(here, "/debug/networkz")}  # fmt: skip
             net = "net1" if peer == "east" else "net2"
             assert (peer, net, addresses[peer], 15443) in seen, seen
+
         # east's Service, in west's registry
-        services = istiod_debug(west, "/debug/registryz")
-        cart = next(s for s in services if s["hostname"] == "cart.shop.svc.cluster.local")
+        def cart_in_west() -> dict[str, Any] | None:
+            services = istiod_debug(west, "/debug/registryz")
+            host = "cart.shop.svc.cluster.local"
+            return next((s for s in services if s["hostname"] == host), None)
+
+        cart = TestCluster.wait_for(cart_in_west, 60, "cart.shop in west's registry")
         assert list(cart["clusterVIPs"]["Addresses"]) == ["east"]
         with east.audit.counting() as ew, west.audit.counting() as ww:
             again = kymamesh(east, *join_args(east, west), "-o", "json")
