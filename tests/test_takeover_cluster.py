@@ -169,6 +169,15 @@ def test_take_over_a_module_shaped_istio(fresh_cluster: Any) -> None:
         writes = c.audit.writes_since(mark, include_dry_run=False)
         assert writes.total == 0, writes.describe()
 
+    # the probes do see a gap when there is one: with istiod scaled to zero, neither answers
+    c.kubectl("scale", "deployment", "istiod", "-n", NAMESPACE, "--replicas=0")
+    api = c.api()
+    c.wait_for(
+        lambda: not validator_answers(api)[0] and not injector_answers(api, PROBE_NAMESPACE),
+        120,
+        "the probes to miss with istiod gone",
+    )
+
     # uninstall removes it cleanly (CRDs kept unless --purge)
     run = kymamesh(c, "uninstall", "-y", "--purge")
     assert run.code == 0, str(run)
