@@ -29,7 +29,6 @@ makes zero writes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +37,7 @@ from kymamesh import inventory as inv
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import find_control_planes
-from kymamesh.errors import PreconditionError, WaitTimeoutError
+from kymamesh.errors import PreconditionError
 from kymamesh.helm import DeployedRelease
 from kymamesh.lock import LOCK_NAME
 from kymamesh.meshfile import EGRESS_RELEASE
@@ -46,6 +45,7 @@ from kymamesh.output import ItemResult, Outcome
 from kymamesh.pipeline import kymamesh_revisions
 from kymamesh.release import dex_pinned, pinned
 from kymamesh.steps.netpol import NAMES as NETWORK_POLICY_NAMES
+from kymamesh.waits import wait_until
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
 PHASE_RELEASES = "Istio Helm releases"
@@ -283,29 +283,20 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
         for ref in p.patch_objects:
             item = ItemResult(str(ref), Outcome.UNCHANGED)
             phase.items.append(item)
-            with ctx.progress.item(str(ref)) as tracker:
+            with ctx.progress.track(item):
                 gone = cluster.delete(ref)
                 item.outcome = Outcome.CHANGED if gone else Outcome.UNCHANGED
                 item.summary = "deleted" if gone else "already gone"
-                tracker.done(item.outcome, item.summary)
-            item.duration_s = tracker.duration_s
     if p.releases:
         phase = ctx.result.phase(PHASE_RELEASES)
         ctx.progress.phase(PHASE_RELEASES)
         for r in p.releases:
             item = ItemResult(r.name, Outcome.UNCHANGED)
             phase.items.append(item)
-            with ctx.progress.item(f"{r.name} ({r.chart} {r.chart_version})") as tracker:
-                try:
-                    ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
-                except Exception as exc:
-                    item.outcome = Outcome.FAILED
-                    item.error = str(exc)
-                    raise
+            with ctx.progress.track(item, f"{r.name} ({r.chart} {r.chart_version})"):
+                ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
                 item.outcome = Outcome.CHANGED
                 item.summary = "helm uninstall"
-                tracker.done(item.outcome, item.summary)
-            item.duration_s = tracker.duration_s
     if purge and p.crds:
         phase = ctx.result.phase(PHASE_CRDS)
         ctx.progress.phase(PHASE_CRDS)
@@ -325,17 +316,20 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
 
 def _wait_gone(ctx: RunContext, refs: list[Ref]) -> None:
     """CRDs go only once their resources are gone; a reinstall right after needs them gone."""
-    deadline = time.monotonic() + ctx.options.timeout
     pending = list(refs)
-    while pending:
+
+    def still_there() -> str | None:
+        nonlocal pending
         pending = [r for r in pending if ctx.cluster.get(r) is not None]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {ctx.options.timeout:.0f}s waiting for the deletion of: "
-                + ", ".join(str(r) for r in pending),
-                hint="look at their finalizers and remaining resources with kubectl; "
-                "re-run to continue",
-            )
-        time.sleep(0.5)
+        return ", ".join(str(r) for r in pending) or None
+
+    wait_until(
+        still_there,
+        ctx.options.timeout,
+        lambda seen: (
+            f"timed out after {ctx.options.timeout:.0f}s waiting for the deletion of: {seen}"
+        ),
+        hint="look at their finalizers and remaining resources with kubectl; re-run to continue",
+        first=0.5,
+        most=0.5,
+    )
