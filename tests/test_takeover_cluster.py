@@ -95,6 +95,21 @@ def test_take_over_a_module_shaped_istio(fresh_cluster: Any) -> None:
     assert "--take-over" in run.stderr, str(run)
     assert c.audit.writes_since(mark, include_dry_run=False).total == 0
 
+    # an object another Helm release owns is not taken from it: refused, nothing written
+    c.kubectl(
+        "annotate", "service", "istio-ingressgateway", "-n", NAMESPACE,
+        "meta.helm.sh/release-name=someone-else",
+    )  # fmt: skip
+    mark = c.audit.mark()
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "--take-over", "-y")
+    assert run.code == 3, str(run)
+    assert "Service/istio-system/istio-ingressgateway (Helm release someone-else" in run.stderr
+    assert c.audit.writes_since(mark, include_dry_run=False).total == 0
+    c.kubectl(
+        "annotate", "service", "istio-ingressgateway", "-n", NAMESPACE,
+        "meta.helm.sh/release-name-",
+    )  # fmt: skip
+
     # Helm 3 merges client-side: refused, nothing written
     mark = c.audit.mark()
     run = kymamesh(
