@@ -245,7 +245,7 @@ def run(ctx: RunContext, ca_plan: CaPlan, replan: Any = None) -> None:
     ref = secret_ref(ca_plan.namespace)
     item = ItemResult(name=str(ref), outcome=Outcome.UNCHANGED)
     phase.items.append(item)
-    with ctx.progress.item(str(ref)) as tracker:
+    with ctx.progress.track(item):
         if ca_plan.needed and not ctx.options.dry_run:
             ctx.before_write()
             if replan is not None:
@@ -260,5 +260,3 @@ def run(ctx: RunContext, ca_plan: CaPlan, replan: Any = None) -> None:
                 ctx.cluster.ensure_namespace(ca_plan.namespace)
                 ctx.cluster.apply(ca_plan.desired)
                 item.outcome = Outcome.CHANGED
-        tracker.done(item.outcome, item.summary)
-    item.duration_s = tracker.duration_s

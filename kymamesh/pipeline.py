@@ -14,6 +14,7 @@ are already deployed is left alone, so a re-run writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshca, meshfile, meshidentity, tags
+from kymamesh import controlplane, meshca, meshfile, meshidentity, tags, unverified
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -33,7 +34,6 @@ from kymamesh.errors import (
     PreconditionError,
     UsageError,
     VersionGateError,
-    WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
@@ -50,6 +50,7 @@ from kymamesh.values import (
     project_source,
 )
 from kymamesh.versions import Version, check_upgrade
+from kymamesh.waits import wait_until
 
 __all__ = [
     "ChartInputs",
@@ -90,10 +91,18 @@ class PlannedRelease:
     values: Values
     deployed: DeployedRelease | None
     reasons: list[str] = field(default_factory=list)
+    # its injector not seen to answer since kymamesh last changed it (`kymamesh.unverified`)
+    unverified: str = ""
 
     @property
     def needed(self) -> bool:
+        """Whether helm must install or upgrade it."""
         return bool(self.reasons)
+
+    @property
+    def acts(self) -> bool:
+        """Whether this run writes for it: a helm upgrade, or a mark to clear."""
+        return self.needed or bool(self.unverified)
 
 
 def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
@@ -474,9 +483,11 @@ def install(
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
         meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
-    run_phase_charts(
-        ctx, inputs, stack, layout.rows, revision_based=layout.canary, take_over=take_over
-    )
+    egress = meshfile.egress_enabled(_components(specs))
+    rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
+    run_phase_charts(ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over)
+    if not egress and not layout.canary:
+        remove_egress_gateway(ctx)
     if take_over:
         takeover.report_leftovers(ctx, release.namespace)
     patching.run_patch(ctx, specs)
@@ -493,6 +504,35 @@ def _plan_ca(
     identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
     name = meshidentity.wanted(identity).get("clusterName")
     return meshca.plan(ctx.cluster, namespace, ca_dir, name)
+
+
+def egress_row() -> ChartRelease:
+    """The egress gateway's release: a second release of the gateway chart, with values of
+    its own (`kymamesh.meshfile.egress_values`)."""
+    return ChartRelease(
+        release=meshfile.EGRESS_RELEASE,
+        chart="gateway",
+        ready="the egress gateway Deployment is Available",
+        values_key=meshfile.EGRESS_VALUES,
+    )
+
+
+def remove_egress_gateway(ctx: RunContext) -> None:
+    """The egress gateway kymamesh installed goes when the mesh file no longer enables it
+    (a release of that name kymamesh did not make is left alone)."""
+    namespace = the_release(ctx).namespace
+    deployed = ctx.helm.deployed(meshfile.EGRESS_RELEASE, namespace)
+    if deployed is None or not marked_by_kymamesh(deployed):
+        return
+    item = ItemResult(name=meshfile.EGRESS_RELEASE, outcome=Outcome.WOULD_CHANGE)
+    item.summary = "uninstall: the mesh file does not enable the egress gateway"
+    item.changes = [item.summary]
+    ctx.result.phase(PHASE_CHARTS).items.append(item)
+    if ctx.options.dry_run:
+        return
+    ctx.before_write()
+    ctx.helm.uninstall(meshfile.EGRESS_RELEASE, namespace, ctx.options.timeout)
+    item.outcome = Outcome.CHANGED
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
@@ -515,6 +555,11 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
             hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
         )
     patching.preflight(ctx, specs)
+    if meshfile.egress_enabled(_components(specs)):
+        ctx.result.notes.append(
+            "the mesh file enables the egress gateway: `kymamesh install` makes it (Helm "
+            f"release {meshfile.EGRESS_RELEASE}); `patch` installs no Helm release"
+        )
     patching.run_patch(ctx, specs)
 
 
@@ -534,6 +579,7 @@ def plan_releases(
     rows = release.releases if rows is None else rows
     found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
     refuse_foreign_releases(found, release.namespace)
+    marked = unverified.marks(ctx.cluster, release.namespace) if any(found.values()) else {}
     plans = []
     for row in rows:
         chart = load_chart(ctx, inputs, row)
@@ -541,8 +587,9 @@ def plan_releases(
             PlannedRelease(
                 row=row,
                 chart=chart,
-                values=stack.merged(row.chart),
+                values=stack.merged(row.values_for),
                 deployed=found[row.release],
+                unverified=marked.get(row.release, "") if found[row.release] else "",
             )
         )
     for plan in plans:
@@ -564,7 +611,33 @@ def plan_releases(
             plan.reasons.append(f"status is {deployed.status}")
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
+        if plan.row.chart == "istiod" and not plan.reasons:
+            plan.reasons.extend(unreadable_mesh_config(ctx, stack, plan.chart.version))
     return plans
+
+
+def unreadable_mesh_config(ctx: RunContext, stack: ValueStack, version: Version) -> list[str]:
+    """Why the istiod release must be upgraded although nothing of it changed: its live mesh
+    config (ConfigMap `istio`, key `mesh`, edited behind kymamesh's back) is one istiod cannot
+    read, so istiod runs an older one ("invalid mesh config, using last known state") and a
+    restarted istiod cannot start. The upgrade writes the chart's mesh config again (Helm's
+    three-way merge; Helm 4 with --force-conflicts), and phase 2 patches it as always."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    ref = planned_control_plane(stack).configmap(controlplane.MESH_CONFIGMAP)
+    live = ctx.cluster.get(ref)
+    if live is None:
+        return []
+    mesh = controlplane.parse_mesh((live.get("data") or {}).get(controlplane.MESH_KEY))
+    problems = ["key mesh is not a YAML map"] if mesh is None else []
+    if mesh is not None:
+        problems = mesh_config_problems(mesh, f"{version.major}.{version.minor}")
+    if not problems:
+        return []
+    return [
+        f"ConfigMap {ref.namespace}/{ref.name} holds a mesh config istiod cannot read "
+        f"({'; '.join(problems)}): written again from the chart"
+    ]
 
 
 def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], namespace: str) -> None:
@@ -905,9 +978,13 @@ def run_phase_charts(
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(f"{PHASE_CHARTS} (Istio {release.version})")
     plans = plan_releases(ctx, inputs, stack, rows, revision_based)
+    if take_over:
+        from kymamesh import takeover
+
+        takeover.refuse_other_releases(ctx, plans, namespace)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
-    if any(p.needed for p in plans) and not ctx.options.dry_run:
+    if any(p.acts for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
         plans = plan_releases(ctx, inputs, stack, rows, revision_based)  # again, under the lock
     ctx.result.notes.extend(behaviour_notes(release, plans))
@@ -915,16 +992,8 @@ def run_phase_charts(
         label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
         item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
         phase.items.append(item)
-        with ctx.progress.item(label) as tracker:
-            try:
-                _run_release(ctx, plan, item, namespace, take_over)
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                raise
-            finally:
-                tracker.done(item.outcome, item.summary)
-        item.duration_s = tracker.duration_s
+        with ctx.progress.track(item, label):
+            _run_release(ctx, plan, item, namespace, take_over)
 
 
 def _run_release(
@@ -940,7 +1009,17 @@ def _run_release(
             item.changes += handed
             item.outcome = Outcome.WOULD_CHANGE if ctx.options.dry_run else Outcome.CHANGED
             item.summary = "taken over from Istio's installer"
-        if not ctx.options.dry_run:
+        if plan.unverified:
+            # changed by an earlier run whose injector check failed or was cut short
+            item.changes.append(f"injector not seen to answer since: {plan.unverified}")
+            if ctx.options.dry_run:
+                item.outcome = Outcome.WOULD_CHANGE
+                item.summary += "; would check its injector answers again"
+                return
+            _wait_ready(ctx, plan, namespace, changed=True, known=plan.deployed)
+            item.outcome = Outcome.CHANGED
+            item.summary += "; its injector answers again"
+        elif not ctx.options.dry_run:
             _wait_ready(ctx, plan, namespace, changed=bool(handed), known=plan.deployed)
         return
     if ctx.options.dry_run:
@@ -977,14 +1056,26 @@ def _wait_ready(
     """
     manifest = ctx.helm.manifest(plan.row.release, namespace, known)
     deadline = time.monotonic() + ctx.options.timeout
-    ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+    injectors = [h for h in manifest if h.get("kind") == "MutatingWebhookConfiguration"]
     if not changed:  # a release left as it was: its webhooks were answered before
+        ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
         return
-    for hook in manifest:
-        if hook.get("kind") == "MutatingWebhookConfiguration":
+    marks = {plan.row.release: plan.unverified} if plan.unverified else {}
+    if injectors and not plan.unverified:  # marked until its injector answers
+        unverified.mark(ctx.cluster, namespace, plan.row.release, unverified.WAITING)
+        marks = {plan.row.release: unverified.WAITING}
+    try:
+        ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+        for hook in injectors:
             labels = controlplane.labels_of(hook)
             revision = labels.get(controlplane.REVISION_LABEL, controlplane.DEFAULT_REVISION)
             _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
+    except KymameshError as exc:
+        if injectors:
+            with contextlib.suppress(KymameshError):  # the wait's own error is the one to tell
+                unverified.mark(ctx.cluster, namespace, plan.row.release, exc.message)
+        raise
+    unverified.clear(ctx.cluster, namespace, plan.row.release, marks)
 
 
 DENIAL_SETTLE_S = 2.0  # the same denial this long: istiod means it (not a start-up blip)
@@ -1001,6 +1092,25 @@ def webhook_denial(exc: ApiError) -> bool:
         and exc.status != 429
         and "denied the request" in exc.message
     )
+
+
+class Denials:
+    """Tells when a webhook's denial is meant: the same denial (`webhook_denial`) seen
+    again after DENIAL_SETTLE_S, not a blip while istiod starts."""
+
+    def __init__(self) -> None:
+        self._first: tuple[str, float] | None = None  # the denial, and since when
+
+    def see(self, exc: ApiError | None) -> bool:
+        """Record one probe's error (None: it got an answer); True once settled."""
+        now = time.monotonic()
+        if exc is None or not webhook_denial(exc):
+            self._first = None
+            return False
+        if self._first is None or self._first[0] != exc.message:
+            self._first = (exc.message, now)
+            return False
+        return now - self._first[1] >= DENIAL_SETTLE_S
 
 
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
@@ -1023,40 +1133,36 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             Ref(tags.WEBHOOK_API, tags.MUTATING, tags.tag_webhook_name(namespace))
         )
         expected = tags.tag_revision(tag) or revision
-    deadline = time.monotonic() + timeout
-    pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
-    denied: tuple[str, float] | None = None  # the webhook's denial, and since when
-    while True:
+    denials = Denials()
+
+    def pending() -> str | None:
         try:
             got = controlplane.probe_injection(ctx.cluster, revision, namespace)
-            if got == expected:
-                return
-            seen = "a test Pod got " + (
-                "no sidecar" if got is None else f"the sidecar of revision {got}"
-            )
         except ApiError as exc:
-            seen = exc.message
-            now = time.monotonic()
-            if not webhook_denial(exc):
-                denied = None
-            elif denied is None or denied[0] != exc.message:
-                denied = (exc.message, now)
-            elif now - denied[1] >= DENIAL_SETTLE_S:
-                raise KymameshError(
+            if denials.see(exc):
+                raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
                     f"Pods: {exc.message}",
                     hint="the injection template cannot be rendered with these values (or "
                     "istiod refuses them): fix the values given with -f/--set, or look at "
                     "istiod's log, and re-run",
                 ) from None
-        else:
-            denied = None
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
-                f"{expected}) does not answer: {seen}",
-                hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
-                "--timeout if the cluster is slow",
-            ) from None
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(1.0, pause * 2)
+            return exc.message
+        denials.see(None)
+        if got == expected:
+            return None
+        return "a test Pod got " + (
+            "no sidecar" if got is None else f"the sidecar of revision {got}"
+        )
+
+    # istiod patches its CA bundle in a second or two: look soon, then less often
+    wait_until(
+        pending,
+        timeout,
+        lambda seen: (
+            f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
+            f"{expected}) does not answer: {seen}"
+        ),
+        hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
+        "--timeout if the cluster is slow",
+    )

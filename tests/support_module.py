@@ -13,7 +13,8 @@ as facts, no code:
   `default-operator`) and `...-namespace`, and `istio.io/rev: default`;
 - the module's IstioOperator overlays add `kyma-project.io/module: istio` to the Pod
   templates of istiod and the gateway, sets istiod's env `PILOT_HTTP10=1` and a
-  "DO NOT EDIT" disclaimer annotation on istiod's Pods;
+  "DO NOT EDIT" disclaimer annotation on istiod's Pods, and gives the ingress gateway a
+  PodDisruptionBudget with `maxUnavailable: 1`;
 - the module's manager (binary `manager`, so field manager `manager`) then merge-patches
   `kyma-project.io/module: istio` onto the objects' labels;
 - the manager runs as Deployment `kyma-system/istio-controller-manager`, labelled
@@ -58,7 +59,10 @@ def installer_labels(component: str, version: str) -> dict[str, str]:
 
 
 def render(cluster: Any, release: str, chart: Path) -> list[dict[str, Any]]:
-    out = cluster.helm_run("template", release, str(chart), "-n", NAMESPACE).stdout
+    args = ["template", release, str(chart), "-n", NAMESPACE]
+    if release == "istio-ingressgateway":  # the module's IstioOperator: a PDB, maxUnavailable 1
+        args += ["--set", "podDisruptionBudget.maxUnavailable=1"]
+    out = cluster.helm_run(*args).stdout
     return [d for d in yaml.safe_load_all(out) if isinstance(d, dict) and d]
 
 

@@ -14,8 +14,8 @@ from kymamesh.errors import UsageError
 
 
 def now() -> datetime:
-    """The time of the check (not of the import: a module imported minutes before its tests
-    run would date certificates made now as not valid yet)."""
+    """The time of the check: read when it is made (a time read at import is minutes old
+    by the time a test runs on a busy machine, older than a CA made during the test)."""
     return datetime.now(UTC)
 
 

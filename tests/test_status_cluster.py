@@ -25,6 +25,7 @@ STEPS = [
     "mesh-config",
     "mesh-components",
     "multicluster-identity",
+    "network-policies",
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
@@ -48,6 +49,7 @@ DATA_KEYS = {
     "advice",
     "retiredRegistryImages",
     "multicluster",
+    "meshConfigs",
 }
 
 
@@ -158,6 +160,7 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
     assert conditions == {
         "Ready": ("True", "ReconcileSucceeded"),
         "ProxySidecarRestartSucceeded": ("False", "ProxySidecarManualRestartRequired"),
+        "MeshConfigApplied": ("True", "MeshConfigApplied"),  # istiod runs its ConfigMap's
     }
 
     text = kymamesh(cluster, "status")

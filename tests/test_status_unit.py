@@ -360,6 +360,7 @@ def test_status_json_keys_are_stable() -> None:
         "retiredRegistryImages",
         "advice",
         "multicluster",
+        "meshConfigs",
     }
     assert doc["outdatedSidecars"] == [
         {

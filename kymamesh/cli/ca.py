@@ -8,12 +8,13 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 app = typer.Typer(help="The mesh's root of trust (shared by its clusters).", no_args_is_help=True)
 
 
 @app.command("create")
+@c.shared_options(*c.REPORT)
 def create(
     out: Annotated[
         Path,
@@ -31,15 +32,14 @@ def create(
     days: Annotated[
         int, typer.Option("--days", metavar="N", help="How long the root is valid, in days.")
     ] = 3650,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
+    *,
+    options: Options,
 ) -> None:
     """Make a root CA in DIR: root-cert.pem and root-key.pem (readable by you only).
 
     Then `kymamesh install --ca DIR` on each cluster gives it an intermediate CA of its
     own, issued by this root. The root's key never leaves DIR: keep it safe and offline.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import meshca

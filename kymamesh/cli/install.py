@@ -9,7 +9,7 @@ import typer
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 Istio = Annotated[
     str | None,
@@ -38,6 +38,7 @@ SkipVersionCheck = Annotated[
 ]
 
 
+@c.shared_options(*c.CLUSTER, "helm", *c.WRITES, *c.REPORT)
 def install(
     istio: Istio = None,
     charts_dir: c.ChartsDir = None,
@@ -89,28 +90,20 @@ def install(
         ),
     ] = None,
     reset_settings: p.ResetSettings = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Install Istio with security on, then apply the Kyma patch. A re-run converges."""
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import pipeline
 
-        inputs = pipeline.ChartInputs(
-            charts_dir=charts_dir,
-            values_files=tuple(values or ()),
-            set_values=tuple(set_values or ()),
-            repository=tuple(repo or ()),
-            plain_http=plain_http,
+        inputs = c.chart_inputs(
+            charts_dir,
+            values,
+            set_values,
+            repo,
+            plain_http,
             istio=istio,
             compatibility_version=compatibility_version,
             skip_version_check=skip_version_check,

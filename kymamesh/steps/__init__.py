@@ -21,6 +21,7 @@ from kymamesh.steps.injector import ImageHubStep, InjectionPolicyStep, SidecarRe
 from kymamesh.steps.meshconfig import ExtAuthzStep, MeshSettingsStep, TracingStep
 from kymamesh.steps.meshidentity import MeshIdentityStep
 from kymamesh.steps.mtls import PeerAuthenticationStep
+from kymamesh.steps.netpol import NetworkPoliciesStep
 from kymamesh.steps.proxies import RestartProxiesStep
 from kymamesh.steps.tls import GatewayTlsStep
 
@@ -36,6 +37,7 @@ KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
         "mesh-ext-authz": ExtAuthzStep,
         "mesh-settings": MeshSettingsStep,
         "mesh-components": ComponentsStep,
+        "network-policies": NetworkPoliciesStep,
         "mesh-identity": MeshIdentityStep,
         "gateway-tls": GatewayTlsStep,
         "remove-addons": RemoveAddonsStep,
