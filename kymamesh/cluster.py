@@ -936,6 +936,103 @@ class Cluster:
             retry,
         )
 
+    # -- what a peer cluster needs to reach this one (multi-cluster) -----------
+
+    def api_server_ca(self) -> bytes | None:
+        """The CA bundle (PEM) this connection trusts the API server with; None when the
+        kubeconfig gives none (the system's trust store) or skips verification."""
+        configuration = self._api.configuration
+        path = getattr(configuration, "ssl_ca_cert", None)
+        if not path or not getattr(configuration, "verify_ssl", True):
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def request_token(
+        self,
+        namespace: str,
+        service_account: str,
+        seconds: int,
+        bound_secret: tuple[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """A token of `service_account` (TokenRequest, the API server's default audience)
+        valid for `seconds` (the API server may shorten it), bound to Secret
+        (name, uid) when given: deleting that Secret revokes the token. Returns (token,
+        expiration timestamp). The token is for the caller to store, never to print."""
+        from kubernetes import client
+
+        self.check_lock()
+        self.writes += 1
+        spec: dict[str, Any] = {"expirationSeconds": seconds}
+        if bound_secret is not None:
+            spec["boundObjectRef"] = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "name": bound_secret[0],
+                "uid": bound_secret[1],
+            }
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        api = client.CoreV1Api(self._api)
+        answer = self._call(
+            lambda: _json_of(
+                api.create_namespaced_service_account_token(
+                    service_account,
+                    namespace,
+                    body,
+                    _preload_content=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
+            ),
+            fenced=True,
+        )
+        status = answer.get("status") or {}
+        return str(status.get("token") or ""), str(status.get("expirationTimestamp") or "")
+
+    def token_works(self, token: str) -> bool | None:
+        """Whether the API server accepts `token` (a TokenReview; reads nothing else).
+        None when this connection may not ask."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},
+        }
+        try:
+            answer = self._post(body, fenced=False)
+        except ForbiddenError:
+            return None
+        return bool((answer.get("status") or {}).get("authenticated"))
+
+
+def probe_api_server(url: str, ca_pem: bytes | None, timeout: float = 5.0) -> str | None:
+    """Whether an API server answers at `url` over TLS verified with `ca_pem` (or the
+    system's trust store): None when it does (any HTTP answer, 401 included), else why not.
+    No credentials are sent."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context()
+    if ca_pem:
+        try:
+            context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            return f"its CA is not a PEM bundle ({exc})"
+    request = urllib.request.Request(
+        url.rstrip("/") + "/version", headers={"User-Agent": USER_AGENT}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered (401/403 without credentials): reachable
+    except urllib.error.URLError as exc:
+        return str(getattr(exc, "reason", exc))
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
 
 class _PodPortForward:
     """The one API method `kubernetes.stream.portforward` needs (GET pods/NAME/portforward),

@@ -978,6 +978,10 @@ def run_phase_charts(
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(f"{PHASE_CHARTS} (Istio {release.version})")
     plans = plan_releases(ctx, inputs, stack, rows, revision_based)
+    if take_over:
+        from kymamesh import takeover
+
+        takeover.refuse_other_releases(ctx, plans, namespace)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
     if any(p.acts for p in plans) and not ctx.options.dry_run:

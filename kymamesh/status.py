@@ -68,6 +68,7 @@ from kymamesh.controlplane import (
 )
 from kymamesh.errors import ExitCode, IstiodUnreachableError, KymameshError
 from kymamesh.helm import DeployedRelease
+from kymamesh.multicluster import peer_entries
 from kymamesh.patching import StepSpec, check_all
 from kymamesh.pipeline import release_of as pipeline_release_of
 from kymamesh.release import pinned
@@ -384,7 +385,9 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         outdated=outdated,
         retired_images=retired,
         advice=advice,
-        multicluster=meshidentity.live(cluster, namespace) if istiods else None,
+        multicluster={**meshidentity.live(cluster, namespace), "peers": peer_entries(cluster)}
+        if istiods
+        else None,
         mesh_configs=running,
     )
 
