@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshca, meshfile, meshidentity, tags, unverified
+from kymamesh import controlplane, meshca, meshfile, meshidentity, revisions, tags, unverified
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -611,7 +611,33 @@ def plan_releases(
             plan.reasons.append(f"status is {deployed.status}")
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
+        if plan.row.chart == "istiod" and not plan.reasons:
+            plan.reasons.extend(unreadable_mesh_config(ctx, stack, plan.chart.version))
     return plans
+
+
+def unreadable_mesh_config(ctx: RunContext, stack: ValueStack, version: Version) -> list[str]:
+    """Why the istiod release must be upgraded although nothing of it changed: its live mesh
+    config (ConfigMap `istio`, key `mesh`, edited behind kymamesh's back) is one istiod cannot
+    read, so istiod runs an older one ("invalid mesh config, using last known state") and a
+    restarted istiod cannot start. The upgrade writes the chart's mesh config again (Helm's
+    three-way merge; Helm 4 with --force-conflicts), and phase 2 patches it as always."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    ref = planned_control_plane(stack).configmap(controlplane.MESH_CONFIGMAP)
+    live = ctx.cluster.get(ref)
+    if live is None:
+        return []
+    mesh = controlplane.parse_mesh((live.get("data") or {}).get(controlplane.MESH_KEY))
+    problems = ["key mesh is not a YAML map"] if mesh is None else []
+    if mesh is not None:
+        problems = mesh_config_problems(mesh, f"{version.major}.{version.minor}")
+    if not problems:
+        return []
+    return [
+        f"ConfigMap {ref.namespace}/{ref.name} holds a mesh config istiod cannot read "
+        f"({'; '.join(problems)}): written again from the chart"
+    ]
 
 
 def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], namespace: str) -> None:
@@ -952,6 +978,10 @@ def run_phase_charts(
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(f"{PHASE_CHARTS} (Istio {release.version})")
     plans = plan_releases(ctx, inputs, stack, rows, revision_based)
+    if take_over:
+        from kymamesh import takeover
+
+        takeover.refuse_other_releases(ctx, plans, namespace)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
     if any(p.acts for p in plans) and not ctx.options.dry_run:
@@ -1107,7 +1137,7 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
 
     def pending() -> str | None:
         try:
-            got = controlplane.probe_injection(ctx.cluster, revision, namespace)
+            got = revisions.probe_injection(ctx.cluster, revision, namespace)
         except ApiError as exc:
             if denials.see(exc):
                 raise PreconditionError(

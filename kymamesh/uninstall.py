@@ -41,6 +41,7 @@ from kymamesh.errors import PreconditionError
 from kymamesh.helm import DeployedRelease
 from kymamesh.lock import LOCK_NAME
 from kymamesh.meshfile import EGRESS_RELEASE
+from kymamesh.multicluster import refuse_if_joined
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.pipeline import kymamesh_revisions
 from kymamesh.release import dex_pinned, pinned
@@ -207,6 +208,7 @@ def run_uninstall(ctx: RunContext, *, purge: bool, force: bool, existing_istio: 
     """Plan, refuse or confirm, then delete in reverse install order."""
     p = plan(ctx)
     ctx.result.data = p.to_json(purge)
+    refuse_if_joined(ctx.cluster, "uninstall refused")  # the peers' istiods watch this one
     refuse_if_needed(p, force=force, existing_istio=existing_istio, purge=purge)
     _notes(ctx, p, purge)
     if not p.work(purge):

@@ -155,6 +155,18 @@ def _nan_values(tmp: Path) -> list[str]:
 
 USAGE_CASES: dict[str, tuple[Any, str]] = {
     "--restart-batch 0 of promote": (["upgrade", "promote", "--restart-batch", "0"], "1"),
+    "--restart-batch 0% of patch": (
+        ["patch", "--restart-proxies", "--restart-batch", "0%"],
+        "'0%'",
+    ),
+    "--restart-batch 150% of rollback": (
+        ["upgrade", "rollback", "--restart-batch", "150%"],
+        "'150%'",
+    ),
+    "--restart-batch ten of install": (
+        ["install", "--restart-proxies", "--restart-batch", "ten"],
+        "'ten'",
+    ),
     "--repo ftp://": (["install", "--repo", "ftp://example.com/charts"], "ftp://"),
     "--repo without a host": (["upgrade", "finish", "--repo", "oci://"], "oci://"),
     "an empty namespace": (["inject-namespace", ""], "namespace name"),

@@ -49,6 +49,7 @@ DATA_KEYS = {
     "advice",
     "retiredRegistryImages",
     "multicluster",
+    "meshConfigs",
 }
 
 
@@ -159,6 +160,7 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
     assert conditions == {
         "Ready": ("True", "ReconcileSucceeded"),
         "ProxySidecarRestartSucceeded": ("False", "ProxySidecarManualRestartRequired"),
+        "MeshConfigApplied": ("True", "MeshConfigApplied"),  # istiod runs its ConfigMap's
     }
 
     text = kymamesh(cluster, "status")

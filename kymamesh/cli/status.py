@@ -22,6 +22,10 @@ def status(
 
     Exit 0 when healthy, 7 when not, so CI can gate on it.
 
+    Each istiod is asked for the mesh config it runs (its /debug/mesh view, through a
+    port-forward to each istiod Pod, and its log): a mesh config istiod rejected, or
+    one it cannot be asked about, is unhealthy.
+
     The steps are checked with the settings remembered in the cluster by the last
     install or patch; --config, --domain and --tls-* check against others.
     """
