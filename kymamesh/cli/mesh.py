@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 from kymamesh.errors import UsageError
 
 app = typer.Typer(help="One mesh across clusters.", no_args_is_help=True)
@@ -56,6 +56,7 @@ def parse_lifetime(text: str) -> timedelta:
 
 
 @app.command("join")
+@c.shared_options("dry_run", "timeout", "lock_wait", *c.REPORT)
 def join(
     kubeconfigs: Kubeconfigs = None,
     contexts: Contexts = None,
@@ -69,11 +70,8 @@ def join(
             "with less than a third left.",
         ),
     ] = "30d",
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Join clusters into one mesh: each istiod watches every peer's API server.
 
@@ -83,7 +81,6 @@ def join(
     bound to Istio's reader ClusterRole, and in the other a remote secret with a token of
     it. Then each istiod must report every peer synced. A re-run writes nothing.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import multicluster
@@ -95,6 +92,7 @@ def join(
 
 
 @app.command("rotate")
+@c.shared_options("dry_run", "timeout", "lock_wait", *c.REPORT)
 def rotate(
     kubeconfigs: Kubeconfigs = None,
     contexts: Contexts = None,
@@ -107,18 +105,14 @@ def rotate(
             help="How long each new reader token is valid (30d, 12h, 90m).",
         ),
     ] = "30d",
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Renew every reader token of a joined mesh: new tokens, the remote secrets updated,
     every istiod synced on them, then the old tokens revoked (their Secrets deleted).
 
     Name every cluster of the mesh, as for `mesh join`; the same checks run first.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import multicluster
@@ -130,14 +124,12 @@ def rotate(
 
 
 @app.command("leave")
+@c.shared_options("dry_run", "timeout", "lock_wait", *c.REPORT)
 def leave(
     kubeconfigs: Kubeconfigs = None,
     contexts: Contexts = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Take a cluster out of the mesh: the first cluster named leaves, the others are its
     peers (all of them: each one's remote secret for it is removed too).
@@ -146,7 +138,6 @@ def leave(
     accounts, their bindings and token Secrets, which revokes the tokens), then waits
     until no istiod lists the other side.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import multicluster
@@ -157,16 +148,16 @@ def leave(
 
 
 @app.command("status")
+@c.shared_options(*c.REPORT)
 def status(
     kubeconfigs: Kubeconfigs = None,
     contexts: Contexts = None,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
+    *,
+    options: Options,
 ) -> None:
     """Show each cluster's peers: their sync state in its istiod, when each token expires,
     and what is wrong (a peer not synced, a token expired or revoked, a pair not joined).
     Writes nothing. Exit 0 when healthy, 7 when not."""
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import multicluster
