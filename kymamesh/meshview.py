@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -399,6 +400,25 @@ def rejection(log: str) -> str:
     return found
 
 
+def said_after(log: str, changed: datetime | None) -> bool:
+    """Whether istiod's last rejection in `log` was surely said after the ConfigMap changed
+    at `changed`: a ConfigMap's write time has whole seconds, so a line within that second
+    (istiod's lines start with their own time) may be about the config written before.
+    True when either time is unknown."""
+    last = ""
+    for line in log.splitlines():
+        if REJECTED in line:
+            last = line
+    stamp = last.split(maxsplit=1)[0] if last.strip() else ""
+    try:
+        at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if changed is None or at.tzinfo is None:
+        return True
+    return at >= changed + timedelta(seconds=1)
+
+
 def judge(
     namespace: str,
     pod: str,
@@ -408,9 +428,11 @@ def judge(
     view: bytes,
     said: str,
     age: float | None,
+    surely: bool = True,
 ) -> RunningMesh:
     """One istiod Pod's state from its view (`/debug/mesh`) and what its log said since the
-    ConfigMap was last written (`said`, see `rejection`)."""
+    ConfigMap was last written (`said`, see `rejection`; `surely`: said after the write, see
+    `said_after`; otherwise it counts only when the view differs from the ConfigMap)."""
 
     def result(state: str, found: tuple[Difference, ...] = (), reason: str = "") -> RunningMesh:
         return RunningMesh(namespace, pod, revision, configmap, state, found, reason, age)
@@ -423,7 +445,7 @@ def judge(
         why = f"{MESH_VIEW} did not answer with a JSON map: {view[:80]!r}"
         return result(UNCHECKED, reason=why)
     found = tuple(differences(written, running))
-    if said:
+    if said and (surely or found):
         return result(REJECTED_STATE, found, said)
     if not found:
         return result(APPLIED)

@@ -570,6 +570,7 @@ def running_mesh_configs(cluster: Cluster, istiods: list[inv.Istiod]) -> list[me
                 continue
         since = meshview.last_written(configmap)
         age = None
+        changed = None
         if since:
             changed = datetime.fromisoformat(since.replace("Z", "+00:00"))
             age = max(0.0, (datetime.now(changed.tzinfo) - changed).total_seconds())
@@ -596,6 +597,7 @@ def running_mesh_configs(cluster: Cluster, istiods: list[inv.Istiod]) -> list[me
                     view,
                     meshview.rejection(log),
                     age,
+                    meshview.said_after(log, changed),
                 )
             )
     return found

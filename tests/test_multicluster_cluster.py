@@ -439,7 +439,12 @@ def test_status_rotate_uninstall_refusal_and_leave(mesh: dict[str, Any]) -> None
     assert rotated.code == 0, str(rotated)
     new_token, _, _ = _reader_token(east, "west")
     assert new_token != old_token
-    assert _api_get(server, f"/api/v1/namespaces/{NS}/services", old_token, ca) == 401
+    # revoked: its Secret is gone; the API server may take a few seconds (its token cache)
+    east.wait_for(
+        lambda: _api_get(server, f"/api/v1/namespaces/{NS}/services", old_token, ca) == 401,
+        30,
+        "the old reader token refused",
+    )
     assert _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 200
     assert _api_get(server, f"/api/v1/namespaces/{NS}/secrets", new_token, ca) == 200
     for here, other in ((east, "west"), (west, "east")):
