@@ -462,7 +462,13 @@ def test_status_rotate_uninstall_refusal_and_leave(mesh: dict[str, Any]) -> None
     assert _join_objects(east) == [] and _join_objects(west) == []
     assert [e["id"] for e in istiod_debug(west, "/debug/clusterz")] == ["west"]
     assert [e["id"] for e in istiod_debug(east, "/debug/clusterz")] == ["east"]
-    assert _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 401
+    # the token's Secret is gone: refused once the API server's token cache lets go of it
+    # (until then the deleted binding already refuses it: 403)
+    east.wait_for(
+        lambda: _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 401,
+        30,
+        "the reader token refused after leave",
+    )
     with east.audit.counting() as east_writes, west.audit.counting() as west_writes:
         again = kymamesh(east, "mesh", "leave", *everyone, "-o", "json")
     assert again.code == 0 and again.doc["changed"] is False, str(again)
