@@ -631,36 +631,23 @@ class Cluster:
 
     def apply(self, obj: Obj, *, force: bool = True) -> Obj:
         """Server-side apply with field manager `kymamesh`."""
-        self.check_lock()
-        ref = Ref.of(obj)
-        resource = self._resource(ref.api_version, ref.kind)
-        return self._call(
-            lambda: _json_of(
-                self._dynamic.server_side_apply(
-                    resource,
-                    body=obj,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    field_manager=FIELD_MANAGER,
-                    force_conflicts=force,
-                    serialize=False,
-                    _request_timeout=_REQUEST_TIMEOUT,
-                )
-            ),
-            fenced=True,
-        )
+        return self._server_side_apply(Ref.of(obj), obj, FIELD_MANAGER, force)
 
     def release_field_manager(self, ref: Ref, manager: str) -> Obj:
         """Make another installer's field manager give up its fields of an object: a
         server-side apply, as `manager`, of an object that sets nothing. The fields that
         manager alone owned are removed; fields another manager owns too stay (Kubernetes'
         documented way to hand fields over, since ownership moves only by applying)."""
-        self.check_lock()
-        resource = self._resource(ref.api_version, ref.kind)
         meta: dict[str, Any] = {"name": ref.name}
         if ref.namespace:
             meta["namespace"] = ref.namespace
         body = {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": meta}
+        return self._server_side_apply(ref, body, manager, False)
+
+    def _server_side_apply(self, ref: Ref, body: Obj, manager: str, force: bool) -> Obj:
+        """One server-side apply of `body` as field manager `manager` (fenced)."""
+        self.check_lock()
+        resource = self._resource(ref.api_version, ref.kind)
         return self._call(
             lambda: _json_of(
                 self._dynamic.server_side_apply(
@@ -669,7 +656,7 @@ class Cluster:
                     name=ref.name,
                     namespace=ref.namespace or None,
                     field_manager=manager,
-                    force_conflicts=False,
+                    force_conflicts=force,
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
