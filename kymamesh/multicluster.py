@@ -472,9 +472,8 @@ def _preflight_hint(problems: list[str]) -> str:
         hints.append("pass --api-server NAME=URL with an address the peers reach")
     if "east-west gateway" in text:
         hints.append(
-            f"install the east-west gateway in each cluster (helm install {EAST_WEST_NAME} "
-            f"istio/gateway -n {NAMESPACE} --set name={EAST_WEST_NAME} --set "
-            "networkGateway=NET) and wait until its Service has an address"
+            "give your east-west gateway Service port 15443, type LoadBalancer and wait for "
+            f"its address, or remove it: join then installs {EAST_WEST_NAME} itself"
         )
     if "did not make" in text:
         hints.append("delete the remote secrets named, then re-run")
