@@ -15,7 +15,7 @@ from kymamesh.context import Options, RunContext
 from kymamesh.errors import UsageError
 
 if TYPE_CHECKING:
-    from kymamesh.multicluster import ChartSource
+    from kymamesh.workflows.multicluster import ChartSource
 
 app = typer.Typer(help="One mesh across clusters.", no_args_is_help=True)
 
@@ -71,7 +71,7 @@ def chart_source(
     charts_dirs: list[Path] | None, repo: list[str] | None, plain_http: bool
 ) -> ChartSource:
     """Where `mesh join` takes the gateway chart from (the east-west gateways)."""
-    from kymamesh.multicluster import ChartSource
+    from kymamesh.workflows.multicluster import ChartSource
 
     return ChartSource(tuple(charts_dirs or ()), tuple(repo or ()), plain_http)
 
@@ -133,7 +133,7 @@ def join(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
+        from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
         multicluster.join(
@@ -172,7 +172,7 @@ def rotate(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
+        from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
         multicluster.join(ctx, found, api_server or [], parse_lifetime(token_lifetime), rotate=True)
@@ -197,7 +197,7 @@ def leave(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
+        from kymamesh.workflows import multicluster
 
         multicluster.leave(ctx, multicluster.targets(kubeconfigs or [], contexts or []))
 
@@ -217,8 +217,8 @@ def status(
     Writes nothing. Exit 0 when healthy, 7 when not."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
         from kymamesh.errors import ExitCode
+        from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [], least=1)
         if not multicluster.mesh_status(ctx, found):

@@ -34,8 +34,9 @@ from typing import Any
 
 import yaml
 
-from kymamesh import MANAGED_BY_LABEL, certs, meshca, meshidentity
-from kymamesh.cluster import Cluster, Obj, Ref, probe_api_server
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, probe_api_server
+from kymamesh.adapters.helm import DeployedRelease, LoadedChart
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff, secret_values
 from kymamesh.errors import (
@@ -47,10 +48,10 @@ from kymamesh.errors import (
     UsageError,
     WaitTimeoutError,
 )
-from kymamesh.helm import DeployedRelease, LoadedChart
-from kymamesh.inventory import INSTALL_DESCRIPTION, find_istiods, marked_by_kymamesh
+from kymamesh.identity import certs, meshca, meshidentity
+from kymamesh.istio.inventory import INSTALL_DESCRIPTION, find_istiods, marked_by_kymamesh
+from kymamesh.istio.versions import Version
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.versions import Version
 
 NAMESPACE = "istio-system"
 REMOTE_SECRET_PREFIX = "istio-remote-secret-"
@@ -1031,7 +1032,7 @@ def _istio_release_of(m: Member) -> Version:
 def gateway_chart(m: Member, source: ChartSource) -> LoadedChart:
     """The gateway chart of the cluster's Istio release (reads only)."""
     from kymamesh.errors import ChartSourceError
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
 
     version = _istio_release_of(m)
     helm = m.ctx.helm
