@@ -636,6 +636,10 @@ class Cluster:
         """Hold the lock Lease in `namespace` while writing (see `kymamesh.lock`)."""
         return self._lock.hold(namespace, wait, on_wait)
 
+    def lock_held_by(self, namespace: str) -> str | None:
+        """Who holds the lock Lease of `namespace` now (one read); None when nobody."""
+        return self._lock.held_by(namespace)
+
     # The calls on the lock Lease (kymamesh.lock.LeaseApi): a short request timeout, and
     # never fenced (they are the fence). `retry=False`: one attempt (a renewal; the lock
     # makes the next one on its own schedule).

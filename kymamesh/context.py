@@ -108,11 +108,25 @@ class RunContext:
             self.cluster.check_lock()  # the fence, early; no write is made here
             self.cluster.writes = written
             return
+        self.take_lock()
+
+    def take_lock(self) -> None:
+        """Take the lock for the rest of the command, waiting while another run holds it."""
+        if self._locked:
+            return
         self.cluster.ensure_namespace(self.namespace)
         self._stack.enter_context(
             self.cluster.lock(self.namespace, self.options.lock_wait, self.progress.info)
         )
         self._locked = True
+
+    def lock_held_elsewhere(self) -> str | None:
+        """For a run that found nothing to change (and so took no lock): who holds the
+        lock now, when another run does; one read of the Lease. None for a dry run, a run
+        that holds the lock itself or never connected to the cluster."""
+        if self._locked or self._cluster is None or self.options.dry_run:
+            return None
+        return self._cluster.lock_held_by(self.namespace)
 
     def _check_lock(self) -> None:
         """The fence for writes made through helm: the same check as the cluster adapter's."""

@@ -30,6 +30,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -84,9 +85,20 @@ class DeployedRelease:
     app_version: str
     values: Values  # the user-supplied values of the current revision
     description: str = ""  # the current revision's description (helm history)
+    # the release's own labels (`helm upgrade --labels`), when read from Helm's Secrets
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
     # the revision's manifest, when it was read with the rest (see `Helm.manifest`)
     manifest: str | None = field(default=None, compare=False, repr=False)
 
+
+# The release label every helm upgrade kymamesh runs sets: a new value per attempt. Helm keeps
+# release labels on every later revision (a person's own `helm upgrade` included), so its
+# presence says kymamesh made the release, and a pending revision carrying the value of
+# this run's last attempt, at the revision number that attempt would make, is that attempt's.
+ATTEMPT_LABEL = "kymamesh.io/attempt"
+HISTORY_MAX = 10  # revisions helm keeps per release (`--history-max`)
+# The labels Helm sets on a release record itself; the others are the release's own.
+_HELM_RECORD_LABELS = frozenset({"name", "owner", "status", "version", "createdAt", "modifiedAt"})
 
 # (namespace, label selector) -> the Secrets found, as dicts of the API's JSON
 ReleaseSecrets = Callable[[str, str], list[dict[str, Any]]]
@@ -245,6 +257,15 @@ def _helm_message(exc: BaseException) -> str:
     stderr = getattr(exc, "stderr", b"")
     text = stderr.decode(errors="replace").strip() if isinstance(stderr, bytes) else str(exc)
     return text or str(exc)
+
+
+@dataclass
+class _Attempt:
+    """One attempt of a helm upgrade: the revision it makes, and the value of its label."""
+
+    revision: int
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    tried: bool = False
 
 
 class Helm:
@@ -467,6 +488,10 @@ class Helm:
         latest = self._latest(release, namespace)
         if latest is None:
             return None
+        return self._record(release, namespace, latest)
+
+    @staticmethod
+    def _record(release: str, namespace: str, latest: dict[str, Any]) -> dict[str, Any]:
         try:
             return decode_release(latest)
         except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:
@@ -479,9 +504,11 @@ class Helm:
 
     def deployed(self, release: str, namespace: str) -> DeployedRelease | None:
         if self._secrets is not None:
-            record = self._stored(release, namespace)
-            if record is None:
+            latest = self._latest(release, namespace)
+            if latest is None:
                 return None
+            record = self._record(release, namespace, latest)
+            labels = (latest.get("metadata") or {}).get("labels") or {}
             meta = (record.get("chart") or {}).get("metadata") or {}
             info = record.get("info") or {}
             return DeployedRelease(
@@ -494,6 +521,7 @@ class Helm:
                 app_version=str(meta.get("appVersion") or ""),
                 values=dict(record.get("config") or {}),
                 description=str(info.get("description") or ""),
+                labels={str(k): str(v) for k, v in labels.items() if k not in _HELM_RECORD_LABELS},
                 manifest=str(record.get("manifest") or ""),
             )
         return self._deployed_by_helm(release, namespace)
@@ -580,37 +608,50 @@ class Helm:
 
         handle = self._handle(chart)
         latest = self._latest(release, namespace) if self._secrets is not None else None
-        before = -1 if latest is None else _secret_revision(latest)
-        attempts = 0
+        # the revision the next attempt makes (if it gets that far), and its label value
+        attempt = _Attempt(1 if latest is None else _secret_revision(latest) + 1)
 
         def upgrade() -> None:
-            nonlocal attempts
+            nonlocal attempt
             self._fence()  # before every attempt: a retry is a write too
-            if attempts:
-                self._drop_own_pending(release, namespace, before)
-            attempts += 1
+            if attempt.tried:
+                attempt = _Attempt(self._drop_own_pending(release, namespace, attempt))
+            attempt.tried = True
             # pyhelm3's Command, not its Client: the client parses the new revision's
             # whole manifest with pure-Python YAML (about half a second for istiod's),
-            # and kymamesh reads the manifest itself when it needs it.
-            _run(
-                self._command.install_or_upgrade(
-                    release,
-                    handle.ref,
-                    dict(values),
-                    namespace=namespace,
-                    repo=handle.repo,
-                    version=handle.metadata.version,
-                    create_namespace=True,
-                    timeout=f"{int(timeout)}s",
-                    wait=False,
-                    debug=self._debug,
-                    description=description,
-                    # Helm 4 applies server-side: the Kyma patch owns some fields of the
-                    # chart's ConfigMaps, so take them back; phase 2 then re-applies them.
-                    # (Helm 3 merges client-side and has no conflicts to force.)
-                    force_conflicts=self.major >= 4,
-                )
-            )
+            # and kymamesh reads the manifest itself when it needs it. The command is
+            # built here: pyhelm3's `install_or_upgrade` has no `--labels`.
+            args: list[Any] = [
+                "upgrade",
+                release,
+                handle.ref,
+                "--install",
+                "--history-max",
+                str(HISTORY_MAX),
+                "--namespace",
+                namespace,
+                "--create-namespace",
+                "--timeout",
+                f"{int(timeout)}s",
+                "--values",
+                "-",
+                "--labels",
+                f"{ATTEMPT_LABEL}={attempt.token}",
+            ]
+            if handle.repo:
+                args += ["--repo", handle.repo]
+            if handle.metadata.version:
+                args += ["--version", str(handle.metadata.version)]
+            if description:
+                args += ["--description", description]
+            if self._debug:
+                args.append("--debug")
+            if self.major >= 4:
+                # Helm 4 applies server-side: the Kyma patch owns some fields of the
+                # chart's ConfigMaps, so take them back; phase 2 then re-applies them.
+                # (Helm 3 merges client-side and has no conflicts to force.)
+                args.append("--force-conflicts")
+            _run(self._command.run(args, json.dumps(dict(values)).encode()))
 
         try:
             _retrying(f"installing {release}", upgrade)
@@ -619,28 +660,37 @@ class Helm:
                 f"helm could not install {release} ({chart.name} {chart.version})", exc
             ) from None
 
-    def _drop_own_pending(self, release: str, namespace: str, before: int) -> None:
+    def _drop_own_pending(self, release: str, namespace: str, attempt: _Attempt) -> int:
         """Before a retry: an attempt cut short by a transient fault can leave the revision
         it made `pending-*`, and helm refuses to touch a pending release ("another
-        operation is in progress"). A pending revision newer than the one found before
-        this run's first attempt is that attempt's: delete its record, so the retry
-        starts from the last finished revision (the objects it made carry the release's
-        ownership, so the retry takes them over)."""
+        operation is in progress"). Only the attempt's own revision is dropped: pending,
+        at the number it would make, and carrying its label value (a pending revision a
+        person's own `helm upgrade` made is left alone; helm then names it). The retry
+        starts from the last finished revision (the objects the attempt made carry the
+        release's ownership, so the retry takes them over). Returns the revision the
+        next attempt makes."""
         if self._drop is None:
-            return
+            return attempt.revision
         latest = self._latest(release, namespace)
-        if latest is None or _secret_revision(latest) <= before:
-            return
+        if latest is None:
+            return 1
         meta = latest.get("metadata") or {}
-        if not str((meta.get("labels") or {}).get("status", "")).startswith("pending"):
-            return
-        _log.info(
-            "%s/%s: dropping the pending revision %s left by the failed attempt",
-            namespace,
-            release,
-            meta.get("name"),
-        )
-        self._drop(namespace, str(meta["name"]))
+        labels = meta.get("labels") or {}
+        revision = _secret_revision(latest)
+        if (
+            revision == attempt.revision
+            and str(labels.get("status", "")).startswith("pending")
+            and labels.get(ATTEMPT_LABEL) == attempt.token
+        ):
+            _log.info(
+                "%s/%s: dropping the pending revision %s left by the failed attempt",
+                namespace,
+                release,
+                meta.get("name"),
+            )
+            self._drop(namespace, str(meta["name"]))
+            return revision
+        return revision + 1
 
     def uninstall(self, release: str, namespace: str, timeout: float) -> None:
         from pyhelm3 import errors

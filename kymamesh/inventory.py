@@ -6,8 +6,10 @@ release table, who installed them, the objects of every Istio kind, and the
 namespaces labelled for sidecar injection.
 
 Who installed Istio: kymamesh's phase 1 leaves the Helm releases of
-`resources/istio/release.yaml` with a revision description that starts with
-`kymamesh` (`helm history` shows it). Releases of those names without it were
+`resources/istio/release.yaml` with the release label `kymamesh.io/attempt`, which
+Helm keeps on later revisions (a person's own `helm upgrade` included), and with a
+revision description that starts with `kymamesh` (`helm history` shows it; older
+kymamesh releases have only that). Releases of those names without either were
 installed with Helm by someone else; an istiod without any of them came from
 another tool (istioctl, a vendor).
 """
@@ -31,7 +33,7 @@ from kymamesh.controlplane import (
     istiod_version,
 )
 from kymamesh.errors import KymameshError
-from kymamesh.helm import DeployedRelease
+from kymamesh.helm import ATTEMPT_LABEL, DeployedRelease
 from kymamesh.preflight import FoundIstio
 from kymamesh.versions import Version
 
@@ -192,7 +194,13 @@ def find_istiods(cluster: Cluster, namespace: str) -> list[Istiod]:
 
 
 def marked_by_kymamesh(release: DeployedRelease) -> bool:
-    """True when kymamesh's install made the release's current revision."""
+    """True when kymamesh made the release: a revision it made carries its release label
+    (`kymamesh.helm.ATTEMPT_LABEL`), which Helm keeps on every later revision, a person's
+    own `helm upgrade` included; or (releases made before that label, or read through helm
+    when Helm keeps its releases elsewhere than in Secrets) the current revision's
+    description is kymamesh's."""
+    if ATTEMPT_LABEL in release.labels:
+        return True
     return release.description.strip().lower().startswith(KYMAMESH_MARK)
 
 

@@ -80,6 +80,12 @@ class LeaseLock:
         """Whether this run holds (or held and lost) the lock right now."""
         return self._hold is not None
 
+    def held_by(self, namespace: str) -> str | None:
+        """Who holds the lock of `namespace` now (one read of the Lease); None when nobody."""
+        live = self._api.lease_get(namespace, LOCK_NAME)
+        holder = ((live or {}).get("spec") or {}).get("holderIdentity")
+        return str(holder) if holder else None
+
     def check(self) -> None:
         """Raise LockLostError when this run took the lock and no longer holds it."""
         hold = self._hold

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from kymamesh import controlplane, meshfile, tags
 from kymamesh.cluster import Ref
@@ -36,7 +36,7 @@ from kymamesh.errors import (
     WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
-from kymamesh.inventory import INSTALL_DESCRIPTION
+from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import ChartRelease, IstioRelease, catalog, pinned
 from kymamesh.values import (
@@ -135,11 +135,10 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
     """The chart for one release row, loaded once per run; refused unless its Chart.yaml
     names that chart. Remote charts come from the first source that serves them."""
     release = the_release(ctx)
-    if row.chart in ctx.loaded_charts:
-        return ctx.loaded_charts[row.chart]
-    if inputs.charts_dir is not None:
+    chart = ctx.loaded_charts.get(row.chart)
+    if chart is None and inputs.charts_dir is not None:
         chart = ctx.helm.load_local(inputs.charts_dir, row.chart)
-    else:
+    elif chart is None:
         chart = _load_remote(ctx, inputs, row.chart, release)
     if chart.name != row.chart:
         raise ChartSourceError(
@@ -156,25 +155,42 @@ def _load_remote(
     ctx: RunContext, inputs: ChartInputs, chart: str, release: IstioRelease
 ) -> LoadedChart:
     sources = chart_sources(inputs.repository, release)
-    failures = []
+    source, loaded = from_first_source(
+        ctx,
+        f"{chart} {release.version}",
+        sources,
+        lambda source: ctx.helm.load_remote(chart, source, release.version, inputs.plain_http),
+    )
+    ctx.result.data.setdefault("chartSources", {})[chart] = source
+    return loaded
+
+
+T = TypeVar("T")
+
+
+def from_first_source(
+    ctx: RunContext, what: str, sources: tuple[str, ...], fetch: Callable[[str], T]
+) -> tuple[str, T]:
+    """`fetch` from each chart source in order until one serves: (that source, its answer).
+    Every source refusing is one error naming each source's refusal."""
+    failures: list[ChartSourceError] = []
     for source in sources:
         try:
-            loaded = ctx.helm.load_remote(chart, source, release.version, inputs.plain_http)
+            found = fetch(source)
         except ChartSourceError as exc:
             failures.append(exc)
             if len(sources) > 1:
-                ctx.progress.info(f"{chart} {release.version}: {source} did not serve it")
+                ctx.progress.info(f"{what}: {source} did not serve it")
             continue
         if source != sources[0]:
-            ctx.progress.info(f"{chart} {release.version} came from {source}")
-        ctx.result.data.setdefault("chartSources", {})[chart] = source
-        return loaded
+            ctx.progress.info(f"{what} came from {source}")
+        return source, found
     if len(failures) == 1:
         raise failures[0]
     raise ChartSourceError(
-        f"no chart source served {chart} {release.version}: "
-        + "; ".join(f.message for f in failures),
-        hint=failures[-1].hint,
+        f"no chart source served {what}: " + "; ".join(f.message for f in failures),
+        hint="check the network access to the chart sources, or pass --repo with a mirror "
+        "(`kymamesh charts pull` elsewhere and --charts-dir for an air-gapped cluster)",
     )
 
 
@@ -464,20 +480,24 @@ def plan_releases(
     rows: tuple[ChartRelease, ...] | None = None,
     revision_based: bool = False,
 ) -> list[PlannedRelease]:
-    """Read-only: which releases need an install or upgrade, and why. Refuses early.
+    """Read-only: which releases need an install or upgrade, and why. Refuses early:
+    releases kymamesh did not make first, before any chart is loaded.
     `rows`: the releases to plan (default: the release table); `revision_based`: the
     version gate of an upgrade by revisions (up to two minors)."""
     release = the_release(ctx)
     ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
+    rows = release.releases if rows is None else rows
+    found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
+    refuse_foreign_releases(found, release.namespace)
     plans = []
-    for row in release.releases if rows is None else rows:
+    for row in rows:
         chart = load_chart(ctx, inputs, row)
         plans.append(
             PlannedRelease(
                 row=row,
                 chart=chart,
                 values=stack.merged(row.chart),
-                deployed=ctx.helm.deployed(row.release, release.namespace),
+                deployed=found[row.release],
             )
         )
     for plan in plans:
@@ -500,6 +520,29 @@ def plan_releases(
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
     return plans
+
+
+def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], namespace: str) -> None:
+    """Helm releases of the release table that kymamesh did not make (a plain `helm
+    install`, another tool) are not `install`'s to take over: refused, as `patch` and the
+    identity step refuse an Istio or a Dex someone else installed. kymamesh's releases carry
+    its mark (`kymamesh.inventory.marked_by_kymamesh`), which Helm keeps on the revisions a
+    person's own `helm upgrade` adds."""
+    foreign = [r for r in deployed.values() if r is not None and not marked_by_kymamesh(r)]
+    if not foreign:
+        return
+    names = ", ".join(
+        f"{namespace}/{r.name} ({r.chart} {r.chart_version}, revision {r.revision})"
+        for r in foreign
+    )
+    plural = len(foreign) > 1
+    raise PreconditionError(
+        f"Helm release{'s' if plural else ''} {names} {'were' if plural else 'was'} not "
+        "installed by kymamesh; `install` does not take over an Istio someone else "
+        "installed with Helm",
+        hint="to bring that Istio to the Kyma state (and keep upgrading it with your own "
+        "Helm), run `kymamesh patch --existing-istio`",
+    )
 
 
 def behaviour_notes(release: IstioRelease, plans: list[PlannedRelease]) -> list[str]:

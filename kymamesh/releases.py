@@ -11,7 +11,7 @@ from typing import Any
 from kymamesh.context import RunContext
 from kymamesh.errors import ChartSourceError, KymameshError
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.pipeline import chart_sources
+from kymamesh.pipeline import chart_sources, from_first_source
 from kymamesh.release import Catalog, IstioRelease, MinorLine, catalog, dex_pinned
 
 PHASE_PULL = "charts pull"
@@ -204,19 +204,10 @@ def _pull_first(
     dest: Path,
     plain_http: bool,
 ) -> str:
-    failures: list[ChartSourceError] = []
-    for source in sources:
-        try:
-            ctx.helm.pull(chart, source, release.version, dest, plain_http)
-        except ChartSourceError as exc:
-            failures.append(exc)
-            ctx.progress.info(f"{chart} {release.version}: {source} did not serve it")
-            continue
-        return source
-    if len(failures) == 1:
-        raise failures[0]
-    raise ChartSourceError(
-        f"no chart source served {chart} {release.version}: "
-        + "; ".join(f.message for f in failures),
-        hint="check the network access to the chart sources, or pass --repo with a mirror",
+    source, _ = from_first_source(
+        ctx,
+        f"{chart} {release.version}",
+        sources,
+        lambda source: ctx.helm.pull(chart, source, release.version, dest, plain_http),
     )
+    return source

@@ -530,7 +530,7 @@ def judge(
             if installed_by == inv.Installer.KYMAMESH:
                 problems.append(f"Helm release {namespace}/{r.name} is missing")
         elif r.release.status != "deployed":
-            problems.append(f"Helm release {namespace}/{r.name} is {r.release.status}")
+            problems.append(release_problem(installed_by, r.release, namespace))
     for s in steps:
         if s.error and s.error.startswith("not checked"):
             continue
@@ -539,6 +539,30 @@ def judge(
         elif not s.applied:
             problems.append(f"patch step {s.name} is not applied: " + "; ".join(s.pending))
     return problems
+
+
+def release_problem(installed_by: inv.Installer, release: DeployedRelease, namespace: str) -> str:
+    """A release that is not `deployed`: Helm's own word on why (the revision's
+    description), and what to run."""
+    what = f"Helm release {namespace}/{release.name} is {release.status}"
+    why = " ".join(release.description.split())
+    if why:
+        what += f" (revision {release.revision}: {why})"
+    if release.status.startswith("pending"):
+        return (
+            f"{what}: a Helm command is still working on it, or was cut short (`helm history "
+            f"{release.name} -n {namespace}` shows it); helm refuses other upgrades meanwhile"
+        )
+    if installed_by != inv.Installer.KYMAMESH:
+        return f"{what}: see `helm history {release.name} -n {namespace}`"
+    repair = "run `kymamesh install` to repair it"
+    if 'conflict with "kymamesh"' in why:  # server-side apply: fields the Kyma patch owns
+        return (
+            f"{what}: a Helm upgrade conflicts with the fields the Kyma patch owns; {repair} "
+            "(give your change as `--set CHART.KEY=VALUE`), or re-run your helm upgrade with "
+            "`--force-conflicts`, then `kymamesh patch`"
+        )
+    return f"{what}: {repair}"
 
 
 # -- sidecars ----------------------------------------------------------------

@@ -427,6 +427,9 @@ class FakeCluster:
         finally:
             self.lock_holder = None
 
+    def lock_held_by(self, namespace: str) -> str | None:
+        return self.lock_holder
+
     def lose_lock(self) -> None:
         """What the adapter sees when its Lease renewals fail: every later write is refused."""
         self.lock_lost = True

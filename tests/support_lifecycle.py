@@ -57,6 +57,23 @@ def helm_install_foreign(cluster: Any) -> None:
         )
 
 
+def meshed_deployment(name: str) -> dict[str, Any]:
+    """A one-replica Deployment whose Pods ask for a sidecar (`sidecar.istio.io/inject`)."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, "sidecar.istio.io/inject": "true"}},
+                "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
+            },
+        },
+    }
+
+
 def writes_during(cluster: Any, fn: Any) -> tuple[Any, Any]:
     """(fn(), the writes to the cluster while it ran: by kymamesh and by helm)."""
     mark = cluster.audit.mark()
@@ -85,7 +102,7 @@ def apply(cluster: Any, manifest: str) -> None:
 
 
 def install_as_an_earlier_kymamesh(
-    cluster: Any, charts: Path, *patch_args: str, timeout: str = "180s"
+    cluster: Any, charts: Path, *patch_args: str, timeout: str = "300s"
 ) -> None:
     """An Istio of a minor this kymamesh no longer installs (1.29), as an earlier kymamesh
     release left it: the three Helm releases with kymamesh's values and the revision

@@ -26,6 +26,7 @@ from tests.support_lifecycle import (
     get,
     install_as_an_earlier_kymamesh,
     kymamesh,
+    meshed_deployment,
     writes_during,
 )
 
@@ -138,22 +139,6 @@ def killed(c: Any, after: int, *args: str) -> None:
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stdout, done.stderr)
 
 
-def deployment(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name, "sidecar.istio.io/inject": "true"}},
-                "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]},
-            },
-        },
-    }
-
-
 def bare_pod(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -219,10 +204,10 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     install_as_an_earlier_kymamesh(c, OLD_CHARTS, "--config", str(config))
     shop = c.create_namespace("shop", labels={"istio-injection": "enabled"})
     bank = c.create_namespace("bank", labels={"istio-injection": "enabled"})
-    c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(deployment("web")))
-    c.kubectl("apply", "-n", bank, "-f", "-", input=json.dumps(deployment("pay")))
+    c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(meshed_deployment("web")))
+    c.kubectl("apply", "-n", bank, "-f", "-", input=json.dumps(meshed_deployment("pay")))
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(bare_pod("solo")))
-    keep = deployment("keep")  # opted out of kymamesh's restarts
+    keep = meshed_deployment("keep")  # opted out of kymamesh's restarts
     keep["metadata"]["annotations"] = {"kymamesh.io/restart": "false"}
     c.kubectl("apply", "-n", shop, "-f", "-", input=json.dumps(keep))
     for ns, name in ((shop, "web"), (shop, "keep"), (bank, "pay")):
@@ -279,7 +264,7 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     # Both revisions serve: a Pod in a namespace labelled for the new one gets its sidecar,
     # and the default Pods still get the old one.
     trial = c.create_namespace("trial", labels={"istio.io/rev": NEW})
-    c.kubectl("apply", "-n", trial, "-f", "-", input=json.dumps(deployment("try")))
+    c.kubectl("apply", "-n", trial, "-f", "-", input=json.dumps(meshed_deployment("try")))
     settled(c, trial, "app=try", NEW, "1.30.3")
     c.kubectl("delete", "pod", "-n", shop, "-l", "app=web", "--wait=false")
     settled(c, shop, "app=web", "default", "1.29.4")

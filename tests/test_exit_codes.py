@@ -223,6 +223,9 @@ def test_ctrl_c_exits_130_with_the_json_result(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        # as a terminal's shell starts it: pytest-xdist's workers ignore SIGINT, and an
+        # ignored signal stays ignored across exec (Python then installs no handler)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert accepted.wait(60), "kymamesh never connected"

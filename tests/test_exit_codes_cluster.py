@@ -89,7 +89,10 @@ def test_a_refusal_found_under_the_lock_exits_3_not_5(fresh_cluster: Any, tmp_pa
     reader.start()
     try:
         assert waiting.wait(300), "".join(stderr)
-        c.helm_run("install", "istio-base", str(newer), "-n", NAMESPACE)
+        # as an earlier kymamesh left it (its mark), so the version gate is what refuses
+        c.helm_run(
+            "install", "istio-base", str(newer), "-n", NAMESPACE, "--description", "kymamesh 0.0.1"
+        )
         c.kubectl("delete", "lease", LOCK, "-n", NAMESPACE)
         out, _ = proc.communicate(timeout=300)
     finally:

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tenacity import wait_none
 
+from kymamesh import helm as helm_adapter
 from kymamesh.cluster import Cluster, Ref
-from kymamesh.helm import Helm, decode_release
+from kymamesh.errors import KymameshError
+from kymamesh.helm import ATTEMPT_LABEL, Helm, decode_release
 
 pytestmark = pytest.mark.cluster
 
@@ -138,19 +141,69 @@ def test_other_helm_storage_is_read_by_helm(
     assert os.environ["HELM_DRIVER"] == "configmap"
 
 
-def test_a_pending_revision_left_by_a_failed_attempt_is_dropped_before_the_retry(
-    cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An attempt cut short leaves its revision pending and helm refuses the retry; the
-    adapter drops that record (only one newer than what it saw before its first attempt)."""
-    import base64
-    import gzip
-    import json
+class _CutShort:
+    """Stands in for helm's first `upgrade`: it leaves revision 2 pending, as an attempt
+    cut short by a network fault does (`by_this_attempt`: carrying the attempt's label, as
+    helm records it; otherwise as a person's own `helm upgrade` made at that moment would,
+    with the labels of the revision before), and fails with a transient fault. Later
+    commands run helm."""
 
+    def __init__(self, api: Cluster, helm: Helm, namespace: str, by_this_attempt: bool) -> None:
+        self.api, self.namespace, self.mine = api, namespace, by_this_attempt
+        self.real = helm._command.run
+        self.upgrades: list[list[Any]] = []
+
+    async def __call__(self, args: list[Any], input: bytes | None = None) -> bytes:
+        import base64
+        import gzip
+        import json
+
+        from pyhelm3 import errors
+
+        if args[0] != "upgrade":
+            return bytes(await self.real(args, input))
+        self.upgrades.append(args)
+        if len(self.upgrades) > 1:
+            return bytes(await self.real(args, input))
+        first = self.api.get(Ref("v1", "Secret", "sh.helm.release.v1.probe.v1", self.namespace))
+        assert first is not None
+        record = decode_release(first)
+        record["version"] = 2
+        record["info"]["status"] = "pending-upgrade"
+        payload = base64.b64encode(gzip.compress(json.dumps(record).encode())).decode()
+        labels = {**first["metadata"]["labels"], "version": "2", "status": "pending-upgrade"}
+        if self.mine:
+            labels[ATTEMPT_LABEL] = label_value(args)
+        self.api.create(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": first["type"],
+                "metadata": {
+                    "name": "sh.helm.release.v1.probe.v2",
+                    "namespace": self.namespace,
+                    "labels": labels,
+                },
+                "data": {"release": base64.b64encode(payload.encode()).decode()},
+            }
+        )
+        raise errors.Error(1, b"", b"Error: UPGRADE FAILED: connection reset by peer")
+
+
+def label_value(args: list[Any]) -> str:
+    key, _, value = str(args[args.index("--labels") + 1]).partition("=")
+    assert key == ATTEMPT_LABEL
+    return value
+
+
+def _pending_setup(
+    cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Cluster, Helm, list[str], Path]:
     for key, value in cluster.env_for(4).items():
         if key.startswith("HELM_"):
             monkeypatch.setenv(key, value)
     monkeypatch.delenv("HELM_DRIVER", raising=False)
+    monkeypatch.setattr(helm_adapter, "wait_exponential", lambda **_: wait_none())
     api = Cluster.connect(str(cluster.kubeconfig))
     deleted: list[str] = []
 
@@ -167,35 +220,41 @@ def test_a_pending_revision_left_by_a_failed_attempt_is_dropped_before_the_retry
     )
     chart = _chart(tmp_path)
     cluster.helm_run("install", "probe", str(chart), "-n", namespace, version=4)
-    # what a cut-short upgrade leaves: revision 2, pending-upgrade
-    first = api.get(Ref("v1", "Secret", "sh.helm.release.v1.probe.v1", namespace))
-    assert first is not None
-    record = decode_release(first)
-    record["version"] = 2
-    record["info"]["status"] = "pending-upgrade"
-    payload = base64.b64encode(gzip.compress(json.dumps(record).encode())).decode()
-    labels = {**first["metadata"]["labels"], "version": "2", "status": "pending-upgrade"}
-    api.create(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": first["type"],
-            "metadata": {
-                "name": "sh.helm.release.v1.probe.v2",
-                "namespace": namespace,
-                "labels": labels,
-            },
-            "data": {"release": base64.b64encode(payload.encode()).decode()},
-        }
-    )
-    refused = cluster.helm_run("upgrade", "probe", str(chart), "-n", namespace, check=False)
-    assert "another operation" in refused.stderr
-    helm._drop_own_pending("probe", namespace, before=2)  # not newer than seen: not ours
-    assert deleted == []
-    helm._drop_own_pending("probe", namespace, before=1)
-    assert deleted == ["sh.helm.release.v1.probe.v2"]
-    loaded = helm.load_local(tmp_path, "probe")
+    return api, helm, deleted, tmp_path
+
+
+def test_a_pending_revision_left_by_a_failed_attempt_is_dropped_before_the_retry(
+    cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt cut short leaves its revision pending and helm refuses the retry; the
+    adapter drops that record (its own: the revision it makes, carrying its label)."""
+    api, helm, deleted, charts = _pending_setup(cluster, namespace, tmp_path, monkeypatch)
+    cut = _CutShort(api, helm, namespace, by_this_attempt=True)
+    monkeypatch.setattr(helm._command, "run", cut)
+    loaded = helm.load_local(charts, "probe")
     helm.install_or_upgrade("probe", loaded, {"greeting": "again"}, namespace, 60)
+    assert deleted == ["sh.helm.release.v1.probe.v2"]
+    assert len(cut.upgrades) == 2
     found = helm.deployed("probe", namespace)
     assert found is not None and found.status == "deployed" and found.revision == 2
     assert found.values == {"greeting": "again"}
+    # the retry's own label value, a new one (the first attempt's is never reused)
+    assert found.labels[ATTEMPT_LABEL] == label_value(cut.upgrades[1])
+    assert label_value(cut.upgrades[0]) != label_value(cut.upgrades[1])
+
+
+def test_a_pending_revision_someone_else_made_is_left_alone(
+    cluster: Any, namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While this run's attempt failed, a person's own `helm upgrade` made revision 2:
+    it is theirs, newer than what this run saw, and not dropped; helm names it."""
+    api, helm, deleted, charts = _pending_setup(cluster, namespace, tmp_path, monkeypatch)
+    cut = _CutShort(api, helm, namespace, by_this_attempt=False)
+    monkeypatch.setattr(helm._command, "run", cut)
+    loaded = helm.load_local(charts, "probe")
+    with pytest.raises(KymameshError) as refused:
+        helm.install_or_upgrade("probe", loaded, {"greeting": "again"}, namespace, 60)
+    assert "another operation" in refused.value.message
+    assert deleted == []
+    left = api.get(Ref("v1", "Secret", "sh.helm.release.v1.probe.v2", namespace))
+    assert left is not None and left["metadata"]["labels"]["status"] == "pending-upgrade"

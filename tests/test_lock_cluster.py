@@ -25,6 +25,7 @@ from kymamesh.cluster import Cluster, Ref
 from kymamesh.errors import ExitCode, LockHeldError, LockLostError
 
 ROOT = Path(__file__).resolve().parent.parent
+JSON_Y = ("-y", "-o", "json")
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 
 
@@ -488,3 +489,59 @@ def test_cli_run_that_lost_its_lock_stops_with_its_exit_code(fresh_cluster: Any)
     c.kubectl("delete", "lease", adapter.LOCK_NAME, "-n", "istio-system")
     code, doc, err = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y")
     assert code == 0, (doc["errors"], err)
+
+
+def test_a_run_with_nothing_to_change_checks_again_after_a_run_that_holds_the_lock(
+    fresh_cluster: Any,
+) -> None:
+    # `uninstall` followed at once by `install`: install found everything in place while
+    # uninstall, holding the lock, was removing it. A run with nothing to change reads the
+    # Lease once; held by another run, it waits for it and checks again under the lock.
+    c = fresh_cluster()
+    code, doc, err = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y")
+    assert code == 0, (doc["errors"], err)
+    other = Cluster.connect(str(c.kubeconfig))
+    lines: list[str] = []
+    try:
+        with other.lock("istio-system", wait=30):
+            run = subprocess.Popen(
+                [sys.executable, "-m", "kymamesh", "install", "--charts-dir", str(CHARTS), *JSON_Y],
+                cwd=ROOT,
+                env=c.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                text=True,
+            )
+            reader = threading.Thread(target=lambda: lines.extend(run.stderr or []), daemon=True)
+            reader.start()
+            c.wait_for(
+                lambda: (
+                    any("waiting for the lock" in line for line in lines) or run.poll() is not None
+                ),
+                timeout=120,
+                what="the converged install to wait for the lock",
+            )
+            # the other run, meanwhile: takes the gateway away
+            c.helm_run("uninstall", "istio-ingressgateway", "-n", "istio-system")
+        out, _ = run.communicate(timeout=600)
+        reader.join(timeout=10)
+    finally:
+        other.close()
+    doc = json.loads(out)
+    assert run.returncode == 0, (doc["errors"], "".join(lines))
+    assert doc["changed"] is True
+    assert any("another kymamesh run" in note for note in doc["notes"]), doc["notes"]
+    releases = json.loads(c.helm_run("list", "-n", "istio-system", "-o", "json").stdout)
+    assert "istio-ingressgateway" in [r["name"] for r in releases]
+
+
+def test_a_converged_run_reads_the_lease_and_writes_nothing(cluster: Any) -> None:
+    from tests.support_patch import ensure_istio
+
+    ensure_istio(cluster)
+    with cluster.audit.counting(user_agent_prefix="kymamesh/") as writes:
+        code, doc, err = kymamesh(cluster, "install", "--charts-dir", str(CHARTS), "-y")
+    assert code == 0, (doc["errors"], err)
+    assert doc["changed"] is False, doc
+    assert writes.total == 0, writes.describe()

@@ -85,3 +85,23 @@ def test_hold_counts_as_lost_once_renewals_stop_for_the_deadline() -> None:
     assert lost.value.exit_code == ExitCode.LOCK_LOST
     assert lost.value.hint
     assert adapter.LOCK_RENEW_DEADLINE_S < adapter.LOCK_DURATION_S  # stops before it can expire
+
+
+def test_a_waiting_run_says_when_the_lease_expires_by_its_own_clock() -> None:
+    clock = Clock()
+    watch = adapter._LeaseWatch(clock)
+    watch.observe(lease("7", "2999-01-01T00:00:00.000000Z", holder="busy", duration=30))
+    clock.now += 12.5
+    first = adapter._waiting_line("istio-system", watch, 60, None)
+    assert first == (
+        "waiting for the lock: Lease Lease/istio-system/kymamesh-lock is held by busy; it "
+        "expires in 18s unless renewed (taken over once it goes 30s without renewal); "
+        "waiting at most 60s"
+    )
+    again = adapter._waiting_line("istio-system", watch, 60, 20.2)
+    assert again == (
+        "still waiting for the lock held by busy: it expires in 18s unless renewed; "
+        "waited 20s of 60s"
+    )
+    clock.now += 100
+    assert watch.remaining() == 0

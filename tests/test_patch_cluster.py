@@ -437,6 +437,11 @@ def test_adopt_foreign_istio(fresh_cluster: Any, tmp_path: Path) -> None:
     result = ok(km(c, "patch", "-y"), code=3)  # not kymamesh's: needs --existing-istio
     assert "not set up by kymamesh" in result.stderr and "--existing-istio" in result.stderr
     assert "Helm release istio-system/istiod" in result.stderr
+    result = ok(km(c, "install", "--charts-dir", str(CHARTS), "-y"), code=3)  # nor install's
+    assert "not installed by kymamesh" in result.stderr, result.stderr
+    assert "patch --existing-istio" in result.stderr
+    for release in ("istio-base", "istiod", "istio-ingressgateway"):
+        assert f"istio-system/{release} (" in result.stderr, release
     result = ok(km(c, "patch", "--existing-istio"), code=6)  # weak mTLS, no terminal, no --yes
     assert "DISABLE in PeerAuthentication istio-system/legacy-mesh-policy" in result.stderr
     assert "PERMISSIVE in PeerAuthentication istio-system/default" in result.stderr
@@ -468,6 +473,10 @@ def test_adopt_foreign_istio(fresh_cluster: Any, tmp_path: Path) -> None:
     pas = policies(c)
     assert pas["one-workload"]["spec"]["mtls"]["mode"] == "DISABLE"  # not mesh-wide: untouched
     assert MANAGED not in (pas["legacy-mesh-policy"]["metadata"].get("labels") or {})
+    mark = c.audit.mark()  # adopted, but its releases are still not install's to take over
+    result = ok(km(c, "install", "--charts-dir", str(CHARTS), "-y"), code=3)
+    assert "not installed by kymamesh" in result.stderr, result.stderr
+    no_writes(c, mark)
     assert get(c, f"/apis/apps/v1/namespaces/{NS}/deployments/istiod") is not None
 
     mark = c.audit.mark()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kymamesh import inventory as inv
@@ -9,6 +11,7 @@ from kymamesh import status as mesh
 from kymamesh import uninstall
 from kymamesh.cluster import Ref
 from kymamesh.errors import ExitCode, PreconditionError
+from kymamesh.helm import ATTEMPT_LABEL
 from kymamesh.versions import Version
 from tests.support_inventory import FakeCluster, FakeHelm, context, crd, istiod, obj, release
 
@@ -239,12 +242,68 @@ def test_unhealthy_reasons() -> None:
         "istio-system",
     )
     assert problems == [
-        "Helm release istio-system/istiod is failed",
+        "Helm release istio-system/istiod is failed (revision 1: kymamesh 0.1.0): "
+        "run `kymamesh install` to repair it",
         "Helm release istio-system/istio-ingressgateway is missing",
         "patch step mtls-strict is not applied: "
         "PeerAuthentication/istio-system/default: mode PERMISSIVE -> STRICT",
         "patch step tracing: check failed: boom",
     ]
+
+
+CONFLICT = (
+    'Upgrade "istiod" failed: conflict occurred while applying object istio-system/istio '
+    '/v1, Kind=ConfigMap: Apply failed with 1 conflict: conflict with "kymamesh" using v1: '
+    ".data.mesh"
+)
+
+
+def test_a_release_failed_by_a_helm_upgrade_says_why_and_what_to_run() -> None:
+    # A person's own `helm upgrade` met the fields the Kyma patch owns (server-side apply).
+    failed = replace(
+        release("istiod", "istiod", status="failed"),
+        revision=2,
+        description=CONFLICT,
+        labels={ATTEMPT_LABEL: "0123456789ab"},  # kept by Helm from kymamesh's revision
+    )
+    [problem] = mesh.judge(
+        inv.Installer.KYMAMESH,
+        _releases(
+            release("istio-base", "base"), failed, release("istio-ingressgateway", "gateway")
+        ),
+        READY,
+        [],
+        "istio-system",
+    )
+    assert problem.startswith(
+        f"Helm release istio-system/istiod is failed (revision 2: {CONFLICT}): a Helm upgrade "
+        "conflicts with the fields the Kyma patch owns; run `kymamesh install` to repair it"
+    )
+    assert "--set CHART.KEY=VALUE" in problem
+    assert "`--force-conflicts`, then `kymamesh patch`" in problem
+
+
+def test_a_pending_or_foreign_release_is_not_sent_to_kymamesh_install() -> None:
+    pending = replace(release("istiod", "istiod", status="pending-upgrade"), description="")
+    assert mesh.release_problem(inv.Installer.KYMAMESH, pending, "istio-system") == (
+        "Helm release istio-system/istiod is pending-upgrade: a Helm command is still working "
+        "on it, or was cut short (`helm history istiod -n istio-system` shows it); helm "
+        "refuses other upgrades meanwhile"
+    )
+    theirs = release("istiod", "istiod", status="failed", by_kymamesh=False)
+    assert mesh.release_problem(inv.Installer.HELM, theirs, "istio-system").endswith(
+        ": see `helm history istiod -n istio-system`"
+    )
+
+
+def test_a_release_kymamesh_made_keeps_its_mark_after_a_helm_upgrade() -> None:
+    # The current revision is a person's (`Upgrade complete`), the label is kymamesh's.
+    upgraded = replace(
+        release("istiod", "istiod", by_kymamesh=False), labels={ATTEMPT_LABEL: "0123456789ab"}
+    )
+    assert inv.marked_by_kymamesh(upgraded)
+    assert not inv.marked_by_kymamesh(release("istiod", "istiod", by_kymamesh=False))
+    assert inv.marked_by_kymamesh(release("istiod", "istiod"))  # older kymamesh: description
 
 
 def test_missing_releases_are_fine_for_a_foreign_istio() -> None:

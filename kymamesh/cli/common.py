@@ -183,6 +183,22 @@ def run_command(
         check_options(options)
         with ctx.session():
             body(ctx)
+            holder = ctx.lock_held_elsewhere() if result.exit_code == ExitCode.OK else None
+            if holder is not None:
+                # Nothing to change, but another run holds the lock and may be changing the
+                # same objects (an `uninstall` started just before this `install`): wait for
+                # it, then check again, under the lock.
+                progress.info(
+                    f"nothing to change, but another kymamesh run holds the lock ({holder}): "
+                    "checking again once it has finished"
+                )
+                ctx.take_lock()
+                result = ctx.result = Result(command=command, dry_run=options.dry_run)
+                body(ctx)
+                result.notes.append(
+                    f"another kymamesh run ({holder}) held the lock when this one found "
+                    "nothing to change; checked again once it had finished"
+                )
     except KymameshError as exc:
         if options.verbose:
             traceback.print_exc()

@@ -225,10 +225,6 @@ class InjectionPolicyStep:
 _IMAGE_KEYS = ("proxy", "proxy_init")
 
 
-def retired_registry(image_or_hub: str) -> str | None:
-    return catalog().retired_registry(image_or_hub)
-
-
 def hub_editor(wanted: str | None, fallback: str) -> Editor:
     """Sets global.hub to `wanted`; without one, moves a hub (or a full proxy image) off a
     switched-off registry to `fallback` and leaves any other hub (a user's mirror) alone."""
@@ -240,14 +236,14 @@ def hub_editor(wanted: str | None, fallback: str) -> Editor:
             glob = values["global"] = {}
         summaries = []
         current = glob.get("hub")
-        target = wanted or (fallback if retired_registry(str(current or "")) else None)
+        target = wanted or (fallback if catalog().retired_registry(str(current or "")) else None)
         if target and current != target:
             glob["hub"] = target
             summaries.append(f"global.hub {current or 'unset'} -> {target}")
         for key in _IMAGE_KEYS:
             section = glob.get(key)
             image = section.get("image") if isinstance(section, dict) else None
-            retired = retired_registry(image) if isinstance(image, str) else None
+            retired = catalog().retired_registry(image) if isinstance(image, str) else None
             if isinstance(section, dict) and isinstance(image, str) and retired:
                 section["image"] = (target or fallback) + image[len(retired) :]
                 summaries.append(f"global.{key}.image {image} -> {section['image']}")
@@ -275,7 +271,7 @@ class ImageHubStep:
             raise UsageError(
                 "sidecar-image-hub: `hub` must be a registry path such as docker.io/istio"
             )
-        if retired_registry(hub):
+        if catalog().retired_registry(hub):
             raise UsageError(
                 f"sidecar-image-hub: hub {hub} is a registry Istio has switched off",
                 hint="use docker.io/istio or a mirror of it",
