@@ -31,10 +31,9 @@ writes nothing and a run killed in the middle converges on the next one.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from kymamesh import MANAGED_BY_LABEL, pipeline, settings, sidecars, tags
 from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
@@ -58,6 +57,7 @@ from kymamesh.errors import (
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.release import pinned
 from kymamesh.steps.base import Change
+from kymamesh.waits import wait_until
 
 PHASE_TAG = "default tag"
 PHASE_RESTARTS = "workloads"
@@ -210,18 +210,10 @@ def _run(ctx: RunContext, phase_name: str, plan: Plan) -> None:
         phase.items.append(item)
         if ctx.options.dry_run:
             continue
-        with ctx.progress.item(action.name) as tracker:
-            try:
-                ctx.before_write()
-                action.apply()
-                item.outcome = Outcome.CHANGED
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                raise
-            finally:
-                tracker.done(item.outcome, item.summary)
-        item.duration_s = tracker.duration_s
+        with ctx.progress.track(item):
+            ctx.before_write()
+            action.apply()
+            item.outcome = Outcome.CHANGED
 
 
 # -- the default tag -------------------------------------------------------------------------
@@ -290,25 +282,37 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
     dry run: nothing is created). The API server reads webhook changes within moments.
     A Pod admitted without a sidecar does not count: the probe is made where the
     default tag's webhooks are the ones called (`controlplane.probe_namespace`)."""
-    deadline = time.monotonic() + timeout
-    seen = "nothing yet"
-    while True:
+    denials = pipeline.Denials()
+
+    def pending() -> str | None:
         try:
             got = probe_injection(cluster, DEFAULT_REVISION, namespace)
-            if got == holder:
-                return
-            seen = "admitted without a sidecar" if got is None else f"injected by revision {got}"
         except ApiError as exc:
-            seen = exc.message
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {timeout:.0f}s waiting for the default tag to reach "
-                f"revision {holder}: a test Pod is still {seen}",
-                hint=f"check that istiod of revision {holder} runs and answers; the default "
-                "tag points at it now: re-run the same command, or move the tag back "
-                "(`kymamesh upgrade promote` or `kymamesh upgrade rollback`)",
-            )
-        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            if denials.see(exc):
+                raise PreconditionError(
+                    f"the default tag points at revision {holder}, and its injector refuses "
+                    f"Pods: {exc.message}",
+                    hint=f"look at istiod's log and the injector ConfigMap of revision {holder}",
+                ) from None
+            return exc.message
+        denials.see(None)
+        if got == holder:
+            return None
+        return "admitted without a sidecar" if got is None else f"injected by revision {got}"
+
+    wait_until(
+        pending,
+        timeout,
+        lambda seen: (
+            f"timed out after {timeout:.0f}s waiting for the default tag to reach "
+            f"revision {holder}: a test Pod is still {seen}"
+        ),
+        hint=f"check that istiod of revision {holder} runs and answers; the default "
+        "tag points at it now: re-run the same command, or move the tag back "
+        "(`kymamesh upgrade promote` or `kymamesh upgrade rollback`)",
+        first=0.5,
+        most=0.5,
+    )
 
 
 # -- restarts --------------------------------------------------------------------------------
@@ -468,7 +472,10 @@ def move_tag(
         tag = tag_plan(ctx.cluster, read_state(ctx), target)  # again, under the lock
     _run(ctx, PHASE_TAG, tag)
     if tag.actions and not ctx.options.dry_run:
-        wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+        try:
+            wait_tag(ctx.cluster, ctx.namespace, target.revision, ctx.options.timeout)
+        except KymameshError as exc:
+            _move_back(ctx, state, target, exc)
     restarts = restart_plan(ctx, target.revision, batch_size)  # after the tag took effect
     if restarts.actions and not ctx.options.dry_run and not tag.actions:
         # a re-run: the tag an earlier run wrote must be in effect; then plan under the lock
@@ -478,6 +485,27 @@ def move_tag(
         restarts = restart_plan(ctx, target.revision, batch_size)
     _run(ctx, PHASE_RESTARTS, restarts)
     ctx.result.data["canary"] = read_state(ctx).to_json()
+
+
+def _move_back(
+    ctx: RunContext, before: CanaryState, target: ControlPlane, exc: KymameshError
+) -> NoReturn:
+    """The default tag did not take effect on `target` (its injector does not answer, or
+    refuses Pods): point it back at the revision that held it before, so that Pods asking
+    for the default revision are injected again rather than refused by a webhook that
+    fails closed, then fail with why."""
+    planes = ([before.canary] if before.canary is not None else []) + list(before.others)
+    previous = next((p for p in planes if p.revision == before.holder), None)
+    if previous is None or previous.revision == target.revision:
+        raise exc
+    _run(ctx, PHASE_TAG, tag_plan(ctx.cluster, read_state(ctx), previous))
+    kind = WaitTimeoutError if isinstance(exc, WaitTimeoutError) else PreconditionError
+    raise kind(
+        f"{exc.message}; the default tag was moved back to revision {previous.revision}, "
+        "which held it before",
+        hint=f"make revision {target.revision}'s istiod answer (its Deployment, its "
+        "injector ConfigMap and its log; `kymamesh status`), then re-run",
+    ) from None
 
 
 def promote(ctx: RunContext, batch_size: int | None = None) -> None:
@@ -566,6 +594,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     inputs = pipeline.with_compatibility_mode(inputs, specs, release)
     stack = pipeline.with_release_values(stack, release, inputs)
     stack = pipeline.with_mesh_values(stack, specs)  # the mesh file's chart values
+    stack = pipeline.with_identity_values(stack, specs)  # mesh ID, cluster name, network
     pipeline.refuse_revision_value(stack, release)
     old = frozenset(p.revision for p in state.others)
     layout = pipeline.release_layout(ctx, stack, revision_based=False, gone=old)
@@ -664,11 +693,11 @@ def _finish_plan(ctx: RunContext) -> tuple[CanaryState, Plan]:
 
 def _wait_gone(cluster: Cluster, ref: Ref, timeout: float) -> None:
     """helm uninstall does not wait: the old istiod must be gone before phase 1 runs."""
-    deadline = time.monotonic() + timeout
-    while cluster.get(ref) is not None:
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"{ref} is still there {timeout:.0f}s after its release was uninstalled",
-                hint="look at what holds it (finalizers), then re-run",
-            )
-        time.sleep(0.5)
+    wait_until(
+        lambda: None if cluster.get(ref) is None else "still there",
+        timeout,
+        lambda _: f"{ref} is still there {timeout:.0f}s after its release was uninstalled",
+        hint="look at what holds it (finalizers), then re-run",
+        first=0.5,
+        most=0.5,
+    )

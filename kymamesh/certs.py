@@ -7,13 +7,14 @@ description on purpose: it must never reach output, logs, diffs or JSON.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -320,3 +321,322 @@ def self_signed(domain: str, validity_days: int, now: datetime | None = None) ->
         serialization.NoEncryption(),
     )
     return TlsPair(cert_pem=cert_pem, key_pem=key_pem, info=describe_certificate(cert))
+
+
+# -- a mesh's shared root of trust (Istio's plug-in CA) -------------------------------
+#
+# In a mesh of several clusters every istiod signs its workloads' certificates with an
+# intermediate CA of its own, all issued by one root: Istio's plug-in CA, the Secret
+# `istio-system/cacerts` with the keys below. The root's key stays with the user (it
+# is never written to a cluster); each cluster holds only its intermediate's key.
+
+ROOT_CERT, ROOT_KEY = "root-cert.pem", "root-key.pem"
+CA_CERT, CA_KEY, CERT_CHAIN = "ca-cert.pem", "ca-key.pem", "cert-chain.pem"
+CACERTS_KEYS = (CA_CERT, CA_KEY, ROOT_CERT, CERT_CHAIN)
+MESH_CA_ORG = "kymamesh mesh CA"
+ROOT_VALIDITY_DAYS = 3650
+INTERMEDIATE_VALIDITY_DAYS = 730
+
+
+@dataclass(frozen=True)
+class RootCa:
+    """A mesh's root CA: its certificate and (when the user has it at hand) its key."""
+
+    cert: x509.Certificate
+    key_pem: bytes | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"RootCa({_name(self.cert.subject)}, sha256 {self.fingerprint[:16]}…)"
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.cert.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass(frozen=True)
+class ClusterCa:
+    """One cluster's plug-in CA: the four PEM values of Secret `cacerts`."""
+
+    ca_cert_pem: bytes
+    ca_key_pem: bytes = field(repr=False)
+    cert_chain_pem: bytes
+    root_cert_pem: bytes
+
+    def __repr__(self) -> str:
+        return f"ClusterCa({self.describe()})"
+
+    @property
+    def ca_cert(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.ca_cert_pem)
+
+    @property
+    def root(self) -> RootCa:
+        return RootCa(x509.load_pem_x509_certificate(self.root_cert_pem))
+
+    def values(self) -> dict[str, bytes]:
+        return {
+            CA_CERT: self.ca_cert_pem,
+            CA_KEY: self.ca_key_pem,
+            ROOT_CERT: self.root_cert_pem,
+            CERT_CHAIN: self.cert_chain_pem,
+        }
+
+    def describe(self) -> str:
+        """The public facts: the intermediate, its root, until when (never the key)."""
+        cert = self.ca_cert
+        return (
+            f"intermediate CA {_name(cert.subject)} valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d} UTC, issued by root "
+            f"{_name(self.root.cert.subject)} (sha256 {self.root.fingerprint[:16]}…)"
+        )
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _ca_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def make_root_ca(
+    name: str = "root", validity_days: int = ROOT_VALIDITY_DAYS, now: datetime | None = None
+) -> tuple[bytes, bytes]:
+    """A new root CA for a mesh: (certificate PEM, key PEM), EC P-256."""
+    now = now or datetime.now(UTC)
+    key = _new_key()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, MESH_CA_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{name} root CA"),
+        ]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=validity_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def make_cluster_ca(
+    root: RootCa,
+    cluster: str,
+    validity_days: int = INTERMEDIATE_VALIDITY_DAYS,
+    now: datetime | None = None,
+) -> ClusterCa:
+    """A new intermediate CA for one cluster, issued by `root` (whose key it needs)."""
+    if root.key_pem is None:
+        raise UsageError("the root CA's key is needed to issue a cluster's intermediate CA")
+    now = now or datetime.now(UTC)
+    root_key = serialization.load_pem_private_key(root.key_pem, password=None)
+    assert isinstance(root_key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    key = _new_key()
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, MESH_CA_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{cluster} intermediate CA"),
+            x509.NameAttribute(NameOID.LOCALITY_NAME, cluster),
+        ]
+    )
+    not_after = min(now + timedelta(days=validity_days), root.cert.not_valid_after_utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(root.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()),
+            critical=False,
+        )
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(f"istiod.{cluster}.mesh.local")]),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+    ca_pem = cert.public_bytes(serialization.Encoding.PEM)
+    return ClusterCa(
+        ca_cert_pem=ca_pem,
+        ca_key_pem=_key_pem(key),
+        cert_chain_pem=ca_pem + root.cert_pem,
+        root_cert_pem=root.cert_pem,
+    )
+
+
+def _certs(pem: bytes, origin: str) -> list[x509.Certificate]:
+    if b"PRIVATE KEY-----" in pem:
+        raise InvalidCertificateError(
+            f"{origin} contains a private key",
+            hint="keep certificates and keys in separate files",
+        )
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise InvalidCertificateError(
+            f"{origin} is not a PEM certificate",
+            hint="give a file with '-----BEGIN CERTIFICATE-----' blocks",
+        ) from None
+
+
+def _check_key(cert: x509.Certificate, key_pem: bytes, cert_origin: str, key_origin: str) -> None:
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise InvalidCertificateError(
+            f"{key_origin} is encrypted with a passphrase",
+            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise InvalidCertificateError(
+            f"{key_origin} is not a PEM private key",
+            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise InvalidCertificateError(
+            f"{key_origin} is a {type(key).__name__}; Istio's CA takes RSA or ECDSA keys",
+            hint="issue the CA for an RSA (2048 bits or more) or ECDSA key",
+        )
+    der = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    if key.public_key().public_bytes(enc, der) != cert.public_key().public_bytes(enc, der):
+        raise InvalidCertificateError(
+            f"{key_origin} does not belong to {cert_origin} ({_name(cert.subject)}): their "
+            "public keys differ",
+            hint="give the key the certificate was issued for",
+        )
+
+
+def _check_ca_cert(cert: x509.Certificate, origin: str, now: datetime) -> None:
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = basic.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise InvalidCertificateError(
+            f"{origin} ({_name(cert.subject)}) is not a CA certificate (basicConstraints CA:TRUE)",
+            hint="give a CA certificate; `kymamesh ca create --out DIR` makes a root CA",
+        )
+    if cert.not_valid_after_utc <= now:
+        raise InvalidCertificateError(
+            f"{origin} ({_name(cert.subject)}) expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC",
+            hint="give a current CA (a new root means every cluster of the mesh needs it)",
+        )
+    if cert.not_valid_before_utc > now:
+        raise InvalidCertificateError(
+            f"{origin} ({_name(cert.subject)}) is not valid before "
+            f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+            hint="check the clock of the machine that issued it, or wait until then",
+        )
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def check_root(cert_pem: bytes, key_pem: bytes | None, origin: str, now: datetime) -> RootCa:
+    """A root CA as given: one self-signed CA certificate, current, its key matching."""
+    certs = _certs(cert_pem, f"{origin}/{ROOT_CERT}")
+    if len(certs) != 1:
+        raise InvalidCertificateError(
+            f"{origin}/{ROOT_CERT} holds {len(certs)} certificates, not the root alone",
+            hint="keep only the root CA certificate in it",
+        )
+    cert = certs[0]
+    _check_ca_cert(cert, f"{origin}/{ROOT_CERT}", now)
+    if cert.issuer != cert.subject or not _issued_by(cert, cert):
+        raise InvalidCertificateError(
+            f"{origin}/{ROOT_CERT} ({_name(cert.subject)}) is not self-signed (issued by "
+            f"{_name(cert.issuer)})",
+            hint="give the root of the chain, or your intermediate as ca-cert.pem, ca-key.pem, "
+            "cert-chain.pem and root-cert.pem",
+        )
+    if key_pem is not None:
+        _check_key(cert, key_pem, f"{origin}/{ROOT_CERT}", f"{origin}/{ROOT_KEY}")
+    return RootCa(cert, key_pem)
+
+
+def check_cluster_ca(ca: ClusterCa, origin: str, now: datetime) -> ClusterCa:
+    """A plug-in CA as Istio takes it: ca-cert.pem a current CA issued (through
+    cert-chain.pem) by root-cert.pem, ca-key.pem its key."""
+    root = check_root(ca.root_cert_pem, None, origin, now)
+    ca_cert = _certs(ca.ca_cert_pem, f"{origin}/{CA_CERT}")[0]
+    _check_ca_cert(ca_cert, f"{origin}/{CA_CERT}", now)
+    _check_key(ca_cert, ca.ca_key_pem, f"{origin}/{CA_CERT}", f"{origin}/{CA_KEY}")
+    chain = _certs(ca.cert_chain_pem, f"{origin}/{CERT_CHAIN}")
+    if chain[0].fingerprint(hashes.SHA256()) != ca_cert.fingerprint(hashes.SHA256()):
+        raise InvalidCertificateError(
+            f"{origin}/{CERT_CHAIN} does not start with ca-cert.pem ({_name(ca_cert.subject)})",
+            hint="cert-chain.pem is ca-cert.pem, then each issuer up to the root",
+        )
+    if chain[-1].fingerprint(hashes.SHA256()) != root.cert.fingerprint(hashes.SHA256()):
+        chain = [*chain, root.cert]
+    for cert, issuer in itertools.pairwise(chain):
+        _check_ca_cert(cert, f"{origin}/{CERT_CHAIN}", now)
+        if not _issued_by(cert, issuer):
+            raise InvalidCertificateError(
+                f"{origin}: {_name(cert.subject)} is not issued by {_name(issuer.subject)} "
+                f"(the next in {CERT_CHAIN}, or the root of {ROOT_CERT})",
+                hint="cert-chain.pem must lead from ca-cert.pem to the root in root-cert.pem",
+            )
+    return ca
+
+
+def read_cacerts(values: dict[str, bytes]) -> ClusterCa | None:
+    """A plug-in CA from Secret `cacerts`' values; None when a key is missing."""
+    if any(k not in values for k in CACERTS_KEYS):
+        return None
+    return ClusterCa(
+        ca_cert_pem=values[CA_CERT],
+        ca_key_pem=values[CA_KEY],
+        cert_chain_pem=values[CERT_CHAIN],
+        root_cert_pem=values[ROOT_CERT],
+    )
+
+
+def same_root(a: bytes, b: bytes) -> bool:
+    """Whether two PEM root certificates are the same certificate."""
+    try:
+        return _chain_der(a)[:1] == _chain_der(b)[:1]
+    except ValueError:
+        return False

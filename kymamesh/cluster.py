@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import http.client
 import json
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -39,13 +41,14 @@ from kymamesh.errors import (
     ClusterUnreachableError,
     ConflictError,
     ForbiddenError,
+    IstiodUnreachableError,
     NotFoundError,
     PreconditionError,
-    WaitTimeoutError,
     yaml_problem,
 )
 from kymamesh.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
 from kymamesh.versions import Version
+from kymamesh.waits import wait_until
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -56,6 +59,12 @@ WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
 WAIT_MAX_POLL_S = 1.0  # ... and the longest
 _ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
+ISTIOD_DEBUG_PORT = 15014  # istiod's monitoring port: /metrics, /version, /debug/*
+ISTIOD_DEBUG_TIMEOUT_S = 10.0  # one istiod Pod: port-forward, request and the whole answer
+_ISTIOD_DEBUG_HINT = (
+    "check that istiod runs (`kubectl -n {ns} get pods -l app=istiod`, its log with `kubectl "
+    "-n {ns} logs POD`) and that your credentials may create pods/portforward in {ns}"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -424,6 +433,142 @@ class Cluster:
             item.setdefault("kind", kind)
         return list(items)
 
+    # -- istiod's debug views -------------------------------------------------
+
+    def istiod_debug(
+        self, path: str, *, revision: str | None = None, namespace: str = "istio-system"
+    ) -> dict[str, bytes]:
+        """GET `path` (e.g. `/debug/mesh`) on port 15014 of every ready istiod Pod (of
+        `revision`, or of all revisions): {Pod name: body}. As istioctl does, through a
+        port-forward to each Pod, at once: istiod's `/debug` handlers answer requests
+        from localhost without credentials (a port-forward arrives from inside the Pod),
+        while the API server's service proxy reaches it from outside, without the caller's
+        credentials (401). Each Pod has ISTIOD_DEBUG_TIMEOUT_S for all of it.
+
+        Raises IstiodUnreachableError when no istiod Pod is ready, or when one did not
+        answer with 200 (naming each such Pod and what failed; the others' answers ride
+        along in `answers`).
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"istiod_debug: path {path!r} must start with '/'")
+        selector = "app=istiod" + (f",istio.io/rev={revision}" if revision else "")
+        which = f"istiod Pod in {namespace}" + (f" of revision {revision}" if revision else "")
+        hint = _ISTIOD_DEBUG_HINT.format(ns=namespace)
+        pods = sorted(
+            p["metadata"]["name"]
+            for p in self.list("v1", "Pod", namespace=namespace, label_selector=selector)
+            if _pod_ready(p)
+        )
+        if not pods:
+            raise IstiodUnreachableError(f"no ready {which}", hint=hint)
+        answers: dict[str, bytes] = {}
+        failures: dict[str, str] = {}
+        done = threading.Lock()
+
+        def fetch(pod: str) -> None:
+            try:
+                body = self._pod_http_get(namespace, pod, ISTIOD_DEBUG_PORT, path)
+            except _PodGetError as exc:
+                with done:
+                    failures[pod] = str(exc)
+                return
+            with done:
+                answers[pod] = body
+
+        threads = {
+            pod: threading.Thread(target=fetch, args=(pod,), name=f"istiod-debug {pod}")
+            for pod in pods
+        }
+        deadline = time.monotonic() + ISTIOD_DEBUG_TIMEOUT_S + 1
+        for thread in threads.values():
+            thread.daemon = True  # a connect that never returns must not hold the exit
+            thread.start()
+        for thread in threads.values():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with done:
+            for pod in pods:
+                if pod not in answers and pod not in failures:
+                    failures[pod] = f"no answer within {ISTIOD_DEBUG_TIMEOUT_S:.0f}s"
+            if failures:
+                said = "; ".join(f"Pod {namespace}/{pod}: {why}" for pod, why in failures.items())
+                raise IstiodUnreachableError(
+                    f"GET {path} on istiod's port {ISTIOD_DEBUG_PORT} failed for "
+                    f"{len(failures)} of {len(pods)} {which.replace('Pod', 'Pods', 1)}: {said}",
+                    hint=hint,
+                    answers=answers,
+                    failures=failures,
+                )
+            return dict(answers)
+
+    def pod_log(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        container: str | None = None,
+        since_time: str | None = None,
+        limit_bytes: int = 1 << 20,
+    ) -> str:
+        """A Pod's log (of `container`), the lines written at `since_time` (RFC 3339) or
+        later, at most `limit_bytes` of them (from the start). Raises NotFoundError when
+        the Pod is gone."""
+        params: builtins.list[tuple[str, str]] = [("limitBytes", str(limit_bytes))]
+        if container:
+            params.append(("container", container))
+        if since_time:
+            params.append(("sinceTime", since_time))
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod}/log"
+        reply = self._call(
+            lambda: self._dynamic.request(
+                "GET",
+                path,
+                query_params=builtins.list(params),
+                header_params={"Accept": "*/*"},
+                _request_timeout=_REQUEST_TIMEOUT,
+            )
+        )
+        data = getattr(reply, "data", reply)  # text/plain may come back decoded already
+        return data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+
+    def _pod_http_get(self, namespace: str, pod: str, port: int, path: str) -> bytes:
+        """One HTTP GET on a Pod's port through a port-forward (websocket, pods/portforward)."""
+        from kubernetes import client
+        from kubernetes.stream import portforward
+
+        timeout = ISTIOD_DEBUG_TIMEOUT_S
+        # An ApiClient of its own: the library's portforward swaps the client's call_api
+        # while it connects, which would cross with other threads sharing one client.
+        api = client.ApiClient(self._api.configuration)
+        api.user_agent = USER_AGENT
+        try:
+            try:
+                forward = portforward(_PodPortForward(api).connect, pod, namespace, ports=port)
+            except Exception as exc:  # the library raises ApiException(status=0, reason=...)
+                reason = getattr(exc, "reason", None) or exc
+                raise _PodGetError(f"port-forward to port {port}: {reason}") from None
+            try:
+                sock = forward.socket(port)
+                sock.settimeout(timeout)
+                conn = http.client.HTTPConnection("localhost", port, timeout=timeout)
+                conn.sock = sock
+                conn.request("GET", path, headers={"User-Agent": USER_AGENT})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                error = forward.error(port)  # what the kubelet said, if it said anything
+                why = error.strip() if error else f"{type(exc).__name__}: {exc}"
+                raise _PodGetError(f"GET {path} on port {port}: {why}") from None
+            finally:
+                forward.close()
+        finally:
+            api.close()
+        if resp.status != 200:
+            text = body[:200].decode("utf-8", "replace").strip()
+            raise _PodGetError(
+                f"GET {path} on port {port}: HTTP {resp.status}" + (f": {text}" if text else "")
+            )
+        return body
+
     # -- writes --------------------------------------------------------------
 
     def apply(self, obj: Obj, *, force: bool = True) -> Obj:
@@ -440,6 +585,33 @@ class Cluster:
                     namespace=ref.namespace or None,
                     field_manager=FIELD_MANAGER,
                     force_conflicts=force,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
+            ),
+            fenced=True,
+        )
+
+    def release_field_manager(self, ref: Ref, manager: str) -> Obj:
+        """Make another installer's field manager give up its fields of an object: a
+        server-side apply, as `manager`, of an object that sets nothing. The fields that
+        manager alone owned are removed; fields another manager owns too stay (Kubernetes'
+        documented way to hand fields over, since ownership moves only by applying)."""
+        self.check_lock()
+        resource = self._resource(ref.api_version, ref.kind)
+        meta: dict[str, Any] = {"name": ref.name}
+        if ref.namespace:
+            meta["namespace"] = ref.namespace
+        body = {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": meta}
+        return self._call(
+            lambda: _json_of(
+                self._dynamic.server_side_apply(
+                    resource,
+                    body=body,
+                    name=ref.name,
+                    namespace=ref.namespace or None,
+                    field_manager=manager,
+                    force_conflicts=False,
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
@@ -592,10 +764,10 @@ class Cluster:
         Polls soon after a change (most objects turn ready within a second), then less
         often: WAIT_FIRST_POLL_S, growing by half each time up to WAIT_MAX_POLL_S.
         """
-        deadline = time.monotonic() + timeout
         pending: builtins.list[Ref] = builtins.list(refs)
-        pause = WAIT_FIRST_POLL_S
-        while True:
+
+        def not_ready() -> str | None:
+            nonlocal pending
             reasons = []
             still = []
             for ref in pending:
@@ -605,17 +777,21 @@ class Cluster:
                     reasons.append(f"{ref} ({why})")
             pending = still
             if not pending:
-                return
+                return None
             if on_poll:
                 on_poll(reasons)
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"timed out after {timeout:.0f}s; not ready: " + "; ".join(reasons),
-                    hint="look at these objects with kubectl describe; raise --timeout if the "
-                    "cluster is slow",
-                )
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 1.5, WAIT_MAX_POLL_S)
+            return "; ".join(reasons)
+
+        wait_until(
+            not_ready,
+            timeout,
+            lambda seen: f"timed out after {timeout:.0f}s; not ready: {seen}",
+            hint="look at these objects with kubectl describe; raise --timeout if the "
+            "cluster is slow",
+            first=WAIT_FIRST_POLL_S,
+            most=WAIT_MAX_POLL_S,
+            grow=1.5,
+        )
 
     # -- the lock ------------------------------------------------------------
 
@@ -700,6 +876,33 @@ class Cluster:
             ),
             retry,
         )
+
+
+class _PodPortForward:
+    """The one API method `kubernetes.stream.portforward` needs (GET pods/NAME/portforward),
+    made here as the generated CoreV1Api makes it: that module is 4 MB of Python and takes
+    seconds to import, which every `status` would pay."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client  # portforward() finds it through the bound method
+
+    def connect(self, name: str, namespace: str, *, ports: int, **_options: Any) -> Any:
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}/portforward"
+        headers: dict[str, str] = {}
+        self.api_client.update_params_for_auth(headers, [], ["BearerToken"], path, "GET", None)
+        url = f"{self.api_client.configuration.host}{path}?ports={ports}"
+        return self.api_client.call_api("GET", url, header_params=headers).response
+
+
+class _PodGetError(Exception):
+    """One Pod's request failed; the message says what, for IstiodUnreachableError."""
+
+
+def _pod_ready(pod: Obj) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def not_ready_reason(ref: Ref, obj: Obj | None) -> str | None:

@@ -62,6 +62,26 @@ class ClusterUnreachableError(PreconditionError):
     code = "cluster-unreachable"
 
 
+class IstiodUnreachableError(PreconditionError):
+    """istiod's debug views (`/debug/*` on its monitoring port) did not answer: no ready istiod
+    Pod, or one or more that could not be reached or refused. `answers` holds what the
+    others returned ({Pod name: body}), `failures` each failed Pod and why."""
+
+    code = "istiod-unreachable"
+
+    def __init__(
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        answers: dict[str, bytes] | None = None,
+        failures: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, hint)
+        self.answers = dict(answers or {})
+        self.failures = dict(failures or {})
+
+
 class ForbiddenError(PreconditionError):
     code = "forbidden"
 

@@ -603,7 +603,11 @@ class Helm:
         namespace: str,
         timeout: float,
         description: str | None = None,
+        take_ownership: bool = False,
     ) -> None:
+        """`helm upgrade --install`. `take_ownership`: objects of the chart that exist without
+        Helm's marks (applied by another installer) are adopted into the release
+        (`--take-ownership`) instead of refused."""
         from pyhelm3 import errors
 
         handle = self._handle(chart)
@@ -646,6 +650,8 @@ class Helm:
                 args += ["--description", description]
             if self._debug:
                 args.append("--debug")
+            if take_ownership:
+                args.append("--take-ownership")
             if self.major >= 4:
                 # Helm 4 applies server-side: the Kyma patch owns some fields of the
                 # chart's ConfigMaps, so take them back; phase 2 then re-applies them.

@@ -22,7 +22,7 @@ from kymamesh.cluster import Obj, Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
 from kymamesh.diffs import unified_lines, yaml_lines
-from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
+from kymamesh.errors import KymameshError, PreconditionError, UsageError
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.sidecars import (
     WorkloadSidecars,
@@ -30,6 +30,7 @@ from kymamesh.sidecars import (
     replica_set_index,
     sidecar_coverage,
 )
+from kymamesh.waits import wait_until
 
 PHASE = "sidecar injection"
 ENABLED = "enabled"
@@ -263,22 +264,24 @@ def _wait_rollouts(ctx: RunContext, refs: list[Ref]) -> None:
     deadline = time.monotonic() + ctx.options.timeout
     with ctx.progress.item(f"waiting for {len(refs)} rollout(s)") as tracker:
         ctx.cluster.wait_ready(refs, ctx.options.timeout)
-        while True:
+
+        def old_replicas() -> str | None:
             old = []
             for ref in refs:
                 status = (ctx.cluster.get(ref) or {}).get("status") or {}
                 extra = int(status.get("replicas") or 0) - int(status.get("updatedReplicas") or 0)
                 if extra > 0:
                     old.append(f"{ref} ({extra} old replica(s) still terminating)")
-            if not old:
-                break
-            if time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"timed out after {ctx.options.timeout:.0f}s; not rolled out: "
-                    + "; ".join(old),
-                    hint="look at these Deployments with kubectl rollout status; raise --timeout",
-                )
-            time.sleep(1.0)
+            return "; ".join(old) or None
+
+        wait_until(
+            old_replicas,
+            max(0.0, deadline - time.monotonic()),
+            lambda seen: f"timed out after {ctx.options.timeout:.0f}s; not rolled out: {seen}",
+            hint="look at these Deployments with kubectl rollout status; raise --timeout",
+            first=1.0,
+            most=1.0,
+        )
         tracker.done(Outcome.UNCHANGED, "rolled out")
 
 

@@ -47,6 +47,10 @@ MODULE_NAMESPACE = "kyma-system"
 MODULE_NAME = "default"
 CLUSTER_SOURCE = "cluster:"
 
+# the egress gateway's Helm release (made from the gateway chart) and its values' key
+EGRESS_RELEASE = "istio-egressgateway"
+EGRESS_VALUES = "egressgateway"
+
 # restarts a setting needs before running proxies show it
 RESTART_SIDECARS = "sidecars"
 RESTART_GATEWAYS = "gateways"
@@ -374,17 +378,24 @@ SCHEMA = Field(
                         Field(
                             "enabled",
                             "bool",
-                            "install an egress gateway",
-                            refused="kymamesh installs no egress gateway yet",
+                            "install an egress gateway (off unless true; false removes the "
+                            "one kymamesh installed)",
+                            maps_to=f"Helm release {EGRESS_RELEASE} of the gateway chart, "
+                            "Service ClusterIP, labels istio=egressgateway (phase 1)",
                         ),
-                        _k8s("", "", ""),
+                        _k8s(
+                            "egress gateway chart autoscaling.minReplicas, maxReplicas (phase 1)",
+                            "the egress gateway Deployment's spec.strategy (step mesh-components)",
+                            "egress gateway chart resources (phase 1)",
+                        ),
                     ),
                 ),
                 Field(
                     "cni",
                     "object",
                     "the istio-cni DaemonSet",
-                    refused="kymamesh does not install istio-cni",
+                    refused="kymamesh does not install istio-cni: sidecars redirect traffic "
+                    "with istio-init",
                     children=(
                         Field(
                             "k8s",
@@ -447,7 +458,8 @@ SCHEMA = Field(
                     "enableAmbient",
                     "bool",
                     "ambient mode (ztunnel)",
-                    refused="kymamesh installs no ztunnel: ambient mode is not offered",
+                    refused="kymamesh installs no ztunnel: ambient mode is not offered, "
+                    "workloads get sidecars",
                 ),
             ),
         ),
@@ -460,8 +472,11 @@ SCHEMA = Field(
         Field(
             "networkPoliciesEnabled",
             "bool",
-            "NetworkPolicies that let the mesh work under deny-all in istio-system and kyma-system",
-            refused="kymamesh makes no NetworkPolicies yet",
+            "NetworkPolicies that let the mesh work under deny-all in istio-system and "
+            "kyma-system (false removes kymamesh's)",
+            maps_to="NetworkPolicies kymamesh-istiod, kymamesh-ingressgateway, "
+            "kymamesh-egressgateway (istio-system) and kymamesh-sidecars (kyma-system) "
+            "(step network-policies)",
         ),
     ),
 )
@@ -793,6 +808,7 @@ MESH_CONFIG_STEP = "mesh-config"
 COMPONENTS_STEP = "mesh-components"
 EXT_AUTHZ_STEP = "pilot-webhook"
 SIDECAR_STEP = "sidecar-resources"
+NETWORK_POLICIES_STEP = "network-policies"
 
 
 def _authorizer_provider(a: Mapping[str, Any]) -> dict[str, Any]:
@@ -847,6 +863,9 @@ def translate(spec: Mapping[str, Any]) -> Translation:
         k8s = (components.get(name) or {}).get("k8s")
         if k8s:
             parts[name] = copy.deepcopy(k8s)
+    egress = components.get("egressGateway")
+    if egress is not None:
+        parts["egressGateway"] = copy.deepcopy(egress)
     if "gatewayExternalTrafficPolicy" in config:
         parts["gatewayExternalTrafficPolicy"] = config["gatewayExternalTrafficPolicy"]
     pilot_features = (spec.get("experimental") or {}).get("pilot") or {}
@@ -856,6 +875,8 @@ def translate(spec: Mapping[str, Any]) -> Translation:
         parts["compatibilityMode"] = spec["compatibilityMode"]
     if parts:
         out.steps[COMPONENTS_STEP] = parts
+    if "networkPoliciesEnabled" in spec:
+        out.steps[NETWORK_POLICIES_STEP] = {"enabled": spec["networkPoliciesEnabled"]}
     out.restarts = sorted({r for f, _ in _set_fields(spec, SCHEMA, "spec") for r in f.restarts})
     return out
 
@@ -916,6 +937,29 @@ def chart_values(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         gateway["service"] = {"externalTrafficPolicy": policy}
     if gateway:
         values["gateway"] = gateway
+    if egress_enabled(params):
+        values[EGRESS_VALUES] = egress_values((params.get("egressGateway") or {}).get("k8s"))
+    return values
+
+
+def egress_enabled(params: Mapping[str, Any]) -> bool:
+    """Whether step `mesh-components`'s parameters ask for the egress gateway."""
+    return bool((params.get("egressGateway") or {}).get("enabled"))
+
+
+def egress_values(k8s: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The egress gateway release's values: kymamesh's (`resources/istio/values/
+    egressgateway.yaml`), then the mesh file's HPA bounds and resources."""
+    from kymamesh.resources import load_yaml, resources_dir
+
+    values: dict[str, Any] = dict(load_yaml(resources_dir() / "values" / "egressgateway.yaml"))
+    k8s = k8s or {}
+    hpa = k8s.get("hpaSpec") or {}
+    autoscaling = {key: hpa[key] for key in ("minReplicas", "maxReplicas") if key in hpa}
+    if autoscaling:
+        values["autoscaling"] = autoscaling
+    if k8s.get("resources"):
+        values["resources"] = copy.deepcopy(k8s["resources"])
     return values
 
 

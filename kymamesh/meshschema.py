@@ -216,3 +216,9 @@ def provider_problems(provider: Any, path: str, minor: str | None = None) -> lis
     checker = _Checker(minor)
     checker.check(provider, PROVIDER, path)
     return checker.problems
+
+
+def mesh_schema() -> Mapping[str, Any]:
+    """The schema of `resources/istio/meshconfig.yaml`: `messages` (each with `fields` by
+    JSON name and `by_any`, by JSON or proto name) and `enums` (names in number order)."""
+    return _schema()

@@ -252,6 +252,22 @@ class Progress:
             if not self.quiet:
                 self._done(tracker)
 
+    @contextmanager
+    def track(self, item: ItemResult, label: str | None = None) -> Iterator[None]:
+        """Show `item` while the block runs (under `label`, default its name), then as the
+        block left it: its outcome and summary, or, when the block raises, failed with the
+        error's message (re-raised). Its duration is recorded."""
+        with self.item(label or item.name) as tracker:
+            try:
+                yield
+            except Exception as exc:
+                item.outcome = Outcome.FAILED
+                item.error = exc.message if isinstance(exc, KymameshError) else str(exc)
+                raise
+            finally:
+                tracker.done(item.outcome, item.summary or item.error)
+        item.duration_s = tracker.duration_s
+
     def _done(self, tracker: ItemTracker) -> None:
         outcome = tracker.outcome or Outcome.FAILED
         mark = _MARKS[outcome]

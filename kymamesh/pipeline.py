@@ -14,6 +14,7 @@ are already deployed is left alone, so a re-run writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshfile, tags
+from kymamesh import controlplane, meshca, meshfile, meshidentity, tags, unverified
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import ControlPlane
@@ -33,7 +34,6 @@ from kymamesh.errors import (
     PreconditionError,
     UsageError,
     VersionGateError,
-    WaitTimeoutError,
 )
 from kymamesh.helm import DeployedRelease, LoadedChart
 from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
@@ -50,6 +50,7 @@ from kymamesh.values import (
     project_source,
 )
 from kymamesh.versions import Version, check_upgrade
+from kymamesh.waits import wait_until
 
 __all__ = [
     "ChartInputs",
@@ -90,10 +91,18 @@ class PlannedRelease:
     values: Values
     deployed: DeployedRelease | None
     reasons: list[str] = field(default_factory=list)
+    # its injector not seen to answer since kymamesh last changed it (`kymamesh.unverified`)
+    unverified: str = ""
 
     @property
     def needed(self) -> bool:
+        """Whether helm must install or upgrade it."""
         return bool(self.reasons)
+
+    @property
+    def acts(self) -> bool:
+        """Whether this run writes for it: a helm upgrade, or a mark to clear."""
+        return self.needed or bool(self.unverified)
 
 
 def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
@@ -372,24 +381,44 @@ def with_compatibility_mode(
     return replace(inputs, compatibility_version=previous)
 
 
+IDENTITY_ORIGIN = "--mesh-id/--cluster-name/--network (patch step multicluster-identity)"
+
+
+def with_identity_values(stack: ValueStack, specs: list[Any]) -> ValueStack:
+    """The stack with the cluster's mesh ID, cluster name and network (given now or
+    remembered) above kymamesh's values, below the user's `-f`/`--set`, which must not
+    contradict them."""
+    params = next((s.params for s in specs if s.kind == meshidentity.KIND), None)
+    return _layered(stack, meshidentity.chart_values(params or {}), IDENTITY_ORIGIN)
+
+
 def with_mesh_values(stack: ValueStack, specs: list[Any]) -> ValueStack:
     """The stack with the mesh file's values above kymamesh's and the release's, below the
     user's `-f`/`--set`, which must not contradict them."""
-    values = mesh_values(specs)
+    return _layered(stack, mesh_values(specs), MESH_ORIGIN)
+
+
+def _layered(stack: ValueStack, values: dict[str, Values], origin_name: str) -> ValueStack:
     if not values:
         return stack
-    source = ValueSource(MESH_ORIGIN, values)
+    source = ValueSource(origin_name, values)
     layered = ValueStack([stack.sources[0], source, *stack.sources[1:]])
     for chart, chart_values in values.items():
         merged = layered.merged(chart)
         for dotted, wanted in _leaves(chart_values):
             found = _at(merged, dotted)
             origin = layered.origin_of(chart, dotted)
-            if found != wanted and origin != MESH_ORIGIN:
+            if found != wanted and origin != origin_name:
+                if origin_name == MESH_ORIGIN:
+                    raise UsageError(
+                        f"{chart}.{dotted} is {found!r} (from {origin}), but the mesh file sets "
+                        f"{wanted!r}; the step mesh-components would undo the chart's value",
+                        hint=f"drop {chart}.{dotted} from -f/--set, or change the mesh file",
+                    )
                 raise UsageError(
-                    f"{chart}.{dotted} is {found!r} (from {origin}), but the mesh file sets "
-                    f"{wanted!r}; the step mesh-components would undo the chart's value",
-                    hint=f"drop {chart}.{dotted} from -f/--set, or change the mesh file",
+                    f"{chart}.{dotted} is {found!r} (from {origin}), but {origin_name} "
+                    f"sets {wanted!r}",
+                    hint=f"drop {chart}.{dotted} from -f/--set; the flags set it",
                 )
     return layered
 
@@ -420,14 +449,17 @@ def install(
     given: PatchSettings,
     reset: bool,
     revision_based: bool = False,
+    take_over: bool = False,
+    ca_dir: Path | None = None,
 ) -> None:
     """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
     the catalog or the cluster's Kubernetes range, a foreign istiod and every step's
     preflight are refused before the first write; then phase 1, then phase 2.
     `given` are the patch settings of this run; `reset` forgets the remembered ones;
     `revision_based` installs the release's istiod beside the one running (a canary, see
-    `kymamesh.canary`)."""
-    from kymamesh import patching
+    `kymamesh.canary`); `take_over` adopts an Istio applied without Helm into the
+    releases (`kymamesh.takeover`)."""
+    from kymamesh import patching, takeover
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
@@ -437,17 +469,70 @@ def install(
     inputs = with_compatibility_mode(inputs, specs, release)
     stack = with_release_values(stack, release, inputs)
     stack = with_mesh_values(stack, specs)
+    stack = with_identity_values(stack, specs)
     if revision_based:
         refuse_revision_value(stack, release)
     layout = release_layout(ctx, stack, revision_based)
     stack = layout.stack
     ctx.planned_control_plane = planned_control_plane(stack)
-    refuse_foreign_istiod(ctx, layout.istiod_release)
+    if take_over and not layout.canary:
+        takeover.preflight(ctx, release, layout.istiod_release)
+    else:
+        refuse_foreign_istiod(ctx, layout.istiod_release)
+    ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
-    run_phase_charts(ctx, inputs, stack, layout.rows, revision_based=layout.canary)
+    if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
+        meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
+    egress = meshfile.egress_enabled(_components(specs))
+    rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
+    run_phase_charts(ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over)
+    if not egress and not layout.canary:
+        remove_egress_gateway(ctx)
+    if take_over:
+        takeover.report_leftovers(ctx, release.namespace)
     patching.run_patch(ctx, specs)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
+
+
+def _plan_ca(
+    ctx: RunContext, specs: list[Any], ca_dir: Path | None, namespace: str
+) -> meshca.CaPlan | None:
+    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it."""
+    if ca_dir is None:
+        return None
+    identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
+    name = meshidentity.wanted(identity).get("clusterName")
+    return meshca.plan(ctx.cluster, namespace, ca_dir, name)
+
+
+def egress_row() -> ChartRelease:
+    """The egress gateway's release: a second release of the gateway chart, with values of
+    its own (`kymamesh.meshfile.egress_values`)."""
+    return ChartRelease(
+        release=meshfile.EGRESS_RELEASE,
+        chart="gateway",
+        ready="the egress gateway Deployment is Available",
+        values_key=meshfile.EGRESS_VALUES,
+    )
+
+
+def remove_egress_gateway(ctx: RunContext) -> None:
+    """The egress gateway kymamesh installed goes when the mesh file no longer enables it
+    (a release of that name kymamesh did not make is left alone)."""
+    namespace = the_release(ctx).namespace
+    deployed = ctx.helm.deployed(meshfile.EGRESS_RELEASE, namespace)
+    if deployed is None or not marked_by_kymamesh(deployed):
+        return
+    item = ItemResult(name=meshfile.EGRESS_RELEASE, outcome=Outcome.WOULD_CHANGE)
+    item.summary = "uninstall: the mesh file does not enable the egress gateway"
+    item.changes = [item.summary]
+    ctx.result.phase(PHASE_CHARTS).items.append(item)
+    if ctx.options.dry_run:
+        return
+    ctx.before_write()
+    ctx.helm.uninstall(meshfile.EGRESS_RELEASE, namespace, ctx.options.timeout)
+    item.outcome = Outcome.CHANGED
 
 
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
@@ -470,6 +555,11 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
             hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
         )
     patching.preflight(ctx, specs)
+    if meshfile.egress_enabled(_components(specs)):
+        ctx.result.notes.append(
+            "the mesh file enables the egress gateway: `kymamesh install` makes it (Helm "
+            f"release {meshfile.EGRESS_RELEASE}); `patch` installs no Helm release"
+        )
     patching.run_patch(ctx, specs)
 
 
@@ -489,6 +579,7 @@ def plan_releases(
     rows = release.releases if rows is None else rows
     found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
     refuse_foreign_releases(found, release.namespace)
+    marked = unverified.marks(ctx.cluster, release.namespace) if any(found.values()) else {}
     plans = []
     for row in rows:
         chart = load_chart(ctx, inputs, row)
@@ -496,8 +587,9 @@ def plan_releases(
             PlannedRelease(
                 row=row,
                 chart=chart,
-                values=stack.merged(row.chart),
+                values=stack.merged(row.values_for),
                 deployed=found[row.release],
+                unverified=marked.get(row.release, "") if found[row.release] else "",
             )
         )
     for plan in plans:
@@ -519,7 +611,33 @@ def plan_releases(
             plan.reasons.append(f"status is {deployed.status}")
         if deployed.values != plan.values:
             plan.reasons.append("values changed")
+        if plan.row.chart == "istiod" and not plan.reasons:
+            plan.reasons.extend(unreadable_mesh_config(ctx, stack, plan.chart.version))
     return plans
+
+
+def unreadable_mesh_config(ctx: RunContext, stack: ValueStack, version: Version) -> list[str]:
+    """Why the istiod release must be upgraded although nothing of it changed: its live mesh
+    config (ConfigMap `istio`, key `mesh`, edited behind kymamesh's back) is one istiod cannot
+    read, so istiod runs an older one ("invalid mesh config, using last known state") and a
+    restarted istiod cannot start. The upgrade writes the chart's mesh config again (Helm's
+    three-way merge; Helm 4 with --force-conflicts), and phase 2 patches it as always."""
+    from kymamesh.meshschema import mesh_config_problems
+
+    ref = planned_control_plane(stack).configmap(controlplane.MESH_CONFIGMAP)
+    live = ctx.cluster.get(ref)
+    if live is None:
+        return []
+    mesh = controlplane.parse_mesh((live.get("data") or {}).get(controlplane.MESH_KEY))
+    problems = ["key mesh is not a YAML map"] if mesh is None else []
+    if mesh is not None:
+        problems = mesh_config_problems(mesh, f"{version.major}.{version.minor}")
+    if not problems:
+        return []
+    return [
+        f"ConfigMap {ref.namespace}/{ref.name} holds a mesh config istiod cannot read "
+        f"({'; '.join(problems)}): written again from the chart"
+    ]
 
 
 def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], namespace: str) -> None:
@@ -799,6 +917,7 @@ def refuse_foreign_istiod(ctx: RunContext, release_name: str | None = None) -> N
         f"by the Helm release {row.release} that `install` manages; installing over it would "
         "fight over the same objects",
         hint="to bring that Istio to the Kyma state, run `kymamesh patch --existing-istio`"
+        + ("" if owner else "; to bring it under kymamesh's releases: `install --take-over`")
         + ("" if not plane.suffix else f", or install another revision than {plane.revision}"),
     )
 
@@ -849,9 +968,11 @@ def run_phase_charts(
     stack: ValueStack,
     rows: tuple[ChartRelease, ...] | None = None,
     revision_based: bool = False,
+    take_over: bool = False,
 ) -> None:
     """Phase 1: install or upgrade each release in order; each ready before the next.
-    `rows`: the releases (default: the release table)."""
+    `rows`: the releases (default: the release table); `take_over`: objects applied
+    without Helm are adopted (`kymamesh.takeover`)."""
     release = the_release(ctx)
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
@@ -859,7 +980,7 @@ def run_phase_charts(
     plans = plan_releases(ctx, inputs, stack, rows, revision_based)
     if any(p.needed for p in plans):
         ctx.helm.check()  # a helm that cannot install is refused before the first write
-    if any(p.needed for p in plans) and not ctx.options.dry_run:
+    if any(p.acts for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
         plans = plan_releases(ctx, inputs, stack, rows, revision_based)  # again, under the lock
     ctx.result.notes.extend(behaviour_notes(release, plans))
@@ -867,24 +988,35 @@ def run_phase_charts(
         label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
         item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
         phase.items.append(item)
-        with ctx.progress.item(label) as tracker:
-            try:
-                _run_release(ctx, plan, item, namespace)
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                raise
-            finally:
-                tracker.done(item.outcome, item.summary)
-        item.duration_s = tracker.duration_s
+        with ctx.progress.track(item, label):
+            _run_release(ctx, plan, item, namespace, take_over)
 
 
-def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str) -> None:
+def _run_release(
+    ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str, take_over: bool
+) -> None:
+    from kymamesh import takeover
+
     item.changes = list(plan.reasons)
     if not plan.needed:
         item.summary = f"{plan.chart.version} already deployed"
-        if not ctx.options.dry_run:
-            _wait_ready(ctx, plan, namespace, changed=False, known=plan.deployed)
+        handed = takeover.hand_over(ctx, plan.row.release, namespace) if take_over else []
+        if handed:  # an earlier take-over cut short after Helm's part
+            item.changes += handed
+            item.outcome = Outcome.WOULD_CHANGE if ctx.options.dry_run else Outcome.CHANGED
+            item.summary = "taken over from Istio's installer"
+        if plan.unverified:
+            # changed by an earlier run whose injector check failed or was cut short
+            item.changes.append(f"injector not seen to answer since: {plan.unverified}")
+            if ctx.options.dry_run:
+                item.outcome = Outcome.WOULD_CHANGE
+                item.summary += "; would check its injector answers again"
+                return
+            _wait_ready(ctx, plan, namespace, changed=True, known=plan.deployed)
+            item.outcome = Outcome.CHANGED
+            item.summary += "; its injector answers again"
+        elif not ctx.options.dry_run:
+            _wait_ready(ctx, plan, namespace, changed=bool(handed), known=plan.deployed)
         return
     if ctx.options.dry_run:
         item.outcome = Outcome.WOULD_CHANGE
@@ -898,7 +1030,10 @@ def _run_release(ctx: RunContext, plan: PlannedRelease, item: ItemResult, namesp
         namespace,
         ctx.options.timeout,
         description=INSTALL_DESCRIPTION,
+        take_ownership=take_over and plan.deployed is None,
     )
+    if take_over:
+        item.changes += takeover.hand_over(ctx, plan.row.release, namespace)
     item.outcome = Outcome.CHANGED
     item.summary = "; ".join(plan.reasons)
     _wait_ready(ctx, plan, namespace, changed=True)
@@ -917,14 +1052,26 @@ def _wait_ready(
     """
     manifest = ctx.helm.manifest(plan.row.release, namespace, known)
     deadline = time.monotonic() + ctx.options.timeout
-    ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+    injectors = [h for h in manifest if h.get("kind") == "MutatingWebhookConfiguration"]
     if not changed:  # a release left as it was: its webhooks were answered before
+        ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
         return
-    for hook in manifest:
-        if hook.get("kind") == "MutatingWebhookConfiguration":
+    marks = {plan.row.release: plan.unverified} if plan.unverified else {}
+    if injectors and not plan.unverified:  # marked until its injector answers
+        unverified.mark(ctx.cluster, namespace, plan.row.release, unverified.WAITING)
+        marks = {plan.row.release: unverified.WAITING}
+    try:
+        ctx.cluster.wait_ready(readiness_refs(manifest, namespace), ctx.options.timeout)
+        for hook in injectors:
             labels = controlplane.labels_of(hook)
             revision = labels.get(controlplane.REVISION_LABEL, controlplane.DEFAULT_REVISION)
             _wait_injector(ctx, namespace, revision, max(1.0, deadline - time.monotonic()))
+    except KymameshError as exc:
+        if injectors:
+            with contextlib.suppress(KymameshError):  # the wait's own error is the one to tell
+                unverified.mark(ctx.cluster, namespace, plan.row.release, exc.message)
+        raise
+    unverified.clear(ctx.cluster, namespace, plan.row.release, marks)
 
 
 DENIAL_SETTLE_S = 2.0  # the same denial this long: istiod means it (not a start-up blip)
@@ -941,6 +1088,25 @@ def webhook_denial(exc: ApiError) -> bool:
         and exc.status != 429
         and "denied the request" in exc.message
     )
+
+
+class Denials:
+    """Tells when a webhook's denial is meant: the same denial (`webhook_denial`) seen
+    again after DENIAL_SETTLE_S, not a blip while istiod starts."""
+
+    def __init__(self) -> None:
+        self._first: tuple[str, float] | None = None  # the denial, and since when
+
+    def see(self, exc: ApiError | None) -> bool:
+        """Record one probe's error (None: it got an answer); True once settled."""
+        now = time.monotonic()
+        if exc is None or not webhook_denial(exc):
+            self._first = None
+            return False
+        if self._first is None or self._first[0] != exc.message:
+            self._first = (exc.message, now)
+            return False
+        return now - self._first[1] >= DENIAL_SETTLE_S
 
 
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
@@ -963,40 +1129,36 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             Ref(tags.WEBHOOK_API, tags.MUTATING, tags.tag_webhook_name(namespace))
         )
         expected = tags.tag_revision(tag) or revision
-    deadline = time.monotonic() + timeout
-    pause = 0.1  # istiod patches its CA bundle in a second or two: look soon, then less often
-    denied: tuple[str, float] | None = None  # the webhook's denial, and since when
-    while True:
+    denials = Denials()
+
+    def pending() -> str | None:
         try:
             got = controlplane.probe_injection(ctx.cluster, revision, namespace)
-            if got == expected:
-                return
-            seen = "a test Pod got " + (
-                "no sidecar" if got is None else f"the sidecar of revision {got}"
-            )
         except ApiError as exc:
-            seen = exc.message
-            now = time.monotonic()
-            if not webhook_denial(exc):
-                denied = None
-            elif denied is None or denied[0] != exc.message:
-                denied = (exc.message, now)
-            elif now - denied[1] >= DENIAL_SETTLE_S:
-                raise KymameshError(
+            if denials.see(exc):
+                raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
                     f"Pods: {exc.message}",
                     hint="the injection template cannot be rendered with these values (or "
                     "istiod refuses them): fix the values given with -f/--set, or look at "
                     "istiod's log, and re-run",
                 ) from None
-        else:
-            denied = None
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
-                f"{expected}) does not answer: {seen}",
-                hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
-                "--timeout if the cluster is slow",
-            ) from None
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(1.0, pause * 2)
+            return exc.message
+        denials.see(None)
+        if got == expected:
+            return None
+        return "a test Pod got " + (
+            "no sidecar" if got is None else f"the sidecar of revision {got}"
+        )
+
+    # istiod patches its CA bundle in a second or two: look soon, then less often
+    wait_until(
+        pending,
+        timeout,
+        lambda seen: (
+            f"timed out after {timeout:.0f}s; istiod's injection webhook (revision "
+            f"{expected}) does not answer: {seen}"
+        ),
+        hint="look at istiod's log and its MutatingWebhookConfiguration; raise "
+        "--timeout if the cluster is slow",
+    )

@@ -23,6 +23,12 @@ class ChartRelease:
     release: str
     chart: str
     ready: str
+    values_key: str = ""  # the key of its values when it is not the chart's (a 2nd release)
+
+    @property
+    def values_for(self) -> str:
+        """The key of this release's values in the value stack."""
+        return self.values_key or self.chart
 
     def values_file(self) -> Path:
         return resources_dir() / "values" / f"{self.chart}.yaml"

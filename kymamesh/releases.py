@@ -163,33 +163,25 @@ def pull(
         item = ItemResult(name=row.chart, outcome=Outcome.UNCHANGED)
         phase.items.append(item)
         target = dest / f"{row.chart}-{release.version}.tgz"
-        with ctx.progress.item(row.chart) as tracker:
-            try:
-                if target.exists():
-                    item.summary = f"{target} already there"
-                else:
-                    source = _pull_first(ctx, row.chart, release, sources, dest, plain_http)
-                    served[row.chart] = source
-                    item.outcome = Outcome.CHANGED
-                    item.summary = f"saved {target} (from {source})"
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                raise
-            finally:
-                tracker.done(item.outcome, item.summary)
+        with ctx.progress.track(item):
+            if target.exists():
+                item.summary = f"{target} already there"
+            else:
+                source = _pull_first(ctx, row.chart, release, sources, dest, plain_http)
+                served[row.chart] = source
+                item.outcome = Outcome.CHANGED
+                item.summary = f"saved {target} (from {source})"
     dex = dex_pinned()  # from its own pinned repository: --repo is Istio's
     target = dest / f"{dex.chart}-{dex.version}.tgz"
     item = ItemResult(name=dex.chart, outcome=Outcome.UNCHANGED)
     phase.items.append(item)
-    with ctx.progress.item(f"{dex.chart} (identity, from {dex.chart_repository})") as tracker:
+    with ctx.progress.track(item, f"{dex.chart} (identity, from {dex.chart_repository})"):
         if target.exists():
             item.summary = f"{target} already there"
         else:
             ctx.helm.pull(dex.chart, dex.chart_repository, dex.version, dest)
             item.outcome = Outcome.CHANGED
             item.summary = f"saved {target}"
-        tracker.done(item.outcome, item.summary)
     ctx.result.data["dest"] = str(dest)
     ctx.result.data["istio"] = str(release.version)
     ctx.result.data["servedBy"] = served

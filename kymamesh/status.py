@@ -19,7 +19,13 @@ Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
   `mesh`) breaks none of the install's security rules under `meshConfig.`
   (`resources/istio/security.yaml`).
 - a default revision tag (`istio-revision-tag-default`) points at a revision that
-  has an istiod.
+  has an istiod;
+- every ready istiod runs the mesh config of its revision's ConfigMap: asked through
+  its `/debug/mesh` view (a port-forward to each istiod Pod) and its log since the
+  ConfigMap last changed (`kymamesh.meshview`). An istiod that rejected the ConfigMap
+  ("invalid mesh config, using last known state"), runs other values than it holds, or
+  cannot be asked makes the mesh unhealthy; a difference within the two minutes a
+  changed ConfigMap takes to reach a Pod is advice.
 
 Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
@@ -44,12 +50,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
 from kymamesh import inventory as inv
-from kymamesh import sidecars
+from kymamesh import meshidentity, meshview, sidecars, unverified
 from kymamesh.canary import CanaryState
 from kymamesh.canary import read_state as read_canary
 from kymamesh.cluster import Cluster, Obj
 from kymamesh.context import RunContext
 from kymamesh.controlplane import (
+    DISCOVERY_CONTAINER,
     MESH_CONFIGMAP,
     MESH_KEY,
     TEMPLATES_ANNOTATION,
@@ -59,7 +66,7 @@ from kymamesh.controlplane import (
     parse_mesh,
     served_peer_authentication,
 )
-from kymamesh.errors import ExitCode, KymameshError
+from kymamesh.errors import ExitCode, IstiodUnreachableError, KymameshError
 from kymamesh.helm import DeployedRelease
 from kymamesh.patching import StepSpec, check_all
 from kymamesh.pipeline import release_of as pipeline_release_of
@@ -155,6 +162,10 @@ class MeshStatus:
     retired_images: list[dict[str, str]] = field(default_factory=list)
     # what is behind: a newer patch, an end of life, Helm 3 (advice; not unhealthy)
     advice: list[str] = field(default_factory=list)
+    # the cluster's mesh ID, cluster name, network, trust domain (kymamesh.meshidentity)
+    multicluster: dict[str, Any] | None = None
+    # what each ready istiod Pod runs, against its ConfigMap (kymamesh.meshview)
+    mesh_configs: list[meshview.RunningMesh] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -186,6 +197,8 @@ class MeshStatus:
             "outdatedSidecars": [dict(o) for o in self.outdated],
             "retiredRegistryImages": [dict(r) for r in self.retired_images],
             "advice": list(self.advice),
+            "multicluster": self.multicluster,
+            "meshConfigs": [m.to_json() for m in self.mesh_configs],
         }
 
 
@@ -195,13 +208,41 @@ READY, PROCESSING, ERROR, DELETING, WARNING = "Ready", "Processing", "Error", "D
 _IN_PROGRESS = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
-def _condition(kind: str, status: bool, reason: str, message: str) -> dict[str, str]:
+def _condition(kind: str, status: bool | None, reason: str, message: str) -> dict[str, str]:
     return {
         "type": kind,
-        "status": "True" if status else "False",
+        "status": "Unknown" if status is None else "True" if status else "False",
         "reason": reason,
         "message": message,
     }
+
+
+def mesh_config_condition(states: list[meshview.RunningMesh]) -> dict[str, str]:
+    """`MeshConfigApplied`: whether every ready istiod runs its ConfigMap's mesh config."""
+    kind = "MeshConfigApplied"
+    by_state: dict[str, list[meshview.RunningMesh]] = {}
+    for m in states:
+        by_state.setdefault(m.state, []).append(m)
+    rejected, differs = (
+        by_state.get(meshview.REJECTED_STATE, []),
+        by_state.get(meshview.DIFFERS, []),
+    )
+    if rejected or differs:
+        reason = "MeshConfigRejected" if rejected else "MeshConfigDiffers"
+        return _condition(
+            kind, False, reason, "; ".join(str(m.problem()) for m in rejected + differs)
+        )
+    if meshview.UNCHECKED in by_state:
+        lines = "; ".join(str(m.problem()) for m in by_state[meshview.UNCHECKED])
+        return _condition(kind, None, "IstiodUnreachable", lines)
+    if meshview.PENDING in by_state:
+        lines = "; ".join(str(m.note()) for m in by_state[meshview.PENDING])
+        return _condition(kind, None, "MeshConfigPending", lines)
+    if not states:
+        return _condition(kind, None, "NotChecked", "no ready istiod to ask")
+    return _condition(
+        kind, True, "MeshConfigApplied", "every istiod runs the mesh config of its ConfigMap"
+    )
 
 
 def module_state(st: MeshStatus) -> tuple[str, str, list[dict[str, str]]]:
@@ -258,6 +299,7 @@ def module_state(st: MeshStatus) -> tuple[str, str, list[dict[str, str]]]:
             "`kymamesh patch --restart-proxies`",
         )
     conditions.append(restart)
+    conditions.append(mesh_config_condition(st.mesh_configs))
     if state == READY and st.outdated:
         return WARNING, restart["message"], conditions
     return state, message if state != READY else "Istio is ready", conditions
@@ -301,6 +343,17 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     for plane in planes:
         problems += mesh_config_security(cluster, plane)
     problems += canary.problems()
+    for name, why in unverified.marks(cluster, namespace).items():
+        problems.append(
+            f"Helm release {namespace}/{name}: its injector has not been seen to answer since "
+            f"kymamesh last changed it ({why}; ConfigMap {namespace}/{unverified.NAME}); "
+            "re-run kymamesh install, which checks it again"
+        )
+    running = [
+        replace(m, fix=mesh_config_fix(installed_by, m.configmap))
+        for m in running_mesh_configs(cluster, istiods)
+    ]
+    problems += [line for m in running if (line := m.problem())]
     identity = identity_state(ctx, specs) if istiods else None
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
@@ -313,6 +366,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
             "they fail to start once rescheduled (see retired-registry images)"
         )
     advice = currency_advice(istiods, helm_major(ctx) if releases_by_helm(releases) else None)
+    advice += [line for m in running if (line := m.note())]
     return MeshStatus(
         namespace=namespace,
         supported=release.version,
@@ -329,6 +383,8 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         outdated=outdated,
         retired_images=retired,
         advice=advice,
+        multicluster=meshidentity.live(cluster, namespace) if istiods else None,
+        mesh_configs=running,
     )
 
 
@@ -472,6 +528,103 @@ def mesh_config_security(cluster: Cluster, plane: ControlPlane) -> list[str]:
     if mesh is None:
         return [f"{where}: key mesh is not a YAML map"]
     return [f"{where}: {p}" for p in mesh_config_problems(mesh)]
+
+
+def running_mesh_configs(cluster: Cluster, istiods: list[inv.Istiod]) -> list[meshview.RunningMesh]:
+    """What each Pod of every ready istiod runs, against its revision's ConfigMap `istio`:
+    one port-forward (istiod's `/debug/mesh`) and one log read (what it said since the
+    ConfigMap last changed) per istiod Pod. An istiod that is not ready is not asked
+    (`judge` names it already)."""
+    from datetime import datetime
+
+    found: list[meshview.RunningMesh] = []
+    for d in istiods:
+        plane = d.plane
+        if d.ready is not None or plane is None:
+            continue
+        ref = plane.configmap(MESH_CONFIGMAP)
+        where = f"{ref.namespace}/{ref.name}"
+        configmap = cluster.get(ref)
+        written = parse_mesh(((configmap or {}).get("data") or {}).get(MESH_KEY))
+        if configmap is None or written is None:
+            continue  # mesh_config_security names it
+        # One istiod: all istiod Pods (whatever their revision label); several: by revision.
+        revision = plane.revision if len(istiods) > 1 else None
+        try:
+            answers = cluster.istiod_debug(
+                meshview.MESH_VIEW, revision=revision, namespace=d.namespace
+            )
+            failures: dict[str, str] = {}
+        except IstiodUnreachableError as exc:
+            answers, failures = exc.answers, exc.failures
+            if not answers and not failures:
+                found.append(
+                    meshview.RunningMesh(
+                        d.namespace, "", plane.revision, where, meshview.UNCHECKED, (), exc.message
+                    )
+                )
+                continue
+        since = meshview.last_written(configmap)
+        age = None
+        if since:
+            changed = datetime.fromisoformat(since.replace("Z", "+00:00"))
+            age = max(0.0, (datetime.now(changed.tzinfo) - changed).total_seconds())
+        for pod, why in sorted(failures.items()):
+            found.append(
+                meshview.RunningMesh(
+                    d.namespace, pod, plane.revision, where, meshview.UNCHECKED, (), why, age
+                )
+            )
+        for pod, view in sorted(answers.items()):
+            try:
+                log = cluster.pod_log(
+                    d.namespace, pod, container=DISCOVERY_CONTAINER, since_time=since or None
+                )
+            except KymameshError:  # the view alone still tells a difference
+                log = ""
+            found.append(
+                meshview.judge(
+                    d.namespace,
+                    pod,
+                    plane.revision,
+                    where,
+                    written,
+                    view,
+                    meshview.rejection(log),
+                    age,
+                )
+            )
+    return found
+
+
+def mesh_config_fix(installed_by: inv.Installer, configmap: str) -> str:
+    """What to run when istiod does not run its ConfigMap's mesh config."""
+    if installed_by == inv.Installer.KYMAMESH:
+        return (
+            "re-run `kymamesh install` (it writes the mesh config again from the chart and "
+            "the Kyma patch)"
+        )
+    namespace, _, name = configmap.partition("/")
+    return (
+        f"correct the field(s) in ConfigMap {configmap} (`kubectl -n {namespace} edit "
+        f"configmap {name}`), then run `kymamesh patch`"
+    )
+
+
+def mesh_config_lines(states: list[meshview.RunningMesh]) -> list[str]:
+    """One line per istiod Pod: does it run its ConfigMap's mesh config?"""
+    lines = []
+    for m in states:
+        text = {
+            meshview.APPLIED: f"runs the mesh config of ConfigMap {m.configmap}",
+            meshview.PENDING: f"has not read ConfigMap {m.configmap} yet",
+            meshview.DIFFERS: f"does not run the mesh config of ConfigMap {m.configmap}",
+            meshview.REJECTED_STATE: f"rejected the mesh config of ConfigMap {m.configmap}",
+            meshview.UNCHECKED: f"could not be asked ({m.reason})",
+        }[m.state]
+        fields = "; ".join(d.describe() for d in m.differences)
+        lines.append(f"mesh config: {m.who} {text}" + (f": {fields}" if fields else ""))
+    return lines
 
 
 def mesh_mtls(cluster: Cluster, root: str) -> MtlsState:
@@ -629,12 +782,14 @@ def plain_lines(st: MeshStatus) -> list[str]:
             )
     for d in st.istiods:
         lines.append(f"istiod: {_istiod_text(d)}")
+    lines.extend(mesh_config_lines(st.mesh_configs))
     lines.append(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}")
     lines.extend(st.canary.lines() if st.canary else [])
     lines.append("patch steps:")
     for s in st.steps:
         lines.append(f"  {'✓' if s.applied else '✗'} {s.name}: {_step_text(s)}")
     lines.extend(identity_lines(st.identity))
+    lines.extend(meshidentity.status_lines(st.multicluster))
     lines.append("namespaces:" if st.namespaces else "namespaces: none with injection or sidecars")
     for n in st.namespaces:
         lines.append(
@@ -674,6 +829,8 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
     console.print(releases)
     for d in st.istiods:
         console.print(f"istiod: {_istiod_text(d)}", highlight=False)
+    for line in mesh_config_lines(st.mesh_configs):
+        console.print(line, highlight=False, markup=False)
     console.print(f"mTLS (mesh-wide): {_mtls_text(st.mtls)}", highlight=False)
     for line in st.canary.lines() if st.canary else []:
         console.print(line, highlight=False)
@@ -686,6 +843,8 @@ def print_rich(st: MeshStatus, stream: TextIO) -> None:
         steps.add_row(s.name, mark, s.description if s.applied else _step_text(s))
     console.print(steps)
     for line in identity_lines(st.identity):
+        console.print(line, highlight=False, markup=False)
+    for line in meshidentity.status_lines(st.multicluster):
         console.print(line, highlight=False, markup=False)
 
     if st.namespaces:

@@ -3,8 +3,10 @@
 Order: the Kyma patch's own objects (those labelled
 `app.kubernetes.io/managed-by=kymamesh`: the identity step's AuthorizationPolicy,
 RequestAuthentication and VirtualService, the Gateway, the TLS Secret and the
-identity Secret, the PeerAuthentications `default` and Dex's), then the Helm
-releases dex (in kyma-system, when kymamesh installed it), istio-ingressgateway,
+identity Secret, the PeerAuthentications `default` and Dex's, the NetworkPolicies of step
+network-policies), then the Helm
+releases dex (in kyma-system, when kymamesh installed it), istio-egressgateway (when the
+mesh file enabled it), istio-ingressgateway,
 istiod, istio-base. The patch's mesh-config and injector entries live in the
 istiod release's ConfigMaps and go with it.
 
@@ -27,7 +29,6 @@ makes zero writes.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +37,15 @@ from kymamesh import inventory as inv
 from kymamesh.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.controlplane import find_control_planes
-from kymamesh.errors import PreconditionError, WaitTimeoutError
+from kymamesh.errors import PreconditionError
 from kymamesh.helm import DeployedRelease
 from kymamesh.lock import LOCK_NAME
+from kymamesh.meshfile import EGRESS_RELEASE
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.pipeline import kymamesh_revisions
 from kymamesh.release import dex_pinned, pinned
+from kymamesh.steps.netpol import NAMES as NETWORK_POLICY_NAMES
+from kymamesh.waits import wait_until
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
 PHASE_RELEASES = "Istio Helm releases"
@@ -106,6 +110,9 @@ def plan(ctx: RunContext) -> Plan:
     istiods = inv.find_istiods(cluster, namespace)
     result = Plan(installed_by=inv.installer(deployed, istiods), istiods=istiods)
     result.releases = [r for r in reversed(list(deployed.values())) if r is not None]
+    egress = ctx.helm.deployed(EGRESS_RELEASE, namespace)  # the mesh file's egress gateway
+    if egress is not None and inv.marked_by_kymamesh(egress):
+        result.releases.insert(0, egress)
     dex = dex_pinned()  # installed last (by the identity step): removed first
     dex_release = ctx.helm.deployed(dex.release, dex.namespace)
     if dex_release is not None and inv.marked_by_kymamesh(dex_release):
@@ -133,6 +140,10 @@ def plan(ctx: RunContext) -> Plan:
     for obj in cluster.list(tags.WEBHOOK_API, tags.MUTATING, label_selector=selector):
         if tags.TAG_LABEL in (obj["metadata"].get("labels") or {}):
             patch_objects.append(inv.ref_of(obj, tags.WEBHOOK_API))
+    # the network-policies step's NetworkPolicies (its own names, wherever they are)
+    for obj in cluster.list("networking.k8s.io/v1", "NetworkPolicy", label_selector=selector):
+        if obj["metadata"]["name"] in NETWORK_POLICY_NAMES:
+            patch_objects.append(inv.ref_of(obj, "networking.k8s.io/v1"))
     # the identity step's Secret of values read at run time, beside Dex
     for obj in cluster.list("v1", "Secret", namespace=dex.namespace, label_selector=selector):
         patch_objects.append(inv.ref_of(obj, "v1"))
@@ -272,29 +283,20 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
         for ref in p.patch_objects:
             item = ItemResult(str(ref), Outcome.UNCHANGED)
             phase.items.append(item)
-            with ctx.progress.item(str(ref)) as tracker:
+            with ctx.progress.track(item):
                 gone = cluster.delete(ref)
                 item.outcome = Outcome.CHANGED if gone else Outcome.UNCHANGED
                 item.summary = "deleted" if gone else "already gone"
-                tracker.done(item.outcome, item.summary)
-            item.duration_s = tracker.duration_s
     if p.releases:
         phase = ctx.result.phase(PHASE_RELEASES)
         ctx.progress.phase(PHASE_RELEASES)
         for r in p.releases:
             item = ItemResult(r.name, Outcome.UNCHANGED)
             phase.items.append(item)
-            with ctx.progress.item(f"{r.name} ({r.chart} {r.chart_version})") as tracker:
-                try:
-                    ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
-                except Exception as exc:
-                    item.outcome = Outcome.FAILED
-                    item.error = str(exc)
-                    raise
+            with ctx.progress.track(item, f"{r.name} ({r.chart} {r.chart_version})"):
+                ctx.helm.uninstall(r.name, r.namespace or namespace, ctx.options.timeout)
                 item.outcome = Outcome.CHANGED
                 item.summary = "helm uninstall"
-                tracker.done(item.outcome, item.summary)
-            item.duration_s = tracker.duration_s
     if purge and p.crds:
         phase = ctx.result.phase(PHASE_CRDS)
         ctx.progress.phase(PHASE_CRDS)
@@ -314,17 +316,20 @@ def _delete(ctx: RunContext, p: Plan, purge: bool) -> None:
 
 def _wait_gone(ctx: RunContext, refs: list[Ref]) -> None:
     """CRDs go only once their resources are gone; a reinstall right after needs them gone."""
-    deadline = time.monotonic() + ctx.options.timeout
     pending = list(refs)
-    while pending:
+
+    def still_there() -> str | None:
+        nonlocal pending
         pending = [r for r in pending if ctx.cluster.get(r) is not None]
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            raise WaitTimeoutError(
-                f"timed out after {ctx.options.timeout:.0f}s waiting for the deletion of: "
-                + ", ".join(str(r) for r in pending),
-                hint="look at their finalizers and remaining resources with kubectl; "
-                "re-run to continue",
-            )
-        time.sleep(0.5)
+        return ", ".join(str(r) for r in pending) or None
+
+    wait_until(
+        still_there,
+        ctx.options.timeout,
+        lambda seen: (
+            f"timed out after {ctx.options.timeout:.0f}s waiting for the deletion of: {seen}"
+        ),
+        hint="look at their finalizers and remaining resources with kubectl; re-run to continue",
+        first=0.5,
+        most=0.5,
+    )

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.support_lifecycle import (
     NAMESPACE,
     ROOT,
@@ -35,6 +37,8 @@ OLD_CHARTS = ROOT / "tests" / "fixtures" / "charts-1.29"
 NEW = "1-30-3"
 TAG = "istio-revision-tag-default"
 MEMORY_LIMIT = "1024Mi"  # patches/kyma.yaml: sidecar-resources proxy.limits.memory
+# a sidecar template istiod cannot render: its injector answers every Pod with a denial
+BAD_SIDECAR_TEMPLATE = "spec:\n  containers:\n  - name: {{ .NoSuchField.Anything }}\n"
 
 # The real CLI, SIGKILLed right after its N-th write (API writes but the lock Lease, and
 # helm's installs, upgrades and uninstalls): an interruption at an exact point.
@@ -328,6 +332,29 @@ def test_canary_upgrade_end_to_end(fresh_cluster: Any, tmp_path: Path) -> None:
     assert tag_revision(c) == NEW
     c.kubectl("scale", "deployment/istiod", "-n", NAMESPACE, "--replicas=1")
     c.kubectl("rollout", "status", "deployment/istiod", "-n", NAMESPACE, "--timeout=120s")
+
+    # Towards an istiod that is ready but whose injector refuses every Pod (a template it
+    # cannot render): its own webhooks are off while the tag exists, so only the moved tag
+    # shows it. The tag goes back to the canary rather than stay on a webhook that fails
+    # closed, and the run says so.
+    injector = get(c, "configmap", "istio-sidecar-injector", "-n", NAMESPACE)
+    assert injector is not None
+    broken = yaml.safe_load(injector["data"]["config"])
+    broken["templates"]["sidecar"] = BAD_SIDECAR_TEMPLATE
+    c.kubectl(
+        "patch", "configmap", "istio-sidecar-injector", "-n", NAMESPACE, "--type=merge", "-p",
+        json.dumps({"data": {"config": yaml.safe_dump(broken)}}),
+    )  # fmt: skip
+    refused = km(c, "upgrade", "rollback", "--timeout", "120")
+    assert refused.code == 5, str(refused)
+    message = refused.doc["errors"][0]["message"]
+    assert "refuses Pods" in message and f"moved back to revision {NEW}" in message, message
+    assert tag_revision(c) == NEW
+    c.wait_for(lambda: canary_state(c)["defaultTag"] == NEW, 30, "the tag back on the canary")
+    c.kubectl(
+        "patch", "configmap", "istio-sidecar-injector", "-n", NAMESPACE, "--type=merge", "-p",
+        json.dumps({"data": {"config": injector["data"]["config"]}}),
+    )  # fmt: skip
 
     # killed after its first write, converged, zero writes on a re-run
     killed(c, 1, "upgrade", "rollback")

@@ -329,3 +329,41 @@ def test_an_injector_that_refuses_pods_fails_at_once_with_its_message(
     assert "timed out" not in run.stderr, str(run)
     assert took < 450, took  # istiod's start and the release, not the 900 s timeout
     assert get(c, "deployment", "istio-ingressgateway", "-n", NS) is None  # not started
+
+
+def test_a_rerun_after_an_injector_that_refused_checks_it_again(
+    fresh_cluster: Callable[[], TestCluster], tmp_path: Path
+) -> None:
+    """An upgrade whose injector then refuses every Pod fails (exit 5). A re-run with the
+    same values finds the istiod release as it wants it, but the injector was never seen
+    to answer since that change: it asks again and is refused the same way (exit 3: it
+    wrote nothing), instead of reporting the mesh in place. `status` says so. A good
+    install then clears the mark, and the run after that writes nothing."""
+    c = fresh_cluster()
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "300")
+    assert run.code == 0, str(run)
+    values = tmp_path / "bad-template.yaml"
+    values.write_text(BAD_TEMPLATE)
+    bad = ("install", "--charts-dir", str(CHARTS), "-f", str(values), "-y", "--timeout", "300")
+    run = kymamesh(c, *bad)
+    assert run.code == 5 and "answers, and refuses Pods" in run.stderr, str(run)
+    mark = get(c, "configmap", "kymamesh-unverified", "-n", NS)
+    assert mark is not None and "istiod" in mark["data"], mark
+
+    run = kymamesh(c, *bad)  # istiod's release is already what these values make
+    assert run.code == 3, str(run)  # refused again; this run wrote nothing but the lock
+    assert "answers, and refuses Pods" in run.stderr and "NoSuchField" in run.stderr, str(run)
+
+    status = kymamesh(c, "status", "-o", "json")
+    assert status.code != 0, str(status)
+    assert "kymamesh-unverified" in status.stdout and "istiod" in status.stdout, str(status)
+
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "300")
+    assert run.code == 0, str(run)
+    assert get(c, "configmap", "kymamesh-unverified", "-n", NS) is None
+    assert kymamesh(c, "status").code == 0
+    mark_at = c.audit.mark()
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "-y", "--timeout", "300")
+    assert run.code == 0, str(run)
+    writes = c.audit.writes_since(mark_at)
+    assert writes.total == 0, writes.describe()

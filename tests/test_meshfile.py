@@ -93,7 +93,27 @@ def test_translation_of_every_field() -> None:
             },
             "service": {"externalTrafficPolicy": "Local"},
         },
+        "egressgateway": {
+            "labels": {"istio": "egressgateway"},
+            "service": {"type": "ClusterIP"},
+            "podDisruptionBudget": {"maxUnavailable": 1},
+            "topologySpreadConstraints": [
+                {
+                    "maxSkew": 1,
+                    "topologyKey": topology_key,
+                    "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app": "istio-egressgateway"}},
+                }
+                for topology_key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+            ],
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+            "resources": {
+                "requests": {"cpu": "30m", "memory": "48Mi"},
+                "limits": {"cpu": "300m", "memory": "256Mi"},
+            },
+        },
     }
+    assert t.steps["network-policies"] == {"enabled": True}
 
 
 def test_compatibility_mode_is_the_compatibility_version_of_the_previous_minor() -> None:
@@ -177,8 +197,26 @@ BAD = [
     ),
     ({"components": {"cni": {"k8s": {}}}}, "spec.components.cni (kymamesh does not install", ""),
     ({"experimental": {"enableAmbient": True}}, "spec.experimental.enableAmbient", ""),
-    ({"networkPoliciesEnabled": True}, "spec.networkPoliciesEnabled", ""),
-    ({"components": {"egressGateway": {"enabled": True}}}, "egressGateway.enabled", ""),
+    ({"networkPoliciesEnabled": "yes"}, "spec.networkPoliciesEnabled is 'yes'", "true or false"),
+    (
+        {"components": {"egressGateway": {"enabled": 1}}},
+        "spec.components.egressGateway.enabled is 1",
+        "true or false",
+    ),
+    (
+        {
+            "components": {
+                "egressGateway": {"enabled": True, "k8s": {"hpaSpec": {"minReplicas": 0}}}
+            }
+        },
+        "egressGateway.k8s.hpaSpec.minReplicas is 0",
+        ">= 1",
+    ),
+    (
+        {"components": {"egressGateway": {"enabled": True, "replicas": 2}}},
+        "spec.components.egressGateway has no field replicas",
+        "",
+    ),
 ]
 
 

@@ -126,3 +126,65 @@ def test_a_part_is_built_once_into_place_and_a_failed_build_leaves_nothing(
         q.ensure()
     assert not q.dir.exists()
     assert [x.name for x in q.dir.parent.iterdir()] == [".lock"]
+
+
+def test_cri_log_lines_are_what_the_kubelet_writes() -> None:
+    """kwok's server reads container logs in the CRI format: time, stream, tag, line."""
+    ns = 1_764_931_200_123_456_789  # 2025-12-05T10:40:00.123456789Z
+    line = podrunner.cri_line(b"2025-12-05T10:40:00Z\tinfo\tads\tpush\n", ns)
+    assert (
+        line == b"2025-12-05T10:40:00.123456789Z stdout F 2025-12-05T10:40:00Z\tinfo\tads\tpush\n"
+    )
+    assert (
+        podrunner.cri_line(b"no newline", 0)
+        == b"1970-01-01T00:00:00.000000000Z stdout F no newline\n"
+    )
+
+
+class _Store:
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = pods
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return self.pods if kind == "pods" else []
+
+
+def _runner_owner(kubelet: str | None) -> Any:
+    owner = podrunner.PodRunner(Path("/nonexistent"), None, BUILDS, "kwok-node-0", kubelet)
+    pod = {
+        "metadata": {"namespace": "istio-system", "name": "istiod-x"},
+        "status": {"podIP": "10.244.0.7"},
+    }
+    owner.store = _Store([pod])
+    return owner
+
+
+def test_the_egress_proxy_passes_the_kubelet_endpoint_and_says_why_a_pod_address_fails() -> None:
+    owner = _runner_owner("127.0.0.1:40123")
+    assert owner.resolve("127.0.0.1:40123") == (40123, "")
+    port, why = owner.resolve("10.244.0.7:15014")
+    assert port is None and "Pod address 10.244.0.7 (istio-system/istiod-x) leads nowhere" in why
+    assert _runner_owner(None).resolve("127.0.0.1:40123") == (None, "no Service for 127.0.0.1")
+
+
+def test_kubelet_objects_map_every_istiod_port_to_its_loopback_port(tmp_path: Path) -> None:
+    """The PortForward and Logs that kwok's server reads for an istiod Pod, owned by it."""
+    runner = object.__new__(podrunner.Runner)
+    runner.ns, runner.name, runner.uid = "istio-system", "istiod-x", "u-1"
+    runner.container = {"name": "discovery"}
+    runner.ports = {15014: 41000, 15017: 41001}
+    runner.ctrlz_port = 41002
+    runner.cri_log = tmp_path / "istio-system_istiod-x_discovery.log"
+    pf, logs = runner.kubelet_objects()
+    assert pf["kind"] == "PortForward" and logs["kind"] == "Logs"
+    assert pf["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "v1", "kind": "Pod", "name": "istiod-x", "uid": "u-1"
+    }  # fmt: skip
+    assert {f["ports"][0]: f["target"] for f in pf["spec"]["forwards"]} == {
+        15014: {"address": "127.0.0.1", "port": 41000},
+        15017: {"address": "127.0.0.1", "port": 41001},
+        9876: {"address": "127.0.0.1", "port": 41002},
+    }
+    (entry,) = logs["spec"]["logs"]
+    assert entry["containers"] == ["discovery"] and entry["logsFile"] == str(runner.cri_log)
+    assert entry["previousLogsFile"].endswith("istiod-x_discovery.previous.log")

@@ -24,6 +24,8 @@ STEPS = [
     "pilot-webhook",
     "mesh-config",
     "mesh-components",
+    "multicluster-identity",
+    "network-policies",
     "ingress-gateway-tls",
     "remove-legacy-addons",
     "restart-proxies",
@@ -46,6 +48,8 @@ DATA_KEYS = {
     "outdatedSidecars",
     "advice",
     "retiredRegistryImages",
+    "multicluster",
+    "meshConfigs",
 }
 
 
@@ -156,6 +160,7 @@ def test_status_on_a_fresh_install(cluster: Any, namespace: str) -> None:
     assert conditions == {
         "Ready": ("True", "ReconcileSucceeded"),
         "ProxySidecarRestartSucceeded": ("False", "ProxySidecarManualRestartRequired"),
+        "MeshConfigApplied": ("True", "MeshConfigApplied"),  # istiod runs its ConfigMap's
     }
 
     text = kymamesh(cluster, "status")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from kymamesh import inventory as inv
+from kymamesh import meshview
 from kymamesh import status as mesh
 from tests.support_inventory import release
 from tests.test_status_unit import READY, _outdated_rows, _releases, ours
@@ -34,14 +35,53 @@ def _conditions(st: mesh.MeshStatus) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in conditions}
 
 
+def _running(state: str, pod: str = "istiod-1", **more: Any) -> meshview.RunningMesh:
+    return meshview.RunningMesh("istio-system", pod, "default", "istio-system/istio", state, **more)
+
+
 def test_ready() -> None:
-    st = _status()
+    st = _status(mesh_configs=[_running(meshview.APPLIED)])
     assert mesh.module_state(st)[:2] == ("Ready", "Istio is ready")
     assert _conditions(st) == {
         "Ready": ("True", "ReconcileSucceeded"),
         "ProxySidecarRestartSucceeded": ("True", "ProxySidecarRestartSucceeded"),
+        "MeshConfigApplied": ("True", "MeshConfigApplied"),
     }
     assert st.to_json()["state"] == "Ready"
+
+
+def test_the_mesh_config_condition_says_what_istiod_runs() -> None:
+    """MeshConfigApplied: False when an istiod rejected or does not run its ConfigMap's
+    mesh config, Unknown when one could not be asked or has not read it yet, or none was."""
+    diff = meshview.Difference("enableAutoMtls", 0.0, True)
+    rejected = _running(meshview.REJECTED_STATE, differences=(diff,), reason="invalid mesh config")
+    cases = [
+        ([rejected, _running(meshview.APPLIED, "istiod-2")], ("False", "MeshConfigRejected")),
+        ([_running(meshview.DIFFERS, differences=(diff,))], ("False", "MeshConfigDiffers")),
+        ([_running(meshview.UNCHECKED, reason="no answer within 10s")],
+         ("Unknown", "IstiodUnreachable")),
+        ([_running(meshview.PENDING, differences=(diff,), age=3.0)],
+         ("Unknown", "MeshConfigPending")),
+        ([], ("Unknown", "NotChecked")),
+    ]  # fmt: skip
+    for states, expected in cases:
+        st = _status(mesh_configs=states)
+        assert _conditions(st)["MeshConfigApplied"] == expected, states
+    message = mesh.mesh_config_condition([rejected])["message"]
+    assert message.startswith("istiod istio-system/istiod-1 rejected the mesh config")
+    assert "enableAutoMtls is 0.0 in the ConfigMap, true in istiod" in message
+    doc = _status(mesh_configs=[rejected]).to_json()["meshConfigs"]
+    assert doc == [
+        {
+            "namespace": "istio-system",
+            "pod": "istiod-1",
+            "revision": "default",
+            "configMap": "istio-system/istio",
+            "state": "rejected",
+            "differences": [{"field": "enableAutoMtls", "configMap": 0.0, "istiod": True}],
+            "reason": "invalid mesh config",
+        }
+    ]
 
 
 def test_warning_for_outdated_sidecars_and_for_drift() -> None:

@@ -359,6 +359,8 @@ def test_status_json_keys_are_stable() -> None:
         "outdatedSidecars",
         "retiredRegistryImages",
         "advice",
+        "multicluster",
+        "meshConfigs",
     }
     assert doc["outdatedSidecars"] == [
         {

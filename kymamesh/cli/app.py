@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from kymamesh.cli import (
+    ca,
     charts,
     inject,
     install,
@@ -36,6 +37,7 @@ app.command("status")(status.status)
 app.command("uninstall")(uninstall.uninstall)
 app.add_typer(upgrade.app, name="upgrade")
 app.add_typer(charts.app, name="charts")
+app.add_typer(ca.app, name="ca")
 app.command("releases")(releases.releases)
 app.command("version")(version.version)
 

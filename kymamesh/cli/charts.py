@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 from kymamesh.errors import UsageError
 
 
@@ -31,6 +31,7 @@ app = typer.Typer(help="Work with the Istio charts of the release catalog.", no_
 
 
 @app.command("pull")
+@c.shared_options("helm", *c.REPORT)
 def pull(
     dest: Annotated[
         Path,
@@ -49,13 +50,11 @@ def pull(
     ] = None,
     repo: c.Repo = None,
     plain_http: c.PlainHttp = False,
-    helm: c.HelmPath = None,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
+    *,
+    options: Options,
 ) -> None:
     """Download base, istiod and gateway of an Istio release, and Dex's chart, into DEST (for
     --charts-dir). Each chart comes from the first chart source that serves it."""
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import releases

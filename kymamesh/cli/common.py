@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 import sys
 import traceback
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import ExitCode, InterruptedRunError, KymameshError, UsageError
 from kymamesh.output import Progress, Result
+
+if TYPE_CHECKING:
+    from kymamesh.pipeline import ChartInputs
 
 
 class OutputFormat(StrEnum):
@@ -134,6 +139,78 @@ SetValues = Annotated[
         "(a=1,b=2: two keys; list[0]=x; key={a,b}: a list; \\, a comma in a value).",
     ),
 ]
+
+
+# The options shared by commands, declared once: name -> (annotation, default), in the
+# order `--help` lists them, after each command's own options.
+SHARED: dict[str, tuple[Any, Any]] = {
+    "kubeconfig": (Kubeconfig, None),
+    "context": (Context, None),
+    "helm": (HelmPath, None),
+    "dry_run": (DryRun, False),
+    "output": (Output, OutputFormat.text),
+    "yes": (Yes, False),
+    "verbose": (Verbose, False),
+    "timeout": (Timeout, 300.0),
+    "lock_wait": (LockWait, 60.0),
+}
+CLUSTER = ("kubeconfig", "context")  # a command that reads a cluster
+REPORT = ("output", "verbose")  # every command that reports a result
+WRITES = ("dry_run", "yes", "timeout", "lock_wait")  # a command that writes to a cluster
+
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def shared_options(*names: str) -> Callable[[F], F]:
+    """Give a command the shared options `names` (see SHARED; listed in SHARED's order).
+    The command takes a keyword-only `options: Options` instead of them; the CLI shows
+    them as if the command declared them itself, after its own."""
+    unknown = set(names) - set(SHARED)
+    if unknown:
+        raise ValueError(f"no shared option {sorted(unknown)}")
+    chosen = [n for n in SHARED if n in names]
+
+    def wrap(command: F) -> F:
+        own = inspect.signature(command, eval_str=True)
+        params = [p for p in own.parameters.values() if p.name != "options"]
+        params += [
+            inspect.Parameter(
+                n, inspect.Parameter.KEYWORD_ONLY, annotation=SHARED[n][0], default=SHARED[n][1]
+            )
+            for n in chosen
+        ]
+
+        @functools.wraps(command)
+        def run(**arguments: Any) -> None:
+            shared = {n: arguments.pop(n) for n in chosen}
+            command(**arguments, options=options_from(shared))
+
+        run.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+def chart_inputs(
+    charts_dir: Path | None,
+    values: list[Path] | None,
+    set_values: list[str] | None,
+    repo: list[str] | None,
+    plain_http: bool,
+    **more: Any,
+) -> ChartInputs:
+    """Phase 1's inputs out of the chart options (ChartsDir, ValuesFiles, SetValues, Repo,
+    PlainHttp) and any more of ChartInputs' fields."""
+    from kymamesh.pipeline import ChartInputs
+
+    return ChartInputs(
+        charts_dir=charts_dir,
+        values_files=tuple(values or ()),
+        set_values=tuple(set_values or ()),
+        repository=tuple(repo or ()),
+        plain_http=plain_http,
+        **more,
+    )
 
 
 def options_from(arguments: Mapping[str, Any]) -> Options:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -35,6 +35,7 @@ def _check_deployments(values: list[str] | None) -> list[str] | None:
     return values
 
 
+@c.shared_options(*c.CLUSTER, *c.WRITES, *c.REPORT)
 def inject_namespace(
     namespace: Annotated[
         str,
@@ -69,21 +70,14 @@ def inject_namespace(
             "Deployments, or from every opted-in one).",
         ),
     ] = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Label a namespace (and Deployments) for sidecar injection. A re-run writes nothing.
 
     Existing Pods get a sidecar only when they are re-created; the output names the
     workloads that still run without one.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import injection

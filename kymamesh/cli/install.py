@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 Istio = Annotated[
     str | None,
@@ -37,6 +38,7 @@ SkipVersionCheck = Annotated[
 ]
 
 
+@c.shared_options(*c.CLUSTER, "helm", *c.WRITES, *c.REPORT)
 def install(
     istio: Istio = None,
     charts_dir: c.ChartsDir = None,
@@ -57,35 +59,51 @@ def install(
             "running one, which keeps the default tag; then `kymamesh upgrade promote`.",
         ),
     ] = False,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over",
+            help="Adopt an Istio applied without Helm (the Kyma Istio module, istioctl) into "
+            "kymamesh's Helm releases, in place, istiod and its webhooks serving throughout "
+            "(Helm 4). Stop the module's manager first.",
+        ),
+    ] = False,
     restart_batch: p.RestartBatch = None,
     identity: p.Identity = None,
     hub: p.Hub = None,
     compatibility_version: CompatibilityVersion = None,
     skip_version_check: SkipVersionCheck = False,
     mesh: p.Mesh = None,
+    mesh_id: p.MeshId = None,
+    cluster_name: p.ClusterName = None,
+    network: p.Network = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            metavar="DIR",
+            help="The mesh's root CA (`kymamesh ca create --out DIR`), or an intermediate of "
+            "your own (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem): this "
+            "cluster's intermediate CA, issued by that root, goes into Secret "
+            "istio-system/cacerts before istiod starts.",
+            file_okay=False,
+        ),
+    ] = None,
     reset_settings: p.ResetSettings = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Install Istio with security on, then apply the Kyma patch. A re-run converges."""
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import pipeline
 
-        inputs = pipeline.ChartInputs(
-            charts_dir=charts_dir,
-            values_files=tuple(values or ()),
-            set_values=tuple(set_values or ()),
-            repository=tuple(repo or ()),
-            plain_http=plain_http,
+        inputs = c.chart_inputs(
+            charts_dir,
+            values,
+            set_values,
+            repo,
+            plain_http,
             istio=istio,
             compatibility_version=compatibility_version,
             skip_version_check=skip_version_check,
@@ -95,6 +113,15 @@ def install(
         )
         p.add_identity(given, ctx, identity)
         p.add_mesh(given, ctx, mesh)
-        pipeline.install(ctx, inputs, given, reset=reset_settings, revision_based=revision_based)
+        p.add_mesh_identity(given, mesh_id, cluster_name, network)
+        pipeline.install(
+            ctx,
+            inputs,
+            given,
+            reset=reset_settings,
+            revision_based=revision_based,
+            take_over=take_over,
+            ca_dir=ca,
+        )
 
     c.run_command("install", options, body)

@@ -8,7 +8,7 @@ import typer
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 ExistingIstio = Annotated[
     bool,
@@ -19,6 +19,7 @@ ExistingIstio = Annotated[
 ]
 
 
+@c.shared_options(*c.CLUSTER, "helm", *c.WRITES, *c.REPORT)
 def patch(
     existing_istio: ExistingIstio = False,
     charts_dir: c.ChartsDir = None,
@@ -32,18 +33,10 @@ def patch(
     hub: p.Hub = None,
     mesh: p.Mesh = None,
     reset_settings: p.ResetSettings = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Apply the Kyma patch to a running Istio. Checks it first; a re-run converges."""
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import pipeline

@@ -87,6 +87,34 @@ Mesh = Annotated[
     ),
 ]
 
+MeshId = Annotated[
+    str | None,
+    typer.Option(
+        "--mesh-id",
+        metavar="ID",
+        help="The mesh this cluster belongs to (istiod's global.meshID; the same in every "
+        "cluster of a multi-cluster mesh). Remembered.",
+    ),
+]
+ClusterName = Annotated[
+    str | None,
+    typer.Option(
+        "--cluster-name",
+        metavar="NAME",
+        help="This cluster's name in the mesh (global.multiCluster.clusterName; a DNS-1123 "
+        "label, unique in the mesh). Remembered.",
+    ),
+]
+Network = Annotated[
+    str | None,
+    typer.Option(
+        "--network",
+        metavar="NET",
+        help="The network of this cluster's Pods (global.network and the label "
+        "topology.istio.io/network on istio-system). Remembered.",
+    ),
+]
+
 ResetSettings = Annotated[
     bool,
     typer.Option(
@@ -218,3 +246,18 @@ def add_mesh(given: dict[str, dict[str, Any]], ctx: RunContext, mesh: str | None
     merged = deep_merge(given, translation.steps)
     given.clear()
     given.update({k: dict(v) for k, v in merged.items()})
+
+
+def add_mesh_identity(
+    given: dict[str, dict[str, Any]],
+    mesh_id: str | None,
+    cluster_name: str | None,
+    network: str | None,
+) -> None:
+    """`--mesh-id`, `--cluster-name`, `--network` as the parameters of step
+    `multicluster-identity` (over `--config`'s); each checked (exit 2)."""
+    from kymamesh import meshidentity
+
+    params = meshidentity.from_flags(mesh_id, cluster_name, network)
+    if params:
+        given.setdefault(meshidentity.STEP, {}).update(params)

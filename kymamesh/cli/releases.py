@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 
+@c.shared_options(*c.CLUSTER, *c.REPORT)
 def releases(
     refresh: Annotated[
         bool,
@@ -22,14 +23,11 @@ def releases(
     ] = False,
     repo: c.Repo = None,
     plain_http: c.PlainHttp = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
+    *,
+    options: Options,
 ) -> None:
     """List the release catalog (each supported Istio minor, its newest known patch, its
     Kubernetes range and end of life), the default, and the Istio the cluster runs."""
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import releases as workflow

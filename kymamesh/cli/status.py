@@ -6,28 +6,29 @@ import sys
 
 from kymamesh.cli import common as c
 from kymamesh.cli import patch_options as p
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 
+@c.shared_options(*c.CLUSTER, "helm", *c.REPORT)
 def status(
     config: p.PatchConfig = None,
     domain: p.Domain = None,
     tls_cert: p.TlsCert = None,
     tls_key: p.TlsKey = None,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
+    *,
+    options: Options,
 ) -> None:
     """Show releases, istiod, mTLS, each patch step and sidecar coverage. Writes nothing.
 
     Exit 0 when healthy, 7 when not, so CI can gate on it.
 
+    Each istiod is asked for the mesh config it runs (its /debug/mesh view, through a
+    port-forward to each istiod Pod, and its log): a mesh config istiod rejected, or
+    one it cannot be asked about, is unhealthy.
+
     The steps are checked with the settings remembered in the cluster by the last
     install or patch; --config, --domain and --tls-* check against others.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import patching

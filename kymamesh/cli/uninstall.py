@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 Purge = Annotated[
     bool,
@@ -31,19 +31,13 @@ ExistingIstio = Annotated[
 ]
 
 
+@c.shared_options(*c.CLUSTER, "helm", *c.WRITES, *c.REPORT)
 def uninstall(
     purge: Purge = False,
     force: Force = False,
     existing_istio: ExistingIstio = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Uninstall Istio and the Kyma patch. CRDs and the istio-system namespace stay.
 
@@ -51,7 +45,6 @@ def uninstall(
 
     Leaves an Istio kymamesh did not install alone (unless --existing-istio).
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh.uninstall import run_uninstall

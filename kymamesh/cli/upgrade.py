@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kymamesh.cli import common as c
-from kymamesh.context import RunContext
+from kymamesh.context import Options, RunContext
 
 RestartBatch = Annotated[
     int | None,
@@ -27,16 +27,11 @@ app = typer.Typer(
 
 
 @app.command("promote")
+@c.shared_options(*c.CLUSTER, "helm", "dry_run", "timeout", "lock_wait", *c.REPORT)
 def promote(
     restart_batch: RestartBatch = None,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Point the default tag at the new revision and restart the workloads it moves.
 
@@ -46,7 +41,6 @@ def promote(
     istiod is ready and injects a test Pod. It does not ask (no --yes): `upgrade
     rollback` undoes it. A re-run converges.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import canary
@@ -57,6 +51,7 @@ def promote(
 
 
 @app.command("rollback")
+@c.shared_options(*c.CLUSTER, "helm", "dry_run", "timeout", "lock_wait", *c.REPORT)
 def rollback(
     revision: Annotated[
         str | None,
@@ -67,14 +62,8 @@ def rollback(
         ),
     ] = None,
     restart_batch: RestartBatch = None,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Point the default tag back at the old revision and restart the workloads it moves.
 
@@ -82,7 +71,6 @@ def rollback(
     promote there is nothing to roll back (no write). It does not ask (no --yes):
     `upgrade promote` undoes it.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
         from kymamesh import canary
@@ -93,21 +81,15 @@ def rollback(
 
 
 @app.command("finish")
+@c.shared_options(*c.CLUSTER, "helm", *c.WRITES, *c.REPORT)
 def finish(
     charts_dir: c.ChartsDir = None,
     values: c.ValuesFiles = None,
     set_values: c.SetValues = None,
     repo: c.Repo = None,
     plain_http: c.PlainHttp = False,
-    kubeconfig: c.Kubeconfig = None,
-    context: c.Context = None,
-    helm: c.HelmPath = None,
-    dry_run: c.DryRun = False,
-    output: c.Output = c.OutputFormat.text,
-    yes: c.Yes = False,
-    verbose: c.Verbose = False,
-    timeout: c.Timeout = 300.0,
-    lock_wait: c.LockWait = 60.0,
+    *,
+    options: Options,
 ) -> None:
     """Remove the old revision once no Pod uses it, then upgrade istio-base and the gateway.
 
@@ -117,18 +99,10 @@ def finish(
     plane (--yes to confirm without a terminal). Give the chart options of install;
     phase 2 (the Kyma patch) runs after phase 1, as in install.
     """
-    options = c.options_from(locals())
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary, pipeline
+        from kymamesh import canary
 
-        inputs = pipeline.ChartInputs(
-            charts_dir=charts_dir,
-            values_files=tuple(values or ()),
-            set_values=tuple(set_values or ()),
-            repository=tuple(repo or ()),
-            plain_http=plain_http,
-        )
-        canary.finish(ctx, inputs)
+        canary.finish(ctx, c.chart_inputs(charts_dir, values, set_values, repo, plain_http))
 
     c.run_command("upgrade finish", options, body)

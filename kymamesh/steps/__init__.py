@@ -19,7 +19,9 @@ from kymamesh.steps.components import ComponentsStep
 from kymamesh.steps.identity import IdentityStep
 from kymamesh.steps.injector import ImageHubStep, InjectionPolicyStep, SidecarResourcesStep
 from kymamesh.steps.meshconfig import ExtAuthzStep, MeshSettingsStep, TracingStep
+from kymamesh.steps.meshidentity import MeshIdentityStep
 from kymamesh.steps.mtls import PeerAuthenticationStep
+from kymamesh.steps.netpol import NetworkPoliciesStep
 from kymamesh.steps.proxies import RestartProxiesStep
 from kymamesh.steps.tls import GatewayTlsStep
 
@@ -35,6 +37,8 @@ KINDS: Final[Mapping[str, StepKind]] = MappingProxyType(
         "mesh-ext-authz": ExtAuthzStep,
         "mesh-settings": MeshSettingsStep,
         "mesh-components": ComponentsStep,
+        "network-policies": NetworkPoliciesStep,
+        "mesh-identity": MeshIdentityStep,
         "gateway-tls": GatewayTlsStep,
         "remove-addons": RemoveAddonsStep,
         "identity": IdentityStep,

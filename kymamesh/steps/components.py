@@ -1,6 +1,7 @@
-"""Step `mesh-components`: the mesh file's settings of istiod and the ingress gateway.
+"""Step `mesh-components`: the mesh file's settings of istiod and the gateways.
 
-HPA bounds, rollout strategy and resources of istiod and of the ingress gateway, the
+HPA bounds, rollout strategy and resources of istiod, of the ingress gateway and of the
+egress gateway (a Helm release phase 1 makes when the mesh file enables it), the
 gateway Service's `externalTrafficPolicy`, and istiod's experimental features. Most of
 them are values of Istio's charts, which `install` passes to phase 1
 (`kymamesh.meshfile.chart_values`), so after an install this step finds them in place.
@@ -40,6 +41,11 @@ def components_wanted(params: Mapping[str, Any]) -> dict[str, Any]:
     for name in ("pilot", "ingressGateway"):
         if params.get(name) is not None:
             out[name] = meshfile.check_value(params[name], _k8s_field(), step, name)
+    if params.get("egressGateway") is not None:
+        f = meshfile.SCHEMA.child("components").child("egressGateway")
+        out["egressGateway"] = meshfile.check_value(
+            params["egressGateway"], f, step, "egressGateway"
+        )
     policy = params.get("gatewayExternalTrafficPolicy")
     if policy is not None:
         f = meshfile.SCHEMA.child("config").child("gatewayExternalTrafficPolicy")
@@ -247,6 +253,7 @@ class ComponentsStep:
         {
             "pilot",
             "ingressGateway",
+            "egressGateway",
             "gatewayExternalTrafficPolicy",
             "experimental",
             "compatibilityMode",
@@ -275,6 +282,10 @@ class ComponentsStep:
         if gateway and ctx.istio_present:
             ref = Ref("apps/v1", "Deployment", name, ctx.namespace)
             changes += _workload_changes(ctx, ref, GATEWAY_CONTAINER, gateway, {}, "gateway")
+        egress = wanted.get("egressGateway") or {}
+        if meshfile.egress_enabled(wanted) and egress.get("k8s") and ctx.istio_present:
+            ref = Ref("apps/v1", "Deployment", meshfile.EGRESS_RELEASE, ctx.namespace)
+            changes += _workload_changes(ctx, ref, GATEWAY_CONTAINER, egress["k8s"], {}, "gateway")
         policy = wanted.get("gatewayExternalTrafficPolicy")
         if policy and ctx.istio_present:
             changes += _service_change(ctx, name, policy)

@@ -24,7 +24,13 @@ The apiserver reaches Services (the webhooks' `service:` references) through an 
 CONNECT proxy on the unix socket `DIR/egress.sock` (the egress selector). Here a
 CONNECT to a Service's name or ClusterIP and port goes to the loopback port of a ready
 Pod behind it; with none, the answer is `503` and names what is missing, so the
-apiserver's error says why, as a real cluster's would.
+apiserver's error says why, as a real cluster's would. A CONNECT to the node's kubelet
+address (`--kubelet HOST:PORT`) goes to kwok's kubelet server there, which serves
+`kubectl port-forward` and `kubectl logs`: for each istiod Pod this process writes a
+kwok `PortForward` (each container port, and ctrlz's 9876, to its loopback port) and a
+kwok `Logs` object (the container's log, in the CRI format kwok reads, in
+`DIR/logs/containers/<ns>_<name>_<container>.log`, the run before in `....previous.log`),
+owned by the Pod, so they go when it goes.
 
 `DIR/pods.json` lists the running Pods (ports, pid, ready, restarts, the istiod build that
 runs); istiod's output goes to `DIR/logs/pod-<ns>-<name>.log`.
@@ -61,6 +67,8 @@ ISTIOD_PORT_FLAGS = {  # containerPort -> the pilot-discovery flag that sets its
     15014: "--monitoringAddr",
     15017: "--httpsAddr",
 }
+CTRLZ_PORT = 9876  # istiod's ControlZ default (--ctrlz_port)
+KWOK_API = "/apis/kwok.x-k8s.io/v1alpha1"  # PortForward and Logs, read by kwok's server
 TOKEN_SECONDS = 3600
 SA_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the apiserver's issuer
 
@@ -261,6 +269,12 @@ class Runner:
         self.ready: bool | None = None
         self.tokens: dict[str, tuple[float, str]] = {}  # path -> (refresh at, token)
         self.waiting = ""
+        cname = self.container["name"]
+        self.cri_log = owner.dir / "logs" / "containers" / f"{self.ns}_{self.name}_{cname}.log"
+        self.cri_log.parent.mkdir(parents=True, exist_ok=True)
+        self.cri_log.touch()
+        self.published = False  # the PortForward and Logs objects for kwok's kubelet server
+        self.publish_error = ""
         self.stopped = threading.Event()
         threading.Thread(target=self._prober, daemon=True).start()
 
@@ -441,6 +455,63 @@ class Runner:
             self._write_volume(target, files, "emptyDir" in vol)
         return True
 
+    # ------------------------------------------------------------------ kubelet server
+
+    def kubelet_objects(self) -> list[dict]:
+        """kwok's PortForward and Logs for this Pod: what `kubectl port-forward` and
+        `kubectl logs` reach through the kubelet server (kwok's) on the node."""
+        meta = {
+            "name": self.name,
+            "namespace": self.ns,
+            "labels": {"app.kubernetes.io/managed-by": "testcluster-podrunner"},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}
+            ],
+        }
+        ports = {**self.ports, CTRLZ_PORT: self.ctrlz_port}
+        forwards = [
+            {"ports": [cport], "target": {"address": "127.0.0.1", "port": lport}}
+            for cport, lport in sorted(ports.items())
+        ]
+        previous = self.cri_log.with_suffix(".previous.log")
+        logs = [
+            {
+                "containers": [self.container["name"]],
+                "logsFile": str(self.cri_log),
+                "previousLogsFile": str(previous),
+            }
+        ]
+        api = KWOK_API.removeprefix("/apis/")
+        return [
+            {"apiVersion": api, "kind": "PortForward", "metadata": meta,
+             "spec": {"forwards": forwards}},
+            {"apiVersion": api, "kind": "Logs", "metadata": meta, "spec": {"logs": logs}},
+        ]  # fmt: skip
+
+    def publish(self) -> None:
+        """Write (server-side apply) the kubelet server's objects for this Pod, once."""
+        if self.published:
+            return
+        for obj in self.kubelet_objects():
+            plural = {"PortForward": "portforwards", "Logs": "logs"}[obj["kind"]]
+            try:
+                code, body = self.api.request(
+                    "PATCH",
+                    f"{KWOK_API}/namespaces/{self.ns}/{plural}/{self.name}"
+                    "?fieldManager=testcluster-podrunner&force=true",
+                    obj,
+                    ctype="application/apply-patch+yaml",
+                )
+                why = "" if code in (200, 201) else f"HTTP {code} {_message(body)}"
+            except OSError as e:
+                why = f"{type(e).__name__}: {e}"
+            if why:  # istiod runs regardless; tried again on the next tick
+                if why != self.publish_error:
+                    log(f"{self.ns}/{self.name}: kwok {obj['kind']}: {why}")
+                self.publish_error = why
+                return
+        self.published = True
+
     # ------------------------------------------------------------------ process
 
     def _env(self) -> dict[str, str]:
@@ -489,6 +560,7 @@ class Runner:
 
     def tick(self) -> None:
         """Called on every change and once a second: keep volumes current, keep istiod running."""
+        self.publish()
         if not self.sync_volumes():
             return
         if self.proc is not None and self.proc.poll() is None:
@@ -518,18 +590,23 @@ class Runner:
         ]
         logs = self.owner.dir / "logs"
         logs.mkdir(exist_ok=True)
-        with open(logs / f"pod-{self.ns}-{self.name}.log", "ab") as out:
-            out.write(f"podrunner: {self.choice} ({self.binary})\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen(
-                [str(self.binary), *args],
-                cwd=self.dir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )  # in podrunner's process group: stopping the cluster stops it too
+        raw = open(logs / f"pod-{self.ns}-{self.name}.log", "ab")  # noqa: SIM115 (the pump's)
+        raw.write(f"podrunner: {self.choice} ({self.binary})\n".encode())
+        raw.flush()
+        if self.cri_log.stat().st_size:  # the run before: `kubectl logs --previous`
+            os.replace(self.cri_log, self.cri_log.with_suffix(".previous.log"))
+        cri = open(self.cri_log, "ab")  # noqa: SIM115 (the pump's)
+        self.proc = subprocess.Popen(
+            [str(self.binary), *args],
+            cwd=self.dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )  # in podrunner's process group: stopping the cluster stops it too
+        assert self.proc.stdout is not None
+        threading.Thread(target=_pump, args=(self.proc.stdout, raw, cri), daemon=True).start()
         self.waiting = ""
         log(f"{self.ns}/{self.name}: istiod {self.minor} started (pid {self.proc.pid})")
 
@@ -624,6 +701,33 @@ class Runner:
             log(f"{self.ns}/{self.name}: status patch: HTTP {code} {body}")
 
 
+def _message(body: Any) -> str:
+    return str(body.get("message") if isinstance(body, dict) else body)
+
+
+def cri_line(line: bytes, now_ns: int) -> bytes:
+    """One line of output in the CRI log format the kubelet writes (and kwok reads):
+    `<RFC 3339 time, nanoseconds> stdout F <line>`."""
+    secs, nanos = divmod(now_ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
+    return f"{stamp} stdout F ".encode() + line.rstrip(b"\r\n") + b"\n"
+
+
+def _pump(src: Any, raw: Any, cri: Any) -> None:
+    """Copy istiod's output to its log as it is (`logs/pod-NS-NAME.log`) and in the CRI
+    format (`logs/containers/...`), line by line, until it exits."""
+    try:
+        for line in iter(src.readline, b""):
+            raw.write(line)
+            raw.flush()
+            cri.write(cri_line(line, time.time_ns()))
+            cri.flush()
+    finally:
+        src.close()
+        raw.close()
+        cri.close()
+
+
 def _die_with_parent() -> None:
     """In the child: SIGKILL when podrunner dies, even by SIGKILL (prctl PR_SET_PDEATHSIG)."""
     import ctypes
@@ -651,10 +755,13 @@ def _quantity_ceil(value: str, divisor: str) -> int:
 
 
 class PodRunner:
-    def __init__(self, d: Path, api: Api, istiods: dict[str, Path], node: str):
+    def __init__(
+        self, d: Path, api: Api, istiods: dict[str, Path], node: str, kubelet: str | None = None
+    ):
         if not istiods:
             raise ValueError("no istiod build given")
         self.dir, self.api, self.istiods, self.node = d, api, istiods, node
+        self.kubelet = kubelet  # the node's kubelet endpoint, HOST:PORT, served on loopback
         self.store = Store(api)
         self.runners: dict[str, Runner] = {}
         self.lock = threading.Lock()
@@ -731,13 +838,16 @@ class PodRunner:
     # ------------------------------------------------------------------ egress
 
     def resolve(self, target: str) -> tuple[int | None, str]:
-        """A CONNECT target (Service name or ClusterIP, and port) -> a loopback port, or why not."""
+        """A CONNECT target (Service name or ClusterIP, and port; or the node's kubelet
+        endpoint) -> a loopback port, or why not."""
         host, _, port_text = target.rpartition(":")
         host = host.strip("[]")
         try:
             port = int(port_text)
         except ValueError:
             return None, f"bad CONNECT target {target!r}"
+        if self.kubelet is not None and target == self.kubelet:
+            return port, ""  # kwok's kubelet server listens there, on loopback
         svc = None
         for s in self.store.list("services"):
             m = s["metadata"]
@@ -749,6 +859,20 @@ class PodRunner:
                 svc = s
                 break
         if svc is None:
+            pod = next(
+                (
+                    p
+                    for p in self.store.list("pods")
+                    if (p.get("status") or {}).get("podIP") == host
+                ),
+                None,
+            )
+            if pod is not None:  # the service proxy dials an endpoint's Pod address
+                m = pod["metadata"]
+                return None, (
+                    f"Pod address {host} ({m['namespace']}/{m['name']}) leads nowhere in the "
+                    "test cluster: only Services and the kubelet are reached"
+                )
             return None, f"no Service for {host}"
         ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
         sport = next((p for p in svc["spec"].get("ports") or [] if p.get("port") == port), None)
@@ -850,14 +974,23 @@ def main(argv: list[str] | None = None) -> int:
         help="the pilot-discovery built for an Istio minor (repeat for each minor)",
     )
     ap.add_argument("--node", required=True)
+    ap.add_argument(
+        "--kubelet",
+        metavar="HOST:PORT",
+        help="the node's kubelet endpoint (kwok's server, on loopback): CONNECTs to it pass",
+    )
     a = ap.parse_args(argv)
+    if a.kubelet and a.kubelet.rpartition(":")[0] not in ("127.0.0.1", "localhost"):
+        ap.error(f"--kubelet {a.kubelet!r}: only a loopback address may be dialed")
     istiods = {}
     for item in a.istiod:
         minor, eq, path = item.partition("=")
         if not eq or image_minor(f"x:{minor}") != minor:
             ap.error(f"--istiod {item!r}: expected MINOR=PATH, e.g. 1.31=/path/pilot-discovery")
         istiods[minor] = Path(path)
-    runner = PodRunner(a.dir.resolve(), Api(a.server, a.ca, a.cert, a.key), istiods, a.node)
+    runner = PodRunner(
+        a.dir.resolve(), Api(a.server, a.ca, a.cert, a.key), istiods, a.node, a.kubelet
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -1273,8 +1273,9 @@ kind: EgressSelectorConfiguration
 egressSelections:
 # Traffic to the cluster network (Service-referenced webhooks, CRD conversion webhooks,
 # aggregated APIs, pod/service/node proxy, kubelet) goes through an HTTP CONNECT proxy on a
-# unix socket that nothing listens on: it fails at once, locally. The control-plane network
-# (`url:` webhooks, e.g. 127.0.0.1) and etcd stay direct.
+# unix socket, served by podrunner.py: Services lead to istiod's loopback ports, the node's
+# kubelet endpoint to kwok's server; anything else fails at once, locally. The control-plane
+# network (`url:` webhooks, e.g. 127.0.0.1) and etcd stay direct.
 - name: cluster
   connection:
     proxyProtocol: HTTPConnect
@@ -1282,6 +1283,53 @@ egressSelections:
       uds:
         udsName: {uds}
 """
+
+
+# kwok's kubelet server finds where `kubectl port-forward` and `kubectl logs` of a Pod lead in
+# objects of these kinds (kwok's --enable-crds watches them; podrunner.py writes one of each
+# per istiod Pod). The schema is kept open: kwok's own client reads the fields it knows.
+KWOK_CRD_KINDS = {"PortForward": "portforwards", "Logs": "logs"}
+
+
+def _kwok_crd(kind: str, plural: str) -> dict:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kwok.x-k8s.io"},
+        "spec": {
+            "group": "kwok.x-k8s.io",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                                "status": {
+                                    "type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True,
+                                },
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
 
 
 def _wait(what: str, fn, timeout: float, procs: dict[str, subprocess.Popen], interval: float = 0.1):
@@ -1478,6 +1526,11 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
 
         _wait("kube-apiserver /readyz", api_ready, timeout, procs, interval=0.2)
         log(f"kube-apiserver ready at {server} ({time.monotonic() - t0:.1f}s)")
+        crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+        for kind, plural in KWOK_CRD_KINDS.items():
+            code, body = api.request("POST", crds, body=_kwok_crd(kind, plural))
+            if code not in (200, 201):
+                raise ClusterError(f"creating the CRD of kwok's {kind}: {code} {body}")
 
         # istiod's kubelet and the cluster network's proxy (see podrunner.py)
         procs["podrunner"] = c.spawn(
@@ -1492,9 +1545,20 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
                 f"--key={p / 'podrunner.key'}",
                 *(f"--istiod={m}={path}" for m, path in istiods.items()),
                 f"--node={NODE_NAME}",
+                f"--kubelet={NODE_IP}:{kwok_port}",  # the node's kubelet endpoint: kwok's
             ],
         )
         _wait("podrunner's egress socket", uds.exists, 30, procs, interval=0.1)
+
+        def crds_established():
+            for plural in KWOK_CRD_KINDS.values():
+                code, crd = api.get(f"{crds}/{plural}.kwok.x-k8s.io")
+                conds = (crd.get("status") or {}).get("conditions") or [] if code == 200 else []
+                if not any(x["type"] == "Established" and x["status"] == "True" for x in conds):
+                    return False
+            return True
+
+        _wait("kwok's CRDs established", crds_established, 30, procs, interval=0.1)
 
         for name, extra in [
             (
@@ -1540,6 +1604,7 @@ def up(d: Path, bin_dir: Path | None = None, timeout: float = 120) -> Cluster:
                 f"--server-address={NODE_IP}:{kwok_port}",
                 f"--tls-cert-file={p / 'kwok-serving.crt'}",
                 f"--tls-private-key-file={p / 'kwok-serving.key'}",
+                f"--enable-crds={','.join(KWOK_CRD_KINDS)}",
                 "--node-lease-duration-seconds=40",
             ],
         )
