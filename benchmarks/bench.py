@@ -65,12 +65,13 @@ class Fresh:
 
 
 @contextlib.contextmanager
-def fresh_cluster(tc: Any, prefix: str) -> Iterator[Fresh]:
-    """A test cluster of its own, stopped again at the end."""
+def fresh_cluster(tc: Any, prefix: str, *up_args: str) -> Iterator[Fresh]:
+    """A test cluster of its own (`up_args`: more options of `testcluster.py up`), stopped
+    again at the end."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         directory = Path(tmp) / "c"
         subprocess.run(
-            [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory)],
+            [sys.executable, str(TESTCLUSTER), "up", "--dir", str(directory), *up_args],
             check=True,
             capture_output=True,
         )
@@ -90,6 +91,9 @@ class Measured:
     peak_kib: int  # kymamesh: its own process; other commands: their largest process
     helm_peak_kib: int  # kymamesh: its largest helm run (0: it ran none)
     stdout: str
+    # CPU seconds (user and system) of the command and the processes it waited for: what
+    # it cost itself, unlike `seconds`, whatever else the machine was doing
+    cpu_seconds: float = 0.0
 
     @property
     def peak_mib(self) -> float:
@@ -149,6 +153,16 @@ def run(argv: list[str], env: dict[str, str], *, check: bool = True) -> Measured
             raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{stderr[-3000:]}")
         if is_kymamesh:
             return Measured(
-                seconds, max(_kib(own), default=0), max(_kib(helm_peaks), default=0), stdout
+                seconds,
+                max(_kib(own), default=0),
+                max(_kib(helm_peaks), default=0),
+                stdout,
+                usage.ru_utime + usage.ru_stime,
             )
-        return Measured(seconds, max(_kib(tree), default=usage.ru_maxrss), 0, stdout)
+        return Measured(
+            seconds,
+            max(_kib(tree), default=usage.ru_maxrss),
+            0,
+            stdout,
+            usage.ru_utime + usage.ru_stime,
+        )

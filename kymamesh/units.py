@@ -6,12 +6,13 @@ count as equal: live objects are rarely spelled the way kymamesh spells them.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from kymamesh.cluster import parse_quantity
+from kymamesh.adapters.cluster import parse_quantity
 from kymamesh.errors import UsageError
 
 _HINT = "write e.g. 128Mi, 1Gi, 100m or 2"
@@ -40,10 +41,24 @@ def quantity(value: Any) -> Decimal:
 
 
 def same_quantity(a: Any, b: Any) -> bool:
+    if isinstance(a, str) and isinstance(b, str):
+        return _same_text_quantity(a, b)
     try:
         return quantity(a) == quantity(b)
     except UsageError:
         return str(a) == str(b)
+
+
+@functools.lru_cache(maxsize=1024)
+def _same_text_quantity(a: str, b: str) -> bool:
+    """`same_quantity` of two spellings, remembered: every sidecar of a cluster is compared
+    with the same few values."""
+    if a == b:
+        return True
+    try:
+        return quantity(a) == quantity(b)
+    except UsageError:
+        return False
 
 
 def normal_resources(resources: Any) -> dict[str, dict[str, Decimal | str]]:

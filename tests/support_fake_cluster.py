@@ -1,4 +1,4 @@
-"""The in-memory stand-in for `kymamesh.cluster.Cluster` that the unit tests share.
+"""The in-memory stand-in for `kymamesh.adapters.cluster.Cluster` that the unit tests share.
 
 It has the adapter's methods with the adapter's signatures and keeps objects by
 `Ref`. It behaves like an API server where the unit tests rely on it (each point
@@ -22,6 +22,8 @@ API by the cluster tests named there):
   Secret's `type` cannot change (422);
 - label selectors `k=v`, `k==v`, `k!=v`, `k`, `!k`; a selector it cannot read fails
   loudly instead of matching nothing;
+- `list_pages` gives `list`'s answer in pages; `remembered` computes every time (the
+  adapter remembers only within a snapshot, which the fake does not have);
 - the lock: `lock()` holds it for the `with` block, a second holder is refused
   (LockHeldError), `lose_lock()` makes every later write a LockLostError (the
   adapter's fence), and writes made while no lock is held are listed in
@@ -43,7 +45,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import ApiError, ConflictError, LockHeldError, LockLostError, NotFoundError
 from kymamesh.output import Progress, Result
@@ -300,6 +302,23 @@ class FakeCluster:
             if matches(obj["metadata"].get("labels") or {}):
                 found.append(self._as(api_version, obj))
         return found
+
+    def list_pages(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        limit: int = 500,
+    ) -> Iterator[list[Obj]]:
+        """`list`, `limit` objects at a time."""
+        found = self.list(api_version, kind, namespace, label_selector)
+        for start in range(0, len(found), limit):
+            yield found[start : start + limit]
+
+    def remembered(self, key: tuple[str, ...], compute: Callable[[], Any]) -> Any:
+        """No snapshot here: made every time, as the adapter does outside one."""
+        return compute()
 
     # -- writes --------------------------------------------------------------
 

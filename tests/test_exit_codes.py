@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from kymamesh import settings
-from kymamesh import status as mesh
 from kymamesh.errors import ExitCode, InsecureValuesError, KymameshError, PreconditionError
 from kymamesh.userfiles import MAX_FILE_BYTES
+from kymamesh.workflows import status as mesh
 from tests.test_input_errors import GOOD_KUBECONFIG, assert_refused, run_cli
 from tests.test_json_contract import assert_result_shape
 
@@ -155,6 +155,18 @@ def _nan_values(tmp: Path) -> list[str]:
 
 USAGE_CASES: dict[str, tuple[Any, str]] = {
     "--restart-batch 0 of promote": (["upgrade", "promote", "--restart-batch", "0"], "1"),
+    "--restart-batch 0% of patch": (
+        ["patch", "--restart-proxies", "--restart-batch", "0%"],
+        "'0%'",
+    ),
+    "--restart-batch 150% of rollback": (
+        ["upgrade", "rollback", "--restart-batch", "150%"],
+        "'150%'",
+    ),
+    "--restart-batch ten of install": (
+        ["install", "--restart-proxies", "--restart-batch", "ten"],
+        "'ten'",
+    ),
     "--repo ftp://": (["install", "--repo", "ftp://example.com/charts"], "ftp://"),
     "--repo without a host": (["upgrade", "finish", "--repo", "oci://"], "oci://"),
     "an empty namespace": (["inject-namespace", ""], "namespace name"),
@@ -251,7 +263,7 @@ def test_a_bug_in_a_status_check_is_not_reported_as_unhealthy(
 ) -> None:
     from kymamesh.context import Options, RunContext
     from kymamesh.output import Progress, Result
-    from kymamesh.patching import load_patch_list
+    from kymamesh.workflows.patching import load_patch_list
 
     ctx = RunContext(Options(), Result("status"), Progress(quiet=True))
     specs = load_patch_list({})[:1]

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import ApiError, ConflictError, LockHeldError, LockLostError, NotFoundError
 from tests.support_fake_cluster import FakeCluster
 
@@ -245,6 +245,20 @@ def test_label_selectors(api: tuple[Any, str]) -> None:
     assert names("app") == ["one", "two"]
     assert names("!app") == ["three"]
     assert names("app,!tier") == ["two"]
+
+
+def test_a_list_in_pages_gives_every_object_once(api: tuple[Any, str]) -> None:
+    cluster, ns = api
+    for i in range(7):
+        cm = configmap(ns, {}, f"page-{i}")
+        cm["metadata"]["labels"] = {"paged": "yes"}
+        cluster.create(cm)
+    pages = list(cluster.list_pages("v1", "ConfigMap", ns, label_selector="paged=yes", limit=3))
+    assert [len(p) for p in pages] == [3, 3, 1]
+    names = [o["metadata"]["name"] for page in pages for o in page]
+    assert sorted(names) == [f"page-{i}" for i in range(7)]
+    assert all(o["kind"] == "ConfigMap" for page in pages for o in page)
+    assert list(cluster.list_pages("example.com/v1", "NoSuchKind", ns)) == []
 
 
 # -- the fake alone ---------------------------------------------------------------------

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kymamesh import meshview
-from kymamesh.meshview import ABSENT, Difference, differences
+from kymamesh.istio import meshview
+from kymamesh.istio.meshview import ABSENT, Difference, differences
 
 
 def paths(written: dict[str, Any], running: dict[str, Any]) -> list[str]:
@@ -164,10 +164,11 @@ def test_camel() -> None:
 VIEW = b'{"enableAutoMtls": true, "rootNamespace": "istio-system"}'
 
 
-def _judge(written: dict[str, Any], said: str = "", age: float | None = 600.0) -> Any:
-    return meshview.judge(
-        "istio-system", "istiod-1", "default", "istio-system/istio", written, VIEW, said, age
-    )
+def _judge(
+    written: dict[str, Any], said: str = "", age: float | None = 600.0, surely: bool = True
+) -> Any:
+    where = ("istio-system", "istiod-1", "default", "istio-system/istio")
+    return meshview.judge(*where, written, VIEW, said, age, surely)
 
 
 def test_the_state_of_one_istiod_from_its_view_and_its_log() -> None:
@@ -219,3 +220,21 @@ def test_istiods_last_word_on_a_mesh_config_and_when_the_configmap_changed() -> 
     assert meshview.last_written({"metadata": {"creationTimestamp": "2026-12-05T09:00:00Z"}}) == (
         "2026-12-05T09:00:00Z"
     )
+
+
+def test_a_rejection_within_the_second_of_the_write_counts_only_with_a_difference() -> None:
+    """A ConfigMap's write time has whole seconds: a rejection logged within that second may
+    be of the config written just before (a bad one, then the good one put back). It counts
+    then only when istiod's view differs from the ConfigMap; a later one always counts."""
+    from datetime import UTC, datetime
+
+    changed = datetime(2026, 12, 5, 12, 39, 51, tzinfo=UTC)
+    warn = "\twarn\tinvalid mesh config, using last known state: json: cannot unmarshal number"
+    same_second = f"2026-12-05T12:39:51.417358Z{warn}\n"
+    later = f"2026-12-05T12:39:52.000001Z{warn}\n"
+    assert not meshview.said_after(same_second, changed)
+    assert meshview.said_after(later, changed)
+    assert meshview.said_after(f"no time here{warn}", changed)  # unknown: it counts
+    said = meshview.rejection(same_second)
+    assert _judge({"enableAutoMtls": True}, said=said, surely=False).state == meshview.APPLIED
+    assert _judge({"enableAutoMtls": 0.0}, said=said, surely=False).state == meshview.REJECTED_STATE

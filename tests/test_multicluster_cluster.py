@@ -4,23 +4,37 @@
   the real istiod reports as its own cluster (its /debug/clusterz), remembered, `status`.
 - ca create, install --ca: the cluster's intermediate of the mesh root in Secret cacerts
   before istiod starts, used by the real istiod; no private key in any output.
+- mesh join: refusals with zero writes on every cluster; two clusters on one network, each
+  real istiod watching the other through the remote secret kymamesh wrote; a re-run
+  writes nothing.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import ssl
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tests.conftest import TestCluster
-from tests.support_lifecycle import CHARTS, get, kymamesh
+from tests.conftest import TestCluster, _start
+from tests.support_lifecycle import CHARTS, ROOT, get, kymamesh
+
+# the joined clusters run Istio 1.31: an istiod before 1.30.4 drops a peer's Services when
+# the peer's remote secret changes, so `mesh rotate` refuses it
+CHARTS_131 = ROOT / "tests" / "fixtures" / "charts-1.31"
+pytestmark = pytest.mark.cluster  # the module's own clusters (`mesh`) too
 
 NS = "istio-system"
+EXEC_API = "client.authentication.k8s.io/v1"
 
 
 def istiod_debug(c: TestCluster, path: str) -> Any:
@@ -66,6 +80,7 @@ def test_install_gives_the_cluster_its_identity(fresh_cluster: Any) -> None:
         "clusterName": "east",
         "network": "net1",
         "trustDomain": "cluster.local",
+        "peers": [],
     }
     text = kymamesh(c, "status")
     assert "mesh: ID mesh1, cluster east, network net1, trust domain cluster.local" in text.stdout
@@ -163,3 +178,434 @@ def _no_key_in(output: str, key_pem: bytes) -> None:
     body = b"".join(line for line in key_pem.splitlines() if not line.startswith(b"-----"))
     assert body.decode() not in output.replace("\n", "")
     assert base64.b64encode(key_pem).decode() not in output
+
+
+# -- mesh join -------------------------------------------------------------------------------
+
+
+def install_member(
+    c: TestCluster, mesh_id: str, name: str, ca: Path, network: str = "net1"
+) -> None:
+    run = kymamesh(
+        c, "install", "--charts-dir", str(CHARTS_131), "-y", "--timeout", "300",
+        "--mesh-id", mesh_id, "--cluster-name", name, "--network", network, "--ca", str(ca),
+    )  # fmt: skip
+    assert run.code == 0, str(run)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two clusters, east and west, each installed into mesh1 (one network) with an
+    intermediate of one root."""
+    root = tmp_path_factory.mktemp("mesh-root") / "ca"
+    clusters = {"east": _start(tmp_path_factory.mktemp("east"))}
+    try:
+        clusters["west"] = _start(tmp_path_factory.mktemp("west"))
+        assert kymamesh(clusters["east"], "ca", "create", "--out", str(root)).code == 0
+        for name, c in clusters.items():
+            install_member(c, "mesh1", name, root)
+        yield {**clusters, "root": root}
+    finally:
+        for c in clusters.values():
+            c.down(keep=True)
+
+
+def join_args(*clusters: TestCluster) -> list[str]:
+    args = ["mesh", "join"]
+    for c in clusters:
+        args += ["--kubeconfig", str(c.kubeconfig)]
+    return args
+
+
+def test_join_refusals_write_nothing_on_any_cluster(
+    mesh: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`odd` is installed with another mesh ID, the name east and another root."""
+    east, west = mesh["east"], mesh["west"]
+    odd = _start(tmp_path_factory.mktemp("odd"))
+    try:
+        other = tmp_path_factory.mktemp("other-root") / "ca"
+        assert kymamesh(odd, "ca", "create", "--out", str(other)).code == 0
+        install_member(odd, "mesh2", "east", other)
+        _refusals(east, west, odd)
+    finally:
+        odd.down(keep=True)
+
+
+def _refusals(east: TestCluster, west: TestCluster, odd: TestCluster) -> None:
+    everyone = (east, west, odd)
+
+    def refused(*args: str) -> dict[str, Any]:
+        marks = [c.audit.mark() for c in everyone]
+        run = kymamesh(east, *args, "-o", "json")
+        for c, mark in zip(everyone, marks, strict=True):
+            writes = c.audit.writes_since(mark)
+            assert writes.total == 0, writes.describe()
+        assert run.code == 3, str(run)
+        return dict(run.doc["errors"][0])
+
+    # another mesh ID, the same cluster name twice, another root: each named
+    error = refused(*join_args(east, odd))
+    assert "the mesh IDs must be equal and set: east has mesh1, east has mesh2" in error["message"]
+    assert "cluster names must differ, but east is the name of" in error["message"]
+    assert (
+        "the roots of trust differ: the cacerts of east chain to another root" in (error["message"])
+    )
+    assert "--mesh-id" in error["hint"] and "--ca DIR" in error["hint"]
+
+    # an API server the peers cannot reach
+    error = refused(*join_args(east, west), "--api-server", "west=https://127.0.0.1:9")
+    assert "the API server of west at https://127.0.0.1:9 does not answer" in error["message"]
+    assert "--api-server NAME=URL" in error["hint"]
+
+    # someone's remote secret whose kubeconfig carries exec and a token file (istiod refuses it)
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "west", "cluster": {"server": west.server}}],
+        "contexts": [{"name": "west", "context": {"cluster": "west", "user": "west"}}],
+        "current-context": "west",
+        "users": [
+            {
+                "name": "west",
+                "user": {
+                    "exec": {
+                        "command": "cloud-auth",
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                    },
+                    "tokenFile": "/var/run/token",
+                },
+            }
+        ],
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "istio-remote-secret-west",
+            "namespace": NS,
+            "labels": {"istio/multiCluster": "true"},
+            "annotations": {"networking.istio.io/cluster": "west"},
+        },
+        "stringData": {"west": yaml.safe_dump(foreign)},
+    }
+    east.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    try:
+        error = refused(*join_args(east, west))
+        assert (
+            "east already has a remote secret for west, istio-system/istio-remote-secret-west, "
+            "that kymamesh did not make; its kubeconfig carries users.exec, users.tokenFile"
+        ) in error["message"]
+    finally:
+        east.kubectl("delete", "secret", "istio-remote-secret-west", "-n", NS)
+
+    # bad command lines: exit 2
+    one = kymamesh(east, *join_args(east), "-o", "json")
+    assert one.code == 2 and "at least 2 clusters" in one.doc["errors"][0]["message"]
+    bad = kymamesh(east, *join_args(east, west), "--api-server", "west", "-o", "json")
+    assert bad.code == 2 and "is not NAME=https://" in bad.doc["errors"][0]["message"]
+
+
+def test_join_two_clusters_on_one_network(mesh: dict[str, Any]) -> None:
+    east, west = mesh["east"], mesh["west"]
+    # a Service that exists only in east
+    east.create_namespace("shop")
+    east.kubectl("create", "service", "clusterip", "cart", "--tcp=8080:8080", "-n", "shop")
+
+    dry = kymamesh(east, *join_args(east, west), "--dry-run", "-o", "json")
+    assert dry.code == 0, str(dry)
+    writes = {i["name"]: i for p in dry.doc["phases"] if p["name"] == "writes" for i in p["items"]}
+    assert set(writes) == {"east reads west", "west reads east"}
+    assert all(i["outcome"] == "would-change" for i in writes.values())
+
+    run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "120")
+    assert run.code == 0, str(run)
+    assert run.doc["data"]["verified"]["east"]["synced"] == ["west"]
+
+    for here, peer in ((east, "west"), (west, "east")):
+        # the real istiod lists the peer synced, through the remote secret kymamesh wrote
+        clusters = {e["id"]: e for e in istiod_debug(here, "/debug/clusterz")}
+        assert clusters[peer]["syncStatus"] == "synced", clusters
+        assert clusters[peer]["secretName"] == f"{NS}/istio-remote-secret-{peer}"
+        secret = get(here, "secret", f"istio-remote-secret-{peer}", "-n", NS)
+        assert secret is not None
+        assert secret["metadata"]["labels"]["istio/multiCluster"] == "true"
+        assert secret["metadata"]["annotations"]["networking.istio.io/cluster"] == peer
+        (key,) = secret["data"]
+        assert key == peer
+        kubeconfig = yaml.safe_load(base64.b64decode(secret["data"][peer]))
+        (user,) = kubeconfig["users"]
+        assert set(user["user"]) == {"token"}  # never the admin's client certificate
+        (entry,) = kubeconfig["clusters"]
+        assert set(entry["cluster"]) == {"server", "certificate-authority-data"}
+        peer_cluster = east if peer == "east" else west
+        assert entry["cluster"]["server"] == peer_cluster.server
+        # the token is of the reader account kymamesh made in the peer, bound to the reader role
+        reader = f"kymamesh-reader-{here_name(here, east)}"
+        binding = get(peer_cluster, "clusterrolebinding", reader)
+        assert binding is not None
+        assert binding["roleRef"]["name"] == f"istio-reader-clusterrole-{NS}"
+        run_as = peer_cluster.kubectl(
+            "auth", "can-i", "create", "secrets", "-n", NS,
+            f"--as=system:serviceaccount:{NS}:{reader}",
+            check=False,
+        )  # fmt: skip
+        assert run_as.stdout.strip() == "no"
+
+    # west's istiod knows east's Service `cart`, with east's address
+    def cart_in_west() -> dict[str, Any] | None:
+        services = istiod_debug(west, "/debug/registryz")
+        return next((s for s in services if s["hostname"] == "cart.shop.svc.cluster.local"), None)
+
+    cart = TestCluster.wait_for(cart_in_west, 60, "cart.shop in west's registry")
+    east_ip = json.loads(east.kubectl("get", "svc", "cart", "-n", "shop", "-o", "json").stdout)
+    assert cart["clusterVIPs"]["Addresses"] == {"east": [east_ip["spec"]["clusterIP"]]}
+
+    # a re-run writes nothing on either cluster
+    marks = [east.audit.mark(), west.audit.mark()]
+    again = kymamesh(east, *join_args(east, west), "-o", "json")
+    assert again.code == 0 and again.doc["changed"] is False, str(again)
+    for c, mark in zip((east, west), marks, strict=True):
+        writes = c.audit.writes_since(mark)
+        assert writes.total == 0, writes.describe()
+
+
+def here_name(c: TestCluster, east: TestCluster) -> str:
+    return "east" if c is east else "west"
+
+
+def _api_get(server: str, path: str, token: str, ca_pem: bytes) -> int:
+    """The HTTP status of GET `path` on an API server with a bearer token."""
+    context = ssl.create_default_context(cadata=ca_pem.decode())
+    request = urllib.request.Request(server + path, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _reader_token(c: TestCluster, peer: str) -> tuple[str, str, bytes]:
+    secret = get(c, "secret", f"istio-remote-secret-{peer}", "-n", NS)
+    assert secret is not None
+    kubeconfig = yaml.safe_load(base64.b64decode(secret["data"][peer]))
+    cluster = kubeconfig["clusters"][0]["cluster"]
+    return (
+        kubeconfig["users"][0]["user"]["token"],
+        cluster["server"],
+        base64.b64decode(cluster["certificate-authority-data"]),
+    )
+
+
+def _join_objects(c: TestCluster) -> list[str]:
+    """Everything of a join in one cluster: remote secrets, reader accounts, bindings, token
+    Secrets."""
+    found = []
+    for kind, extra in (
+        ("secret", ["-n", NS, "-l", "istio/multiCluster=true"]),
+        ("secret", ["-n", NS, "-l", "kymamesh.io/reader-for"]),
+        ("serviceaccount", ["-n", NS, "-l", "kymamesh.io/reader-for"]),
+        ("clusterrolebinding", ["-l", "kymamesh.io/reader-for"]),
+    ):
+        doc = get(c, kind, *extra) or {"items": []}
+        found += [f"{kind}/{i['metadata']['name']}" for i in doc["items"]]
+    return sorted(found)
+
+
+def test_status_rotate_uninstall_refusal_and_leave(mesh: dict[str, Any]) -> None:
+    east, west = mesh["east"], mesh["west"]
+    everyone = join_args(east, west)[2:]
+
+    status = kymamesh(east, "mesh", "status", *everyone, "-o", "json")
+    assert status.code == 0, str(status)
+    (east_view,) = [c for c in status.doc["data"]["clusters"] if c["name"] == "east"]
+    (peer,) = east_view["peers"]
+    assert (peer["cluster"], peer["syncStatus"], peer["byKymamesh"]) == ("west", "synced", True)
+    plain = kymamesh(east, "status", "-o", "json")
+    assert [p["cluster"] for p in plain.doc["data"]["multicluster"]["peers"]] == ["west"]
+
+    # uninstall on a joined cluster: refused, naming the peer; nothing written
+    with east.audit.counting() as writes:
+        refused = kymamesh(east, "uninstall", "-y", "-o", "json")
+    assert refused.code == 3, str(refused)
+    assert "joined in a mesh with west" in refused.doc["errors"][0]["message"]
+    assert "mesh leave" in refused.doc["errors"][0]["hint"]
+    assert writes.total == 0, writes.describe()
+
+    # rotate: new tokens, peers synced on them, old tokens rejected by the API servers
+    old_token, server, ca = _reader_token(east, "west")
+    assert _api_get(server, f"/api/v1/namespaces/{NS}/services", old_token, ca) == 200
+    rotated = kymamesh(east, "mesh", "rotate", *everyone, "-o", "json", "--timeout", "120")
+    assert rotated.code == 0, str(rotated)
+    new_token, _, _ = _reader_token(east, "west")
+    assert new_token != old_token
+    # revoked: its Secret is gone; the API server may take a few seconds (its token cache)
+    east.wait_for(
+        lambda: _api_get(server, f"/api/v1/namespaces/{NS}/services", old_token, ca) == 401,
+        30,
+        "the old reader token refused",
+    )
+    assert _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 200
+    assert _api_get(server, f"/api/v1/namespaces/{NS}/secrets", new_token, ca) == 200
+    for here, other in ((east, "west"), (west, "east")):
+        clusters = {e["id"]: e["syncStatus"] for e in istiod_debug(here, "/debug/clusterz")}
+        assert clusters[other] == "synced", clusters
+    after = kymamesh(east, "mesh", "status", *everyone, "-o", "json")
+    assert after.code == 0, str(after)
+
+    # leave: east goes; nothing of the join is left on either side
+    dry = kymamesh(east, "mesh", "leave", *everyone, "--dry-run", "-o", "json")
+    assert dry.code == 0, str(dry)
+    assert _join_objects(east) and _join_objects(west)
+    left = kymamesh(east, "mesh", "leave", *everyone, "-o", "json", "--timeout", "120")
+    assert left.code == 0, str(left)
+    assert _join_objects(east) == [] and _join_objects(west) == []
+    assert [e["id"] for e in istiod_debug(west, "/debug/clusterz")] == ["west"]
+    assert [e["id"] for e in istiod_debug(east, "/debug/clusterz")] == ["east"]
+    # the token's Secret is gone: refused once the API server's token cache lets go of it
+    # (until then the deleted binding already refuses it: 403)
+    east.wait_for(
+        lambda: _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 401,
+        30,
+        "the reader token refused after leave",
+    )
+    with east.audit.counting() as east_writes, west.audit.counting() as west_writes:
+        again = kymamesh(east, "mesh", "leave", *everyone, "-o", "json")
+    assert again.code == 0 and again.doc["changed"] is False, str(again)
+    assert east_writes.total == 0 and west_writes.total == 0
+    status = kymamesh(east, "mesh", "status", *everyone, "-o", "json")
+    assert status.code == 7
+    assert "east has no remote secret for west: not joined" in status.doc["data"]["problems"]
+
+
+def east_west_service(network: str) -> dict[str, Any]:
+    """The east-west gateway's Service as Istio's gateway chart makes it with
+    name=istio-eastwestgateway and networkGateway=NETWORK (the stand-in gateway chart has no
+    networkGateway, so the test makes the Service itself)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "istio-eastwestgateway",
+            "namespace": NS,
+            "labels": {"istio": "eastwestgateway", "topology.istio.io/network": network},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"istio": "eastwestgateway"},
+            "ports": [
+                {"name": "status-port", "port": 15021, "targetPort": 15021},
+                {"name": "tls", "port": 15443, "targetPort": 15443},
+                {"name": "tls-istiod", "port": 15012, "targetPort": 15012},
+                {"name": "tls-webhook", "port": 15017, "targetPort": 15017},
+            ],
+        },
+    }
+
+
+def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
+    east, west = mesh["east"], mesh["west"]
+    install_member(west, "mesh1", "west", mesh["root"], network="net2")
+    if get(east, "service", "cart", "-n", "shop") is None:  # made by the one-network test
+        east.create_namespace("shop")
+        east.kubectl("create", "service", "clusterip", "cart", "--tcp=8080:8080", "-n", "shop")
+    addresses = {"east": "203.0.113.10", "west": "203.0.113.20"}
+    try:
+        for c, net in ((east, "net1"), (west, "net2")):
+            c.kubectl("apply", "-f", "-", input=json.dumps(east_west_service(net)))
+        # no load balancer here: refused, naming each cluster and why; nothing written
+        marks = [east.audit.mark(), west.audit.mark()]
+        refused = kymamesh(east, *join_args(east, west), "-o", "json")
+        assert refused.code == 3, str(refused)
+        message = refused.doc["errors"][0]["message"]
+        assert "east (network net1): its east-west gateway Service istio-system/" in message
+        assert "has no address yet" in message and "west (network net2)" in message
+        for c, mark in zip((east, west), marks, strict=True):
+            assert c.audit.writes_since(mark).total == 0
+
+        # the address a cloud's load balancer controller would give (set by the test)
+        for c, name in ((east, "east"), (west, "west")):
+            status = {"status": {"loadBalancer": {"ingress": [{"ip": addresses[name]}]}}}
+            c.kubectl(
+                "patch", "service", "istio-eastwestgateway", "-n", NS, "--subresource=status",
+                "--type=merge", "-p", json.dumps(status),
+            )  # fmt: skip
+        run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "180")
+        assert run.code == 0, str(run)
+        for here, peer in ((east, "west"), (west, "east")):
+            gateway = get(here, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS)
+            assert gateway is not None
+            (server,) = gateway["spec"]["servers"]
+            assert server["port"]["number"] == 15443
+            assert server["tls"]["mode"] == "AUTO_PASSTHROUGH"
+            assert server["hosts"] == ["*.local"]
+            assert gateway["spec"]["selector"] == {"istio": "eastwestgateway"}
+            # the real istiod knows the peer's network gateway at the peer's address
+            seen = {(g["Cluster"], g["Network"], g["Addr"], g["Port"])
+                    for g in istiod_debug(here, "/debug/networkz")}  # fmt: skip
+            net = "net1" if peer == "east" else "net2"
+            assert (peer, net, addresses[peer], 15443) in seen, seen
+
+        # east's Service, in west's registry
+        def cart_in_west() -> dict[str, Any] | None:
+            services = istiod_debug(west, "/debug/registryz")
+            host = "cart.shop.svc.cluster.local"
+            return next((s for s in services if s["hostname"] == host), None)
+
+        cart = TestCluster.wait_for(cart_in_west, 60, "cart.shop in west's registry")
+        assert list(cart["clusterVIPs"]["Addresses"]) == ["east"]
+        with east.audit.counting() as ew, west.audit.counting() as ww:
+            again = kymamesh(east, *join_args(east, west), "-o", "json")
+        assert again.code == 0 and again.doc["changed"] is False, str(again)
+        assert ew.total == 0 and ww.total == 0
+
+        left = kymamesh(east, "mesh", "leave", *join_args(east, west)[2:], "-o", "json")
+        assert left.code == 0, str(left)
+        assert _join_objects(east) == [] and _join_objects(west) == []
+        for c in (east, west):
+            assert get(c, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS) is None
+    finally:
+        for c in (east, west):
+            c.kubectl("delete", "service", "istio-eastwestgateway", "-n", NS, check=False)
+        install_member(west, "mesh1", "west", mesh["root"], network="net1")
+
+
+def test_three_clusters_then_a_fourth(
+    mesh: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Three clusters join; then a fourth joins, and only what concerns it is written."""
+    east, west = mesh["east"], mesh["west"]
+    extra = {"north": _start(tmp_path_factory.mktemp("north"))}
+    try:
+        extra["south"] = _start(tmp_path_factory.mktemp("south"))
+        for name, c in extra.items():
+            install_member(c, "mesh1", name, mesh["root"])
+        three = (east, west, extra["north"])
+        run = kymamesh(east, *join_args(*three), "-o", "json", "--timeout", "180")
+        assert run.code == 0, str(run)
+        assert sorted(run.doc["data"]["verified"]["north"]["synced"]) == ["east", "west"]
+
+        four = (*three, extra["south"])
+        marks = [c.audit.mark() for c in four]
+        run = kymamesh(east, *join_args(*four), "-o", "json", "--timeout", "180")
+        assert run.code == 0, str(run)
+        assert sorted(run.doc["data"]["verified"]["south"]["synced"]) == ["east", "north", "west"]
+        for c, mark in zip(four, marks, strict=True):
+            writes = c.audit.writes_since(mark, user_agent_prefix="kymamesh")
+            # the lock's Lease aside
+            events = [e for e in writes.events if e["objectRef"].get("resource") != "leases"]
+            names = [e["objectRef"].get("name", "") for e in events]
+            if c is extra["south"]:  # for each of its 3 peers: 4 objects and a token
+                assert len(events) == 15, writes.describe()
+            else:  # the account, binding, token Secret and token for south; south's secret
+                assert len(events) == 5, writes.describe()
+                assert all("south" in n for n in names), names
+        for c, name in zip(four, ("east", "west", "north", "south"), strict=True):
+            clusters = {e["id"]: e["syncStatus"] for e in istiod_debug(c, "/debug/clusterz")}
+            assert clusters == dict.fromkeys(("east", "west", "north", "south"), "synced"), (
+                name,
+                clusters,
+            )
+    finally:
+        for c in extra.values():
+            c.down(keep=True)

@@ -1,5 +1,6 @@
-"""Sidecar analysis (kymamesh/sidecars.py) and step `restart-proxies`: which workloads run
-out-of-date sidecars, listing them without writing, restarting them on request.
+"""Sidecar analysis (kymamesh/istio/sidecars.py), rollouts (kymamesh/workloads/rollouts.py) and the
+restarts (kymamesh/workloads/restarts.py, step `restart-proxies`): which workloads run out-of-date
+sidecars, listing them without writing, restarting them on request.
 
 Pure functions over Pod dicts, the step on an in-memory cluster, and one test on the
 test cluster (Pods with an `istio-proxy` container made by hand, in a namespace outside the
@@ -15,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from kymamesh import errors, patching
-from kymamesh.cluster import Ref
-from kymamesh.sidecars import (
-    RESTARTED_AT,
+from kymamesh import errors
+from kymamesh.adapters.cluster import Ref
+from kymamesh.istio.sidecars import (
     OutdatedWorkload,
     Workload,
     has_sidecar,
@@ -26,23 +26,30 @@ from kymamesh.sidecars import (
     injector_proxy_image,
     injector_proxy_resources,
     istiod_revisions,
-    on_delete,
-    opted_out,
     outdated_reasons,
     outdated_workloads,
     owner_workload,
     proxy_version,
     resource_differences,
+    sidecar_coverage,
+    wanted_resources,
+)
+from kymamesh.istio.versions import Version
+from kymamesh.workflows import patching
+from kymamesh.workloads.restarts import (
+    RestartOptions,
+    opted_out,
     restart_batches,
+    restart_options,
+    what_to_do,
+)
+from kymamesh.workloads.rollouts import (
+    RESTARTED_AT,
+    on_delete,
     restart_pending,
     rollout_pending,
     rollout_unfinished,
-    sidecar_coverage,
-    wanted_resources,
-    what_to_do,
 )
-from kymamesh.steps.proxies import RestartOptions, restart_options
-from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster, run_context
 
 V130 = Version(1, 30, 3)
@@ -423,7 +430,7 @@ def test_step_restarts_only_once_the_injector_gives_the_current_sidecar(
 
     cluster.admit = admit
     slept: list[float] = []
-    monkeypatch.setattr("kymamesh.steps.proxies.time.sleep", slept.append)
+    monkeypatch.setattr("kymamesh.waits.time.sleep", slept.append)
     ctx = run_context(cluster)
     patching.run_patch(ctx, proxies_spec(True))
     assert ctx.result.phases[0].items[0].outcome == "changed"
@@ -994,7 +1001,7 @@ def test_a_quota_refusal_is_an_api_refusal_not_missing_rights() -> None:
     """A ResourceQuota refuses with 403 like RBAC does; the adapter tells them apart."""
     from kubernetes.client.exceptions import ApiException
 
-    from kymamesh.cluster import Cluster
+    from kymamesh.adapters.cluster import Cluster
 
     adapter = object.__new__(Cluster)
     quota = ApiException(status=403, reason="Forbidden")
@@ -1059,3 +1066,203 @@ def test_the_injector_image_comes_from_hub_or_a_full_proxy_image() -> None:
     assert image_repository("localhost:5000/istio/proxyv2:1.30.3-distroless") == (
         "localhost:5000/istio/proxyv2"
     )
+
+
+# -- what a plan costs: requests that do not grow with the workloads ----------------------
+
+
+class _Counting:
+    """The fake cluster, counting its reads and dry-run creates."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.cluster, name)
+        if name in ("get", "list", "dry_run_create"):
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                self.calls.append(name)
+                return found(*args, **kwargs)
+
+            return counted
+        if name == "list_pages":  # a list, one request per page
+
+            def pages(*args: Any, **kwargs: Any) -> Any:
+                for page in found(*args, **kwargs):
+                    self.calls.append("list")
+                    yield page
+
+            return pages
+        return found
+
+
+def _many_outdated(
+    count: int, annotate: int = 0, namespaces: tuple[str, ...] = ("a", "b", "c")
+) -> FakeCluster:
+    """The mesh with `count` outdated Deployments over `namespaces`; the first `annotate`
+    of them ask for their own sidecar memory (another template shape)."""
+    cluster = mesh_with_old_sidecar()
+    for ns in namespaces:
+        cluster.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    for i in range(count):
+        ns = namespaces[i % len(namespaces)]
+        deployment = _deployment(ns, f"w{i:03d}")
+        if i < annotate:
+            deployment["spec"]["template"]["metadata"]["annotations"] = {
+                "sidecar.istio.io/proxyMemory": "256Mi"
+            }
+        cluster.add(deployment)
+        _old_pod_of(cluster, ns, f"w{i:03d}")
+    return cluster
+
+
+@pytest.mark.parametrize("count", [30, 300])
+def test_a_plan_reads_each_kind_once_and_asks_the_injector_once_per_shape(count: int) -> None:
+    from kymamesh.workloads.restarts import plan_restarts
+
+    spread = ("a", "b", "c", "d", "e", "f")
+    counting = _Counting(_many_outdated(count, namespaces=spread))
+    options = restart_options({"restart": True})
+    plan = plan_restarts(counting, "istio-system", options)  # type: ignore[arg-type]
+    assert len(plan.changes) == count + 1  # and Deployment shop/app
+    # one list each of istiod, Pods, ReplicaSets, Deployments, Namespaces; two ConfigMaps
+    # of the one revision and its mesh config for the root namespace; one dry-run Pod per
+    # namespace (the shape includes it)
+    assert counting.calls.count("list") == 5, counting.calls
+    assert counting.calls.count("get") == 3, counting.calls
+    assert counting.calls.count("dry_run_create") == len(spread) + 1, counting.calls
+
+
+def test_a_few_workloads_are_read_one_by_one_and_a_crowded_namespace_with_a_list() -> None:
+    from kymamesh.workloads.restarts import workload_ref
+    from kymamesh.workloads.rollouts import read_workloads
+
+    cluster = _many_outdated(7, namespaces=("a", "b", "b", "b", "b", "b", "b"))
+    counting = _Counting(cluster)
+    refs = [workload_ref(Workload("Deployment", ns, f"w{i:03d}")) for i, ns in enumerate("abbbbbb")]
+    gone = workload_ref(Workload("Deployment", "b", "gone"))
+    found = read_workloads(counting, [*refs, gone])  # type: ignore[arg-type]
+    assert sorted(counting.calls) == ["get", "list"]  # a: one Deployment; b: seven, a list
+    assert found[gone] is None and all(found[r] is not None for r in refs)
+
+
+def test_workloads_of_another_template_shape_get_a_dry_run_pod_of_their_own() -> None:
+    from kymamesh.workloads.restarts import plan_restarts
+
+    counting = _Counting(_many_outdated(30, annotate=3))  # w000, w001, w002: a, b, c
+    options = restart_options({"restart": True})
+    plan_restarts(counting, "istio-system", options)  # type: ignore[arg-type]
+    assert counting.calls.count("dry_run_create") == 4 + 3, counting.calls
+
+
+def test_a_restart_waits_for_the_injector_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kymamesh.workloads.restarts import plan_restarts
+
+    cluster = _many_outdated(30)
+    counting = _Counting(cluster)
+    monkeypatch.setattr("kymamesh.waits.time.sleep", lambda s: None)
+    options = restart_options({"restart": True})
+    plan = plan_restarts(counting, "istio-system", options)  # type: ignore[arg-type]
+    counting.calls.clear()
+    for change in plan.changes:
+        change.apply(counting)  # type: ignore[arg-type]
+    # asked again before the first restart of each shape (4 namespaces), then known current;
+    # each batch of 10 (one namespace each) waited for with one list of its Deployments,
+    # the last one (shop/app alone) with one read
+    assert counting.calls.count("dry_run_create") == 4, counting.calls
+    assert counting.calls.count("list") == 3 and counting.calls.count("get") == 1, counting.calls
+    patched = [w for w in cluster.writes if w.startswith("patch")]
+    assert len(patched) == 31
+    again = plan_restarts(cluster, "istio-system", options)
+    assert again.changes == []  # every restart is under way now
+
+
+def test_the_template_shape_keeps_what_the_injector_reads() -> None:
+    from kymamesh.workloads.restarts import template_shape
+
+    def workload(labels: dict[str, str], annotations: dict[str, str], ns: str = "a") -> Any:
+        return {
+            "metadata": {"name": "x", "namespace": ns},
+            "spec": {
+                "template": {
+                    "metadata": {"labels": labels, "annotations": annotations},
+                    "spec": {"containers": [{"name": "app", "image": "shop:1"}]},
+                }
+            },
+        }
+
+    base = template_shape(workload({"app": "x"}, {"checksum/config": "1"}))
+    assert base == template_shape(workload({"app": "y"}, {"checksum/config": "2"}))
+    assert base != template_shape(workload({"app": "x"}, {}, ns="b"))
+    assert base != template_shape(workload({"istio.io/rev": "canary"}, {}))
+    assert base != template_shape(workload({}, {"sidecar.istio.io/proxyCPU": "1"}))
+    assert base != template_shape(workload({}, {"proxy.istio.io/config": "{}"}))
+    assert base != template_shape(workload({}, {"prometheus.io/scrape": "false"}))
+    # a label the injector's neverInjectSelector reads
+    keyed = frozenset({"team"})
+    assert template_shape(workload({"team": "a"}, {}), keyed) != template_shape(
+        workload({"team": "b"}, {}), keyed
+    )
+
+
+def test_the_injector_selectors_label_keys_are_read_from_its_config() -> None:
+    from kymamesh.istio.sidecars import selector_label_keys
+
+    config = (
+        "policy: disabled\nneverInjectSelector:\n- matchExpressions:\n"
+        "  - {key: openshift.io/build.name, operator: Exists}\n"
+        "alwaysInjectSelector:\n- matchLabels: {team: core}\n"
+    )
+    assert selector_label_keys({"data": {"config": config}}) == {
+        "openshift.io/build.name",
+        "team",
+    }
+    assert selector_label_keys({"data": {"config": "policy: enabled\n"}}) == set()
+    assert selector_label_keys(None) == set()
+
+
+@pytest.mark.parametrize(
+    ("batch", "total", "size"),
+    [(10, 1000, 10), ("10%", 1000, 100), ("10%", 5, 1), ("25%", 10, 3), ("100%", 7, 7)],
+)
+def test_a_batch_is_a_number_or_a_share_of_the_restarts(batch: Any, total: int, size: int) -> None:
+    assert restart_options({"batchSize": batch}).batch_of(total) == size
+
+
+@pytest.mark.parametrize("batch", ["0%", "101%", "10", "%", "ten%", "-5%"])
+def test_a_bad_share_is_refused_naming_it(batch: str) -> None:
+    with pytest.raises(errors.UsageError) as err:
+        restart_options({"batchSize": batch})
+    assert repr(batch) in err.value.message
+
+
+def test_a_restart_in_batches_of_a_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = _many_outdated(19)  # and shop/app: 20 workloads
+    ctx = run_context(cluster)
+    specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": "25%"}})
+    patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    item = ctx.result.phases[0].items[0]
+    assert item.outcome == "changed", item
+    assert len(item.changes) == 20
+    assert sum("batch 1/4" in c for c in item.changes) == 5
+    assert "batch 4/4" in item.changes[-1]
+
+
+def test_a_deployment_whose_new_pods_are_refused_says_why() -> None:
+    status = {
+        "observedGeneration": 2,
+        "replicas": 1,
+        "updatedReplicas": 0,
+        "conditions": [
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": 'pods "x" is forbidden: exceeded quota',
+            }
+        ],
+    }
+    found = rollout_unfinished("Deployment", _rollout("Deployment", {"replicas": 1}, status))
+    assert found == '0 of 1 replicas updated; FailedCreate: pods "x" is forbidden: exceeded quota'

@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from kymamesh import inventory as inv
-from kymamesh import status as mesh
-from kymamesh import uninstall
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
+from kymamesh.adapters.helm import ATTEMPT_LABEL
 from kymamesh.errors import ExitCode, PreconditionError
-from kymamesh.helm import ATTEMPT_LABEL
-from kymamesh.versions import Version
+from kymamesh.istio import inventory as inv
+from kymamesh.istio.versions import Version
+from kymamesh.workflows import status as mesh
+from kymamesh.workflows import uninstall
 from tests.support_inventory import FakeCluster, FakeHelm, context, crd, istiod, obj, release
 
 KYMAMESH = {"app.kubernetes.io/managed-by": "kymamesh"}
@@ -582,8 +582,8 @@ def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() ->
 
 
 def _outdated_rows() -> list[dict[str, object]]:
-    from kymamesh.sidecars import OutdatedWorkload, Workload
-    from kymamesh.steps.proxies import RestartPlan
+    from kymamesh.istio.sidecars import OutdatedWorkload, Workload
+    from kymamesh.workloads.restarts import RestartPlan
 
     entry = OutdatedWorkload(
         Workload("Deployment", "demo", "cart"),
@@ -641,3 +641,54 @@ def test_advice_names_a_newer_patch_an_unsupported_minor_and_helm_3() -> None:
     assert advice[2].startswith("Helm 3 is in use; its security fixes end 2027-02-10")
     assert len(advice) == 3  # the newest 1.31 patch needs no advice
     assert mesh.currency_advice(found[1:2], helm_major=4) == []
+
+
+def test_a_pod_is_cut_to_what_kymamesh_reads_of_it() -> None:
+    from kymamesh.istio.sidecars import outdated_reasons, slim_pod
+
+    proxy = {
+        "name": "istio-proxy",
+        "image": "docker.io/istio/proxyv2:1.29.4",
+        "resources": {"limits": {"memory": "1Gi"}},
+        "env": [{"name": "PROXY_CONFIG", "value": "{}"}],
+        "volumeMounts": [{"name": "istio-envoy", "mountPath": "/etc/istio/proxy"}],
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "a",
+            "namespace": "shop",
+            "labels": {"app": "a"},
+            "annotations": {
+                "sidecar.istio.io/status": "{}",
+                "kubectl.kubernetes.io/last-applied-configuration": "{...}" * 100,
+            },
+            "ownerReferences": [{"kind": "ReplicaSet", "name": "a-1", "controller": True}],
+            "managedFields": [{"manager": "kubectl"}] * 10,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+        },
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "shop:1", "env": [{"name": "X", "value": "y"}]},
+                proxy,
+            ],
+            "volumes": [{"name": "istio-envoy", "emptyDir": {}}],
+        },
+        "status": {"phase": "Running", "conditions": [{"type": "Ready"}], "podIP": "10.0.0.1"},
+    }
+    slim = slim_pod(pod)
+    assert "managedFields" not in slim["metadata"]
+    assert list(slim["metadata"]["annotations"]) == ["sidecar.istio.io/status"]
+    assert slim["metadata"]["ownerReferences"] == pod["metadata"]["ownerReferences"]
+    assert slim["spec"] == {
+        "containers": [
+            {"name": "app", "image": "shop:1"},
+            {k: v for k, v in proxy.items() if k != "volumeMounts"},
+        ]
+    }
+    assert slim["status"] == {"phase": "Running"}
+    # the same judgement as on the whole Pod
+    versions = {"default": Version(1, 30, 3)}
+    resources = {"default": {"limits": {"memory": "2Gi"}}}
+    assert outdated_reasons(slim, versions, resources) == outdated_reasons(pod, versions, resources)

@@ -1,4 +1,5 @@
-"""The default revision tag and which revision injects a Pod (kymamesh.tags): pure logic."""
+"""The default revision tag (kymamesh.istio.tags) and which revision injects a Pod
+(kymamesh.istio.revisions): pure logic."""
 
 from __future__ import annotations
 
@@ -7,22 +8,21 @@ from typing import Any
 
 import pytest
 
-from kymamesh.tags import (
+from kymamesh.istio.revisions import injecting_revision, moved_pods
+from kymamesh.istio.tags import (
     NEVER_MATCH,
     TagSource,
     all_deactivated,
     deactivated_webhooks,
-    injecting_revision,
     injector_webhook_name,
     istiod_release_name,
-    moved_pods,
     revision_name,
     tag_differences,
     tag_revision,
     tag_webhook_name,
     wanted_tag,
 )
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 
 
 def _hook(name: str, service: str = "istiod-1-30-3") -> dict[str, Any]:
@@ -175,17 +175,17 @@ def test_moved_pods_are_those_a_new_pod_would_not_match() -> None:
     assert sorted(p["metadata"]["name"] for p, _, _ in back) == ["b"]
 
 
-# -- the canary state and restarts under way (kymamesh.canary, pure parts) -----------------
+# -- the canary state and restarts under way (kymamesh.workflows.canary, pure parts) ---------
 
 
 def _plane(revision: str) -> Any:
-    from kymamesh.controlplane import ControlPlane
+    from kymamesh.istio.controlplane import ControlPlane
 
     return ControlPlane.named("istio-system", revision)
 
 
 def test_canary_phases_follow_the_tag() -> None:
-    from kymamesh.canary import CanaryState
+    from kymamesh.workflows.canary import CanaryState
 
     old = _injector("default", "istiod")
     tag = wanted_tag(TagSource("1-30-3", "istio-system", _injector("1-30-3", "x")), {})
@@ -220,3 +220,22 @@ def test_canary_phases_follow_the_tag() -> None:
     assert state(canary=None).lines() == []  # nothing to show without a canary or a tag
     lost = state(tag=tag, canary=None)  # its istiod removed by hand
     assert "points at revision 1-30-3, which has no istiod" in lost.problems()[0]
+
+
+def test_one_parser_of_a_sidecars_revision() -> None:
+    """The injector's status annotation names the revision; without it in there, the Pod's
+    istio.io/rev label (which Istio's templates set to the injecting revision)."""
+    from kymamesh.istio.revisions import sidecar_revision
+
+    def pod(status: str | None, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        annotations = {} if status is None else {"sidecar.istio.io/status": status}
+        return {"metadata": {"annotations": annotations, "labels": labels or {}}}
+
+    canary = {"istio.io/rev": "canary"}
+    assert sidecar_revision(pod(None, canary)) is None  # no sidecar the injector put there
+    assert sidecar_revision(pod('{"revision": "1-30-3"}', canary)) == "1-30-3"
+    assert sidecar_revision(pod('{"revision": ""}', canary)) == "canary"
+    assert sidecar_revision(pod("not json", canary)) == "canary"
+    assert sidecar_revision(pod("[1]", canary)) == "canary"
+    assert sidecar_revision(pod("{}")) == "default"
+    assert sidecar_revision(pod("")) == "default"

@@ -95,6 +95,21 @@ def test_take_over_a_module_shaped_istio(fresh_cluster: Any) -> None:
     assert "--take-over" in run.stderr, str(run)
     assert c.audit.writes_since(mark, include_dry_run=False).total == 0
 
+    # an object another Helm release owns is not taken from it: refused, nothing written
+    c.kubectl(
+        "annotate", "service", "istio-ingressgateway", "-n", NAMESPACE,
+        "meta.helm.sh/release-name=someone-else",
+    )  # fmt: skip
+    mark = c.audit.mark()
+    run = kymamesh(c, "install", "--charts-dir", str(CHARTS), "--take-over", "-y")
+    assert run.code == 3, str(run)
+    assert "Service/istio-system/istio-ingressgateway (Helm release someone-else" in run.stderr
+    assert c.audit.writes_since(mark, include_dry_run=False).total == 0
+    c.kubectl(
+        "annotate", "service", "istio-ingressgateway", "-n", NAMESPACE,
+        "meta.helm.sh/release-name-",
+    )  # fmt: skip
+
     # Helm 3 merges client-side: refused, nothing written
     mark = c.audit.mark()
     run = kymamesh(
@@ -168,6 +183,15 @@ def test_take_over_a_module_shaped_istio(fresh_cluster: Any) -> None:
         assert run.code == 0, str(run)
         writes = c.audit.writes_since(mark, include_dry_run=False)
         assert writes.total == 0, writes.describe()
+
+    # the probes do see a gap when there is one: with istiod scaled to zero, neither answers
+    c.kubectl("scale", "deployment", "istiod", "-n", NAMESPACE, "--replicas=0")
+    api = c.api()
+    c.wait_for(
+        lambda: not validator_answers(api)[0] and not injector_answers(api, PROBE_NAMESPACE),
+        120,
+        "the probes to miss with istiod gone",
+    )
 
     # uninstall removes it cleanly (CRDs kept unless --purge)
     run = kymamesh(c, "uninstall", "-y", "--purge")

@@ -9,6 +9,7 @@ from kymamesh.cli import (
     charts,
     inject,
     install,
+    mesh,
     patch,
     releases,
     status,
@@ -38,6 +39,7 @@ app.command("uninstall")(uninstall.uninstall)
 app.add_typer(upgrade.app, name="upgrade")
 app.add_typer(charts.app, name="charts")
 app.add_typer(ca.app, name="ca")
+app.add_typer(mesh.app, name="mesh")
 app.command("releases")(releases.releases)
 app.command("version")(version.version)
 

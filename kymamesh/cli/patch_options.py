@@ -48,14 +48,46 @@ RestartProxies = Annotated[
     ),
 ]
 RestartBatch = Annotated[
-    int | None,
+    str | None,
     typer.Option(
         "--restart-batch",
-        metavar="N",
-        help="With --restart-proxies: restart N workloads at a time, each batch's rollouts "
-        "finished before the next (default 10).",
+        metavar="N|N%",
+        help="With --restart-proxies: restart N workloads at a time, or N% of them (e.g. "
+        "10%), each batch's rollouts finished before the next (default 10).",
     ),
 ]
+
+
+def restart_batch_value(raw: str) -> int | str:
+    """`--restart-batch` as the step's `batchSize`: a whole number of at least 1, or a
+    percentage from 1% to 100% (kept as text, e.g. "10%"); anything else is a usage error
+    naming the value."""
+    from kymamesh.workloads.restarts import parse_percent
+
+    text = raw.strip()
+    if text.endswith("%"):
+        if parse_percent(text) is not None:
+            return text.replace(" ", "")
+    else:
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        if number is not None:
+            if number < 1:
+                raise UsageError(
+                    f"--restart-batch must be at least 1, not {number}",
+                    hint="give how many workloads to restart at once, e.g. --restart-batch 5, "
+                    "or a share of them, e.g. --restart-batch 10%",
+                )
+            return number
+    raise UsageError(
+        f"--restart-batch must be a whole number of at least 1 or a percentage from 1% to "
+        f"100%, not {raw!r}",
+        hint="e.g. --restart-batch 5 (five workloads at a time) or --restart-batch 10% "
+        "(a tenth of them)",
+    )
+
 
 Hub = Annotated[
     str | None,
@@ -161,7 +193,7 @@ def patch_overrides(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     restart_proxies: bool = False,
-    restart_batch: int | None = None,
+    restart_batch: str | None = None,
     hub: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Step parameters from --config, then from the flags (flags win)."""
@@ -169,7 +201,7 @@ def patch_overrides(
     if config is not None:
         overrides.update(read_config(config))
     if hub is not None:
-        from kymamesh.pipeline import check_hub
+        from kymamesh.workflows.pipeline import check_hub
 
         check_hub(hub)
         overrides.setdefault("sidecar-image-hub", {})["hub"] = hub.strip().rstrip("/")
@@ -193,18 +225,14 @@ def patch_overrides(
     if not tls:
         overrides.pop("ingress-gateway-tls")
     if restart_batch is not None:
-        if restart_batch < 1:
-            raise UsageError(
-                f"--restart-batch must be at least 1, not {restart_batch}",
-                hint="give how many workloads to restart at once, e.g. --restart-batch 5",
-            )
+        batch = restart_batch_value(restart_batch)
         if not restart_proxies and overrides.get("restart-proxies", {}).get("restart") is not True:
             raise UsageError(
                 "--restart-batch goes with --restart-proxies",
                 hint="add --restart-proxies to restart outdated sidecars in batches of "
                 f"{restart_batch}, or leave --restart-batch out",
             )
-        overrides.setdefault("restart-proxies", {})["batchSize"] = restart_batch
+        overrides.setdefault("restart-proxies", {})["batchSize"] = batch
     if restart_proxies:
         overrides.setdefault("restart-proxies", {})["restart"] = True
     return overrides
@@ -213,7 +241,7 @@ def patch_overrides(
 def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: str | None) -> None:
     """`--identity FILE|none` as the parameters of step `identity`; the secrets the file
     reads from files or the environment go to the run's context only (never remembered)."""
-    from kymamesh import identity as idn
+    from kymamesh.identity import dexfile as idn
 
     if identity is None:
         return
@@ -228,7 +256,7 @@ def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: st
 def add_mesh(given: dict[str, dict[str, Any]], ctx: RunContext, mesh: str | None) -> None:
     """`--mesh FILE|cluster:` as the parameters of the patch steps it sets (over `--config`'s)."""
     from kymamesh import meshfile
-    from kymamesh.values import deep_merge
+    from kymamesh.istio.values import deep_merge
 
     if mesh is None:
         return
@@ -256,7 +284,7 @@ def add_mesh_identity(
 ) -> None:
     """`--mesh-id`, `--cluster-name`, `--network` as the parameters of step
     `multicluster-identity` (over `--config`'s); each checked (exit 2)."""
-    from kymamesh import meshidentity
+    from kymamesh.identity import meshidentity
 
     params = meshidentity.from_flags(mesh_id, cluster_name, network)
     if params:

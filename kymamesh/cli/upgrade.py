@@ -10,15 +10,22 @@ from kymamesh.cli import common as c
 from kymamesh.context import Options, RunContext
 
 RestartBatch = Annotated[
-    int | None,
+    str | None,
     typer.Option(
         "--restart-batch",
-        metavar="N",
-        min=1,
-        help="Restart the moved workloads N at a time (the Istio and system namespaces "
-        "first), each batch's rollouts finished before the next (default 10).",
+        metavar="N|N%",
+        help="Restart the moved workloads N at a time, or N% of them (e.g. 10%; the Istio "
+        "and system namespaces first), each batch's rollouts finished before the next "
+        "(default 10).",
     ),
 ]
+
+
+def _batch(raw: str | None) -> int | str | None:
+    from kymamesh.cli.patch_options import restart_batch_value
+
+    return None if raw is None else restart_batch_value(raw)
+
 
 app = typer.Typer(
     help="Canary upgrade steps, after `kymamesh install --revision-based`.",
@@ -43,9 +50,9 @@ def promote(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary
+        from kymamesh.workflows import canary
 
-        canary.promote(ctx, restart_batch)
+        canary.promote(ctx, _batch(restart_batch))
 
     c.run_command("upgrade promote", options, body)
 
@@ -73,9 +80,9 @@ def rollback(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary
+        from kymamesh.workflows import canary
 
-        canary.rollback(ctx, revision, restart_batch)
+        canary.rollback(ctx, revision, _batch(restart_batch))
 
     c.run_command("upgrade rollback", options, body)
 
@@ -101,7 +108,7 @@ def finish(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary
+        from kymamesh.workflows import canary
 
         canary.finish(ctx, c.chart_inputs(charts_dir, values, set_values, repo, plain_http))
 

@@ -18,7 +18,6 @@ that the patch step and `status` judge mTLS the same way.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from kymamesh import yamlfast
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters import yamlfast
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.versions import Version, image_version
+from kymamesh.istio.versions import Version, image_version
 
 ISTIOD = "istiod"
 ISTIOD_SELECTOR = "app=istiod"
@@ -271,28 +270,6 @@ def probe_namespace(namespaces: Iterable[Mapping[str, Any]], revision: str, pref
         "every namespace carries an istio-injection or istio.io/rev label",
         hint="remove the istio-injection label from one namespace (e.g. default), then re-run",
     )
-
-
-def probe_injection(cluster: Cluster, revision: str, preferred: str) -> str | None:
-    """The revision that injects a probe Pod for `revision` (a server-side dry run, nothing
-    is made), None when no sidecar was injected. An ApiError when the webhook refused it."""
-    namespaces = cluster.list("v1", "Namespace")
-    namespace = probe_namespace(namespaces, revision, preferred)
-    pod = cluster.dry_run_create(injection_probe_pod(namespace, revision))
-    return injected_revision(pod)
-
-
-def injected_revision(pod: Mapping[str, Any]) -> str | None:
-    """The revision that injected the Pod's sidecar, from `sidecar.istio.io/status` (None
-    when the Pod has no such annotation)."""
-    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(STATUS_ANNOTATION)
-    if not raw:
-        return None
-    try:
-        found = json.loads(raw).get("revision")
-    except (ValueError, AttributeError):
-        return DEFAULT_REVISION
-    return str(found) if found else DEFAULT_REVISION
 
 
 def root_namespaces(planes: Iterable[ControlPlane]) -> list[str]:

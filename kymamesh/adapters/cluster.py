@@ -6,7 +6,7 @@ mapped once, here, to the named errors of `kymamesh.errors`; transient ones
 an update made with `update` (read, edit, write conditional on the
 resourceVersion) is retried once with a fresh read. Every write carries the
 field manager and user agent `kymamesh`, and is fenced by the lock
-(`kymamesh.lock`): while a run holds the lock Lease, a write after the lock was
+(`kymamesh.adapters.lock`): while a run holds the lock Lease, a write after the lock was
 lost raises LockLostError instead of reaching the API.
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from tenacity import (
     retry,
@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from kymamesh import FIELD_MANAGER, __version__
+from kymamesh.adapters.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
 from kymamesh.errors import (
     ApiError,
     ClusterUnreachableError,
@@ -46,8 +47,7 @@ from kymamesh.errors import (
     PreconditionError,
     yaml_problem,
 )
-from kymamesh.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 from kymamesh.waits import wait_until
 
 Obj = dict[str, Any]
@@ -57,6 +57,7 @@ USER_AGENT = f"kymamesh/{__version__}"
 _REQUEST_TIMEOUT = (5, 30)  # connect, read
 WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
 WAIT_MAX_POLL_S = 1.0  # ... and the longest
+LIST_PAGE = 500  # list_pages: objects per request
 _ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 ISTIOD_DEBUG_PORT = 15014  # istiod's monitoring port: /metrics, /version, /debug/*
@@ -197,6 +198,7 @@ class Cluster:
         self._cache_file = cache
         self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
+        self._remembered: dict[tuple[str, ...], Any] | None = None  # see remembered()
         self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
 
     # -- connecting ---------------------------------------------------------
@@ -362,10 +364,24 @@ class Cluster:
         write ends the snapshot: what follows it is read live again.
         """
         self._snapshot = {}
+        self._remembered = {}
         try:
             yield
         finally:
             self._snapshot = None
+            self._remembered = None
+
+    def remembered(self, key: tuple[str, ...], compute: Callable[[], T]) -> T:
+        """Within a snapshot, what `compute()` made of the cluster's answers, made once per
+        `key` (e.g. every Pod, cut to what kymamesh reads of it, parsed once per `status`
+        run instead of once per check); outside one, or after a write, made every time.
+        The answer is shared: callers must not change it."""
+        memo = self._remembered
+        if memo is None:
+            return compute()
+        if key not in memo:
+            memo[key] = compute()
+        return cast(T, memo[key])
 
     def _read(self, key: tuple[str, ...], request: Callable[[], Any]) -> Obj | None:
         """One read (`request` returns a raw reply); None when the object is not found."""
@@ -432,6 +448,48 @@ class Cluster:
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
         return list(items)
+
+    def list_pages(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        limit: int = LIST_PAGE,
+    ) -> Iterator[builtins.list[Obj]]:
+        """All objects of a kind, `limit` at a time (the API's chunked list: `limit` and
+        `continue`); nothing when the kind is not served. For kinds of which a cluster has
+        many (Pods): a caller that keeps a part of each object never holds every whole
+        object at once. Not kept in a snapshot (see `remembered`)."""
+        try:
+            resource = self._resource(api_version, kind)
+        except NotFoundError:
+            return
+        token: str | None = None
+        while True:
+
+            def fetch(token: str | None = token) -> Obj:
+                data = self._dynamic.get(
+                    resource,
+                    namespace=namespace,
+                    label_selector=label_selector,
+                    limit=limit,
+                    _continue=token,
+                    serialize=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                ).data
+                return _json_of_bytes(data)
+
+            body = self._call(fetch)
+            items = body.get("items") or []
+            for item in items:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
+            token = (body.get("metadata") or {}).get("continue") or None
+            del body
+            yield items
+            if token is None:
+                return
 
     # -- istiod's debug views -------------------------------------------------
 
@@ -573,36 +631,23 @@ class Cluster:
 
     def apply(self, obj: Obj, *, force: bool = True) -> Obj:
         """Server-side apply with field manager `kymamesh`."""
-        self.check_lock()
-        ref = Ref.of(obj)
-        resource = self._resource(ref.api_version, ref.kind)
-        return self._call(
-            lambda: _json_of(
-                self._dynamic.server_side_apply(
-                    resource,
-                    body=obj,
-                    name=ref.name,
-                    namespace=ref.namespace or None,
-                    field_manager=FIELD_MANAGER,
-                    force_conflicts=force,
-                    serialize=False,
-                    _request_timeout=_REQUEST_TIMEOUT,
-                )
-            ),
-            fenced=True,
-        )
+        return self._server_side_apply(Ref.of(obj), obj, FIELD_MANAGER, force)
 
     def release_field_manager(self, ref: Ref, manager: str) -> Obj:
         """Make another installer's field manager give up its fields of an object: a
         server-side apply, as `manager`, of an object that sets nothing. The fields that
         manager alone owned are removed; fields another manager owns too stay (Kubernetes'
         documented way to hand fields over, since ownership moves only by applying)."""
-        self.check_lock()
-        resource = self._resource(ref.api_version, ref.kind)
         meta: dict[str, Any] = {"name": ref.name}
         if ref.namespace:
             meta["namespace"] = ref.namespace
         body = {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": meta}
+        return self._server_side_apply(ref, body, manager, False)
+
+    def _server_side_apply(self, ref: Ref, body: Obj, manager: str, force: bool) -> Obj:
+        """One server-side apply of `body` as field manager `manager` (fenced)."""
+        self.check_lock()
+        resource = self._resource(ref.api_version, ref.kind)
         return self._call(
             lambda: _json_of(
                 self._dynamic.server_side_apply(
@@ -611,7 +656,7 @@ class Cluster:
                     name=ref.name,
                     namespace=ref.namespace or None,
                     field_manager=manager,
-                    force_conflicts=False,
+                    force_conflicts=force,
                     serialize=False,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
@@ -804,19 +849,20 @@ class Cluster:
         self.writes += 1
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
+            self._remembered = None
         self._lock.check()
 
     def lock(
         self, namespace: str, wait: float, on_wait: Callable[[str], None] | None = None
     ) -> AbstractContextManager[str]:
-        """Hold the lock Lease in `namespace` while writing (see `kymamesh.lock`)."""
+        """Hold the lock Lease in `namespace` while writing (see `kymamesh.adapters.lock`)."""
         return self._lock.hold(namespace, wait, on_wait)
 
     def lock_held_by(self, namespace: str) -> str | None:
         """Who holds the lock Lease of `namespace` now (one read); None when nobody."""
         return self._lock.held_by(namespace)
 
-    # The calls on the lock Lease (kymamesh.lock.LeaseApi): a short request timeout, and
+    # The calls on the lock Lease (kymamesh.adapters.lock.LeaseApi): a short request timeout, and
     # never fenced (they are the fence). `retry=False`: one attempt (a renewal; the lock
     # makes the next one on its own schedule).
 
@@ -876,6 +922,103 @@ class Cluster:
             ),
             retry,
         )
+
+    # -- what a peer cluster needs to reach this one (multi-cluster) -----------
+
+    def api_server_ca(self) -> bytes | None:
+        """The CA bundle (PEM) this connection trusts the API server with; None when the
+        kubeconfig gives none (the system's trust store) or skips verification."""
+        configuration = self._api.configuration
+        path = getattr(configuration, "ssl_ca_cert", None)
+        if not path or not getattr(configuration, "verify_ssl", True):
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def request_token(
+        self,
+        namespace: str,
+        service_account: str,
+        seconds: int,
+        bound_secret: tuple[str, str] | None = None,
+    ) -> tuple[str, str]:
+        """A token of `service_account` (TokenRequest, the API server's default audience)
+        valid for `seconds` (the API server may shorten it), bound to Secret
+        (name, uid) when given: deleting that Secret revokes the token. Returns (token,
+        expiration timestamp). The token is for the caller to store, never to print."""
+        from kubernetes import client
+
+        self.check_lock()
+        self.writes += 1
+        spec: dict[str, Any] = {"expirationSeconds": seconds}
+        if bound_secret is not None:
+            spec["boundObjectRef"] = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "name": bound_secret[0],
+                "uid": bound_secret[1],
+            }
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        api = client.CoreV1Api(self._api)
+        answer = self._call(
+            lambda: _json_of(
+                api.create_namespaced_service_account_token(
+                    service_account,
+                    namespace,
+                    body,
+                    _preload_content=False,
+                    _request_timeout=_REQUEST_TIMEOUT,
+                )
+            ),
+            fenced=True,
+        )
+        status = answer.get("status") or {}
+        return str(status.get("token") or ""), str(status.get("expirationTimestamp") or "")
+
+    def token_works(self, token: str) -> bool | None:
+        """Whether the API server accepts `token` (a TokenReview; reads nothing else).
+        None when this connection may not ask."""
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token},
+        }
+        try:
+            answer = self._post(body, fenced=False)
+        except ForbiddenError:
+            return None
+        return bool((answer.get("status") or {}).get("authenticated"))
+
+
+def probe_api_server(url: str, ca_pem: bytes | None, timeout: float = 5.0) -> str | None:
+    """Whether an API server answers at `url` over TLS verified with `ca_pem` (or the
+    system's trust store): None when it does (any HTTP answer, 401 included), else why not.
+    No credentials are sent."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context()
+    if ca_pem:
+        try:
+            context.load_verify_locations(cadata=ca_pem.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as exc:
+            return f"its CA is not a PEM bundle ({exc})"
+    request = urllib.request.Request(
+        url.rstrip("/") + "/version", headers={"User-Agent": USER_AGENT}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered (401/403 without credentials): reachable
+    except urllib.error.URLError as exc:
+        return str(getattr(exc, "reason", exc))
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 class _PodPortForward:

@@ -6,7 +6,7 @@ writes it. That is not the ConfigMap's text: fields by their JSON names (`meshMT
 where the ConfigMap may say `mesh_mTLS`), durations in seconds (`"0.250s"` for
 `250ms`), enums by name (`TLSV1_3` for `2`), 64-bit integers as strings, and a field
 at its zero value (false, 0, "", the first enum member) left out. `differences` reads
-both through the schema of `resources/istio/meshconfig.yaml` (`kymamesh.meshschema`)
+both through the schema of `resources/istio/meshconfig.yaml` (`kymamesh.istio.meshschema`)
 and reports each field set in the ConfigMap whose value istiod does not run: the sign
 that istiod rejected the ConfigMap ("invalid mesh config, using last known state") and
 runs an older one, or has not read it yet. Fields the schema does not describe inside
@@ -21,10 +21,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from kymamesh.meshschema import ROOT, mesh_schema
+from kymamesh.istio.meshschema import ROOT, mesh_schema
 
 ABSENT: Any = object()  # a field istiod's view does not have (the zero value, for jsonpb)
 # How istiod merges lists of the ConfigMap into its defaults (istio's pkg/config/mesh
@@ -399,6 +400,25 @@ def rejection(log: str) -> str:
     return found
 
 
+def said_after(log: str, changed: datetime | None) -> bool:
+    """Whether istiod's last rejection in `log` was surely said after the ConfigMap changed
+    at `changed`: a ConfigMap's write time has whole seconds, so a line within that second
+    (istiod's lines start with their own time) may be about the config written before.
+    True when either time is unknown."""
+    last = ""
+    for line in log.splitlines():
+        if REJECTED in line:
+            last = line
+    stamp = last.split(maxsplit=1)[0] if last.strip() else ""
+    try:
+        at = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if changed is None or at.tzinfo is None:
+        return True
+    return at >= changed + timedelta(seconds=1)
+
+
 def judge(
     namespace: str,
     pod: str,
@@ -408,9 +428,11 @@ def judge(
     view: bytes,
     said: str,
     age: float | None,
+    surely: bool = True,
 ) -> RunningMesh:
     """One istiod Pod's state from its view (`/debug/mesh`) and what its log said since the
-    ConfigMap was last written (`said`, see `rejection`)."""
+    ConfigMap was last written (`said`, see `rejection`; `surely`: said after the write, see
+    `said_after`; otherwise it counts only when the view differs from the ConfigMap)."""
 
     def result(state: str, found: tuple[Difference, ...] = (), reason: str = "") -> RunningMesh:
         return RunningMesh(namespace, pod, revision, configmap, state, found, reason, age)
@@ -423,7 +445,7 @@ def judge(
         why = f"{MESH_VIEW} did not answer with a JSON map: {view[:80]!r}"
         return result(UNCHECKED, reason=why)
     found = tuple(differences(written, running))
-    if said:
+    if said and (surely or found):
         return result(REJECTED_STATE, found, said)
     if not found:
         return result(APPLIED)

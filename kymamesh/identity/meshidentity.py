@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from kymamesh.cluster import Cluster, Ref
-from kymamesh.controlplane import suffix_of
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import UsageError
+from kymamesh.istio.controlplane import suffix_of
 
 STEP = "multicluster-identity"
 KIND = "mesh-identity"
@@ -152,4 +152,8 @@ def status_lines(found: Mapping[str, Any] | None) -> list[str]:
         f"mesh: ID {found.get('meshID') or 'unset'}, cluster "
         f"{found.get('clusterName') or DEFAULT_CLUSTER_NAME}, network "
         f"{found.get('network') or 'unset'}, trust domain {found.get('trustDomain')}"
+    ] + [
+        f"  peer {p['cluster']}: remote secret {p['secret']}, token until "
+        f"{p.get('tokenExpires') or 'unknown'}" + (" (expired)" if p.get("tokenExpired") else "")
+        for p in found.get("peers") or []
     ]

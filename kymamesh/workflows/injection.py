@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kymamesh.cluster import Obj, Ref
+from kymamesh.adapters.cluster import Obj, Ref
 from kymamesh.context import RunContext
-from kymamesh.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
 from kymamesh.diffs import unified_lines, yaml_lines
-from kymamesh.errors import KymameshError, PreconditionError, UsageError
-from kymamesh.output import ItemResult, Outcome
-from kymamesh.sidecars import (
+from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
+from kymamesh.istio.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
+from kymamesh.istio.sidecars import (
     WorkloadSidecars,
     list_pods,
     replica_set_index,
     sidecar_coverage,
 )
-from kymamesh.waits import wait_until
+from kymamesh.output import ItemResult, Outcome
+from kymamesh.workloads.rollouts import wait_for_rollouts
 
 PHASE = "sidecar injection"
 ENABLED = "enabled"
@@ -260,28 +259,17 @@ def run(ctx: RunContext, request: InjectRequest) -> None:
 
 
 def _wait_rollouts(ctx: RunContext, refs: list[Ref]) -> None:
-    """Ready, and no Pods of an older ReplicaSet left (what `kubectl rollout status` waits for)."""
-    deadline = time.monotonic() + ctx.options.timeout
-    with ctx.progress.item(f"waiting for {len(refs)} rollout(s)") as tracker:
-        ctx.cluster.wait_ready(refs, ctx.options.timeout)
+    """Until every rollout is finished, as `kubectl rollout status` judges it
+    (`kymamesh.workloads.rollouts`): every replica updated and available, no old one left."""
 
-        def old_replicas() -> str | None:
-            old = []
-            for ref in refs:
-                status = (ctx.cluster.get(ref) or {}).get("status") or {}
-                extra = int(status.get("replicas") or 0) - int(status.get("updatedReplicas") or 0)
-                if extra > 0:
-                    old.append(f"{ref} ({extra} old replica(s) still terminating)")
-            return "; ".join(old) or None
-
-        wait_until(
-            old_replicas,
-            max(0.0, deadline - time.monotonic()),
-            lambda seen: f"timed out after {ctx.options.timeout:.0f}s; not rolled out: {seen}",
+    def fail(waiting: list[str]) -> Exception:
+        return WaitTimeoutError(
+            f"timed out after {ctx.options.timeout:.0f}s; not rolled out: " + "; ".join(waiting),
             hint="look at these Deployments with kubectl rollout status; raise --timeout",
-            first=1.0,
-            most=1.0,
         )
+
+    with ctx.progress.item(f"waiting for {len(refs)} rollout(s)") as tracker:
+        wait_for_rollouts(ctx.cluster, refs, ctx.options.timeout, fail)
         tracker.done(Outcome.UNCHANGED, "rolled out")
 
 
@@ -294,9 +282,11 @@ def _report(
 ) -> None:
     """Notes and JSON data: each workload, its Pods, and how many have a sidecar."""
     cluster = ctx.cluster
-    coverage = sidecar_coverage(
-        list_pods(cluster, request.namespace), replica_set_index(cluster, request.namespace)
-    )
+    pods = list_pods(cluster, request.namespace)
+    # the ReplicaSets tell which Deployment a Pod belongs to: read only when there are Pods
+    # (a rollout of thousands of Deployments leaves as many ReplicaSets)
+    owners = replica_set_index(cluster, request.namespace) if pods else {}
+    coverage = sidecar_coverage(pods, owners)
     opted_in = {e.ref.name for e in edits[1:] if e.wanted == "true"} | _opted_in_deployments(
         deployments, edits
     )

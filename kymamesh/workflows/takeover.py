@@ -33,15 +33,15 @@ registered through the move):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kymamesh import controlplane
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.errors import PreconditionError
-from kymamesh.release import IstioRelease
-from kymamesh.versions import check_upgrade
+from kymamesh.istio import controlplane
+from kymamesh.istio.release import IstioRelease
+from kymamesh.istio.versions import check_upgrade
 
 # Istio's installer library applies as this field manager (istioctl, the Istio operator
 # and the Kyma Istio module's istio_install alike).
@@ -189,4 +189,30 @@ def report_leftovers(ctx: RunContext, namespace: str) -> None:
         ctx.result.notes.append(
             "objects Istio's installer made that no release renders were left as they are: "
             f"{', '.join(left)}; delete them once nothing needs them"
+        )
+
+
+def refuse_other_releases(ctx: RunContext, plans: Sequence[Any], namespace: str) -> None:
+    """Read-only, before the first write: `--take-ownership` skips Helm's own check, so an
+    object a release would adopt that belongs to another Helm release (its
+    `meta.helm.sh/release-name`) is refused here, naming both; nothing is taken from another
+    release. `plans`: phase 1's planned releases (`kymamesh.workflows.pipeline.PlannedRelease`)."""
+    taken = []
+    for plan in plans:
+        if plan.deployed is not None:
+            continue  # the release exists: Helm checks ownership itself
+        release = plan.row.release
+        for rendered in ctx.helm.template(release, plan.chart, plan.values, namespace):
+            if not isinstance(rendered, dict) or "kind" not in rendered:
+                continue
+            ref = _ref(rendered, namespace)
+            live = ctx.cluster.get(ref)
+            annotations = ((live or {}).get("metadata") or {}).get("annotations") or {}
+            owner = annotations.get(HELM_RELEASE_ANNOTATION)
+            if owner and owner != release:
+                taken.append(f"{ref} (Helm release {owner}, wanted by {release})")
+    if taken:
+        raise PreconditionError(
+            "--take-over would take objects from other Helm releases: " + ", ".join(taken),
+            hint="uninstall those releases, or remove the objects from them, and re-run",
         )

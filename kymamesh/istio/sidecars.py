@@ -14,31 +14,32 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from kymamesh.controlplane import (
+import yaml
+
+from kymamesh.adapters import yamlfast
+from kymamesh.errors import PreconditionError
+from kymamesh.istio.controlplane import (
     DEFAULT_REVISION,
     INJECT_LABEL,
     INJECTOR_CONFIGMAP,
-    REVISION_LABEL,
     STATUS_ANNOTATION,
     TEMPLATES_ANNOTATION,
     istiod_version,
     revision_of,
 )
-from kymamesh.errors import PreconditionError
+from kymamesh.istio.revisions import sidecar_revision
+from kymamesh.istio.versions import Version, image_version
 from kymamesh.units import same_quantity
-from kymamesh.versions import Version, image_version
+from kymamesh.workloads.rollouts import REPLICA_SET, RESTARTED_AT
 
 if TYPE_CHECKING:
-    from kymamesh.cluster import Cluster, Obj
+    from kymamesh.adapters.cluster import Cluster, Obj
+    from kymamesh.istio.controlplane import ControlPlane
 
 PROXY_CONTAINER = "istio-proxy"
-RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 # A Pod that names its own proxy image: the injector gives it that image, whatever the
 # version of istiod; kymamesh leaves such Pods alone.
 PROXY_IMAGE_ANNOTATION = "sidecar.istio.io/proxyImage"
-# On a workload or a namespace: "false" keeps kymamesh from restarting it (listed only);
-# on a workload, "true" restarts it even in a namespace annotated "false".
-RESTART_ANNOTATION = "kymamesh.io/restart"
 
 # Per-Pod annotations with which the injector overrides global.proxy.resources.
 RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
@@ -48,7 +49,6 @@ RESOURCE_ANNOTATIONS: Mapping[tuple[str, str], str] = {
     ("limits", "memory"): "sidecar.istio.io/proxyMemoryLimit",
 }
 RESTARTABLE_KINDS = ("Deployment", "StatefulSet", "DaemonSet")  # by a template annotation
-REPLICA_SET = "ReplicaSet"  # one without a Deployment over it: its outdated Pods are deleted
 _APPS = "apps/v1"
 
 # -- one Pod -------------------------------------------------------------------
@@ -74,20 +74,6 @@ def is_running(pod: Mapping[str, Any]) -> bool:
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
         return False
     return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-
-
-def pod_revision(pod: Mapping[str, Any]) -> str:
-    """The control-plane revision that injected the sidecar ('default' when unnamed)."""
-    meta = pod.get("metadata") or {}
-    raw = (meta.get("annotations") or {}).get(STATUS_ANNOTATION)
-    if raw:
-        try:
-            revision = json.loads(raw).get("revision")
-            if revision:
-                return str(revision)
-        except (ValueError, AttributeError):
-            pass
-    return str((meta.get("labels") or {}).get(REVISION_LABEL) or DEFAULT_REVISION)
 
 
 def proxy_version(pod: Mapping[str, Any]) -> Version | None:
@@ -269,7 +255,7 @@ def outdated_reasons(
     if annotations.get(PROXY_IMAGE_ANNOTATION):
         return []  # the Pod chose its proxy: the injector gives it that one, left alone
     reasons = []
-    revision = pod_revision(pod)
+    revision = sidecar_revision(pod) or DEFAULT_REVISION
     istiod = istiod_versions.get(revision) or istiod_versions.get(DEFAULT_REVISION)
     version = proxy_version(pod)
     if istiod is not None and version is not None and version != istiod:
@@ -358,6 +344,23 @@ class OutdatedWorkload:
     def describe(self) -> str:
         return f"{self.workload} ({'; '.join(self.reasons)})"
 
+    def add(self, pod: Mapping[str, Any], reasons: Iterable[str]) -> None:
+        """Count one of its out-of-date Pods, and why it is out of date."""
+        for reason in reasons:
+            if reason not in self.reasons:
+                self.reasons.append(reason)
+        version = proxy_version(pod)
+        if version is not None:
+            self.versions.add(version)
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name"))
+        if name not in self.pods:
+            self.pods.append(name)  # sorted by `group_by_workload`
+        self.pod_restarts.append((meta.get("annotations") or {}).get(RESTARTED_AT))
+        created = _created(pod)
+        if created is not None and (self.oldest_pod is None or created < self.oldest_pod):
+            self.oldest_pod = created
+
 
 def _created(obj: Mapping[str, Any]) -> datetime | None:
     raw = (obj.get("metadata") or {}).get("creationTimestamp")
@@ -380,157 +383,34 @@ def outdated_workloads(
     mesh: Mapping[str, MeshProxyConfig] | None = None,
 ) -> list[OutdatedWorkload]:
     """Workloads with at least one running Pod whose sidecar is out of date, sorted."""
+    judged = (
+        (pod, outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images, mesh))
+        for pod in pods
+        if is_running(pod)
+    )
+    return group_by_workload(((p, r) for p, r in judged if r), replica_sets)
+
+
+def group_by_workload(
+    judged: Iterable[tuple[Mapping[str, Any], list[str]]],
+    replica_sets: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> list[OutdatedWorkload]:
+    """Out-of-date Pods, each with why, as the workloads that own them, sorted."""
     found: dict[Workload, OutdatedWorkload] = {}
-    for pod in pods:
-        if not is_running(pod):
-            continue
-        reasons = outdated_reasons(pod, istiod_versions, proxy_resources, proxy_images, mesh)
-        if not reasons:
-            continue
+    for pod, reasons in judged:
         workload = owner_workload(pod, replica_sets)
-        entry = found.setdefault(workload, OutdatedWorkload(workload))
-        for reason in reasons:
-            if reason not in entry.reasons:
-                entry.reasons.append(reason)
-        version = proxy_version(pod)
-        if version is not None:
-            entry.versions.add(version)
-        entry.pods = sorted({*entry.pods, str((pod.get("metadata") or {}).get("name"))})
-        pod_annotations = (pod.get("metadata") or {}).get("annotations") or {}
-        entry.pod_restarts.append(pod_annotations.get(RESTARTED_AT))
-        created = _created(pod)
-        if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
-            entry.oldest_pod = created
-    return [found[w] for w in sorted(found)]
+        found.setdefault(workload, OutdatedWorkload(workload)).add(pod, reasons)
+    entries = sorted(found.values(), key=lambda e: _sort_key(e.workload))
+    for entry in entries:
+        entry.pods.sort()
+    return entries
 
 
-# -- restarting: who may, in which order, and when a rollout is done ----------------
+def _sort_key(workload: Workload) -> tuple[str, str, str]:
+    return (workload.kind, workload.namespace, workload.name)
 
 
-def opted_out(
-    workload_annotations: Mapping[str, Any], namespace_annotations: Mapping[str, Any]
-) -> str | None:
-    """Why a workload must not be restarted (RESTART_ANNOTATION), or None.
-
-    The workload's own annotation wins over its namespace's. "false" opts out, "true"
-    opts in; any other value opts out too (kymamesh does not guess: it leaves it alone).
-    """
-    for where, found in (
-        ("workload", workload_annotations),
-        ("namespace", namespace_annotations),
-    ):
-        raw = found.get(RESTART_ANNOTATION)
-        if raw is None:
-            continue
-        value = str(raw).strip().lower()
-        if value == "true":
-            return None
-        if value == "false":
-            return f"its {where} is annotated {RESTART_ANNOTATION}=false"
-        return (
-            f"its {where} is annotated {RESTART_ANNOTATION}={raw!r}, which is neither "
-            '"true" nor "false"'
-        )
-    return None
-
-
-def what_to_do(workload: Workload) -> str:
-    """For a workload kymamesh never restarts: how its owner gets the new sidecar."""
-    if workload.kind == "Job":
-        return (
-            "a Job's Pods are never restarted; they get the new sidecar when the Job runs "
-            "again (e.g. its CronJob's next run), or delete and re-create the Job"
-        )
-    if workload.kind == "Pod":
-        return (
-            "a bare Pod is never restarted; re-create it yourself (kubectl replace --force "
-            "-f pod.yaml)"
-        )
-    return f"restart it through its controller ({workload.kind}), which kymamesh does not drive"
-
-
-def restart_batches(
-    entries: Iterable[OutdatedWorkload], system_namespaces: Iterable[str], batch_size: int
-) -> list[list[OutdatedWorkload]]:
-    """The order of the restarts: the system namespaces' workloads first (in the order of
-    `system_namespaces`), then the rest; each group cut into batches of `batch_size`, so a
-    batch never mixes system and other workloads. Within a group: by namespace, kind, name."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, not {batch_size}")
-    order = {ns: i for i, ns in enumerate(dict.fromkeys(system_namespaces))}
-    found = list(entries)
-
-    def key(e: OutdatedWorkload) -> tuple[int, str, str, str]:
-        w = e.workload
-        return (order.get(w.namespace, len(order)), w.namespace, w.kind, w.name)
-
-    system = sorted((e for e in found if e.workload.namespace in order), key=key)
-    rest = sorted((e for e in found if e.workload.namespace not in order), key=key)
-    batches = []
-    for group in (system, rest):
-        for start in range(0, len(group), batch_size):
-            batches.append(group[start : start + batch_size])
-    return batches
-
-
-def rollout_unfinished(kind: str, obj: Mapping[str, Any] | None) -> str | None:
-    """None when the workload's rollout is complete (as `kubectl rollout status` judges it:
-    seen by its controller, every replica updated and available, no old one left);
-    otherwise what is missing."""
-    if obj is None:
-        return "not found"
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    generation = int((obj.get("metadata") or {}).get("generation") or 0)
-    if int(status.get("observedGeneration") or 0) < generation:
-        return "rollout not yet observed by its controller"
-    if kind == "DaemonSet":
-        want = int(status.get("desiredNumberScheduled") or 0)
-        updated = int(status.get("updatedNumberScheduled") or 0)
-        available = int(status.get("numberAvailable") or 0)
-        if updated < want:
-            return f"{updated} of {want} Pods updated"
-        if available < want:
-            return f"{available} of {want} updated Pods available"
-        return None
-    want = int(spec["replicas"]) if spec.get("replicas") is not None else 1
-    updated = int(status.get("updatedReplicas") or 0)
-    total = int(status.get("replicas") or 0)
-    if kind == "Deployment":
-        available = int(status.get("availableReplicas") or 0)
-        if updated < want:
-            return f"{updated} of {want} replicas updated"
-        if total > updated:
-            return f"{total - updated} old replica(s) pending termination"
-        if available < updated:
-            return f"{available} of {updated} updated replicas available"
-        return None
-    if kind == "StatefulSet":
-        ready = int(status.get("readyReplicas") or 0)
-        partition = int(
-            ((spec.get("updateStrategy") or {}).get("rollingUpdate") or {}).get("partition") or 0
-        )
-        if updated < want - partition:
-            return f"{updated} of {want - partition} replicas updated"
-        if ready < want:
-            return f"{ready} of {want} replicas ready"
-        if not partition and status.get("updateRevision") != status.get("currentRevision"):
-            return "update revision not yet current"
-        return None
-    if kind == REPLICA_SET:
-        ready = int(status.get("readyReplicas") or 0)
-        if total != want:
-            return f"{total} of {want} replicas"
-        if ready < want:
-            return f"{ready} of {want} replicas ready"
-        return None
-    return None
-
-
-def on_delete(workload: Mapping[str, Any]) -> bool:
-    """A StatefulSet or DaemonSet that replaces its Pods only when they are deleted."""
-    strategy = ((workload.get("spec") or {}).get("updateStrategy") or {}).get("type")
-    return strategy == "OnDelete"
+# -- a workload's Pod template -----------------------------------------------------
 
 
 def template_proxy_version(workload: Mapping[str, Any]) -> Version | None:
@@ -541,34 +421,6 @@ def template_proxy_version(workload: Mapping[str, Any]) -> Version | None:
     """
     template = (workload.get("spec") or {}).get("template") or {}
     return proxy_version({"spec": template.get("spec") or {}})
-
-
-def rollout_pending(workload: Mapping[str, Any], pod_restarts: Iterable[str | None]) -> bool:
-    """True when a restart of the workload is under way: its Pod template carries a restart
-    annotation that one of its out-of-date Pods was not made with (that Pod is of an older
-    template; the rollout replaces it). Out-of-date Pods made by the current template need
-    another restart. Exact where a timestamp is not: restartedAt and a Pod's creation both
-    have one-second steps, and a Pod made in the second of the restart is common."""
-    template = (workload.get("spec") or {}).get("template") or {}
-    current = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
-    return current is not None and any(r != current for r in pod_restarts)
-
-
-def restart_pending(workload: Mapping[str, Any], oldest_pod: datetime | None) -> bool:
-    """True when the workload was restarted after its oldest out-of-date Pod was made.
-
-    The rollout replaces that Pod; restarting again would only churn. For callers that do
-    not know which template each Pod was made with; `rollout_pending` is exact.
-    """
-    template = (workload.get("spec") or {}).get("template") or {}
-    raw = ((template.get("metadata") or {}).get("annotations") or {}).get(RESTARTED_AT)
-    if not raw or oldest_pod is None:
-        return False
-    try:
-        restarted = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return False
-    return restarted >= oldest_pod
 
 
 @dataclass(frozen=True)
@@ -680,7 +532,48 @@ def istiod_revisions(deployments: Iterable[Mapping[str, Any]]) -> dict[str, Vers
 
 
 def list_pods(cluster: Cluster, namespace: str | None = None) -> list[Obj]:
-    return cluster.list("v1", "Pod", namespace)
+    """Every Pod (of a namespace), each cut to what kymamesh reads of it (`slim_pod`),
+    read a page at a time so that a cluster of many Pods never sits in memory whole;
+    within a read-only run (`Cluster.snapshot`) read once. Callers must not change them."""
+
+    def read() -> list[Obj]:
+        return [slim_pod(p) for page in cluster.list_pages("v1", "Pod", namespace) for p in page]
+
+    return cluster.remembered(("pods", namespace or ""), read)
+
+
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+_CONTAINER_FIELDS = ("name", "image", "resources", "restartPolicy")
+
+
+def _slim_container(container: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {k: container[k] for k in _CONTAINER_FIELDS if k in container}
+    if container.get("name") == PROXY_CONTAINER and "env" in container:
+        kept["env"] = container["env"]  # PROXY_CONFIG: the mesh config it started with
+    return kept
+
+
+def slim_pod(pod: Mapping[str, Any]) -> Obj:
+    """What kymamesh reads of a Pod: its metadata (without managedFields and kubectl's
+    last-applied copy), its containers' names, images and resources (and the sidecar's
+    environment) and its phase. A Pod of a few kilobytes becomes a few hundred bytes."""
+    meta = {k: v for k, v in (pod.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations")
+    if annotations and _LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != _LAST_APPLIED}
+    spec = pod.get("spec") or {}
+    phase = (pod.get("status") or {}).get("phase")
+    return {
+        "apiVersion": pod.get("apiVersion", "v1"),
+        "kind": pod.get("kind", "Pod"),
+        "metadata": meta,
+        "spec": {
+            key: [_slim_container(c) for c in spec[key]]
+            for key in ("containers", "initContainers")
+            if spec.get(key)
+        },
+        "status": {"phase": phase} if phase else {},
+    }
 
 
 def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tuple[str, str], Obj]:
@@ -692,62 +585,91 @@ def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tu
     return index
 
 
-def control_plane(
-    cluster: Cluster, istio_namespace: str
-) -> tuple[dict[str, Version], dict[str, Mapping[str, Any]], dict[str, str]]:
-    """istiod's version per revision, and each revision's injector proxy resources and
-    proxy image repository."""
-    from kymamesh.controlplane import find_control_planes
+@dataclass(frozen=True)
+class Injectors:
+    """What each control plane revision gives the sidecars it injects now, read once per
+    plan (`read_injectors`) and used to judge every Pod: istiod's version, the injector's
+    proxy resources and image repository, the mesh config's proxy settings (each by
+    revision; see `outdated_reasons`), and the Pod label keys the injectors'
+    `neverInjectSelector`/`alwaysInjectSelector` read (they decide injection too)."""
 
-    planes = find_control_planes(cluster, istio_namespace)
-    deployments = [p.deployment for p in planes if p.deployment is not None]
-    resources = {}
-    images = {}
-    for plane in planes:
-        configmap = cluster.get(plane.configmap(INJECTOR_CONFIGMAP))
-        found = injector_proxy_resources(configmap)
-        if found is not None:
-            resources[plane.revision] = found
-        image = injector_proxy_image(configmap)
+    versions: Mapping[str, Version] = field(default_factory=dict)
+    resources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    images: Mapping[str, str] = field(default_factory=dict)
+    mesh: Mapping[str, MeshProxyConfig] = field(default_factory=dict)
+    selector_labels: frozenset[str] = frozenset()
+
+    def outdated(self, pod: Mapping[str, Any]) -> list[str]:
+        """Why this Pod's sidecar is out of date ([] when current or none)."""
+        return outdated_reasons(pod, self.versions, self.resources, self.images, self.mesh)
+
+
+def selector_label_keys(configmap: Mapping[str, Any] | None) -> set[str]:
+    """The Pod label keys of the injector's `neverInjectSelector` and `alwaysInjectSelector`
+    (the `config` key of its ConfigMap)."""
+    text = ((configmap or {}).get("data") or {}).get("config") or ""
+    if "InjectSelector" not in text:
+        return set()
+    try:
+        config = yamlfast.load(text)
+    except yaml.YAMLError:
+        return set()
+    keys: set[str] = set()
+    if not isinstance(config, Mapping):
+        return keys
+    for name in ("neverInjectSelector", "alwaysInjectSelector"):
+        for selector in config.get(name) or []:
+            if not isinstance(selector, Mapping):
+                continue
+            keys.update(str(k) for k in (selector.get("matchLabels") or {}))
+            for expression in selector.get("matchExpressions") or []:
+                if isinstance(expression, Mapping) and expression.get("key"):
+                    keys.add(str(expression["key"]))
+    return keys
+
+
+def read_injectors(
+    cluster: Cluster, istio_namespace: str, planes: Iterable[ControlPlane] | None = None
+) -> Injectors:
+    """`Injectors` of the control planes (`planes`, found when not given): two ConfigMaps
+    per revision, its injector's (`istio-sidecar-injector[-REV]`) and its mesh config
+    (`istio[-REV]`, key `mesh`)."""
+    from kymamesh.istio.controlplane import MESH_CONFIGMAP, MESH_KEY, find_control_planes
+
+    found = list(planes) if planes is not None else find_control_planes(cluster, istio_namespace)
+    deployments = [p.deployment for p in found if p.deployment is not None]
+    resources, images, mesh = {}, {}, {}
+    selector_labels: set[str] = set()
+    for plane in found:
+        injector = cluster.get(plane.configmap(INJECTOR_CONFIGMAP))
+        wanted = injector_proxy_resources(injector)
+        if wanted is not None:
+            resources[plane.revision] = wanted
+        image = injector_proxy_image(injector)
         if image is not None:
             images[plane.revision] = image
-    return istiod_revisions(deployments), resources, images
-
-
-def mesh_proxy_configs(cluster: Cluster, istio_namespace: str) -> dict[str, MeshProxyConfig]:
-    """What each revision's mesh config (ConfigMap `istio[-REV]`, key `mesh`) gives proxies."""
-    import yaml
-
-    from kymamesh.controlplane import MESH_CONFIGMAP, find_control_planes
-
-    found = {}
-    for plane in find_control_planes(cluster, istio_namespace):
+        selector_labels |= selector_label_keys(injector)
         live = cluster.get(plane.configmap(MESH_CONFIGMAP))
-        text = ((live or {}).get("data") or {}).get("mesh")
-        if not text:
-            continue
+        text = ((live or {}).get("data") or {}).get(MESH_KEY)
         try:
-            mesh = yaml.safe_load(text)
+            config = yamlfast.load(text) if text else None
         except yaml.YAMLError:
-            continue
-        if isinstance(mesh, Mapping):
-            found[plane.revision] = mesh_proxy_config(mesh)
-    return found
+            config = None
+        if isinstance(config, Mapping):
+            mesh[plane.revision] = mesh_proxy_config(config)
+    return Injectors(
+        istiod_revisions(deployments), resources, images, mesh, frozenset(selector_labels)
+    )
 
 
 def find_outdated(
-    cluster: Cluster, istio_namespace: str, namespace: str | None = None
+    cluster: Cluster, injectors: Injectors, namespace: str | None = None
 ) -> list[OutdatedWorkload]:
     """Workloads whose sidecars differ from istiod's version, the injector's resources or
-    image, or the mesh config's proxy settings."""
-    versions, resources, images = control_plane(cluster, istio_namespace)
-    mesh = mesh_proxy_configs(cluster, istio_namespace)
-    pods = [
-        p
-        for p in list_pods(cluster, namespace)
-        if is_running(p) and outdated_reasons(p, versions, resources, images, mesh)
-    ]
-    if not pods:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
+    image, or the mesh config's proxy settings: one list of Pods, and of ReplicaSets when
+    one is out of date."""
+    judged = [(p, injectors.outdated(p)) for p in list_pods(cluster, namespace) if is_running(p)]
+    outdated = [(p, reasons) for p, reasons in judged if reasons]
+    if not outdated:  # the usual case: no ReplicaSets to read (a cluster can have thousands)
         return []
-    index = replica_set_index(cluster, namespace)
-    return outdated_workloads(pods, index, versions, resources, images, mesh)
+    return group_by_workload(outdated, replica_set_index(cluster, namespace))

@@ -1,4 +1,5 @@
-"""Istio's default revision tag, and which revision injects a Pod: pure logic.
+"""Istio's default revision tag: pure logic (which revision injects a Pod under it:
+`kymamesh.istio.revisions`).
 
 A canary upgrade runs two istiod revisions side by side. Which one injects the
 Pods that ask for "the default" (namespace `istio-injection=enabled`, namespace
@@ -21,20 +22,19 @@ chart: it works on whatever chart rendered that injector webhook.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kymamesh.controlplane import (
+from kymamesh.istio.controlplane import (
     DEFAULT_REVISION,
     INJECT_LABEL,
     INJECTION_LABEL,
     INJECTOR_CONFIGMAP,
     REVISION_LABEL,
-    injected_revision,
     suffix_of,
 )
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 
 WEBHOOK_API = "admissionregistration.k8s.io/v1"
 MUTATING = "MutatingWebhookConfiguration"
@@ -205,66 +205,4 @@ def tag_differences(live: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -
     if have != want:
         changed = sorted(n for n in set(have) | set(want) if have.get(n) != want.get(n))
         found.append("webhooks " + ", ".join(changed))
-    return found
-
-
-# -- which revision injects a Pod -------------------------------------------------------
-
-
-def injecting_revision(
-    namespace_labels: Mapping[str, str], pod_labels: Mapping[str, str], default_holder: str
-) -> str | None:
-    """The revision whose webhook a new Pod with these labels is sent to (None: none).
-
-    Follows the selectors of Istio's injector webhooks and the default tag: the
-    namespace's `istio-injection` label wins over `istio.io/rev`; a namespace revision
-    wins over the Pod's; `default` means the revision holding the default tag.
-    """
-
-    def resolve(revision: str) -> str:
-        return default_holder if revision == DEFAULT_TAG else revision
-
-    if pod_labels.get(INJECT_LABEL) == "false":
-        return None
-    injection = namespace_labels.get(INJECTION_LABEL)
-    if injection is not None:
-        return default_holder if injection == "enabled" else None
-    if namespace_labels.get(REVISION_LABEL):
-        return resolve(namespace_labels[REVISION_LABEL])
-    if pod_labels.get(REVISION_LABEL):
-        return resolve(pod_labels[REVISION_LABEL])
-    if pod_labels.get(INJECT_LABEL) == "true":
-        return default_holder
-    return None
-
-
-def sidecar_revision(pod: Mapping[str, Any]) -> str | None:
-    """The revision that injected the Pod's sidecar, from `sidecar.istio.io/status`
-    (None when the Pod has no such annotation)."""
-    return injected_revision(pod)
-
-
-def moved_pods(
-    pods: Iterable[Mapping[str, Any]],
-    namespace_labels: Mapping[str, Mapping[str, str]],
-    default_holder: str,
-) -> list[tuple[Mapping[str, Any], str, str]]:
-    """Running Pods whose sidecar came from another revision than the one that injects
-    their like now: (Pod, its sidecar's revision, the revision that injects now)."""
-    found = []
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            continue
-        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        have = sidecar_revision(pod)
-        if have is None:
-            continue
-        labels = dict(meta.get("labels") or {})
-        now = injecting_revision(
-            namespace_labels.get(str(meta.get("namespace") or ""), {}), labels, default_holder
-        )
-        if now is not None and now != have:
-            found.append((pod, have, now))
     return found

@@ -7,11 +7,11 @@ one running. A revision kymamesh installed that way is known by what kymamesh wr
 `pipeline.kymamesh_revisions`), not by the version this kymamesh pins: the canary is
 the newest such revision. From there:
 
-- `promote` points the default tag (`kymamesh.tags`) at the canary revision, switches
+- `promote` points the default tag (`kymamesh.istio.tags`) at the canary revision, switches
   off the unnamed revision's own injector webhooks while the tag exists, waits until
   a Pod that asks for the default revision gets the canary's sidecar, and then
   restarts the workloads whose sidecar came from another revision than the one that
-  now injects them, through the restart machinery of step `restart-proxies` (with the
+  now injects them, through the restart machinery of `kymamesh.workloads.restarts` (with the
   remembered `systemNamespaces`);
 - `rollback` does the same towards the old revision;
 - before the tag moves, the revision it is to point at must be ready, and a test Pod
@@ -35,17 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from kymamesh import MANAGED_BY_LABEL, pipeline, settings, sidecars, tags
-from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh import MANAGED_BY_LABEL, settings
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.context import RunContext
-from kymamesh.controlplane import (
-    DEFAULT_REVISION,
-    REVISION_LABEL,
-    ControlPlane,
-    find_control_planes,
-    istiod_version,
-    probe_injection,
-)
 from kymamesh.diffs import object_diff
 from kymamesh.errors import (
     ApiError,
@@ -54,10 +46,20 @@ from kymamesh.errors import (
     UsageError,
     WaitTimeoutError,
 )
+from kymamesh.istio import revisions, sidecars, tags
+from kymamesh.istio.controlplane import (
+    DEFAULT_REVISION,
+    REVISION_LABEL,
+    ControlPlane,
+    find_control_planes,
+    istiod_version,
+)
+from kymamesh.istio.release import pinned
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.release import pinned
 from kymamesh.steps.base import Change
 from kymamesh.waits import wait_until
+from kymamesh.workflows import pipeline
+from kymamesh.workloads import restarts as restarts_  # `restarts` names a plan below
 
 PHASE_TAG = "default tag"
 PHASE_RESTARTS = "workloads"
@@ -110,8 +112,8 @@ class CanaryState:
         if self.tag is None:
             return []
         holder = self.holder
-        revisions = {p.revision for p in ([self.canary] if self.canary else []) + self.others}
-        if holder not in revisions:
+        known = {p.revision for p in ([self.canary] if self.canary else []) + self.others}
+        if holder not in known:
             name = self.tag["metadata"]["name"]
             return [
                 f"the default tag ({tags.MUTATING} {name}) points at revision {holder}, which "
@@ -286,7 +288,7 @@ def wait_tag(cluster: Cluster, namespace: str, holder: str, timeout: float) -> N
 
     def pending() -> str | None:
         try:
-            got = probe_injection(cluster, DEFAULT_REVISION, namespace)
+            got = revisions.probe_injection(cluster, DEFAULT_REVISION, namespace)
         except ApiError as exc:
             if denials.see(exc):
                 raise PreconditionError(
@@ -324,45 +326,32 @@ def moved_workloads(
     """Workloads with a running Pod whose sidecar came from another revision than the one
     that injects it now (with the default tag on `holder`): (restartable, the others).
     Each records its moved Pods and the restart annotation each was made with, so that
-    the restart machinery can tell a rollout under way (`sidecars.rollout_pending`)."""
+    the restart machinery can tell a rollout under way (`rollouts.rollout_pending`)."""
     namespaces = {
         str(n["metadata"]["name"]): dict(n["metadata"].get("labels") or {})
         for n in cluster.list("v1", "Namespace")
     }
-    moved = tags.moved_pods(sidecars.list_pods(cluster), namespaces, holder)
+    moved = revisions.moved_pods(sidecars.list_pods(cluster), namespaces, holder)
     if not moved:
         return [], []
-    replica_sets = sidecars.replica_set_index(cluster)
-    found: dict[sidecars.Workload, sidecars.OutdatedWorkload] = {}
-    for pod, have, now in moved:
-        workload = sidecars.owner_workload(pod, replica_sets)
-        entry = found.setdefault(workload, sidecars.OutdatedWorkload(workload))
-        meta = pod.get("metadata") or {}
-        entry.pods = sorted({*entry.pods, str(meta.get("name"))})
-        entry.pod_restarts.append((meta.get("annotations") or {}).get(sidecars.RESTARTED_AT))
-        reason = f"sidecar from revision {have}, now injected by revision {now}"
-        if reason not in entry.reasons:
-            entry.reasons.append(reason)
-        version = sidecars.proxy_version(pod)
-        if version is not None:
-            entry.versions.add(version)
-        created = sidecars._created(pod)
-        if created is not None and (entry.oldest_pod is None or created < entry.oldest_pod):
-            entry.oldest_pod = created
-    entries = [found[w] for w in sorted(found)]
+    entries = sidecars.group_by_workload(
+        (
+            (pod, [f"sidecar from revision {have}, now injected by revision {now}"])
+            for pod, have, now in moved
+        ),
+        sidecars.replica_set_index(cluster),
+    )
     return [e for e in entries if e.workload.restartable], [
         e for e in entries if not e.workload.restartable
     ]
 
 
-def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) -> Plan:
-    """The workloads the tag moved, restarted by step restart-proxies' machinery
-    (`plan_restarts_for`): the Istio and system namespaces first, then in batches of
+def restart_plan(ctx: RunContext, holder: str, batch_size: int | str | None = None) -> Plan:
+    """The workloads the tag moved, restarted by the restart machinery
+    (`restarts.plan_restarts_for`): the Istio and system namespaces first, then in batches of
     `batch_size`, each batch's rollouts finished before the next; opt-outs respected;
     ReplicaSet-only Pods deleted one at a time; Jobs and bare Pods listed; a workload
     whose restart is under way is not restarted again."""
-    from kymamesh.steps import proxies
-
     cluster = ctx.cluster
     plan = Plan()
     restartable, others = moved_workloads(cluster, holder)
@@ -388,8 +377,8 @@ def restart_plan(ctx: RunContext, holder: str, batch_size: int | None = None) ->
         params["systemNamespaces"] = remembered["systemNamespaces"]
     if batch_size is not None:
         params["batchSize"] = batch_size
-    options = proxies.restart_options(params, ctx.options.timeout)
-    restarts = proxies.plan_restarts_for(cluster, ctx.namespace, others + restartable, options)
+    options = restarts_.restart_options(params, ctx.options.timeout)
+    restarts = restarts_.plan_restarts_for(cluster, ctx.namespace, others + restartable, options)
     plan.notes.extend(n for n in restarts.notes if n not in plan.notes)
     for change in restarts.changes:
         plan.actions.append(
@@ -442,7 +431,7 @@ def _check_target(ctx: RunContext, plane: ControlPlane) -> None:
     if plane.revision == DEFAULT_REVISION:
         return
     try:
-        got = probe_injection(ctx.cluster, plane.revision, ctx.namespace)
+        got = revisions.probe_injection(ctx.cluster, plane.revision, ctx.namespace)
     except ApiError as exc:
         raise PreconditionError(
             f"istiod of revision {plane.revision} does not answer its injector webhook: "
@@ -461,7 +450,10 @@ def _check_target(ctx: RunContext, plane: ControlPlane) -> None:
 
 
 def move_tag(
-    ctx: RunContext, target: ControlPlane, state: CanaryState, batch_size: int | None = None
+    ctx: RunContext,
+    target: ControlPlane,
+    state: CanaryState,
+    batch_size: int | str | None = None,
 ) -> None:
     """Point the default tag at `target`; once it took effect, restart the workloads that
     moved."""
@@ -508,13 +500,13 @@ def _move_back(
     ) from None
 
 
-def promote(ctx: RunContext, batch_size: int | None = None) -> None:
+def promote(ctx: RunContext, batch_size: int | str | None = None) -> None:
     """`kymamesh upgrade promote`."""
     state = read_state(ctx)
     move_tag(ctx, _need_canary(state), state, batch_size)
 
 
-def rollback(ctx: RunContext, revision: str | None, batch_size: int | None = None) -> None:
+def rollback(ctx: RunContext, revision: str | None, batch_size: int | str | None = None) -> None:
     """`kymamesh upgrade rollback`: the tag back to the old revision (`revision` when
     more than one other revision runs). Before any promote (no tag, and the unnamed
     revision injects the default Pods) there is nothing to roll back: no write."""
@@ -562,7 +554,7 @@ def _users(cluster: Cluster, old: set[str]) -> tuple[list[str], list[str]]:
     for pod in sidecars.list_pods(cluster):
         if not sidecars.is_running(pod):
             continue
-        revision = tags.sidecar_revision(pod)
+        revision = revisions.sidecar_revision(pod)
         if revision in old:
             meta = pod["metadata"]
             pods.append(f"{meta['namespace']}/{meta['name']} (revision {revision})")
@@ -578,7 +570,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     """`kymamesh upgrade finish`: plan everything (refusals, phase 1 as if the old
     revisions were gone, phase 2's preflight), ask, remove the old revisions, then run
     phase 1 and phase 2, as `install` does."""
-    from kymamesh import patching
+    from kymamesh.workflows import patching
 
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
