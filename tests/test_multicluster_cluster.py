@@ -568,7 +568,33 @@ def test_two_networks_without_a_load_balancer_is_refused_and_undone(
         install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 
+def own_east_west_service(network: str) -> dict[str, Any]:
+    """An east-west gateway Service a user made (as Istio's gateway chart makes it with
+    name=istio-eastwestgateway and networkGateway=NETWORK), not kymamesh."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": EW,
+            "namespace": NS,
+            "labels": {"app": EW, "istio": "eastwestgateway", "topology.istio.io/network": network},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"istio": "eastwestgateway"},
+            "ports": [
+                {"name": "status-port", "port": 15021, "targetPort": 15021},
+                {"name": "tls", "port": 15443, "targetPort": 15443},
+                {"name": "tls-istiod", "port": 15012, "targetPort": 15012},
+                {"name": "tls-webhook", "port": 15017, "targetPort": 15017},
+            ],
+        },
+    }
+
+
 def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
+    """east gets its east-west gateway from kymamesh; west has one of its own, which join
+    uses as it is and leave leaves alone."""
     east, west = mesh["east"], mesh["west"]
     install_member(west, "mesh1", "west", mesh["root"], network="net2")
     if get(east, "service", "cart", "-n", "shop") is None:  # made by the one-network test
@@ -577,26 +603,27 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
     addresses = {"east": "203.0.113.10", "west": "203.0.113.20"}
     args = [*join_args(east, west), "--charts-dir", str(CHARTS_131)]
     try:
+        west.kubectl("apply", "-f", "-", input=json.dumps(own_east_west_service("net2")))
         with load_balancer(east, addresses["east"]), load_balancer(west, addresses["west"]):
             run = kymamesh(east, *args, "-o", "json", "--timeout", "180")
         assert run.code == 0, str(run)
         assert run.doc["data"]["eastWestGateways"] == {
-            name: {"service": f"{NS}/{EW}", "address": addresses[name], "byKymamesh": True}
-            for name in ("east", "west")
+            name: {"service": f"{NS}/{EW}", "address": addresses[name], "byKymamesh": ours}
+            for name, ours in (("east", True), ("west", False))
         }
+        # the east-west gateway kymamesh installed in east: Istio's gateway chart,
+        # networkGateway=net1; west's own Service is used as it is (no release there)
+        values = helm_values(east, EW)
+        assert values["networkGateway"] == "net1" and values["name"] == EW, values
+        assert west.helm_run("status", EW, "-n", NS, check=False).returncode != 0
+        svc = get(east, "service", EW, "-n", NS)
+        assert svc is not None
+        assert svc["metadata"]["labels"]["topology.istio.io/network"] == "net1"
+        assert svc["spec"]["selector"]["istio"] == "eastwestgateway"
+        assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {
+            ("status-port", 15021), ("tls", 15443), ("tls-istiod", 15012), ("tls-webhook", 15017),
+        }  # fmt: skip
         for here, peer in ((east, "west"), (west, "east")):
-            net = "net2" if here is west else "net1"
-            # the east-west gateway kymamesh installed: Istio's gateway chart, networkGateway
-            values = helm_values(here, EW)
-            assert values["networkGateway"] == net and values["name"] == EW, values
-            svc = get(here, "service", EW, "-n", NS)
-            assert svc is not None
-            assert svc["metadata"]["labels"]["topology.istio.io/network"] == net
-            assert svc["spec"]["selector"]["istio"] == "eastwestgateway"
-            assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {
-                ("status-port", 15021), ("tls", 15443), ("tls-istiod", 15012),
-                ("tls-webhook", 15017),
-            }  # fmt: skip
             gateway = get(here, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS)
             assert gateway is not None
             (server,) = gateway["spec"]["servers"]
@@ -623,14 +650,19 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
         assert again.code == 0 and again.doc["changed"] is False, str(again)
         assert ew.total == 0 and ww.total == 0, (ew.describe(), ww.describe())
 
+        # leave: nothing of the join is left; west's own east-west gateway stays
         left = kymamesh(east, "mesh", "leave", *join_args(east, west)[2:], "-o", "json")
         assert left.code == 0, str(left)
         assert _join_objects(east) == [] and _join_objects(west) == []
-        for c in (east, west):
-            assert get(c, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS) is None
+        assert east_west_objects(east) == []
+        assert east_west_objects(west) == [f"service/{EW}"]
+        with east.audit.counting() as ew, west.audit.counting() as ww:
+            again = kymamesh(east, "mesh", "leave", *join_args(east, west)[2:], "-o", "json")
+        assert again.code == 0 and again.doc["changed"] is False, str(again)
+        assert ew.total == 0 and ww.total == 0, (ew.describe(), ww.describe())
     finally:
-        for c in (east, west):
-            c.helm_run("uninstall", EW, "-n", NS, check=False)
+        east.helm_run("uninstall", EW, "-n", NS, check=False)
+        west.kubectl("delete", "service", EW, "-n", NS, check=False)
         install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 

@@ -1554,17 +1554,42 @@ def _leave_writes(leaving: Member, others: Sequence[Member]) -> list[Write]:
     for peer in others:
         writes += _pair_objects(reader=leaving, watcher=peer)
         writes += _pair_objects(reader=peer, watcher=leaving)
-    for m in [leaving, *others]:  # the cross-network Gateway, once nothing else needs it
+    networks = {m.name: m.network for m in (leaving, *others)}
+    for m in [leaving, *others]:  # the east-west gateway, once nothing else needs it
         rest = set(joined_peers(m.cluster)) - (
             {p.name for p in others} if m is leaving else {leaving.name}
         )
-        ref = Ref("networking.istio.io/v1", "Gateway", CROSS_NETWORK_GATEWAY, NAMESPACE)
-        live = m.cluster.get(ref) if m.cluster.serves(ref.api_version, ref.kind) else None
-        if not rest and live is not None and _ours(live):
-            writes.append(
-                Write(m, str(ref), "deleted (no peer left on another network)",
-                      _deleter(m.cluster, ref), f"--- {ref}\n+++ (deleted)")
-            )  # fmt: skip
+        writes += _gateway_removal(m, rest, networks)
+    return writes
+
+
+def _gateway_removal(m: Member, rest: set[str], networks: Mapping[str, str | None]) -> list[Write]:
+    """The deletes of what join installed for the other networks in `m`: the Gateway
+    cross-network-gateway and the Helm release istio-eastwestgateway, kymamesh's only, when
+    no peer that stays is on another network (a peer not given here counts as one)."""
+    if any(p not in networks or networks[p] != m.network for p in rest):
+        return []
+    writes: list[Write] = []
+    ref = Ref("networking.istio.io/v1", "Gateway", CROSS_NETWORK_GATEWAY, NAMESPACE)
+    live = m.cluster.get(ref) if m.cluster.serves(ref.api_version, ref.kind) else None
+    if live is not None and _ours(live):
+        writes.append(
+            Write(m, str(ref), "deleted (no peer left on another network)",
+                  _deleter(m.cluster, ref), f"--- {ref}\n+++ (deleted)")
+        )  # fmt: skip
+    records = m.cluster.list("v1", "Secret", NAMESPACE, f"owner=helm,name={EAST_WEST_NAME}")
+    if records:  # a release of that name: kymamesh's only is removed
+        read_gateway_release(m)
+    if records and m.gateway_release is not None:
+        what = f"Helm release {NAMESPACE}/{EAST_WEST_NAME}"
+
+        def uninstall() -> None:
+            m.ctx.helm.uninstall(EAST_WEST_NAME, NAMESPACE, m.ctx.options.timeout)
+
+        writes.append(
+            Write(m, what, "uninstalled (the east-west gateway join installed; no peer left "
+                  "on another network)", uninstall, f"--- {what}\n+++ (uninstalled)")
+        )  # fmt: skip
     return writes
 
 
