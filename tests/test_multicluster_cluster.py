@@ -705,3 +705,40 @@ def test_three_clusters_then_a_fourth(
     finally:
         for c in extra.values():
             c.down(keep=True)
+
+
+def test_uninstall_leaves_the_mesh_first(mesh: dict[str, Any]) -> None:
+    """`uninstall --leave-mesh` on a joined cluster: without its peers named, refused with
+    nothing written; with them, it leaves the mesh (nothing of the join left on either side),
+    then uninstalls. (The module's last test: east is uninstalled.)"""
+    east, west = mesh["east"], mesh["west"]
+    run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "180")
+    assert run.code == 0, str(run)
+    assert _join_objects(east) and _join_objects(west)
+
+    marks = [east.audit.mark(), west.audit.mark()]
+    refused = kymamesh(east, "uninstall", "-y", "--leave-mesh", "-o", "json")
+    assert refused.code == 3, str(refused)
+    error = refused.doc["errors"][0]
+    assert "joined in a mesh with west" in error["message"], error
+    assert "--peer-kubeconfig" in error["hint"] and west.server in error["hint"], error
+    for c, mark in zip((east, west), marks, strict=True):
+        assert c.audit.writes_since(mark).total == 0
+
+    dry = kymamesh(
+        east, "uninstall", "-y", "--leave-mesh", "--peer-kubeconfig", str(west.kubeconfig),
+        "--dry-run", "-o", "json",
+    )  # fmt: skip
+    assert dry.code == 0, str(dry)
+    assert _join_objects(east) and _join_objects(west)
+
+    done = kymamesh(
+        east, "uninstall", "-y", "--leave-mesh", "--peer-kubeconfig", str(west.kubeconfig),
+        "-o", "json", "--timeout", "180",
+    )  # fmt: skip
+    assert done.code == 0, str(done)
+    assert done.doc["data"]["leftMesh"] == {"left": "east", "peers": ["west"]}
+    assert _join_objects(east) == [] and _join_objects(west) == []
+    assert [e["id"] for e in istiod_debug(west, "/debug/clusterz")] == ["west"]
+    assert get(east, "deployment", "istiod", "-n", NS) is None  # uninstalled
+    assert get(west, "deployment", "istiod", "-n", NS) is not None  # the peer keeps its mesh

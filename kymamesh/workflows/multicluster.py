@@ -1451,8 +1451,30 @@ def refuse_if_joined(cluster: Cluster, what: str) -> None:
             "watch it, and it watches theirs",
             hint="take it out first: kymamesh mesh leave --kubeconfig THIS "
             + " ".join(f"--kubeconfig {p.upper()}" for p in peers)
-            + " (the first one leaves)",
+            + " (the first one leaves); or leave and uninstall in one: kymamesh uninstall "
+            "--leave-mesh " + " ".join(f"--peer-kubeconfig {p.upper()}" for p in peers),
         )
+
+
+def leave_before_uninstall(ctx: RunContext, peers: Sequence[Target]) -> None:
+    """`uninstall --leave-mesh`: the command's cluster leaves the mesh first, as `mesh
+    leave` (its peers, each named, lose its remote secret and reader account, it loses
+    theirs). Refused before any write when a peer is not named."""
+    joined = joined_peers(ctx.cluster)
+    if not joined:
+        return
+    if not peers:
+        servers = {str(e["cluster"]): str(e["server"]) for e in peer_entries(ctx.cluster)}
+        where = "; ".join(f"{p} at {servers[p]}" for p in joined if servers.get(p))
+        raise PreconditionError(
+            f"uninstall --leave-mesh: this cluster is joined in a mesh with {', '.join(joined)}; "
+            "leaving deletes what join wrote in each of them, which needs access to each: "
+            "nothing was written",
+            hint="name each peer: --peer-kubeconfig FILE (repeat), or --peer-context NAME of "
+            "this kubeconfig (repeat)"
+            + (f"; the API servers this cluster's remote secrets name: {where}" if where else ""),
+        )
+    leave(ctx, [Target(ctx.options.kubeconfig, ctx.options.context), *peers])
 
 
 def peer_entries(cluster: Cluster, now: datetime | None = None) -> list[dict[str, Any]]:

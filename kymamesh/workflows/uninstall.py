@@ -46,7 +46,12 @@ from kymamesh.meshfile import EGRESS_RELEASE
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.steps.netpol import NAMES as NETWORK_POLICY_NAMES
 from kymamesh.waits import wait_until
-from kymamesh.workflows.multicluster import refuse_if_joined
+from kymamesh.workflows.multicluster import (
+    Target,
+    joined_peers,
+    leave_before_uninstall,
+    refuse_if_joined,
+)
 from kymamesh.workflows.pipeline import kymamesh_revisions
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
@@ -205,13 +210,29 @@ def _who(p: Plan) -> str:
     return "istiod " + ", ".join(d.name for d in p.istiods) + " belongs to no Helm release"
 
 
-def run_uninstall(ctx: RunContext, *, purge: bool, force: bool, existing_istio: bool) -> None:
-    """Plan, refuse or confirm, then delete in reverse install order."""
+def run_uninstall(
+    ctx: RunContext,
+    *,
+    purge: bool,
+    force: bool,
+    existing_istio: bool,
+    leave_peers: list[Target] | None = None,
+) -> None:
+    """Plan, refuse or confirm, then delete in reverse install order. `leave_peers` (with
+    `--leave-mesh`): a cluster joined in a mesh leaves it first (its peers, each named)."""
     p = plan(ctx)
     ctx.result.data = p.to_json(purge)
-    refuse_if_joined(ctx.cluster, "uninstall refused")  # the peers' istiods watch this one
+    leaving = leave_peers is not None and bool(joined_peers(ctx.cluster))
+    if not leaving:
+        refuse_if_joined(ctx.cluster, "uninstall refused")  # the peers' istiods watch this one
     refuse_if_needed(p, force=force, existing_istio=existing_istio, purge=purge)
     _notes(ctx, p, purge)
+    if leaving:
+        _leave_mesh(ctx, p, purge, leave_peers or [])
+        if ctx.options.dry_run:
+            _report_dry_run(ctx, p, purge)
+            return
+        p = plan(ctx)
     if not p.work(purge):
         ctx.result.notes.insert(
             0,
@@ -224,11 +245,26 @@ def run_uninstall(ctx: RunContext, *, purge: bool, force: bool, existing_istio: 
         _report_dry_run(ctx, p, purge)
         return
     ctx.confirm(_question(ctx, p, purge))
+    left = {k: v for k, v in ctx.result.data.items() if k == "leftMesh"}
     ctx.before_write()
     p = plan(ctx)  # again, under the lock
-    ctx.result.data = p.to_json(purge)
+    ctx.result.data = {**p.to_json(purge), **left}
     refuse_if_needed(p, force=force, existing_istio=existing_istio, purge=purge)
     _delete(ctx, p, purge)
+
+
+def _leave_mesh(ctx: RunContext, p: Plan, purge: bool, peers: list[Target]) -> None:
+    """`--leave-mesh`: asked once for both (unless a dry run), then the mesh is left; the
+    uninstall's own plan follows."""
+    if not ctx.options.dry_run:
+        ctx.confirm(
+            f"leave the mesh (peers {', '.join(joined_peers(ctx.cluster))}), then "
+            + _question(ctx, p, purge)
+        )
+        ctx.options.yes = True  # asked: the uninstall does not ask again
+    data = ctx.result.data
+    leave_before_uninstall(ctx, peers)
+    ctx.result.data = {**data, "leftMesh": ctx.result.data}
 
 
 def _question(ctx: RunContext, p: Plan, purge: bool) -> str:
