@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+import signal
 import ssl
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -666,6 +670,152 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
         install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 
+# A `mesh join` killed (SIGKILL) after its Nth write to any cluster (the lock's Leases aside):
+# the real entry point, with the cluster adapter's write methods counting.
+JOIN_KILLER = """
+import os, signal, sys
+from kymamesh.adapters import cluster as c
+
+limit = int(os.environ["KYMAMESH_TEST_KILL_AFTER"])
+count = [0]
+
+def wrap(name):
+    original = getattr(c.Cluster, name)
+    def method(self, target, *args, **kwargs):
+        result = original(self, target, *args, **kwargs)
+        kind = target.kind if isinstance(target, c.Ref) else target.get("kind")
+        if kind != "Lease":
+            count[0] += 1
+            if count[0] >= limit:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(c.Cluster, name, method)
+
+for name in ("apply", "create", "replace", "merge_patch", "delete"):
+    wrap(name)
+sys.argv = ["kymamesh", *sys.argv[1:]]
+from kymamesh.cli.app import main
+main()
+"""
+
+
+def join_state(*clusters: TestCluster) -> list[list[str]]:
+    """What a join leaves in each cluster (`_join_objects`), the random suffix of each token
+    Secret aside."""
+    return [
+        sorted(re.sub(r"-token-[0-9a-f]{6}$", "-token-*", name) for name in _join_objects(c))
+        for c in clusters
+    ]
+
+
+@pytest.mark.parametrize("kill_after", [3, 6], ids=lambda n: f"after-write-{n}")
+def test_killed_join_converges(mesh: dict[str, Any], kill_after: int) -> None:
+    """A join killed half-way (3: the first pair's account, binding and token Secret, no
+    remote secret; 6: one pair complete, the other's account and binding) converges on the
+    re-run to what an uninterrupted join leaves; a further re-run writes nothing."""
+    east, west = mesh["east"], mesh["west"]
+    args = join_args(east, west)
+    whole = kymamesh(east, *args, "-o", "json", "--timeout", "180")
+    assert whole.code == 0, str(whole)
+    reference = join_state(east, west)
+    # in each: its remote secret, the peer's reader account, binding and token Secret
+    assert all(len(objects) == 4 for objects in reference), reference
+    left = kymamesh(east, "mesh", "leave", *args[2:], "-o", "json", "--timeout", "120")
+    assert left.code == 0, str(left)
+    assert join_state(east, west) == [[], []]
+
+    killed = subprocess.run(
+        [sys.executable, "-c", JOIN_KILLER, *args],
+        cwd=ROOT,
+        env={
+            **east.env,
+            "KYMAMESH_HELM": str(east.helm),
+            "KYMAMESH_TEST_KILL_AFTER": str(kill_after),
+        },
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    half = join_state(east, west)
+    assert half != reference and half != [[], []], half  # interrupted for real
+
+    # the killed run's Leases are left behind: the re-run waits until they expire
+    rerun = kymamesh(east, *args, "-o", "json", "--timeout", "180", "--lock-wait", "60")
+    assert rerun.code == 0, str(rerun)
+    assert join_state(east, west) == reference
+    for here, peer in ((east, "west"), (west, "east")):
+        clusters = {e["id"]: e["syncStatus"] for e in istiod_debug(here, "/debug/clusterz")}
+        assert clusters[peer] == "synced", clusters
+    with east.audit.counting() as ew, west.audit.counting() as ww:
+        again = kymamesh(east, *args, "-o", "json")
+    assert again.code == 0 and again.doc["changed"] is False, str(again)
+    assert ew.total == 0 and ww.total == 0, (ew.describe(), ww.describe())
+
+
+def test_token_secret_join_rotate_leave(mesh: dict[str, Any]) -> None:
+    """--token-secret: each reader token is a ServiceAccount token Secret's (filled by the
+    real token controller), kept by re-runs, replaced by rotate (the old one refused once its
+    Secret is gone), deleted by leave; status shows it as such."""
+    east, west = mesh["east"], mesh["west"]
+    args = join_args(east, west)
+    run = kymamesh(east, *args, "--token-secret", "-o", "json", "--timeout", "180")
+    assert run.code == 0, str(run)
+    token, server, ca = _reader_token(east, "west")
+    payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert payload["iss"] == "kubernetes/serviceaccount" and "exp" not in payload, payload
+    anchor = payload["kubernetes.io/serviceaccount/secret.name"]
+    secret = get(west, "secret", anchor, "-n", NS)
+    assert secret is not None and secret["type"] == "kubernetes.io/service-account-token"
+    assert base64.b64decode(secret["data"]["token"]).decode() == token
+    remote = get(east, "secret", "istio-remote-secret-west", "-n", NS)
+    assert remote is not None
+    assert remote["metadata"]["annotations"]["kymamesh.io/token-kind"] == "token-secret"
+    assert _api_get(server, f"/api/v1/namespaces/{NS}/services", token, ca) == 200
+    for here, peer in ((east, "west"), (west, "east")):
+        clusters = {e["id"]: e["syncStatus"] for e in istiod_debug(here, "/debug/clusterz")}
+        assert clusters[peer] == "synced", clusters
+
+    status = kymamesh(east, "mesh", "status", *args[2:], "-o", "json")
+    assert status.code == 0, str(status)
+    for view in status.doc["data"]["clusters"]:
+        (peer,) = view["peers"]
+        assert (peer["tokenKind"], peer["tokenExpires"]) == ("token-secret", None), peer
+    text = kymamesh(east, "mesh", "status", *args[2:])
+    assert "(token Secret, no expiry)" in text.stdout, str(text)
+
+    # kept by a re-run, with the option or without
+    with east.audit.counting() as ew, west.audit.counting() as ww:
+        for extra in (["--token-secret"], []):
+            again = kymamesh(east, *args, *extra, "-o", "json")
+            assert again.code == 0 and again.doc["changed"] is False, str(again)
+    assert ew.total == 0 and ww.total == 0, (ew.describe(), ww.describe())
+
+    rotated = kymamesh(
+        east, "mesh", "rotate", *args[2:], "--token-secret", "-o", "json", "--timeout", "120"
+    )
+    assert rotated.code == 0, str(rotated)
+    new_token, _, _ = _reader_token(east, "west")
+    assert new_token != token
+    assert get(west, "secret", anchor, "-n", NS) is None  # the old token Secret deleted
+    east.wait_for(
+        lambda: _api_get(server, f"/api/v1/namespaces/{NS}/services", token, ca) == 401,
+        30,
+        "the old token Secret's token refused",
+    )
+    assert _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 200
+
+    left = kymamesh(east, "mesh", "leave", *args[2:], "-o", "json", "--timeout", "120")
+    assert left.code == 0, str(left)
+    assert _join_objects(east) == [] and _join_objects(west) == []
+    east.wait_for(
+        lambda: _api_get(server, f"/api/v1/namespaces/{NS}/services", new_token, ca) == 401,
+        30,
+        "the token Secret's token refused after leave",
+    )
+
+
 def test_three_clusters_then_a_fourth(
     mesh: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -703,6 +853,10 @@ def test_three_clusters_then_a_fourth(
                 clusters,
             )
     finally:
+        # south, then north leave (east and west stay joined with each other only)
+        for gone, rest in (("south", ("north",)), ("north", ())):
+            members = [extra[gone], east, west, *(extra[n] for n in rest)]
+            kymamesh(east, "mesh", "leave", *join_args(*members)[2:], "--timeout", "120")
         for c in extra.values():
             c.down(keep=True)
 

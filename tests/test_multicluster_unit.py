@@ -76,6 +76,37 @@ def test_token_claims_are_read_without_the_signature() -> None:
     assert mc.token_claims("a.%%%.c") == {}
 
 
+def test_token_info_of_either_kind() -> None:
+    bound = {
+        "exp": 1767225600,
+        "kubernetes.io": {
+            "namespace": "istio-system",
+            "serviceaccount": {"name": "kymamesh-reader-west", "uid": "sa-uid"},
+            "secret": {"name": "kymamesh-reader-west-token-abc123", "uid": "s-uid"},
+        },
+    }
+    assert mc.token_info(_jwt(bound)) == mc.TokenInfo(
+        mc.TOKEN_REQUEST,
+        "kymamesh-reader-west",
+        "sa-uid",
+        "kymamesh-reader-west-token-abc123",
+        "s-uid",
+        1767225600,
+    )
+    legacy = {  # a token Secret's token: the legacy claims, no expiry
+        "iss": "kubernetes/serviceaccount",
+        "kubernetes.io/serviceaccount/namespace": "istio-system",
+        "kubernetes.io/serviceaccount/secret.name": "kymamesh-reader-west-token-abc123",
+        "kubernetes.io/serviceaccount/service-account.name": "kymamesh-reader-west",
+        "kubernetes.io/serviceaccount/service-account.uid": "sa-uid",
+        "sub": "system:serviceaccount:istio-system:kymamesh-reader-west",
+    }
+    assert mc.token_info(_jwt(legacy)) == mc.TokenInfo(
+        mc.TOKEN_SECRET, "kymamesh-reader-west", "sa-uid", "kymamesh-reader-west-token-abc123"
+    )
+    assert mc.token_info("not-a-token") == mc.TokenInfo("")
+
+
 def test_istio_versions_whose_registry_a_secret_update_wipes() -> None:
     assert mc.updates_wipe_registry(Version.parse("1.30.3"))
     assert mc.updates_wipe_registry(Version.parse("1.29.4"))

@@ -85,6 +85,17 @@ def check_gateway_wait(seconds: float) -> float:
     return seconds
 
 
+TokenSecret = Annotated[
+    bool,
+    typer.Option(
+        "--token-secret",
+        help="Each new reader token is a long-lived ServiceAccount token Secret's (type "
+        "kubernetes.io/service-account-token; valid until it is deleted) instead of a "
+        "TokenRequest's of --token-lifetime.",
+    ),
+]
+
+
 _DURATION = re.compile(r"^(\d+)([dhm])$")
 
 
@@ -118,6 +129,7 @@ def join(
     repo: c.Repo = None,
     plain_http: c.PlainHttp = False,
     gateway_wait: GatewayWait = 300.0,
+    token_secret: TokenSecret = False,
     *,
     options: Options,
 ) -> None:
@@ -143,6 +155,7 @@ def join(
             parse_lifetime(token_lifetime),
             source=chart_source(charts_dir, repo, plain_http),
             gateway_wait=check_gateway_wait(gateway_wait),
+            token_secret=token_secret,
         )
 
     c.run_command("mesh join", options, body)
@@ -162,6 +175,7 @@ def rotate(
             help="How long each new reader token is valid (30d, 12h, 90m).",
         ),
     ] = "30d",
+    token_secret: TokenSecret = False,
     *,
     options: Options,
 ) -> None:
@@ -175,7 +189,14 @@ def rotate(
         from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
-        multicluster.join(ctx, found, api_server or [], parse_lifetime(token_lifetime), rotate=True)
+        multicluster.join(
+            ctx,
+            found,
+            api_server or [],
+            parse_lifetime(token_lifetime),
+            rotate=True,
+            token_secret=token_secret,
+        )
 
     c.run_command("mesh rotate", options, body)
 

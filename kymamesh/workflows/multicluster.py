@@ -61,6 +61,11 @@ READER_PREFIX = "kymamesh-reader-"
 READER_LABEL = "kymamesh.io/reader-for"  # on what join writes in the read cluster: the peer
 TOKEN_SECRET_ANNOTATION = "kymamesh.io/token-secret"  # on a remote secret: the token's anchor
 TOKEN_EXPIRES_ANNOTATION = "kymamesh.io/token-expires"
+TOKEN_KIND_ANNOTATION = "kymamesh.io/token-kind"  # token-request | token-secret
+TOKEN_REQUEST, TOKEN_SECRET = "token-request", "token-secret"
+SA_TOKEN_TYPE = "kubernetes.io/service-account-token"
+SA_NAME_ANNOTATION = "kubernetes.io/service-account.name"
+TOKEN_SECRET_WAIT = 60.0  # seconds for the token controller to fill a token Secret
 READER_ROLE_LABEL = "app=istio-reader"
 DEFAULT_TOKEN_LIFETIME = timedelta(days=30)
 RENEW_FRACTION = 1 / 3  # a token with less than this share of its lifetime left is renewed
@@ -524,9 +529,16 @@ def _labels(peer: str) -> dict[str, str]:
 
 
 def plan_pair(
-    reader: Member, watcher: Member, lifetime: timedelta, now: datetime, rotate: bool = False
+    reader: Member,
+    watcher: Member,
+    lifetime: timedelta,
+    now: datetime,
+    rotate: bool = False,
+    token_secret: bool = False,
 ) -> PairPlan:
-    """The objects for `watcher` to read `reader`; only what differs (rotate: a new token)."""
+    """The objects for `watcher` to read `reader`; only what differs (rotate: a new token).
+    `token_secret`: a new token is a long-lived ServiceAccount token Secret's (and a
+    TokenRequest token in place is replaced by one)."""
     plan = PairPlan(reader, watcher)
     r = reader.cluster
     sa_name = reader_name(watcher.name)
@@ -573,35 +585,46 @@ def plan_pair(
     live = watcher.remote_secrets.get(reader.name)
     live = live if live is not None and live["metadata"]["name"] == ref.name else w.get(ref)
     anchors = _anchors(r, watcher.name)
-    keep = _current_anchor(live, reader, anchors, lifetime, now) if not rotate else None
+    keep = (
+        _current_anchor(live, reader, anchors, lifetime, now, token_secret) if not rotate else None
+    )
     plan.stale_tokens = sorted(a for a in anchors if a != keep)
     if keep is not None:  # the token holds (the account or binding may be restored above)
         return plan
     anchor_name = f"{sa_name}-token-{secrets.token_hex(3)}"
+    annotations = {
+        "kymamesh.io/purpose": f"revokes the token {watcher.name}'s istiod reads "
+        f"{reader.name} with, when deleted"
+    }
+    if token_secret:  # the token controller fills in a token of the account that never expires
+        annotations[SA_NAME_ANNOTATION] = sa_name
     anchor = {
         "apiVersion": "v1",
         "kind": "Secret",
-        "type": "Opaque",
+        "type": SA_TOKEN_TYPE if token_secret else "Opaque",
         "metadata": {
             "name": anchor_name,
             "namespace": NAMESPACE,
             "labels": _labels(watcher.name),
-            "annotations": {
-                "kymamesh.io/purpose": f"revokes the token {watcher.name}'s istiod reads "
-                f"{reader.name} with, when deleted"
-            },
+            "annotations": annotations,
         },
     }
     plan.stale_tokens = sorted(anchors)
-    placeholder = _remote_secret(reader, "(a new token)", anchor_name, now + lifetime)
+    expires = None if token_secret else now + lifetime
+    placeholder = _remote_secret(reader, "(a new token)", anchor_name, expires)
     why = "new" if live is None else ("rotated" if rotate else "renewed")
     plan.renews = live is not None
+    valid = (
+        f"of token Secret {NAMESPACE}/{anchor_name}, valid until it is deleted"
+        if token_secret
+        else f"valid {_days(lifetime)}"
+    )
     plan.writes.append(
         Write(
             watcher,
             str(ref),
             f"remote secret for {reader.name} ({reader.server}), {why} token of "
-            f"{reader.name}'s {NAMESPACE}/{sa_name}, valid {_days(lifetime)}",
+            f"{reader.name}'s {NAMESPACE}/{sa_name}, {valid}",
             lambda: _mint_and_store(reader, watcher, anchor, lifetime),
             object_diff(live, placeholder, str(ref)),
         )
@@ -644,6 +667,47 @@ def token_claims(token: str) -> dict[str, Any]:
     return claims if isinstance(claims, dict) else {}
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """What a reader token says of itself (unverified): its account, the Secret it is bound
+    to or is of, and when it expires; either kind."""
+
+    kind: str  # TOKEN_REQUEST or TOKEN_SECRET ("" when unreadable)
+    account: str = ""
+    account_uid: str = ""
+    secret: str = ""
+    secret_uid: str = ""  # a TokenRequest token's bound Secret (a token Secret's has none)
+    expires: int | float | None = None
+
+
+def token_info(token: str) -> TokenInfo:
+    """A TokenRequest token's claims (`kubernetes.io`: serviceaccount, secret; `exp`), or a
+    token Secret's (the legacy `kubernetes.io/serviceaccount/...` claims, no expiry)."""
+    claims = token_claims(token)
+    info = claims.get("kubernetes.io")
+    if isinstance(info, dict):
+        account = info.get("serviceaccount") or {}
+        secret = info.get("secret") or {}
+        expires = claims.get("exp")
+        return TokenInfo(
+            TOKEN_REQUEST,
+            str(account.get("name") or ""),
+            str(account.get("uid") or ""),
+            str(secret.get("name") or ""),
+            str(secret.get("uid") or ""),
+            expires if isinstance(expires, int | float) else None,
+        )
+    legacy = "kubernetes.io/serviceaccount/"
+    if f"{legacy}secret.name" in claims:
+        return TokenInfo(
+            TOKEN_SECRET,
+            str(claims.get(f"{legacy}service-account.name") or ""),
+            str(claims.get(f"{legacy}service-account.uid") or ""),
+            str(claims.get(f"{legacy}secret.name") or ""),
+        )
+    return TokenInfo("")
+
+
 def stored_token(secret: Mapping[str, Any] | None, reader: str) -> tuple[str, str, bytes | None]:
     """(token, server, CA) of the kubeconfig a remote secret holds for `reader`."""
     text = secret_values(secret).get(reader, b"").decode("utf-8", "replace") if secret else ""
@@ -664,38 +728,43 @@ def stored_token(secret: Mapping[str, Any] | None, reader: str) -> tuple[str, st
 
 
 def _current_anchor(
-    live: Obj | None, reader: Member, anchors: list[str], lifetime: timedelta, now: datetime
+    live: Obj | None,
+    reader: Member,
+    anchors: list[str],
+    lifetime: timedelta,
+    now: datetime,
+    token_secret: bool = False,
 ) -> str | None:
     """The anchor of the token in the remote secret in place, when that secret is kymamesh's
     and still right: same API server and CA, its token's account and anchor in place, more
-    than a third of the lifetime left. None when a new token is needed."""
+    than a third of the lifetime left (a token Secret's: it is that Secret's token, and never
+    expires). None when a new token is needed (`token_secret`: also when the token in place
+    is a TokenRequest's)."""
     if live is None or not _ours(live):
         return None
     token, server, ca = stored_token(live, reader.name)
     if server != reader.server or (ca or None) != (reader.ca_pem or None):
         return None
-    claims = token_claims(token)
-    info = claims.get("kubernetes.io") or {}
-    anchor = (info.get("secret") or {}).get("name")
-    account = (info.get("serviceaccount") or {}).get("uid")
-    if anchor not in anchors:
+    info = token_info(token)
+    if info.secret not in anchors or (token_secret and info.kind != TOKEN_SECRET):
         return None
     r = reader.cluster
-    live_anchor = r.get(Ref("v1", "Secret", anchor, NAMESPACE))
-    watcher = (info.get("serviceaccount") or {}).get("name", "")
-    live_sa = r.get(Ref("v1", "ServiceAccount", watcher, NAMESPACE))
+    live_anchor = r.get(Ref("v1", "Secret", info.secret, NAMESPACE))
+    live_sa = r.get(Ref("v1", "ServiceAccount", info.account, NAMESPACE))
     if live_anchor is None or live_sa is None:
         return None
-    if (info.get("secret") or {}).get("uid") != live_anchor["metadata"].get("uid"):
+    if info.account_uid != live_sa["metadata"].get("uid"):
         return None
-    if account != live_sa["metadata"].get("uid"):
+    if info.kind == TOKEN_SECRET:
+        held = secret_values(live_anchor).get("token", b"").decode("utf-8", "replace")
+        return info.secret if live_anchor.get("type") == SA_TOKEN_TYPE and held == token else None
+    if info.kind != TOKEN_REQUEST or info.secret_uid != live_anchor["metadata"].get("uid"):
         return None
-    expires = claims.get("exp")
-    if not isinstance(expires, int | float):
+    if info.expires is None:
         return None
-    if datetime.fromtimestamp(expires, UTC) - now < lifetime * RENEW_FRACTION:
+    if datetime.fromtimestamp(info.expires, UTC) - now < lifetime * RENEW_FRACTION:
         return None
-    return str(anchor)
+    return info.secret
 
 
 def _kubeconfig(reader: Member, token: str) -> str:
@@ -720,7 +789,15 @@ def _kubeconfig(reader: Member, token: str) -> str:
     return text
 
 
-def _remote_secret(reader: Member, token: str, anchor: str, expires: datetime) -> Obj:
+def _remote_secret(reader: Member, token: str, anchor: str, expires: datetime | None) -> Obj:
+    """The remote secret; `expires` None: a token Secret's token (it does not expire)."""
+    annotations = {
+        CLUSTER_ANNOTATION: reader.name,
+        TOKEN_SECRET_ANNOTATION: anchor,
+        TOKEN_KIND_ANNOTATION: TOKEN_REQUEST if expires is not None else TOKEN_SECRET,
+    }
+    if expires is not None:
+        annotations[TOKEN_EXPIRES_ANNOTATION] = f"{expires:%Y-%m-%dT%H:%M:%SZ}"
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -729,11 +806,7 @@ def _remote_secret(reader: Member, token: str, anchor: str, expires: datetime) -
             "name": remote_secret_name(reader.name),
             "namespace": NAMESPACE,
             "labels": {MULTICLUSTER_LABEL: "true", MANAGED_BY_LABEL: "kymamesh"},
-            "annotations": {
-                CLUSTER_ANNOTATION: reader.name,
-                TOKEN_SECRET_ANNOTATION: anchor,
-                TOKEN_EXPIRES_ANNOTATION: f"{expires:%Y-%m-%dT%H:%M:%SZ}",
-            },
+            "annotations": annotations,
         },
         "data": {
             reader.name: base64.b64encode(_kubeconfig(reader, token).encode()).decode(),
@@ -745,6 +818,10 @@ def _mint_and_store(reader: Member, watcher: Member, anchor: Obj, lifetime: time
     """In the reader cluster: the anchor Secret, then a token bound to it; in the watcher
     cluster: the remote secret with that token."""
     created = reader.cluster.apply(anchor)
+    if anchor.get("type") == SA_TOKEN_TYPE:
+        token = _filled_token(reader, anchor["metadata"]["name"])
+        watcher.cluster.apply(_remote_secret(reader, token, anchor["metadata"]["name"], None))
+        return
     uid = str(created["metadata"]["uid"])
     token, expires = reader.cluster.request_token(
         NAMESPACE,
@@ -754,6 +831,24 @@ def _mint_and_store(reader: Member, watcher: Member, anchor: Obj, lifetime: time
     )
     until = _parse_time(expires) or datetime.now(UTC) + lifetime
     watcher.cluster.apply(_remote_secret(reader, token, anchor["metadata"]["name"], until))
+
+
+def _filled_token(reader: Member, name: str) -> str:
+    """The token the token controller puts in a new ServiceAccount token Secret."""
+    deadline = time.monotonic() + TOKEN_SECRET_WAIT
+    while True:
+        live = reader.cluster.get(Ref("v1", "Secret", name, NAMESPACE))
+        token = secret_values(live).get("token", b"").decode() if live is not None else ""
+        if token:
+            return token
+        if time.monotonic() > deadline:
+            raise WaitTimeoutError(
+                f"{reader.name}: the token controller did not fill the token Secret "
+                f"{NAMESPACE}/{name} within {TOKEN_SECRET_WAIT:.0f}s",
+                hint="check that kube-controller-manager runs its serviceaccount-token "
+                "controller (or join without --token-secret); a re-run converges",
+            )
+        time.sleep(0.5)
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -780,6 +875,7 @@ def join(
     rotate: bool = False,
     source: ChartSource | None = None,
     gateway_wait: float = DEFAULT_GATEWAY_WAIT,
+    token_secret: bool = False,
 ) -> None:
     """`kymamesh mesh join`: preflight on every cluster, the east-west gateways where the
     networks differ, the writes, the verification. `rotate` (`kymamesh mesh rotate`): a new
@@ -802,6 +898,7 @@ def join(
                 rotate,
                 source or ChartSource(),
                 gateway_wait,
+                token_secret,
             )
         except KymameshError as exc:
             raise _partial(members, exc) from None
@@ -829,6 +926,7 @@ def _join(
     rotate: bool = False,
     source: ChartSource | None = None,
     gateway_wait: float = DEFAULT_GATEWAY_WAIT,
+    token_secret: bool = False,
 ) -> None:
     source = source or ChartSource()
     phase = ctx.result.phase(PREFLIGHT)
@@ -848,7 +946,7 @@ def _join(
     preflight(members, api_servers)
     plan_gateways(members, source)
     now = datetime.now(UTC)
-    plans = _plan_all(members, lifetime, now, rotate)
+    plans = _plan_all(members, lifetime, now, rotate, token_secret)
     refuse_unsafe_updates(plans)
     needed = any(p.writes for p in plans) or bool(gateways_pending(members))
     if needed and not ctx.options.dry_run:
@@ -858,7 +956,7 @@ def _join(
             read_member(m, api_servers)
         preflight(members, api_servers)
         plan_gateways(members, source)
-        plans = _plan_all(members, lifetime, now, rotate)
+        plans = _plan_all(members, lifetime, now, rotate, token_secret)
         refuse_unsafe_updates(plans)
     setup_gateways(ctx, members, gateway_wait)  # before any remote secret
     _write(ctx, members, plans)
@@ -917,11 +1015,19 @@ def refuse_unsafe_updates(plans: Sequence[PairPlan]) -> None:
 
 
 def _plan_all(
-    members: Sequence[Member], lifetime: timedelta, now: datetime, rotate: bool = False
+    members: Sequence[Member],
+    lifetime: timedelta,
+    now: datetime,
+    rotate: bool = False,
+    token_secret: bool = False,
 ) -> list[PairPlan]:
     pairs = [(r, w) for w in members for r in members if r is not w]
+
+    def plan(rw: tuple[Member, Member]) -> PairPlan:
+        return plan_pair(rw[0], rw[1], lifetime, now, rotate, token_secret)
+
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        plans = list(pool.map(lambda rw: plan_pair(rw[0], rw[1], lifetime, now, rotate), pairs))
+        plans = list(pool.map(plan, pairs))
     if several_networks(members):
         for m in members:  # in the first plan where the cluster is the reader
             first = next(p for p in plans if p.reader is m)
@@ -1292,8 +1398,7 @@ def _anchor_in_use(plan: PairPlan) -> str | None:
         Ref("v1", "Secret", remote_secret_name(plan.reader.name), NAMESPACE)
     )
     token, _, _ = stored_token(live, plan.reader.name)
-    anchor = ((token_claims(token).get("kubernetes.io") or {}).get("secret") or {}).get("name")
-    return str(anchor) if anchor else None
+    return token_info(token).secret or None
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -1485,16 +1590,15 @@ def peer_entries(cluster: Cluster, now: datetime | None = None) -> list[dict[str
     for secret in cluster.list("v1", "Secret", NAMESPACE, f"{MULTICLUSTER_LABEL}=true"):
         for peer in _clusters_of(secret):
             token, server, _ = stored_token(secret, peer)
-            expires = token_claims(token).get("exp")
-            when = (
-                datetime.fromtimestamp(expires, UTC) if isinstance(expires, int | float) else None
-            )
+            info = token_info(token)
+            when = datetime.fromtimestamp(info.expires, UTC) if info.expires is not None else None
             out.append(
                 {
                     "cluster": peer,
                     "secret": f"{NAMESPACE}/{secret['metadata']['name']}",
                     "server": server,
                     "byKymamesh": _ours(secret),
+                    "tokenKind": info.kind or None,
                     "tokenExpires": f"{when:%Y-%m-%dT%H:%M:%SZ}" if when else None,
                     "tokenExpired": bool(when and when <= now),
                 }
@@ -1740,8 +1844,13 @@ def _mesh_status(ctx: RunContext, members: list[Member]) -> bool:
     ctx.result.data = {"clusters": clusters, "problems": problems, "healthy": not problems}
     for c in clusters:
         peers = ", ".join(
-            f"{e['cluster']} {e.get('syncStatus') or 'unknown'} (token until "
-            f"{e['tokenExpires'] or 'unknown'})"
+            f"{e['cluster']} {e.get('syncStatus') or 'unknown'} ("
+            + (
+                "token Secret, no expiry"
+                if e.get("tokenKind") == TOKEN_SECRET
+                else f"token until {e['tokenExpires'] or 'unknown'}"
+            )
+            + ")"
             for e in c["peers"]
         )
         ctx.result.notes.append(
@@ -1753,16 +1862,17 @@ def _mesh_status(ctx: RunContext, members: list[Member]) -> bool:
 
 
 def _token_backed(reader: Member, token: str) -> bool:
-    """Whether the reader cluster still has the account and the Secret `token` is bound to."""
-    info = token_claims(token).get("kubernetes.io") or {}
-    account = info.get("serviceaccount") or {}
-    anchor = info.get("secret") or {}
+    """Whether the reader cluster still has the account and the Secret `token` is bound to
+    (or, a token Secret's, is of)."""
+    info = token_info(token)
     r = reader.cluster
-    live_sa = r.get(Ref("v1", "ServiceAccount", str(account.get("name", "")), NAMESPACE))
-    if live_sa is None or live_sa["metadata"].get("uid") != account.get("uid"):
+    live_sa = r.get(Ref("v1", "ServiceAccount", info.account, NAMESPACE)) if info.account else None
+    if live_sa is None or live_sa["metadata"].get("uid") != info.account_uid:
         return False
-    if anchor:
-        live = r.get(Ref("v1", "Secret", str(anchor.get("name", "")), NAMESPACE))
-        if live is None or live["metadata"].get("uid") != anchor.get("uid"):
+    if info.secret:
+        live = r.get(Ref("v1", "Secret", info.secret, NAMESPACE))
+        if live is None:
+            return False
+        if info.kind == TOKEN_REQUEST and live["metadata"].get("uid") != info.secret_uid:
             return False
     return True
