@@ -106,6 +106,10 @@ def test_a_running_istiod_moves_to_the_mesh_root_with_restart_proxies(
     restarted = [i["summary"] for i in phases["shared trust: workloads on the new root"]["items"]]
     assert len(restarted) == 4, restarted
     assert "Deployment/istio-system/istio-ingressgateway restarted, batch 1/3" in restarted[0]
+    text_args = [a for a in args if a not in ("-o", "json")]
+    text = kymamesh(c, *text_args, "--restart-proxies", "--dry-run", "-v")
+    assert text.code == 0, str(text)
+    assert "shared trust: workloads on the new root" in text.stdout + text.stderr
 
     # with --restart-proxies: carried out
     run = kymamesh(c, *args, "--restart-proxies", "--restart-batch", "2", timeout=900)
@@ -122,7 +126,7 @@ def test_a_running_istiod_moves_to_the_mesh_root_with_restart_proxies(
     after = pod_uids(c, "shop") | pod_uids(c, NS)
     for name, uid in before.items():
         assert after.get(name) not in (None, uid), f"{name}: Pod not replaced"
-    for out in (refused, dry, run):
+    for out in (refused, dry, text, run):
         no_key_in(out.stdout + out.stderr, root_key)
         no_key_in(out.stdout + out.stderr, values["ca-key.pem"])
 
