@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from kymamesh import certs, meshca, restarts
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
 from kymamesh.errors import PreconditionError
-from kymamesh.rollouts import RESTARTED_AT
+from kymamesh.identity import certs, meshca
+from kymamesh.workloads import restarts
+from kymamesh.workloads.rollouts import RESTARTED_AT
 from tests.support_fake_cluster import FakeCluster, run_context
 
 NS = "istio-system"

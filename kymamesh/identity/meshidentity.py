@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from kymamesh.cluster import Cluster, Ref
-from kymamesh.controlplane import suffix_of
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import UsageError
+from kymamesh.istio.controlplane import suffix_of
 
 STEP = "multicluster-identity"
 KIND = "mesh-identity"

@@ -18,7 +18,7 @@ plan this cluster needs (istiod Deployments, workloads and gateways, batches) un
 `kymamesh.io/root-change` while the change is under way; every istiod Deployment
 restarted; istiod publishing the new root (ConfigMap `istio-ca-root-cert`); then every
 injected workload and gateway whose Pods were made before that, restarted in batches by
-`kymamesh.restarts`; the mark removed last, so that a run stopped half-way goes on where
+`kymamesh.workloads.restarts`; the mark removed last, so that a run stopped half-way goes on where
 it stopped when run again.
 """
 
@@ -31,14 +31,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kymamesh import MANAGED_BY_LABEL, certs, restarts, rollouts, sidecars
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.context import RunContext
-from kymamesh.controlplane import TEMPLATES_ANNOTATION, ControlPlane, find_control_planes
 from kymamesh.diffs import object_diff, secret_values
 from kymamesh.errors import PreconditionError, UsageError, WaitTimeoutError
+from kymamesh.identity import certs
+from kymamesh.istio import sidecars
+from kymamesh.istio.controlplane import TEMPLATES_ANNOTATION, ControlPlane, find_control_planes
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.waits import wait_until
+from kymamesh.workloads import restarts, rollouts
 
 SECRET = "cacerts"
 SELF_SIGNED_SECRET = "istio-ca-secret"  # istiod's own CA, made when no cacerts is there
@@ -322,7 +325,7 @@ def _stamp(when: datetime) -> str:
 class RootChange:
     """A change of root on a running istiod in one cluster: the istiod Deployments to
     restart, then the workloads whose Pods hold certificates of the previous root, in the
-    restart machinery's order and batches (`kymamesh.restarts`)."""
+    restart machinery's order and batches (`kymamesh.workloads.restarts`)."""
 
     namespace: str
     root_pem: bytes
@@ -629,7 +632,7 @@ def wait_root_published(
 def change_root_workloads(ctx: RunContext, ca_plan: CaPlan) -> None:
     """The second half of a change of root, once istiod publishes the new root: restart
     every injected workload and gateway whose Pods were made before that, in batches
-    (`kymamesh.restarts`: the Istio and system namespaces first, opt-outs respected), then
+    (`kymamesh.workloads.restarts`: the Istio and system namespaces first, opt-outs respected), then
     remove the mark of the change from Secret cacerts."""
     if ca_plan.change is None:
         return
