@@ -135,3 +135,67 @@ def test_a_running_istiod_moves_to_the_mesh_root_with_restart_proxies(
         again = kymamesh(c, *args, "--restart-proxies")
     assert again.code == 0 and again.doc["changed"] is False, str(again)
     assert writes.total == 0, writes.describe()
+
+
+CHARTS_131 = CHARTS.parent / "charts-1.31"
+
+
+def test_join_with_ca_moves_each_running_istiod_to_the_mesh_root(
+    fresh_cluster: Any, tmp_path: Path
+) -> None:
+    """Two clusters installed without --ca (istiod on its self-signed CA): `mesh join --ca`
+    is refused on both with their plans and writes nothing; with --restart-proxies each gets
+    its intermediate of the root, istiod restarted on it, and the join goes on."""
+    clusters = {"east": fresh_cluster(), "west": fresh_cluster()}
+    for name, c in clusters.items():
+        installed = kymamesh(
+            c, "install", "--charts-dir", str(CHARTS_131), "-y", "--timeout", "300",
+            "--mesh-id", "mesh1", "--cluster-name", name, "--network", "net1",
+        )  # fmt: skip
+        ok(installed)
+    east, west = clusters["east"], clusters["west"]
+    root = tmp_path / "root"
+    ok(kymamesh(east, "ca", "create", "--out", str(root)))
+    root_pem = (root / "root-cert.pem").read_bytes()
+    root_key = (root / "root-key.pem").read_bytes()
+    join = ["mesh", "join", "--kubeconfig", str(east.kubeconfig)]
+    join += ["--kubeconfig", str(west.kubeconfig), "--ca", str(root), "-o", "json"]
+
+    marks = [c.audit.mark() for c in (east, west)]
+    refused = kymamesh(east, *join)
+    for c, mark in zip((east, west), marks, strict=True):
+        writes = c.audit.writes_since(mark)
+        assert writes.total == 0, writes.describe()
+    assert refused.code == 3, str(refused)
+    message = refused.doc["errors"][0]["message"]
+    for name in ("east", "west"):
+        assert f"{name}: istiod already runs in istio-system on its own self-signed CA" in message
+    assert message.count("restart 1 istiod Deployment (revision default)") == 2, message
+    assert "--restart-proxies" in refused.doc["errors"][0]["hint"]
+
+    run = kymamesh(east, *join, "--restart-proxies", timeout=900)
+    assert run.code == 0, str(run)
+    for name, c in clusters.items():
+        secret = get(c, "secret", "cacerts", "-n", NS)
+        assert secret is not None, name
+        values = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+        assert values["root-cert.pem"] == root_pem, name
+        published = get(c, "configmap", "istio-ca-root-cert", "-n", NS)
+        assert published is not None
+        assert published["data"]["root-cert.pem"].encode().strip() == root_pem.strip(), name
+        for out in (refused, run):
+            no_key_in(out.stdout + out.stderr, values["ca-key.pem"])
+    for out in (refused, run):
+        no_key_in(out.stdout + out.stderr, root_key)
+    items = [i["name"] for p in run.doc["phases"] for i in p["items"]]
+    assert (
+        "east: Secret/istio-system/cacerts" in items
+        and "west: Deployment/istio-system/istiod" in items
+    )
+
+    marks = [c.audit.mark() for c in (east, west)]
+    again = kymamesh(east, *join, "--restart-proxies")
+    assert again.code == 0 and again.doc["changed"] is False, str(again)
+    for c, mark in zip((east, west), marks, strict=True):
+        writes = c.audit.writes_since(mark)
+        assert writes.total == 0, writes.describe()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from kymamesh.cli import common as c
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import UsageError
+
+if TYPE_CHECKING:
+    from kymamesh.identity.meshca import MeshCa
 
 app = typer.Typer(help="One mesh across clusters.", no_args_is_help=True)
 
@@ -70,6 +74,34 @@ def join(
             "with less than a third left.",
         ),
     ] = "30d",
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            metavar="DIR",
+            help="The mesh's root CA (`kymamesh ca create --out DIR`): each cluster without "
+            "cacerts of it gets its own intermediate; an istiod running on another CA is "
+            "refused with the plan, carried out with --restart-proxies.",
+            file_okay=False,
+        ),
+    ] = None,
+    restart_proxies: Annotated[
+        bool,
+        typer.Option(
+            "--restart-proxies",
+            help="With --ca: move a running istiod to the mesh root (istiod, then every "
+            "sidecar and gateway restarted in batches).",
+        ),
+    ] = False,
+    restart_batch: Annotated[
+        str | None,
+        typer.Option(
+            "--restart-batch",
+            metavar="N|N%",
+            help="With --restart-proxies: restart N workloads at a time, or N% of them "
+            "(default 10).",
+        ),
+    ] = None,
     *,
     options: Options,
 ) -> None:
@@ -79,16 +111,42 @@ def join(
     distinct cluster names, cacerts of one root, Istio minors at most one apart, API
     servers that answer). Then, for each pair: a reader ServiceAccount in one cluster,
     bound to Istio's reader ClusterRole, and in the other a remote secret with a token of
-    it. Then each istiod must report every peer synced. A re-run writes nothing.
+    it. Then each istiod must report every peer synced. A re-run writes nothing. With
+    --ca DIR, each cluster first gets its plug-in CA of that root.
     """
 
     def body(ctx: RunContext) -> None:
         from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
-        multicluster.join(ctx, found, api_server or [], parse_lifetime(token_lifetime))
+        shared = mesh_ca(ca, restart_proxies, restart_batch, options.timeout)
+        multicluster.join(ctx, found, api_server or [], parse_lifetime(token_lifetime), ca=shared)
 
     c.run_command("mesh join", options, body)
+
+
+def mesh_ca(
+    ca: Path | None, restart_proxies: bool, restart_batch: str | None, timeout: float
+) -> MeshCa | None:
+    """`--ca DIR` with how a change of root restarts; the flags that need it, checked."""
+    from kymamesh.cli.patch_options import restart_batch_value
+    from kymamesh.identity.meshca import MeshCa
+    from kymamesh.workloads.restarts import DEFAULT_BATCH_SIZE, RestartOptions
+
+    if ca is None:
+        if restart_proxies or restart_batch is not None:
+            raise UsageError(
+                "--restart-proxies and --restart-batch go with --ca",
+                hint="give --ca DIR (the mesh root), or leave them out",
+            )
+        return None
+    if restart_batch is not None and not restart_proxies:
+        raise UsageError(
+            "--restart-batch goes with --restart-proxies",
+            hint="add --restart-proxies, or leave --restart-batch out",
+        )
+    batch = restart_batch_value(restart_batch) if restart_batch else DEFAULT_BATCH_SIZE
+    return MeshCa(ca, RestartOptions(restart_proxies, batch, timeout=timeout))
 
 
 @app.command("rotate")

@@ -158,10 +158,14 @@ class CaPlan:
     summary: str
     change: RootChange | None = None
     root_pem: bytes = b""  # the root the cluster's cacerts chain to once written
+    cluster: str = ""  # the cluster's name, before each item's (several clusters: mesh join)
 
     @property
     def needed(self) -> bool:
         return self.desired is not None
+
+    def named(self, item: str) -> str:
+        return f"{self.cluster}: {item}" if self.cluster else item
 
 
 def live_ca(cluster: Cluster, namespace: str) -> certs.ClusterCa | None:
@@ -507,7 +511,7 @@ def run(ctx: RunContext, ca_plan: CaPlan, replan: Any = None) -> CaPlan:
     phase = ctx.result.phase(PHASE)
     ctx.progress.phase(PHASE)
     ref = secret_ref(ca_plan.namespace)
-    item = ItemResult(name=str(ref), outcome=Outcome.UNCHANGED)
+    item = ItemResult(name=ca_plan.named(str(ref)), outcome=Outcome.UNCHANGED)
     phase.items.append(item)
     with ctx.progress.track(item):
         if ca_plan.needed and not ctx.options.dry_run:
@@ -553,7 +557,7 @@ def change_root_istiods(ctx: RunContext, ca_plan: CaPlan) -> None:
     if change is None:
         return
     for plane in change.istiods:
-        item = ItemResult(name=str(plane.istiod_ref), outcome=Outcome.WOULD_CHANGE)
+        item = ItemResult(name=ca_plan.named(str(plane.istiod_ref)), outcome=Outcome.WOULD_CHANGE)
         item.summary = (
             f"restarted ({plane.describe()}): istiod takes a new root only when it starts"
         )
@@ -571,7 +575,9 @@ def change_root_istiods(ctx: RunContext, ca_plan: CaPlan) -> None:
             }
             ctx.cluster.merge_patch(plane.istiod_ref, patch)
             item.outcome = Outcome.CHANGED
-    published = ItemResult(name=f"ConfigMap {ROOT_CONFIGMAP}", outcome=Outcome.UNCHANGED)
+    published = ItemResult(
+        name=ca_plan.named(f"ConfigMap {ROOT_CONFIGMAP}"), outcome=Outcome.UNCHANGED
+    )
     published.summary = f"holds the new root in {', '.join(change.namespaces)}"
     phase.items.append(published)
     if ctx.options.dry_run:
@@ -643,7 +649,9 @@ def change_root_workloads(ctx: RunContext, ca_plan: CaPlan) -> None:
         count = len(planned_change.batches)
         for number, batch in enumerate(planned_change.batches, start=1):
             for entry in batch:
-                item = ItemResult(name=str(entry.workload), outcome=Outcome.WOULD_CHANGE)
+                item = ItemResult(
+                    name=ca_plan.named(str(entry.workload)), outcome=Outcome.WOULD_CHANGE
+                )
                 item.summary = f"{entry.workload} restarted, batch {number}/{count}"
                 item.summary += f" ({NEW_ROOT_REASON})"
                 item.changes = [item.summary]
@@ -668,7 +676,8 @@ def change_root_workloads(ctx: RunContext, ca_plan: CaPlan) -> None:
         if note not in ctx.result.notes:
             ctx.result.notes.append(note)
     for step in planned.changes:
-        item = ItemResult(name=step.target, outcome=Outcome.WOULD_CHANGE, summary=step.summary)
+        item = ItemResult(name=ca_plan.named(step.target), outcome=Outcome.WOULD_CHANGE)
+        item.summary = step.summary
         item.changes = [step.summary]
         item.diff = step.diff
         phase.items.append(item)
@@ -681,7 +690,9 @@ def change_root_workloads(ctx: RunContext, ca_plan: CaPlan) -> None:
             ctx.cluster, planned.pending, options.timeout, "restarts begun by an earlier run", []
         )
     _note_left(ctx, change)
-    done = ItemResult(name=str(secret_ref(change.namespace)), outcome=Outcome.CHANGED)
+    done = ItemResult(
+        name=ca_plan.named(str(secret_ref(change.namespace))), outcome=Outcome.CHANGED
+    )
     done.summary = f"the change of root is done: annotation {ROOT_CHANGE_ANNOTATION} removed"
     done.changes = [done.summary]
     phase.items.append(done)
@@ -700,3 +711,43 @@ def _note_left(ctx: RunContext, change: RootChange) -> None:
         )
         if note not in ctx.result.notes:
             ctx.result.notes.append(note)
+
+
+# -- mesh join --ca ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeshCa:
+    """`mesh join --ca DIR`: the mesh's root (or an intermediate of the user's own), and
+    how a change of root on a running istiod restarts (`--restart-proxies`)."""
+
+    ca_dir: Path
+    restart: restarts.RestartOptions
+
+
+def plan_clusters(ca: MeshCa, clusters: list[tuple[Cluster, str]], namespace: str) -> list[CaPlan]:
+    """`plan` for each cluster of a join (by its connection and its cluster name), read-only;
+    the refusals of every cluster at once, before any write to any of them."""
+    now = datetime.now(UTC)
+    plans: list[CaPlan] = []
+    refused: list[PreconditionError] = []
+    for cluster, name in clusters:
+        try:
+            found = plan(cluster, namespace, ca.ca_dir, name, now=now, restart=ca.restart)
+        except PreconditionError as exc:
+            refused.append(type(exc)(f"{name}: {exc.message}", hint=exc.hint))
+            continue
+        plans.append(replace(found, cluster=name))
+    if len(refused) == 1:
+        raise refused[0]
+    if refused:
+        raise PreconditionError("; ".join(e.message for e in refused), hint=refused[0].hint)
+    return plans
+
+
+def carry_out(ctx: RunContext, ca_plan: CaPlan) -> None:
+    """All of `ca_plan` in one cluster, its lock held: the cacerts, then, for a change of
+    root, istiod and then the workloads restarted on it."""
+    ca_plan = run(ctx, ca_plan)
+    change_root_istiods(ctx, ca_plan)
+    change_root_workloads(ctx, ca_plan)
