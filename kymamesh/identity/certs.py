@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kymamesh.errors import PreconditionError, UsageError
@@ -130,6 +131,28 @@ def _key_der(pem: bytes) -> bytes:
     )
 
 
+def _load_key(key_pem: bytes, origin: str) -> PrivateKeyTypes:
+    """A private key from PEM, or a clear error naming `origin` (never the key)."""
+    try:
+        return serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise InvalidCertificateError(
+            f"{origin} is encrypted with a passphrase",
+            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise InvalidCertificateError(
+            f"{origin} is not a PEM private key",
+            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
+        ) from None
+
+
+def _same_public_key(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    der = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return key.public_key().public_bytes(enc, der) == cert.public_key().public_bytes(enc, der)
+
+
 def _name(name: x509.Name) -> str:
     common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if common:
@@ -175,18 +198,7 @@ def parse_pair(
             f"{cert_origin} contains a private key",
             hint="give the certificate and the key as two separate files",
         )
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise InvalidCertificateError(
-            f"{key_origin} is encrypted with a passphrase",
-            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise InvalidCertificateError(
-            f"{key_origin} is not a PEM private key",
-            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
-        ) from None
+    key = _load_key(key_pem, key_origin)
     if not isinstance(
         key,
         (
@@ -207,9 +219,7 @@ def parse_pair(
             hint="issue the certificate for a 2048-bit (or larger) RSA key or an ECDSA key",
         )
     leaf = chain[0]
-    der = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, der) != leaf.public_key().public_bytes(enc, der):
+    if not _same_public_key(key, leaf):
         info = describe_certificate(leaf, len(chain))
         raise InvalidCertificateError(
             f"{key_origin} does not belong to {cert_origin} ({info.subject}): "
@@ -514,26 +524,13 @@ def _certs(pem: bytes, origin: str) -> list[x509.Certificate]:
 
 
 def _check_key(cert: x509.Certificate, key_pem: bytes, cert_origin: str, key_origin: str) -> None:
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise InvalidCertificateError(
-            f"{key_origin} is encrypted with a passphrase",
-            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise InvalidCertificateError(
-            f"{key_origin} is not a PEM private key",
-            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
-        ) from None
+    key = _load_key(key_pem, key_origin)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise InvalidCertificateError(
             f"{key_origin} is a {type(key).__name__}; Istio's CA takes RSA or ECDSA keys",
             hint="issue the CA for an RSA (2048 bits or more) or ECDSA key",
         )
-    der = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, der) != cert.public_key().public_bytes(enc, der):
+    if not _same_public_key(key, cert):
         raise InvalidCertificateError(
             f"{key_origin} does not belong to {cert_origin} ({_name(cert.subject)}): their "
             "public keys differ",

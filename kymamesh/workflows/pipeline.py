@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kymamesh import meshfile, unverified
-from kymamesh.adapters.cluster import Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.adapters.helm import DeployedRelease, LoadedChart
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff
@@ -1124,6 +1124,21 @@ class Denials:
         return now - self._first[1] >= DENIAL_SETTLE_S
 
 
+def _older_istiods(cluster: Cluster, namespace: str, revision: str) -> str:
+    """The istiod Pods of `revision` that run an older image than their Deployment's
+    template ("" when none): during an upgrade they may answer the injection webhook with
+    the new template, which an older istiod cannot render."""
+    names: list[str] = []
+    for deployment in controlplane.istiod_deployments(cluster, namespace):
+        if controlplane.revision_of(deployment) != revision:
+            continue
+        match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        pods = cluster.list("v1", "Pod", namespace, label_selector=selector) if match else []
+        names += controlplane.older_istiod_pods(deployment, pods)
+    return ", ".join(names)
+
+
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
     """Wait until istiod's injection webhook answers: a dry-run Pod gets the sidecar of
     the revision expected to inject it (`revision`; for the unnamed one, the revision the
@@ -1136,7 +1151,9 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
     (`controlplane.probe_namespace`): a Pod admitted without a sidecar proves nothing. A
     webhook that answers with a denial (a template istiod cannot render) is answering:
     the same denial for DENIAL_SETTLE_S ends the wait with its message instead of
-    waiting out the timeout.
+    waiting out the timeout, unless istiod Pods of an older image (an upgrade's Pods on
+    their way out) still run: those render the new template with an older istiod, so the
+    denial is judged again once they are gone.
     """
     expected = revision
     if revision == controlplane.DEFAULT_REVISION:
@@ -1151,6 +1168,10 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             got = revisions.probe_injection(ctx.cluster, revision, namespace)
         except ApiError as exc:
             if denials.see(exc):
+                older = _older_istiods(ctx.cluster, namespace, revision)
+                if older:  # the denial may be theirs: judge it again once they are gone
+                    denials.see(None)
+                    return f"{exc.message} (istiod Pods of an older image still run: {older})"
                 raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
                     f"Pods: {exc.message}",
