@@ -175,7 +175,8 @@ def test_install_plugs_in_a_cluster_ca_of_the_mesh_root(fresh_cluster: Any, tmp_
     assert refused.code == 3, str(refused)
     error = refused.doc["errors"][0]
     assert "istiod already runs in istio-system on the plug-in CA" in error["message"]
-    assert "restart istiod" in error["hint"] and "restart every sidecar" in error["hint"]
+    assert "restart 1 istiod Deployment (revision default)" in error["message"]
+    assert "--restart-proxies" in error["hint"] and "every sidecar" in error["hint"]
     assert writes.total == 0, writes.describe()
 
 

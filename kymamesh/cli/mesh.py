@@ -15,6 +15,7 @@ from kymamesh.context import Options, RunContext
 from kymamesh.errors import UsageError
 
 if TYPE_CHECKING:
+    from kymamesh.identity.meshca import MeshCa
     from kymamesh.workflows.multicluster import ChartSource
 
 app = typer.Typer(help="One mesh across clusters.", no_args_is_help=True)
@@ -130,6 +131,34 @@ def join(
     plain_http: c.PlainHttp = False,
     gateway_wait: GatewayWait = 300.0,
     token_secret: TokenSecret = False,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            metavar="DIR",
+            help="The mesh's root CA (`kymamesh ca create --out DIR`): each cluster without "
+            "cacerts of it gets its own intermediate; an istiod running on another CA is "
+            "refused with the plan, carried out with --restart-proxies.",
+            file_okay=False,
+        ),
+    ] = None,
+    restart_proxies: Annotated[
+        bool,
+        typer.Option(
+            "--restart-proxies",
+            help="With --ca: move a running istiod to the mesh root (istiod, then every "
+            "sidecar and gateway restarted in batches).",
+        ),
+    ] = False,
+    restart_batch: Annotated[
+        str | None,
+        typer.Option(
+            "--restart-batch",
+            metavar="N|N%",
+            help="With --restart-proxies: restart N workloads at a time, or N% of them "
+            "(default 10).",
+        ),
+    ] = None,
     *,
     options: Options,
 ) -> None:
@@ -141,13 +170,15 @@ def join(
     one (Helm release istio-eastwestgateway of Istio's gateway chart of its release), and
     join waits for its address. Then, for each pair: a reader ServiceAccount in one cluster,
     bound to Istio's reader ClusterRole, and in the other a remote secret with a token of
-    it. Then each istiod must report every peer synced. A re-run writes nothing.
+    it. Then each istiod must report every peer synced. A re-run writes nothing. With
+    --ca DIR, each cluster first gets its plug-in CA of that root.
     """
 
     def body(ctx: RunContext) -> None:
         from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
+        shared = mesh_ca(ca, restart_proxies, restart_batch, options.timeout)
         multicluster.join(
             ctx,
             found,
@@ -156,9 +187,34 @@ def join(
             source=chart_source(charts_dir, repo, plain_http),
             gateway_wait=check_gateway_wait(gateway_wait),
             token_secret=token_secret,
+            ca=shared,
         )
 
     c.run_command("mesh join", options, body)
+
+
+def mesh_ca(
+    ca: Path | None, restart_proxies: bool, restart_batch: str | None, timeout: float
+) -> MeshCa | None:
+    """`--ca DIR` with how a change of root restarts; the flags that need it, checked."""
+    from kymamesh.cli.patch_options import restart_batch_value
+    from kymamesh.identity.meshca import MeshCa
+    from kymamesh.workloads.restarts import DEFAULT_BATCH_SIZE, RestartOptions
+
+    if ca is None:
+        if restart_proxies or restart_batch is not None:
+            raise UsageError(
+                "--restart-proxies and --restart-batch go with --ca",
+                hint="give --ca DIR (the mesh root), or leave them out",
+            )
+        return None
+    if restart_batch is not None and not restart_proxies:
+        raise UsageError(
+            "--restart-batch goes with --restart-proxies",
+            hint="add --restart-proxies, or leave --restart-batch out",
+        )
+    batch = restart_batch_value(restart_batch) if restart_batch else DEFAULT_BATCH_SIZE
+    return MeshCa(ca, RestartOptions(restart_proxies, batch, timeout=timeout))
 
 
 @app.command("rotate")

@@ -876,10 +876,13 @@ def join(
     source: ChartSource | None = None,
     gateway_wait: float = DEFAULT_GATEWAY_WAIT,
     token_secret: bool = False,
+    ca: meshca.MeshCa | None = None,
 ) -> None:
     """`kymamesh mesh join`: preflight on every cluster, the east-west gateways where the
     networks differ, the writes, the verification. `rotate` (`kymamesh mesh rotate`): a new
-    token for every pair, each peer synced on it, then the old tokens revoked."""
+    token for every pair, each peer synced on it, then the old tokens revoked. `ca` (`--ca
+    DIR`): each cluster's plug-in CA of that root, written first
+    (`kymamesh.identity.meshca`)."""
     api_servers = parse_api_servers(api_server_flags)
     if lifetime < timedelta(minutes=10):
         raise UsageError(
@@ -899,6 +902,7 @@ def join(
                 source or ChartSource(),
                 gateway_wait,
                 token_secret,
+                ca,
             )
         except KymameshError as exc:
             raise _partial(members, exc) from None
@@ -927,6 +931,7 @@ def _join(
     source: ChartSource | None = None,
     gateway_wait: float = DEFAULT_GATEWAY_WAIT,
     token_secret: bool = False,
+    ca: meshca.MeshCa | None = None,
 ) -> None:
     source = source or ChartSource()
     phase = ctx.result.phase(PREFLIGHT)
@@ -943,21 +948,26 @@ def _join(
                 f"API server {m.server}",
             )
         )
+    cas = _plan_cas(members, ca)
     preflight(members, api_servers)
     plan_gateways(members, source)
     now = datetime.now(UTC)
     plans = _plan_all(members, lifetime, now, rotate, token_secret)
     refuse_unsafe_updates(plans)
     needed = any(p.writes for p in plans) or bool(gateways_pending(members))
+    needed = needed or any(c.needed or c.change for _, c in cas)
     if needed and not ctx.options.dry_run:
         for m in members:  # one lock per cluster, in the fixed order
             m.ctx.take_lock()
         for m in members:  # plan again under the locks
             read_member(m, api_servers)
+        cas = _plan_cas(members, ca)
         preflight(members, api_servers)
         plan_gateways(members, source)
         plans = _plan_all(members, lifetime, now, rotate, token_secret)
         refuse_unsafe_updates(plans)
+    for m, ca_plan in cas:  # the shared root first: istiod restarts before it reads peers
+        meshca.carry_out(m.ctx, ca_plan)
     setup_gateways(ctx, members, gateway_wait)  # before any remote secret
     _write(ctx, members, plans)
     ctx.result.data = {
@@ -987,6 +997,19 @@ def _join(
     seen = verify(ctx, members, verify_timeout or ctx.options.timeout)
     ctx.result.data["verified"] = seen
     _revoke_stale(ctx, plans)
+
+
+def _plan_cas(
+    members: Sequence[Member], ca: meshca.MeshCa | None
+) -> list[tuple[Member, meshca.CaPlan]]:
+    """`--ca DIR`: each cluster's plug-in CA (refusals first); preflight then checks the
+    root each cluster's cacerts will chain to."""
+    if ca is None:
+        return []
+    found = meshca.plan_clusters(ca, [(m.cluster, m.name) for m in members], NAMESPACE)
+    for m, ca_plan in zip(members, found, strict=True):
+        m.root_pem = ca_plan.root_pem
+    return list(zip(members, found, strict=True))
 
 
 def updates_wipe_registry(version: Version | None) -> bool:
