@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -959,8 +960,8 @@ def _join(
     if needed and not ctx.options.dry_run:
         for m in members:  # one lock per cluster, in the fixed order
             m.ctx.take_lock()
-        for m in members:  # plan again under the locks
-            read_member(m, api_servers)
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:  # plan again under the locks
+            list(pool.map(lambda m: read_member(m, api_servers), members))
         cas = _plan_cas(members, ca)
         preflight(members, api_servers)
         plan_gateways(members, source)
@@ -1370,50 +1371,74 @@ def _remove_gateways(installed: Sequence[Member]) -> None:
 
 
 def _write(ctx: RunContext, members: Sequence[Member], plans: Sequence[PairPlan]) -> None:
+    """Each pair's writes in order; the pairs side by side (at most PARALLEL at a time).
+    A pair that fails stops there; the others finish, then the first failure is raised."""
     phase = ctx.result.phase(WRITES)
     ctx.progress.phase(WRITES)
-    for plan in plans:
-        label = f"{plan.watcher.name} reads {plan.reader.name}"
-        item = ItemResult(name=label, outcome=Outcome.UNCHANGED)
-        phase.items.append(item)
-        with ctx.progress.item(label) as tracker:
-            if not plan.writes:
-                item.summary = "in place"
-            for w in plan.writes:
-                item.changes.append(f"{w.member.name}: {w.target}: {w.summary}")
-                if w.diff:
-                    item.diff = (item.diff + "\n" + w.diff).strip()
-                if ctx.options.dry_run:
-                    item.outcome = Outcome.WOULD_CHANGE
-                    continue
-                try:
-                    w.apply()
-                except KymameshError as exc:
-                    item.outcome = Outcome.FAILED
-                    item.error = exc.message
-                    tracker.done(item.outcome, exc.message)
-                    raise
-                item.outcome = Outcome.CHANGED
-            if plan.writes:
-                item.summary = "; ".join(f"{w.member.name}: {w.summary}" for w in plan.writes)
-            tracker.done(item.outcome, item.summary)
-        item.duration_s = tracker.duration_s
+    items = [
+        ItemResult(name=f"{p.watcher.name} reads {p.reader.name}", outcome=Outcome.UNCHANGED)
+        for p in plans
+    ]
+    phase.items.extend(items)
+    shown = threading.Lock()
+
+    def one(plan: PairPlan, item: ItemResult) -> None:
+        start = time.monotonic()
+        failure: KymameshError | None = None
+        if not plan.writes:
+            item.summary = "in place"
+        for w in plan.writes:
+            item.changes.append(f"{w.member.name}: {w.target}: {w.summary}")
+            if w.diff:
+                item.diff = (item.diff + "\n" + w.diff).strip()
+            if ctx.options.dry_run:
+                item.outcome = Outcome.WOULD_CHANGE
+                continue
+            try:
+                w.apply()
+            except KymameshError as exc:
+                item.outcome = Outcome.FAILED
+                item.error = exc.message
+                failure = exc
+                break
+            item.outcome = Outcome.CHANGED
+        if plan.writes and failure is None:
+            item.summary = "; ".join(f"{w.member.name}: {w.summary}" for w in plan.writes)
+        item.duration_s = time.monotonic() - start
+        with shown, ctx.progress.item(item.name) as tracker:  # one line at a time
+            tracker.done(item.outcome, item.error or item.summary)
+        if failure is not None:
+            raise failure
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        futures = [pool.submit(one, plan, item) for plan, item in zip(plans, items, strict=True)]
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            raise error
 
 
 def _revoke_stale(ctx: RunContext, plans: Sequence[PairPlan]) -> None:
     """After the peers are synced on the new tokens: delete the anchors of the old ones,
-    which revokes them."""
-    for plan in plans:
+    which revokes them (the pairs side by side)."""
+
+    def one(plan: PairPlan) -> list[str]:
         keep = _anchor_in_use(plan)
+        done = []
         for name in plan.stale_tokens:
             if name == keep:
                 continue
             plan.reader.ctx.before_write()
             plan.reader.cluster.delete(Ref("v1", "Secret", name, NAMESPACE))
-            ctx.result.notes.append(
+            done.append(
                 f"{plan.reader.name}: deleted {NAMESPACE}/{name}, which revokes the token it "
                 f"backed ({plan.watcher.name} reads {plan.reader.name} with a newer one)"
             )
+        return done
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for notes in pool.map(one, plans):
+            ctx.result.notes.extend(notes)
 
 
 def _anchor_in_use(plan: PairPlan) -> str | None:
