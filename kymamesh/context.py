@@ -14,10 +14,10 @@ from kymamesh.errors import ConfirmationRequiredError
 from kymamesh.output import Progress, Result
 
 if TYPE_CHECKING:
-    from kymamesh.cluster import Cluster
-    from kymamesh.controlplane import ControlPlane
-    from kymamesh.helm import Helm, LoadedChart
-    from kymamesh.release import IstioRelease
+    from kymamesh.adapters.cluster import Cluster
+    from kymamesh.adapters.helm import Helm, LoadedChart
+    from kymamesh.istio.controlplane import ControlPlane
+    from kymamesh.istio.release import IstioRelease
 
 
 @dataclass
@@ -63,7 +63,7 @@ class RunContext:
     @property
     def cluster(self) -> Cluster:
         if self._cluster is None:
-            from kymamesh.cluster import Cluster
+            from kymamesh.adapters.cluster import Cluster
 
             self._cluster = Cluster.connect(self.options.kubeconfig, self.options.context)
             self._cluster.server_version()  # fail early and clearly when unreachable
@@ -72,7 +72,7 @@ class RunContext:
     @property
     def helm(self) -> Helm:
         if self._helm is None:
-            from kymamesh.helm import Helm, find_helm
+            from kymamesh.adapters.helm import Helm, find_helm
 
             self._helm = Helm(
                 find_helm(self.options.helm),
@@ -90,7 +90,7 @@ class RunContext:
         return self.cluster.list("v1", "Secret", namespace, selector)
 
     def _drop_release_secret(self, namespace: str, name: str) -> None:
-        from kymamesh.cluster import Ref
+        from kymamesh.adapters.cluster import Ref
 
         self.cluster.delete(Ref("v1", "Secret", name, namespace))
 

@@ -14,7 +14,7 @@ import hmac
 from collections.abc import Mapping
 from typing import Any
 
-from kymamesh import yamlfast
+from kymamesh.adapters import yamlfast
 
 _NOISE_META = ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp")
 

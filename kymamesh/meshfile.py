@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from kymamesh.errors import PreconditionError, UsageError
 
 if TYPE_CHECKING:
-    from kymamesh.cluster import Cluster
+    from kymamesh.adapters.cluster import Cluster
 
 MODULE_API_VERSION = "operator.kyma-project.io/v1alpha2"
 MODULE_KIND = "Istio"
@@ -740,7 +740,7 @@ def read_mesh_file(path: Path) -> dict[str, Any]:
 
 def read_from_cluster(cluster: Cluster) -> dict[str, Any]:
     """The module's `Istio` resource kyma-system/default from the cluster, checked."""
-    from kymamesh.cluster import Ref
+    from kymamesh.adapters.cluster import Ref
 
     ref = Ref(MODULE_API_VERSION, MODULE_KIND, MODULE_NAME, MODULE_NAMESPACE)
     where = f"--mesh {CLUSTER_SOURCE} ({MODULE_KIND} {MODULE_NAMESPACE}/{MODULE_NAME})"

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kymamesh import yamlfast
+from kymamesh.adapters import yamlfast
 
 _PACKAGE = Path(__file__).resolve().parent
 

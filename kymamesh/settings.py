@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from kymamesh import MANAGED_BY_LABEL
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import PreconditionError, yaml_problem
-from kymamesh.values import deep_merge
+from kymamesh.istio.values import deep_merge
 
 NAME = "kymamesh-settings"
 KEY = "settings.yaml"

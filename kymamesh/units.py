@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from kymamesh.cluster import parse_quantity
+from kymamesh.adapters.cluster import parse_quantity
 from kymamesh.errors import UsageError
 
 _HINT = "write e.g. 128Mi, 1Gi, 100m or 2"

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kymamesh import MANAGED_BY_LABEL
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 
 NAME = "kymamesh-unverified"
 WAITING = "the run that changed it stopped before the injector answered"

@@ -1,4 +1,4 @@
-"""The in-memory stand-in for `kymamesh.cluster.Cluster` that the unit tests share.
+"""The in-memory stand-in for `kymamesh.adapters.cluster.Cluster` that the unit tests share.
 
 It has the adapter's methods with the adapter's signatures and keeps objects by
 `Ref`. It behaves like an API server where the unit tests rely on it (each point
@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import ApiError, ConflictError, LockHeldError, LockLostError, NotFoundError
 from kymamesh.output import Progress, Result

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kymamesh.adapters.helm import DeployedRelease
 from kymamesh.context import Options, RunContext
-from kymamesh.helm import DeployedRelease
+from kymamesh.istio.versions import Version
 from kymamesh.output import Progress, Result
-from kymamesh.versions import Version
 from tests.support_fake_cluster import FakeCluster
 
 

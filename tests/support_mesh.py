@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from kymamesh.cluster import Obj
+from kymamesh.adapters.cluster import Obj
 from tests.support_fake_cluster import FakeCluster as FakeCluster
 
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kymamesh import patching
 from kymamesh.context import Options, RunContext
 from kymamesh.output import Progress, Result
+from kymamesh.workflows import patching
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "tests" / "fixtures" / "charts"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
 from kymamesh.errors import UsageError
 from kymamesh.resources import patches_dir
 from kymamesh.steps.addons import load_catalog

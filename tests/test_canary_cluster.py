@@ -44,8 +44,8 @@ BAD_SIDECAR_TEMPLATE = "spec:\n  containers:\n  - name: {{ .NoSuchField.Anything
 # helm's installs, upgrades and uninstalls): an interruption at an exact point.
 KILLER = """
 import os, signal, sys
-from kymamesh import cluster as c
-from kymamesh import helm as h
+from kymamesh.adapters import cluster as c
+from kymamesh.adapters import helm as h
 
 limit = int(os.environ["KYMAMESH_TEST_KILL_AFTER"])
 count = [0]
@@ -78,8 +78,8 @@ main()
 PINNED_AS = """
 import os, sys
 from dataclasses import replace
-from kymamesh import release
-from kymamesh.versions import Version
+from kymamesh.istio import release
+from kymamesh.istio.versions import Version
 
 real = release.pinned()
 other = replace(real, version=Version.parse(os.environ["KYMAMESH_TEST_PINNED"]))

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from kymamesh import pipeline
+from kymamesh.adapters.helm import DeployedRelease
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import PreconditionError
-from kymamesh.helm import DeployedRelease
-from kymamesh.inventory import INSTALL_DESCRIPTION
+from kymamesh.istio.inventory import INSTALL_DESCRIPTION
+from kymamesh.istio.release import catalog, pinned
+from kymamesh.istio.versions import Version
 from kymamesh.output import Progress, Result
-from kymamesh.release import catalog, pinned
-from kymamesh.versions import Version
+from kymamesh.workflows import pipeline
 from tests.support_fake_cluster import FakeCluster
 from tests.support_inventory import FakeHelm
 
@@ -150,7 +150,7 @@ def test_revision_based_after_finish_is_refused() -> None:
 
 
 def test_the_canary_state_is_the_newest_kymamesh_revision() -> None:
-    from kymamesh.canary import read_state
+    from kymamesh.workflows.canary import read_state
 
     ctx = _ctx(
         _istiod("default", "1.28.2", "istiod"),

@@ -8,14 +8,14 @@ from datetime import date
 
 import pytest
 
-from kymamesh import pipeline
 from kymamesh.context import Options, RunContext
 from kymamesh.errors import PreconditionError, UsageError, VersionGateError
+from kymamesh.istio.release import catalog, parse_catalog
+from kymamesh.istio.versions import Version
 from kymamesh.output import Progress, Result
-from kymamesh.release import catalog, parse_catalog
 from kymamesh.resources import load_yaml, resources_dir
 from kymamesh.steps.injector import hub_editor
-from kymamesh.versions import Version
+from kymamesh.workflows import pipeline
 
 
 def test_catalog_holds_the_supported_minors_newest_first() -> None:

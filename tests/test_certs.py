@@ -11,8 +11,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from kymamesh import patching
-from kymamesh.certs import (
+from kymamesh.adapters.cluster import Ref
+from kymamesh.errors import ExitCode, PartialFailureError, UsageError
+from kymamesh.identity.certs import (
     InvalidCertificateError,
     check_domain,
     check_usable,
@@ -20,9 +21,8 @@ from kymamesh.certs import (
     parse_pair,
     self_signed,
 )
-from kymamesh.cluster import Ref
-from kymamesh.errors import ExitCode, PartialFailureError, UsageError
 from kymamesh.steps.tls import SOURCE_ANNOTATION, TlsParams, secret_object
+from kymamesh.workflows import patching
 from tests.support_certs import assert_no_key, make_pair, write_pair
 from tests.support_fake_cluster import FakeCluster, run_context
 

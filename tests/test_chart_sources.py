@@ -24,7 +24,7 @@ ISTIO = ("base", "istiod", "gateway")
 # fetches Dex's chart; nothing may leave the machine)
 ENTRY = """
 import dataclasses, os
-import kymamesh.release as release
+import kymamesh.istio.release as release
 from kymamesh.cli import main
 pin = dataclasses.replace(release.dex_pinned(), chart_repository=os.environ["KM_TEST_DEX_REPO"])
 release.dex_pinned = lambda: pin

@@ -25,7 +25,7 @@ from support_identity import APP_SECRET_ENV
 from test_fixture_charts import HELM, needs_helm
 from test_install_cluster import CHARTS
 
-from kymamesh.release import dex_pinned
+from kymamesh.istio.release import dex_pinned
 
 pytestmark = needs_helm
 FIXTURE = "1.30.3"  # the version of the fixture charts the repository serves
@@ -33,7 +33,7 @@ FIXTURE = "1.30.3"  # the version of the fixture charts the repository serves
 # runs the real entry point with the pinned Dex release's repository replaced
 ENTRY = """
 import dataclasses, os
-import kymamesh.release as release
+import kymamesh.istio.release as release
 from kymamesh.cli import main
 pin = dataclasses.replace(release.dex_pinned(), chart_repository=os.environ["KM_TEST_DEX_REPO"])
 release.dex_pinned = lambda: pin

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Any
 
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 
 DISCOVERY_PREFIXES = ("/api", "/apis", "/version")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import ConflictError
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from kymamesh.controlplane import (
+from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.istio.controlplane import (
     ControlPlane,
     control_plane_of,
     effective_mtls,
@@ -15,8 +16,7 @@ from kymamesh.controlplane import (
     planned_control_plane,
     root_namespace_of,
 )
-from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 from tests.support_fake_cluster import FakeCluster
 from tests.support_mesh import configmap, istiod_deployment
 
@@ -123,7 +123,7 @@ def _ns(name: str, **labels: str) -> dict[str, object]:
 def test_an_injection_probe_goes_where_its_labels_decide() -> None:
     """A probe in a namespace labelled istio-injection (either way) or for another revision
     never reaches the revision's webhooks: admitted without them, it would prove nothing."""
-    from kymamesh.controlplane import injection_probe_pod, probe_namespace
+    from kymamesh.istio.controlplane import injection_probe_pod, probe_namespace
 
     plain = [_ns("istio-system"), _ns("default")]
     assert probe_namespace(plain, "1-30-3", "istio-system") == "istio-system"

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from kymamesh import settings
-from kymamesh import status as mesh
 from kymamesh.errors import ExitCode, InsecureValuesError, KymameshError, PreconditionError
 from kymamesh.userfiles import MAX_FILE_BYTES
+from kymamesh.workflows import status as mesh
 from tests.test_input_errors import GOOD_KUBECONFIG, assert_refused, run_cli
 from tests.test_json_contract import assert_result_shape
 
@@ -263,7 +263,7 @@ def test_a_bug_in_a_status_check_is_not_reported_as_unhealthy(
 ) -> None:
     from kymamesh.context import Options, RunContext
     from kymamesh.output import Progress, Result
-    from kymamesh.patching import load_patch_list
+    from kymamesh.workflows.patching import load_patch_list
 
     ctx = RunContext(Options(), Result("status"), Progress(quiet=True))
     specs = load_patch_list({})[:1]

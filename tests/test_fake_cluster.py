@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import ApiError, ConflictError, LockHeldError, LockLostError, NotFoundError
 from tests.support_fake_cluster import FakeCluster
 

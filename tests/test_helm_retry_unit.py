@@ -7,7 +7,7 @@ import pytest
 from pyhelm3 import errors
 from tenacity import wait_none
 
-from kymamesh import helm
+from kymamesh.adapters import helm
 
 TRANSIENT = [
     'Error: Kubernetes cluster unreachable: Get "https://127.0.0.1:40313/version": dial tcp '

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from tenacity import wait_none
 
-from kymamesh import helm as helm_adapter
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters import helm as helm_adapter
+from kymamesh.adapters.cluster import Cluster, Ref
+from kymamesh.adapters.helm import ATTEMPT_LABEL, Helm, decode_release
 from kymamesh.errors import KymameshError
-from kymamesh.helm import ATTEMPT_LABEL, Helm, decode_release
 
 pytestmark = pytest.mark.cluster
 

@@ -31,9 +31,9 @@ from support_identity import (
 from support_lifecycle import get, helm_install_foreign
 from test_install_cluster import CHARTS
 
-from kymamesh import identity as idn
 from kymamesh import settings
-from kymamesh.cluster import parse_quantity
+from kymamesh.adapters.cluster import parse_quantity
+from kymamesh.identity import dexfile as idn
 from kymamesh.steps import _jwks
 
 DEX_NS = "kyma-system"

@@ -23,8 +23,8 @@ from support_identity import (
     write_identity,
 )
 
-from kymamesh import identity as idn
 from kymamesh.errors import ExitCode, UsageError
+from kymamesh.identity import dexfile as idn
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from kymamesh.cluster import Cluster
+from kymamesh.adapters.cluster import Cluster
 from tests.support_patch import ROOT, ensure_istio, get_json, kymamesh, kymamesh_json
 
 

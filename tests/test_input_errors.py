@@ -13,7 +13,7 @@ import pytest
 
 from kymamesh.cli.patch_options import read_config
 from kymamesh.errors import ExitCode, UsageError
-from kymamesh.values import load_user_file
+from kymamesh.istio.values import load_user_file
 from tests.test_json_contract import assert_result_shape
 
 CHARTS = ("base", "istiod", "gateway")

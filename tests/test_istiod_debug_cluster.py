@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-import kymamesh.cluster as cluster_module
-from kymamesh.cluster import Cluster
+import kymamesh.adapters.cluster as cluster_module
+from kymamesh.adapters.cluster import Cluster
 from kymamesh.errors import IstiodUnreachableError
 from tests.support_lifecycle import NAMESPACE, get, install
 

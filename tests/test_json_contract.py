@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from kymamesh.cli.app import app
 from kymamesh.errors import ExitCode, InsecureValuesError
+from kymamesh.istio.release import catalog
 from kymamesh.output import ItemResult, Outcome, Result
-from kymamesh.release import catalog
 
 RESULT_KEYS = {
     "schema",

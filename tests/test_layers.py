@@ -60,15 +60,23 @@ def test_the_package_keeps_both_contracts(tmp_path: Path) -> None:
         ("kymamesh.steps.mtls", "import kymamesh.cli.common", LAYERS),  # a step imports the CLI
         # an import inside a function counts as well
         ("kymamesh.steps.tls", "def _late() -> None:\n    from kymamesh.cli import app", LAYERS),
-        ("kymamesh.steps.addons", "from kymamesh import pipeline", LAYERS),  # a step, the runner
-        ("kymamesh.pipeline", "from kymamesh.cli import common", LAYERS),
-        ("kymamesh.cluster", "import kymamesh.steps.base", LAYERS),  # an adapter climbs
-        ("kymamesh.lock", "from kymamesh.cluster import Ref", LAYERS),  # the lock, its API
-        ("kymamesh.lock", "import kubernetes", LIBRARIES),
+        ("kymamesh.steps.addons", "from kymamesh.workflows import pipeline", LAYERS),  # a step, the runner
+        ("kymamesh.workflows.pipeline", "from kymamesh.cli import common", LAYERS),
+        ("kymamesh.adapters.cluster", "import kymamesh.steps.base", LAYERS),  # an adapter climbs
+        (
+            "kymamesh.adapters.lock",
+            "from kymamesh.adapters.cluster import Ref",
+            LAYERS,
+        ),  # the lock, its API
+        ("kymamesh.adapters.lock", "import kubernetes", LIBRARIES),
         ("kymamesh.steps.addons", "import kubernetes.client", LIBRARIES),
-        ("kymamesh.status", "from pyhelm3 import Client", LIBRARIES),
+        ("kymamesh.workflows.status", "from pyhelm3 import Client", LIBRARIES),
         ("kymamesh.cli.install", "import kubernetes", LIBRARIES),
-        ("kymamesh.cluster", "import pyhelm3", LIBRARIES),  # each adapter only its own library
+        (
+            "kymamesh.adapters.cluster",
+            "import pyhelm3",
+            LIBRARIES,
+        ),  # each adapter only its own library
     ],
 )
 def test_a_bad_import_breaks_the_check(

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from test_install_cluster import CHARTS, kymamesh
 
-from kymamesh import lock as adapter
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters import lock as adapter
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import ExitCode, LockHeldError, LockLostError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -432,7 +432,9 @@ def test_a_waiting_run_says_so_while_it_waits(
 # this one goes on only once it has noticed.
 THIEF = """
 import sys, time
-from kymamesh import cluster as c, helm as h, lock
+from kymamesh.adapters import cluster as c
+from kymamesh.adapters import helm as h
+from kymamesh.adapters import lock
 from kymamesh.errors import LockLostError
 
 lock.LOCK_RENEW_EVERY_S = 0.3

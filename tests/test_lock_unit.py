@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh import lock as adapter
+from kymamesh.adapters import lock as adapter
 from kymamesh.errors import ExitCode, LockLostError
 
 

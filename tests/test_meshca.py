@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kymamesh import certs, meshca
-from kymamesh.certs import InvalidCertificateError
 from kymamesh.errors import UsageError
+from kymamesh.identity import certs, meshca
+from kymamesh.identity.certs import InvalidCertificateError
 
 
 def now() -> datetime:

@@ -14,7 +14,7 @@ import yaml
 
 from kymamesh import meshfile
 from kymamesh.errors import ExitCode, UsageError
-from kymamesh.sidecars import mesh_differences, mesh_proxy_config
+from kymamesh.istio.sidecars import mesh_differences, mesh_proxy_config
 from kymamesh.steps.components import components_wanted
 from kymamesh.steps.meshconfig import (
     apply_ext_authz,
@@ -119,8 +119,8 @@ def test_translation_of_every_field() -> None:
 def test_compatibility_mode_is_the_compatibility_version_of_the_previous_minor() -> None:
     from dataclasses import replace
 
-    from kymamesh import patching, pipeline
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
+    from kymamesh.workflows import patching, pipeline
 
     release = catalog().resolve("1.31", None)
     t = meshfile.translate(meshfile.check_spec({"compatibilityMode": True}, "test"))
@@ -367,8 +367,8 @@ def test_every_module_field_is_in_the_schema() -> None:
 
 
 def test_user_values_that_contradict_the_mesh_file_are_refused(tmp_path: Path) -> None:
-    from kymamesh import patching, pipeline
-    from kymamesh.release import pinned
+    from kymamesh.istio.release import pinned
+    from kymamesh.workflows import patching, pipeline
 
     t = meshfile.translate(every_field())
     specs = patching.load_patch_list(t.steps)
@@ -416,8 +416,8 @@ def test_the_module_manager_running_is_refused() -> None:
 
 
 def test_the_mesh_config_made_is_one_istiod_reads() -> None:
-    """Checked against Istio's MeshConfig schema (kymamesh.meshschema)."""
-    from kymamesh.meshschema import mesh_config_problems
+    """Checked against Istio's MeshConfig schema (kymamesh.istio.meshschema)."""
+    from kymamesh.istio.meshschema import mesh_config_problems
 
     made: dict[str, Any] = {}
     apply_mesh_settings(
@@ -425,7 +425,7 @@ def test_the_mesh_config_made_is_one_istiod_reads() -> None:
     )
     assert mesh_config_problems(made) == []
     authorizers = meshfile.translate(every_field()).steps["pilot-webhook"]["authorizers"]
-    from kymamesh.meshschema import provider_problems
+    from kymamesh.istio.meshschema import provider_problems
 
     for authorizer in authorizers:
         assert provider_problems(authorizer, "extensionProviders[]") == []

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from kymamesh import meshidentity
 from kymamesh.errors import ExitCode, UsageError
+from kymamesh.identity import meshidentity
 
 
 def test_flags_become_the_steps_parameters_and_istiod_values() -> None:

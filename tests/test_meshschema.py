@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 
 from kymamesh.errors import ExitCode, UsageError
-from kymamesh.meshschema import mesh_config_problems, provider_problems
-from kymamesh.patching import load_patch_list
-from kymamesh.values import (
+from kymamesh.istio.meshschema import mesh_config_problems, provider_problems
+from kymamesh.istio.values import (
     ValueStack,
     check_mesh_config,
     load_user_file,
     parse_set,
     project_source,
 )
+from kymamesh.workflows.patching import load_patch_list
 
 CHARTS = ("base", "istiod", "gateway")
 
@@ -113,7 +113,7 @@ def test_what_kymamesh_writes_passes() -> None:
 
 def test_the_schema_has_istios_facts() -> None:
     """A few facts of istio/api's mesh/v1alpha1 protos (1.30, 1.31), as the schema holds them."""
-    from kymamesh.meshschema import _schema
+    from kymamesh.istio.meshschema import _schema
 
     schema = _schema()
     mesh = schema["messages"]["MeshConfig"]["fields"]

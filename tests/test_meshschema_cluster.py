@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kymamesh.meshschema import mesh_config_problems
+from kymamesh.istio.meshschema import mesh_config_problems
 from tests.support_lifecycle import CHARTS, NAMESPACE, get, install, kymamesh, writes_during
 
 INVALID = "invalid mesh config"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kymamesh import meshview
-from kymamesh.meshview import ABSENT, Difference, differences
+from kymamesh.istio import meshview
+from kymamesh.istio.meshview import ABSENT, Difference, differences
 
 
 def paths(written: dict[str, Any], running: dict[str, Any]) -> list[str]:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kymamesh import multicluster as mc
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
+from kymamesh.workflows import multicluster as mc
 
 
 def test_targets_pair_kubeconfigs_and_contexts() -> None:

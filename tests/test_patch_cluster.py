@@ -101,7 +101,7 @@ spec:
 # Lease has returned: an interruption at an exact point between two writes.
 KILLER = """
 import os, signal, sys
-from kymamesh import cluster as c
+from kymamesh.adapters import cluster as c
 
 limit = int(os.environ["KYMAMESH_TEST_KILL_AFTER"])
 count = [0]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from kymamesh import patching
 from kymamesh.errors import ExitCode, UsageError
 from kymamesh.resources import load_yaml, patches_dir
+from kymamesh.workflows import patching
 
 
 def test_every_default_parameter_is_declared_by_its_kind() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from kymamesh.errors import PreconditionError
-from kymamesh.preflight import SECURITY_CRDS, adoption_preflight, find_istio
-from kymamesh.versions import Version
+from kymamesh.istio.preflight import SECURITY_CRDS, adoption_preflight, find_istio
+from kymamesh.istio.versions import Version
 from tests.support_mesh import FakeCluster, istiod_deployment
 
 NS = "istio-system"

@@ -1,5 +1,5 @@
-"""Sidecar analysis (kymamesh/sidecars.py), rollouts (kymamesh/rollouts.py) and the
-restarts (kymamesh/restarts.py, step `restart-proxies`): which workloads run out-of-date
+"""Sidecar analysis (kymamesh/istio/sidecars.py), rollouts (kymamesh/workloads/rollouts.py) and the
+restarts (kymamesh/workloads/restarts.py, step `restart-proxies`): which workloads run out-of-date
 sidecars, listing them without writing, restarting them on request.
 
 Pure functions over Pod dicts, the step on an in-memory cluster, and one test on the
@@ -16,23 +16,9 @@ from typing import Any
 
 import pytest
 
-from kymamesh import errors, patching
-from kymamesh.cluster import Ref
-from kymamesh.restarts import (
-    RestartOptions,
-    opted_out,
-    restart_batches,
-    restart_options,
-    what_to_do,
-)
-from kymamesh.rollouts import (
-    RESTARTED_AT,
-    on_delete,
-    restart_pending,
-    rollout_pending,
-    rollout_unfinished,
-)
-from kymamesh.sidecars import (
+from kymamesh import errors
+from kymamesh.adapters.cluster import Ref
+from kymamesh.istio.sidecars import (
     OutdatedWorkload,
     Workload,
     has_sidecar,
@@ -48,7 +34,22 @@ from kymamesh.sidecars import (
     sidecar_coverage,
     wanted_resources,
 )
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
+from kymamesh.workflows import patching
+from kymamesh.workloads.restarts import (
+    RestartOptions,
+    opted_out,
+    restart_batches,
+    restart_options,
+    what_to_do,
+)
+from kymamesh.workloads.rollouts import (
+    RESTARTED_AT,
+    on_delete,
+    restart_pending,
+    rollout_pending,
+    rollout_unfinished,
+)
 from tests.support_fake_cluster import FakeCluster, run_context
 
 V130 = Version(1, 30, 3)
@@ -1000,7 +1001,7 @@ def test_a_quota_refusal_is_an_api_refusal_not_missing_rights() -> None:
     """A ResourceQuota refuses with 403 like RBAC does; the adapter tells them apart."""
     from kubernetes.client.exceptions import ApiException
 
-    from kymamesh.cluster import Cluster
+    from kymamesh.adapters.cluster import Cluster
 
     adapter = object.__new__(Cluster)
     quota = ApiException(status=403, reason="Forbidden")
@@ -1119,7 +1120,7 @@ def _many_outdated(
 
 @pytest.mark.parametrize("count", [30, 300])
 def test_a_plan_reads_each_kind_once_and_asks_the_injector_once_per_shape(count: int) -> None:
-    from kymamesh.restarts import plan_restarts
+    from kymamesh.workloads.restarts import plan_restarts
 
     spread = ("a", "b", "c", "d", "e", "f")
     counting = _Counting(_many_outdated(count, namespaces=spread))
@@ -1135,8 +1136,8 @@ def test_a_plan_reads_each_kind_once_and_asks_the_injector_once_per_shape(count:
 
 
 def test_a_few_workloads_are_read_one_by_one_and_a_crowded_namespace_with_a_list() -> None:
-    from kymamesh.restarts import workload_ref
-    from kymamesh.rollouts import read_workloads
+    from kymamesh.workloads.restarts import workload_ref
+    from kymamesh.workloads.rollouts import read_workloads
 
     cluster = _many_outdated(7, namespaces=("a", "b", "b", "b", "b", "b", "b"))
     counting = _Counting(cluster)
@@ -1148,7 +1149,7 @@ def test_a_few_workloads_are_read_one_by_one_and_a_crowded_namespace_with_a_list
 
 
 def test_workloads_of_another_template_shape_get_a_dry_run_pod_of_their_own() -> None:
-    from kymamesh.restarts import plan_restarts
+    from kymamesh.workloads.restarts import plan_restarts
 
     counting = _Counting(_many_outdated(30, annotate=3))  # w000, w001, w002: a, b, c
     options = restart_options({"restart": True})
@@ -1157,7 +1158,7 @@ def test_workloads_of_another_template_shape_get_a_dry_run_pod_of_their_own() ->
 
 
 def test_a_restart_waits_for_the_injector_once_per_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kymamesh.restarts import plan_restarts
+    from kymamesh.workloads.restarts import plan_restarts
 
     cluster = _many_outdated(30)
     counting = _Counting(cluster)
@@ -1179,7 +1180,7 @@ def test_a_restart_waits_for_the_injector_once_per_shape(monkeypatch: pytest.Mon
 
 
 def test_the_template_shape_keeps_what_the_injector_reads() -> None:
-    from kymamesh.restarts import template_shape
+    from kymamesh.workloads.restarts import template_shape
 
     def workload(labels: dict[str, str], annotations: dict[str, str], ns: str = "a") -> Any:
         return {
@@ -1207,7 +1208,7 @@ def test_the_template_shape_keeps_what_the_injector_reads() -> None:
 
 
 def test_the_injector_selectors_label_keys_are_read_from_its_config() -> None:
-    from kymamesh.sidecars import selector_label_keys
+    from kymamesh.istio.sidecars import selector_label_keys
 
     config = (
         "policy: disabled\nneverInjectSelector:\n- matchExpressions:\n"

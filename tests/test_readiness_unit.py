@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kymamesh.cluster import Ref, not_ready_reason
+from kymamesh.adapters.cluster import Ref, not_ready_reason
 
 GATEWAY = Ref("apps/v1", "Deployment", "istio-ingressgateway", "istio-system")
 
@@ -53,7 +53,7 @@ def test_ready_and_unobserved_deployments() -> None:
 
 def test_a_webhook_denial_is_an_answer_and_unreachable_webhooks_are_not() -> None:
     from kymamesh.errors import ApiError, ClusterUnreachableError
-    from kymamesh.pipeline import webhook_denial
+    from kymamesh.workflows.pipeline import webhook_denial
 
     denied = 'admission webhook "object.sidecar-injector.istio.io" denied the request: x'
     assert webhook_denial(ApiError(f"refused (400): {denied}", 400))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 
 READS = ("get", "list", "watch")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from kymamesh import inventory as inv
-from kymamesh import meshview
-from kymamesh import status as mesh
+from kymamesh.istio import inventory as inv
+from kymamesh.istio import meshview
+from kymamesh.workflows import status as mesh
 from tests.support_inventory import release
 from tests.test_status_unit import READY, _outdated_rows, _releases, ours
 

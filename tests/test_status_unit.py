@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from kymamesh import inventory as inv
-from kymamesh import status as mesh
-from kymamesh import uninstall
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
+from kymamesh.adapters.helm import ATTEMPT_LABEL
 from kymamesh.errors import ExitCode, PreconditionError
-from kymamesh.helm import ATTEMPT_LABEL
-from kymamesh.versions import Version
+from kymamesh.istio import inventory as inv
+from kymamesh.istio.versions import Version
+from kymamesh.workflows import status as mesh
+from kymamesh.workflows import uninstall
 from tests.support_inventory import FakeCluster, FakeHelm, context, crd, istiod, obj, release
 
 KYMAMESH = {"app.kubernetes.io/managed-by": "kymamesh"}
@@ -582,8 +582,8 @@ def test_a_sidecar_with_other_resources_than_the_injector_gives_is_outdated() ->
 
 
 def _outdated_rows() -> list[dict[str, object]]:
-    from kymamesh.restarts import RestartPlan
-    from kymamesh.sidecars import OutdatedWorkload, Workload
+    from kymamesh.istio.sidecars import OutdatedWorkload, Workload
+    from kymamesh.workloads.restarts import RestartPlan
 
     entry = OutdatedWorkload(
         Workload("Deployment", "demo", "cart"),
@@ -644,7 +644,7 @@ def test_advice_names_a_newer_patch_an_unsupported_minor_and_helm_3() -> None:
 
 
 def test_a_pod_is_cut_to_what_kymamesh_reads_of_it() -> None:
-    from kymamesh.sidecars import outdated_reasons, slim_pod
+    from kymamesh.istio.sidecars import outdated_reasons, slim_pod
 
     proxy = {
         "name": "istio-proxy",

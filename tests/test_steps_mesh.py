@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
 from kymamesh.errors import ConflictError, InsecureValuesError, PreconditionError, UsageError
-from kymamesh.patching import load_patch_list
 from kymamesh.steps._configmaps import MissingConfigError, changed_parts, dump_yaml
 from kymamesh.steps.base import StepContext
 from kymamesh.steps.injector import (
@@ -35,6 +34,7 @@ from kymamesh.steps.meshconfig import (
 )
 from kymamesh.steps.mtls import PeerAuthenticationStep
 from kymamesh.units import duration, quantity, same_resources
+from kymamesh.workflows.patching import load_patch_list
 from tests.support_mesh import (
     INJECTOR_CONFIG,
     INJECTOR_VALUES,

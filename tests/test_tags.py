@@ -1,5 +1,5 @@
-"""The default revision tag (kymamesh.tags) and which revision injects a Pod
-(kymamesh.revisions): pure logic."""
+"""The default revision tag (kymamesh.istio.tags) and which revision injects a Pod
+(kymamesh.istio.revisions): pure logic."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from kymamesh.revisions import injecting_revision, moved_pods
-from kymamesh.tags import (
+from kymamesh.istio.revisions import injecting_revision, moved_pods
+from kymamesh.istio.tags import (
     NEVER_MATCH,
     TagSource,
     all_deactivated,
@@ -22,7 +22,7 @@ from kymamesh.tags import (
     tag_webhook_name,
     wanted_tag,
 )
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 
 
 def _hook(name: str, service: str = "istiod-1-30-3") -> dict[str, Any]:
@@ -175,17 +175,17 @@ def test_moved_pods_are_those_a_new_pod_would_not_match() -> None:
     assert sorted(p["metadata"]["name"] for p, _, _ in back) == ["b"]
 
 
-# -- the canary state and restarts under way (kymamesh.canary, pure parts) -----------------
+# -- the canary state and restarts under way (kymamesh.workflows.canary, pure parts) ---------
 
 
 def _plane(revision: str) -> Any:
-    from kymamesh.controlplane import ControlPlane
+    from kymamesh.istio.controlplane import ControlPlane
 
     return ControlPlane.named("istio-system", revision)
 
 
 def test_canary_phases_follow_the_tag() -> None:
-    from kymamesh.canary import CanaryState
+    from kymamesh.workflows.canary import CanaryState
 
     old = _injector("default", "istiod")
     tag = wanted_tag(TagSource("1-30-3", "istio-system", _injector("1-30-3", "x")), {})
@@ -225,7 +225,7 @@ def test_canary_phases_follow_the_tag() -> None:
 def test_one_parser_of_a_sidecars_revision() -> None:
     """The injector's status annotation names the revision; without it in there, the Pod's
     istio.io/rev label (which Istio's templates set to the injecting revision)."""
-    from kymamesh.revisions import sidecar_revision
+    from kymamesh.istio.revisions import sidecar_revision
 
     def pod(status: str | None, labels: dict[str, str] | None = None) -> dict[str, Any]:
         annotations = {} if status is None else {"sidecar.istio.io/status": status}

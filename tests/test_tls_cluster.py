@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from kymamesh.certs import self_signed
+from kymamesh.identity.certs import self_signed
 from kymamesh.steps.tls import SOURCE_ANNOTATION, TlsParams, secret_object
 from tests.support_certs import assert_no_key, make_pair, write_pair
 from tests.support_patch import CHARTS, ensure_istio, get_json, kymamesh, kymamesh_json

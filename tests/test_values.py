@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from kymamesh.errors import ExitCode, InsecureValuesError, UsageError
-from kymamesh.release import pinned
-from kymamesh.security import SecurityRule, lookup_value, mesh_config_problems, security_rules
-from kymamesh.values import (
+from kymamesh.istio.release import pinned
+from kymamesh.istio.security import SecurityRule, lookup_value, mesh_config_problems, security_rules
+from kymamesh.istio.values import (
     ValueSource,
     ValueStack,
     check_security,

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from kymamesh.errors import PreconditionError, VersionGateError
-from kymamesh.versions import (
+from kymamesh.istio.versions import (
     Version,
     check_supported_for_adoption,
     check_upgrade,

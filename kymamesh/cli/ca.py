@@ -42,7 +42,7 @@ def create(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import meshca
+        from kymamesh.identity import meshca
 
         facts = meshca.create_root(out, name, days)
         ctx.result.data = facts

@@ -57,7 +57,7 @@ def pull(
     --charts-dir). Each chart comes from the first chart source that serves it."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import releases
+        from kymamesh.workflows import releases
 
         prepare_dest(dest)
         releases.pull(ctx, dest, istio, tuple(repo or ()), plain_http)

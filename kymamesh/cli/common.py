@@ -20,7 +20,7 @@ from kymamesh.errors import ExitCode, InterruptedRunError, KymameshError, UsageE
 from kymamesh.output import Progress, Result
 
 if TYPE_CHECKING:
-    from kymamesh.pipeline import ChartInputs
+    from kymamesh.workflows.pipeline import ChartInputs
 
 
 class OutputFormat(StrEnum):
@@ -201,7 +201,7 @@ def chart_inputs(
 ) -> ChartInputs:
     """Phase 1's inputs out of the chart options (ChartsDir, ValuesFiles, SetValues, Repo,
     PlainHttp) and any more of ChartInputs' fields."""
-    from kymamesh.pipeline import ChartInputs
+    from kymamesh.workflows.pipeline import ChartInputs
 
     return ChartInputs(
         charts_dir=charts_dir,

@@ -80,7 +80,7 @@ def inject_namespace(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import injection
+        from kymamesh.workflows import injection
 
         injection.run(
             ctx,

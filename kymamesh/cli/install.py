@@ -96,7 +96,7 @@ def install(
     """Install Istio with security on, then apply the Kyma patch. A re-run converges."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import pipeline
+        from kymamesh.workflows import pipeline
 
         inputs = c.chart_inputs(
             charts_dir,

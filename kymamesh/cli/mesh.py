@@ -83,7 +83,7 @@ def join(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
+        from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
         multicluster.join(ctx, found, api_server or [], parse_lifetime(token_lifetime))
@@ -115,7 +115,7 @@ def rotate(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
+        from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [])
         multicluster.join(ctx, found, api_server or [], parse_lifetime(token_lifetime), rotate=True)
@@ -140,7 +140,7 @@ def leave(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
+        from kymamesh.workflows import multicluster
 
         multicluster.leave(ctx, multicluster.targets(kubeconfigs or [], contexts or []))
 
@@ -160,8 +160,8 @@ def status(
     Writes nothing. Exit 0 when healthy, 7 when not."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import multicluster
         from kymamesh.errors import ExitCode
+        from kymamesh.workflows import multicluster
 
         found = multicluster.targets(kubeconfigs or [], contexts or [], least=1)
         if not multicluster.mesh_status(ctx, found):

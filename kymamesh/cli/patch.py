@@ -39,7 +39,7 @@ def patch(
     """Apply the Kyma patch to a running Istio. Checks it first; a re-run converges."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import pipeline
+        from kymamesh.workflows import pipeline
 
         ctx.charts_dir = charts_dir
         given = p.patch_overrides(

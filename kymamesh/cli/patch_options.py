@@ -62,7 +62,7 @@ def restart_batch_value(raw: str) -> int | str:
     """`--restart-batch` as the step's `batchSize`: a whole number of at least 1, or a
     percentage from 1% to 100% (kept as text, e.g. "10%"); anything else is a usage error
     naming the value."""
-    from kymamesh.restarts import parse_percent
+    from kymamesh.workloads.restarts import parse_percent
 
     text = raw.strip()
     if text.endswith("%"):
@@ -201,7 +201,7 @@ def patch_overrides(
     if config is not None:
         overrides.update(read_config(config))
     if hub is not None:
-        from kymamesh.pipeline import check_hub
+        from kymamesh.workflows.pipeline import check_hub
 
         check_hub(hub)
         overrides.setdefault("sidecar-image-hub", {})["hub"] = hub.strip().rstrip("/")
@@ -241,7 +241,7 @@ def patch_overrides(
 def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: str | None) -> None:
     """`--identity FILE|none` as the parameters of step `identity`; the secrets the file
     reads from files or the environment go to the run's context only (never remembered)."""
-    from kymamesh import identity as idn
+    from kymamesh.identity import dexfile as idn
 
     if identity is None:
         return
@@ -256,7 +256,7 @@ def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: st
 def add_mesh(given: dict[str, dict[str, Any]], ctx: RunContext, mesh: str | None) -> None:
     """`--mesh FILE|cluster:` as the parameters of the patch steps it sets (over `--config`'s)."""
     from kymamesh import meshfile
-    from kymamesh.values import deep_merge
+    from kymamesh.istio.values import deep_merge
 
     if mesh is None:
         return
@@ -284,7 +284,7 @@ def add_mesh_identity(
 ) -> None:
     """`--mesh-id`, `--cluster-name`, `--network` as the parameters of step
     `multicluster-identity` (over `--config`'s); each checked (exit 2)."""
-    from kymamesh import meshidentity
+    from kymamesh.identity import meshidentity
 
     params = meshidentity.from_flags(mesh_id, cluster_name, network)
     if params:

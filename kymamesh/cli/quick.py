@@ -29,7 +29,7 @@ def _version_format(args: Sequence[str]) -> bool | None:
 
 def render_version(as_json: bool) -> str:
     from kymamesh import __version__
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
 
     table = catalog()
     release = table.resolve(None)

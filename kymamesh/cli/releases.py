@@ -30,7 +30,7 @@ def releases(
     Kubernetes range and end of life), the default, and the Istio the cluster runs."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import releases as workflow
+        from kymamesh.workflows import releases as workflow
 
         workflow.show(ctx, refresh, tuple(repo or ()), plain_http)
         if ctx.options.output == c.OutputFormat.text:

@@ -31,8 +31,8 @@ def status(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import patching
-        from kymamesh import status as mesh
+        from kymamesh.workflows import patching
+        from kymamesh.workflows import status as mesh
 
         given = p.patch_overrides(config, domain, tls_cert, tls_key)
         specs = patching.patch_list_for(ctx, given)  # unknown settings: before the cluster

@@ -47,7 +47,7 @@ def uninstall(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh.uninstall import run_uninstall
+        from kymamesh.workflows.uninstall import run_uninstall
 
         run_uninstall(ctx, purge=purge, force=force, existing_istio=existing_istio)
 

@@ -50,7 +50,7 @@ def promote(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary
+        from kymamesh.workflows import canary
 
         canary.promote(ctx, _batch(restart_batch))
 
@@ -80,7 +80,7 @@ def rollback(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary
+        from kymamesh.workflows import canary
 
         canary.rollback(ctx, revision, _batch(restart_batch))
 
@@ -108,7 +108,7 @@ def finish(
     """
 
     def body(ctx: RunContext) -> None:
-        from kymamesh import canary
+        from kymamesh.workflows import canary
 
         canary.finish(ctx, c.chart_inputs(charts_dir, values, set_values, repo, plain_http))
 

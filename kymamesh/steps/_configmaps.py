@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from kymamesh import yamlfast
-from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.controlplane import INJECTOR_CONFIGMAP, MESH_CONFIGMAP, ControlPlane
+from kymamesh.adapters import yamlfast
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import unified
 from kymamesh.errors import ConflictError, NotFoundError, PreconditionError
+from kymamesh.istio.controlplane import INJECTOR_CONFIGMAP, MESH_CONFIGMAP, ControlPlane
 from kymamesh.steps.base import Change, StepContext
 
 _ABSENT = object()

@@ -23,8 +23,8 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.controlplane import DISCOVERY_CONTAINER
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
+from kymamesh.istio.controlplane import DISCOVERY_CONTAINER
 
 ENV = "BLOCKED_CIDRS_IN_JWKS_URIS"
 BLOCKED_CIDRS: tuple[str, ...] = (

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import UsageError
 from kymamesh.resources import load_yaml, patches_dir
 from kymamesh.steps.base import Change, StepContext

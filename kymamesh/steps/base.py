@@ -1,7 +1,7 @@
 """What a step kind is: the contract between the patch runner and the steps.
 
 A step kind is a class with the parameters it takes (`PARAMS`) and two read-only
-methods, `preflight` and `check` (see `kymamesh.patching` for how the runner uses
+methods, `preflight` and `check` (see `kymamesh.workflows.patching` for how the runner uses
 them). It lives here, in the steps layer, so that a step needs nothing from the
 runner above it: the layers (cli -> pipeline -> steps -> adapters) only point down.
 """
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from kymamesh.cluster import Cluster
-from kymamesh.controlplane import ControlPlane, find_control_planes
+from kymamesh.adapters.cluster import Cluster
+from kymamesh.istio.controlplane import ControlPlane, find_control_planes
 
 if TYPE_CHECKING:
-    from kymamesh.helm import Helm
+    from kymamesh.adapters.helm import Helm
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from kymamesh import meshfile
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import unified
 from kymamesh.errors import UsageError
 from kymamesh.steps.base import Change, StepContext

@@ -1,7 +1,7 @@
 """Step `identity`: Dex in the mesh, exposed at https://dex.DOMAIN, its tokens checked at
 the ingress gateway. Off unless an identity configuration is given (`--identity FILE`).
 
-What it leaves, when enabled (the parameters are checked by `kymamesh.identity`):
+What it leaves, when enabled (the parameters are checked by `kymamesh.identity.dexfile`):
 
 - Secret `kyma-system/kymamesh-identity-secrets`, only when the identity file read secrets
   from files or the environment; no other secret value is ever written by kymamesh;
@@ -49,18 +49,18 @@ from typing import Any, ClassVar
 import yaml
 
 from kymamesh import MANAGED_BY_LABEL
-from kymamesh import identity as idn
-from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.adapters.helm import DeployedRelease, Helm, LoadedChart
 from kymamesh.diffs import object_diff
 from kymamesh.errors import KymameshError, PreconditionError
-from kymamesh.helm import DeployedRelease, Helm, LoadedChart
-from kymamesh.inventory import (
+from kymamesh.identity import dexfile as idn
+from kymamesh.istio.inventory import (
     HELM_NAMESPACE_ANNOTATION,
     HELM_RELEASE_ANNOTATION,
     INSTALL_DESCRIPTION,
     marked_by_kymamesh,
 )
-from kymamesh.release import DexRelease, dex_pinned
+from kymamesh.istio.release import DexRelease, dex_pinned
 from kymamesh.steps import _jwks
 from kymamesh.steps.base import Change, StepContext
 from kymamesh.steps.tls import TlsParams, gateway_object, matches

@@ -13,10 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from kymamesh import controlplane
-from kymamesh.controlplane import ControlPlane
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.release import catalog
+from kymamesh.istio import controlplane
+from kymamesh.istio.controlplane import ControlPlane
+from kymamesh.istio.release import catalog
 from kymamesh.steps._configmaps import (
     INJECTOR_CONFIGMAP,
     Editor,

@@ -258,8 +258,8 @@ def _mesh_changes(ctx: StepContext, editor: Editor) -> list[Change]:
 
 def refuse_unreadable(step: str, key: str, provider: Mapping[str, Any]) -> None:
     """Refuse an extension provider (made from the step's `key` settings) that istiod could
-    not read as a MeshConfig.ExtensionProvider (`kymamesh.meshschema`)."""
-    from kymamesh.meshschema import provider_problems
+    not read as a MeshConfig.ExtensionProvider (`kymamesh.istio.meshschema`)."""
+    from kymamesh.istio.meshschema import provider_problems
 
     problems = provider_problems(provider, "extensionProviders[]")
     if problems:
@@ -611,7 +611,7 @@ class MeshSettingsStep:
     PARAMS: ClassVar[frozenset[str]] = frozenset(_MESH_PARAMS)
 
     def preflight(self, ctx: StepContext) -> str | None:
-        from kymamesh.meshschema import mesh_config_problems
+        from kymamesh.istio.meshschema import mesh_config_problems
 
         made: dict[str, Any] = {}
         apply_mesh_settings(made, mesh_settings_wanted(ctx.params))

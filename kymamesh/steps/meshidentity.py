@@ -1,7 +1,7 @@
 """Step `multicluster-identity`: the cluster's mesh ID, cluster name and network.
 
 The three are istiod chart values that `install` passes to phase 1
-(`kymamesh.meshidentity.chart_values`); what no chart writes is the label
+(`kymamesh.identity.meshidentity.chart_values`); what no chart writes is the label
 `topology.istio.io/network` on the Istio namespace, which tells istiod the network of
 the cluster's own workloads. This step keeps that label, and checks that each
 istiod runs with the mesh ID and cluster name asked for (an istiod kymamesh did not
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kymamesh import meshidentity
-from kymamesh.cluster import Cluster, Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.diffs import object_diff
+from kymamesh.identity import meshidentity
 from kymamesh.steps._configmaps import not_in_dry_run
 from kymamesh.steps.base import Change, StepContext
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.controlplane import (
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
+from kymamesh.diffs import object_diff
+from kymamesh.errors import InsecureValuesError, PreconditionError
+from kymamesh.istio.controlplane import (
     PEER_AUTHENTICATION,
     SECURITY_API_VERSIONS,
     is_mesh_wide,
@@ -27,12 +29,10 @@ from kymamesh.controlplane import (
     root_namespaces,
     served_peer_authentication,
 )
-from kymamesh.controlplane import (
+from kymamesh.istio.controlplane import (
     mtls_mode_of as mode_of,
 )
-from kymamesh.diffs import object_diff
-from kymamesh.errors import InsecureValuesError, PreconditionError
-from kymamesh.preflight import MANAGED_BY
+from kymamesh.istio.preflight import MANAGED_BY
 from kymamesh.steps._configmaps import not_in_dry_run
 from kymamesh.steps.base import Change, StepContext
 

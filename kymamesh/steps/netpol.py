@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from kymamesh import MANAGED_BY_LABEL
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import object_diff, unified
 from kymamesh.errors import UsageError
 from kymamesh.steps.base import Change, StepContext

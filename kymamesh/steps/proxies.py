@@ -4,15 +4,17 @@ By default (`restart: false`) the step only lists such workloads, as notes and n
 changes, so a re-run still writes nothing. With `restart: true` (`--restart-proxies`) it
 restarts them in batches (`batchSize`, `--restart-batch`: a number or a share such as
 `10%`), the system namespaces first (`systemNamespaces`). The planning and the restarts
-themselves are `kymamesh.restarts`, which the canary and `status` use too.
+themselves are `kymamesh.workloads.restarts`, which the canary and `status` use too.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from kymamesh import restarts  # a module: kymamesh.restarts imports this package's base
 from kymamesh.steps.base import Change, StepContext
+from kymamesh.workloads import (
+    restarts,  # a module: kymamesh.workloads.restarts imports this package's base
+)
 
 
 class RestartProxiesStep:

@@ -18,7 +18,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from kymamesh import MANAGED_BY_LABEL
-from kymamesh.certs import (
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
+from kymamesh.diffs import REDACTED, object_diff, secret_markers, unified
+from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.identity.certs import (
     InvalidCertificateError,
     TlsPair,
     check_domain,
@@ -27,9 +30,6 @@ from kymamesh.certs import (
     parse_pair,
     self_signed,
 )
-from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.diffs import REDACTED, object_diff, secret_markers, unified
-from kymamesh.errors import PreconditionError, UsageError
 from kymamesh.steps.base import Change, StepContext
 
 TLS_TYPE = "kubernetes.io/tls"

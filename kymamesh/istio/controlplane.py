@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from kymamesh import yamlfast
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters import yamlfast
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import PreconditionError, UsageError
-from kymamesh.versions import Version, image_version
+from kymamesh.istio.versions import Version, image_version
 
 ISTIOD = "istiod"
 ISTIOD_SELECTOR = "app=istiod"

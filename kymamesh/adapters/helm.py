@@ -51,11 +51,11 @@ from kymamesh.errors import (
     HelmMissingError,
     KymameshError,
 )
-from kymamesh.values import Values
-from kymamesh.versions import Version
+from kymamesh.istio.values import Values
+from kymamesh.istio.versions import Version
 
 T = TypeVar("T")
-_log = logging.getLogger("kymamesh.helm")
+_log = logging.getLogger("kymamesh.adapters.helm")
 
 
 class HelmError(KymameshError):
@@ -563,7 +563,7 @@ class Helm:
             record = self._stored(release, namespace)
             text = "" if record is None else str(record.get("manifest") or "")
         if text is not None:
-            from kymamesh import yamlfast
+            from kymamesh.adapters import yamlfast
 
             return [d for d in yamlfast.load_all(text) if isinstance(d, dict) and d]
         from pyhelm3 import errors
@@ -840,7 +840,7 @@ def _get(url: str, timeout: float, headers: dict[str, str] | None = None) -> byt
 
 
 def _index_versions(url: str, chart: str, timeout: float) -> list[str]:
-    from kymamesh import yamlfast
+    from kymamesh.adapters import yamlfast
 
     index = yamlfast.load(_get(url, timeout).decode("utf-8"))
     entries = (index or {}).get("entries") or {} if isinstance(index, dict) else {}

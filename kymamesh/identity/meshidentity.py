@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from kymamesh import yamlfast
-from kymamesh.cluster import Cluster, Ref
-from kymamesh.controlplane import suffix_of
+from kymamesh.adapters import yamlfast
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import UsageError
+from kymamesh.istio.controlplane import suffix_of
 
 STEP = "multicluster-identity"
 KIND = "mesh-identity"

@@ -2,7 +2,7 @@
 
 Checks, in order, each failure a `PreconditionError` (exit 3) that names what
 was found, and never a write: the namespace exists; istiod is there (every
-control plane revision: `istiod`, `istiod-REV`, see `kymamesh.controlplane`);
+control plane revision: `istiod`, `istiod-REV`, see `kymamesh.istio.controlplane`);
 each one's version, read from the image of its `discovery` container, is of a
 minor of the release catalog or the one below the oldest; the
 security CRDs exist and are Established. What it found is returned, for the
@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
-from kymamesh.controlplane import (
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.errors import PreconditionError
+from kymamesh.istio.controlplane import (
     DISCOVERY_CONTAINER,
     ControlPlane,
     discovery_image,
@@ -23,8 +24,7 @@ from kymamesh.controlplane import (
     root_namespaces,
     served_peer_authentication,
 )
-from kymamesh.errors import PreconditionError
-from kymamesh.versions import Version, check_supported_for_adoption, image_version
+from kymamesh.istio.versions import Version, check_supported_for_adoption, image_version
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SECURITY_CRDS = (
@@ -211,7 +211,7 @@ def _checked_version(plane: ControlPlane, supported: tuple[Version, Version] | N
 
 def adoption_preflight(cluster: Cluster, namespace: str) -> FoundIstio:
     """`find_istio` against the release catalog (a supported minor, or one below the oldest)."""
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
 
     lines = catalog().lines
     return find_istio(cluster, namespace, (lines[-1].latest, lines[0].latest))

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.istio.versions import Version
 from kymamesh.resources import dex_dir, load_yaml, resources_dir
-from kymamesh.versions import Version
 
 
 @dataclass(frozen=True)

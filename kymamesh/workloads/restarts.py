@@ -10,7 +10,7 @@ version). A restart, when asked for, is safe:
   `systemNamespaces`, by default `kyma-system`), then the rest; each group in batches of
   `batchSize` (`--restart-batch`: a number of workloads, or a share of them such as
   `10%`), every rollout of a batch finished (as `kubectl rollout status` judges it, up to
-  --timeout: `kymamesh.rollouts`) before the next batch starts, which it does as soon as
+  --timeout: `kymamesh.workloads.rollouts`) before the next batch starts, which it does as soon as
   the cluster has finished the last one;
 - a Deployment, StatefulSet or DaemonSet is restarted the way `kubectl rollout restart`
   does it, a new `kubectl.kubernetes.io/restartedAt` annotation on its Pod template (a
@@ -49,20 +49,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kymamesh.cluster import Cluster, Obj, Ref
-from kymamesh.controlplane import ControlPlane
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import ApiError, UsageError, WaitTimeoutError
-from kymamesh.rollouts import (
-    RESTARTED_AT,
-    on_delete,
-    poll,
-    read_workloads,
-    restart_pending,
-    rollout_pending,
-    wait_for_rollouts,
-    wanted_replicas,
-)
-from kymamesh.sidecars import (
+from kymamesh.istio.controlplane import ControlPlane
+from kymamesh.istio.sidecars import (
     Injectors,
     OutdatedWorkload,
     Workload,
@@ -73,6 +63,16 @@ from kymamesh.sidecars import (
 )
 from kymamesh.steps.base import Change
 from kymamesh.waits import wait_until
+from kymamesh.workloads.rollouts import (
+    RESTARTED_AT,
+    on_delete,
+    poll,
+    read_workloads,
+    restart_pending,
+    rollout_pending,
+    wait_for_rollouts,
+    wanted_replicas,
+)
 
 DEFAULT_BATCH_SIZE = 10
 DEFAULT_SYSTEM_NAMESPACES = ("kyma-system",)

@@ -22,9 +22,11 @@ from enum import StrEnum
 from typing import Any
 
 from kymamesh import MANAGED_BY_LABEL, __version__
-from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh.adapters.helm import ATTEMPT_LABEL, DeployedRelease
 from kymamesh.context import RunContext
-from kymamesh.controlplane import (
+from kymamesh.errors import KymameshError
+from kymamesh.istio.controlplane import (
     INJECTION_LABEL,
     REVISION_LABEL,
     ControlPlane,
@@ -32,10 +34,8 @@ from kymamesh.controlplane import (
     istiod_image,
     istiod_version,
 )
-from kymamesh.errors import KymameshError
-from kymamesh.helm import ATTEMPT_LABEL, DeployedRelease
-from kymamesh.preflight import FoundIstio
-from kymamesh.versions import Version
+from kymamesh.istio.preflight import FoundIstio
+from kymamesh.istio.versions import Version
 
 ISTIO_GROUP_SUFFIX = ".istio.io"
 HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"
@@ -195,7 +195,7 @@ def find_istiods(cluster: Cluster, namespace: str) -> list[Istiod]:
 
 def marked_by_kymamesh(release: DeployedRelease) -> bool:
     """True when kymamesh made the release: a revision it made carries its release label
-    (`kymamesh.helm.ATTEMPT_LABEL`), which Helm keeps on every later revision, a person's
+    (`kymamesh.adapters.helm.ATTEMPT_LABEL`), which Helm keeps on every later revision, a person's
     own `helm upgrade` included; or (releases made before that label, or read through helm
     when Helm keeps its releases elsewhere than in Secrets) the current revision's
     description is kymamesh's."""

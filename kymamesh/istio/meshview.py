@@ -6,7 +6,7 @@ writes it. That is not the ConfigMap's text: fields by their JSON names (`meshMT
 where the ConfigMap may say `mesh_mTLS`), durations in seconds (`"0.250s"` for
 `250ms`), enums by name (`TLSV1_3` for `2`), 64-bit integers as strings, and a field
 at its zero value (false, 0, "", the first enum member) left out. `differences` reads
-both through the schema of `resources/istio/meshconfig.yaml` (`kymamesh.meshschema`)
+both through the schema of `resources/istio/meshconfig.yaml` (`kymamesh.istio.meshschema`)
 and reports each field set in the ConfigMap whose value istiod does not run: the sign
 that istiod rejected the ConfigMap ("invalid mesh config, using last known state") and
 runs an older one, or has not read it yet. Fields the schema does not describe inside
@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from kymamesh.meshschema import ROOT, mesh_schema
+from kymamesh.istio.meshschema import ROOT, mesh_schema
 
 ABSENT: Any = object()  # a field istiod's view does not have (the zero value, for jsonpb)
 # How istiod merges lists of the ConfigMap into its defaults (istio's pkg/config/mesh

@@ -5,7 +5,7 @@ first write, then the phases. The values, the patch list and the foreign-istiod
 check are computed once per run.
 
 Phase 1 is the ordered release table of `resources/istio/release.yaml`, made from
-the charts of one Istio release of the catalog (`kymamesh.release`): the one
+the charts of one Istio release of the catalog (`kymamesh.istio.release`): the one
 `--istio` names, or the charts' own version with `--charts-dir`. Every check that
 can refuse (values, Kubernetes range, chart source, version gate) runs for all
 three releases before the first write. A release whose chart version and values
@@ -22,10 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kymamesh import controlplane, meshca, meshfile, meshidentity, revisions, tags, unverified
-from kymamesh.cluster import Ref
+from kymamesh import meshfile, unverified
+from kymamesh.adapters.cluster import Ref
+from kymamesh.adapters.helm import DeployedRelease, LoadedChart
 from kymamesh.context import RunContext
-from kymamesh.controlplane import ControlPlane
 from kymamesh.diffs import object_diff
 from kymamesh.errors import (
     ApiError,
@@ -35,11 +35,12 @@ from kymamesh.errors import (
     UsageError,
     VersionGateError,
 )
-from kymamesh.helm import DeployedRelease, LoadedChart
-from kymamesh.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
-from kymamesh.output import ItemResult, Outcome
-from kymamesh.release import ChartRelease, IstioRelease, catalog, pinned
-from kymamesh.values import (
+from kymamesh.identity import meshca, meshidentity
+from kymamesh.istio import controlplane, revisions, tags
+from kymamesh.istio.controlplane import ControlPlane
+from kymamesh.istio.inventory import INSTALL_DESCRIPTION, marked_by_kymamesh
+from kymamesh.istio.release import ChartRelease, IstioRelease, catalog, pinned
+from kymamesh.istio.values import (
     Values,
     ValueSource,
     ValueStack,
@@ -49,7 +50,8 @@ from kymamesh.values import (
     parse_set,
     project_source,
 )
-from kymamesh.versions import Version, check_upgrade
+from kymamesh.istio.versions import Version, check_upgrade
+from kymamesh.output import ItemResult, Outcome
 from kymamesh.waits import wait_until
 
 __all__ = [
@@ -457,9 +459,9 @@ def install(
     preflight are refused before the first write; then phase 1, then phase 2.
     `given` are the patch settings of this run; `reset` forgets the remembered ones;
     `revision_based` installs the release's istiod beside the one running (a canary, see
-    `kymamesh.canary`); `take_over` adopts an Istio applied without Helm into the
-    releases (`kymamesh.takeover`)."""
-    from kymamesh import patching, takeover
+    `kymamesh.workflows.canary`); `take_over` adopts an Istio applied without Helm into the
+    releases (`kymamesh.workflows.takeover`)."""
+    from kymamesh.workflows import patching, takeover
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
@@ -538,9 +540,9 @@ def remove_egress_gateway(ctx: RunContext) -> None:
 def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
     """`kymamesh patch`: the adoption preflight (an Istio kymamesh can patch, and, without
     `existing_istio`, one kymamesh set up), every step's preflight, then phase 2."""
-    from kymamesh import patching
-    from kymamesh.inventory import set_up_by_kymamesh
-    from kymamesh.preflight import adoption_preflight
+    from kymamesh.istio.inventory import set_up_by_kymamesh
+    from kymamesh.istio.preflight import adoption_preflight
+    from kymamesh.workflows import patching
 
     specs = patching.patch_list_for(ctx, given, reset=reset)
     meshfile.refuse_module_manager(ctx.cluster)
@@ -622,7 +624,7 @@ def unreadable_mesh_config(ctx: RunContext, stack: ValueStack, version: Version)
     read, so istiod runs an older one ("invalid mesh config, using last known state") and a
     restarted istiod cannot start. The upgrade writes the chart's mesh config again (Helm's
     three-way merge; Helm 4 with --force-conflicts), and phase 2 patches it as always."""
-    from kymamesh.meshschema import mesh_config_problems
+    from kymamesh.istio.meshschema import mesh_config_problems
 
     ref = planned_control_plane(stack).configmap(controlplane.MESH_CONFIGMAP)
     live = ctx.cluster.get(ref)
@@ -644,7 +646,7 @@ def refuse_foreign_releases(deployed: Mapping[str, DeployedRelease | None], name
     """Helm releases of the release table that kymamesh did not make (a plain `helm
     install`, another tool) are not `install`'s to take over: refused, as `patch` and the
     identity step refuse an Istio or a Dex someone else installed. kymamesh's releases carry
-    its mark (`kymamesh.inventory.marked_by_kymamesh`), which Helm keeps on the revisions a
+    its mark (`kymamesh.istio.inventory.marked_by_kymamesh`), which Helm keeps on the revisions a
     person's own `helm upgrade` adds."""
     foreign = [r for r in deployed.values() if r is not None and not marked_by_kymamesh(r)]
     if not foreign:
@@ -771,8 +773,8 @@ def kymamesh_revisions(ctx: RunContext, planes: list[ControlPlane]) -> list[Cont
 
 
 def made_by_kymamesh(ctx: RunContext, release: str, namespace: str) -> bool:
-    from kymamesh.helm import RELEASE_SECRET_TYPE, decode_release
-    from kymamesh.inventory import KYMAMESH_MARK, marked_by_kymamesh
+    from kymamesh.adapters.helm import RELEASE_SECRET_TYPE, decode_release
+    from kymamesh.istio.inventory import KYMAMESH_MARK, marked_by_kymamesh
 
     deployed = ctx.helm.deployed(release, namespace)
     if deployed is None:
@@ -972,14 +974,14 @@ def run_phase_charts(
 ) -> None:
     """Phase 1: install or upgrade each release in order; each ready before the next.
     `rows`: the releases (default: the release table); `take_over`: objects applied
-    without Helm are adopted (`kymamesh.takeover`)."""
+    without Helm are adopted (`kymamesh.workflows.takeover`)."""
     release = the_release(ctx)
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(f"{PHASE_CHARTS} (Istio {release.version})")
     plans = plan_releases(ctx, inputs, stack, rows, revision_based)
     if take_over:
-        from kymamesh import takeover
+        from kymamesh.workflows import takeover
 
         takeover.refuse_other_releases(ctx, plans, namespace)
     if any(p.needed for p in plans):
@@ -999,7 +1001,7 @@ def run_phase_charts(
 def _run_release(
     ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str, take_over: bool
 ) -> None:
-    from kymamesh import takeover
+    from kymamesh.workflows import takeover
 
     item.changes = list(plan.reasons)
     if not plan.needed:

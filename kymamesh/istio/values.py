@@ -18,8 +18,8 @@ from typing import Any
 
 from kymamesh import userfiles
 from kymamesh.errors import InsecureValuesError, UsageError
+from kymamesh.istio.security import security_rules
 from kymamesh.resources import load_yaml, resources_dir
-from kymamesh.security import security_rules
 
 Values = dict[str, Any]
 
@@ -281,7 +281,7 @@ def project_source(charts: Iterable[str]) -> ValueSource:
 def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
     """Refuse values that weaken mutual TLS, naming the key and where it came from.
 
-    Each value is judged as the chart will read it (`kymamesh.security`): every
+    Each value is judged as the chart will read it (`kymamesh.istio.security`): every
     spelling of off, and a null, which drops the key back to the default.
     """
     problems: list[str] = []
@@ -302,8 +302,8 @@ def check_security(stack: ValueStack, charts: Iterable[str]) -> None:
 def check_mesh_config(stack: ValueStack, minor: str) -> None:
     """Refuse a `meshConfig` istiod of Istio `minor` could not read (a field of another
     type, an unknown or twice-given field), naming each field and where it came from
-    (`kymamesh.meshschema`). Runs after the security rules, before anything is written."""
-    from kymamesh.meshschema import mesh_config_problems
+    (`kymamesh.istio.meshschema`). Runs after the security rules, before anything is written."""
+    from kymamesh.istio.meshschema import mesh_config_problems
 
     mesh = stack.merged("istiod").get("meshConfig")
     problems = []

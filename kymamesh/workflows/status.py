@@ -2,7 +2,7 @@
 
 It reports the three Helm releases of the pinned release table (chart version,
 state, revision), each istiod (version from its image, revision, readiness),
-who installed Istio (see `kymamesh.inventory`), the mesh-wide mTLS mode (the
+who installed Istio (see `kymamesh.istio.inventory`), the mesh-wide mTLS mode (the
 PeerAuthentication without a selector in the mesh root namespace), every step
 of the Kyma patch as applied or not (the step's own `check`, so `status` and
 `patch` never disagree), and per namespace with injection on or sidecars
@@ -22,7 +22,7 @@ Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
   has an istiod;
 - every ready istiod runs the mesh config of its revision's ConfigMap: asked through
   its `/debug/mesh` view (a port-forward to each istiod Pod) and its log since the
-  ConfigMap last changed (`kymamesh.meshview`). An istiod that rejected the ConfigMap
+  ConfigMap last changed (`kymamesh.istio.meshview`). An istiod that rejected the ConfigMap
   ("invalid mesh config, using last known state"), runs other values than it holds, or
   cannot be asked makes the mesh unhealthy; a difference within the two minutes a
   changed ConfigMap takes to reach a Pod is advice.
@@ -31,7 +31,7 @@ Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
 shows as a step not applied, naming its ConfigMap.
 
-During and after a canary upgrade (`kymamesh.canary`), the revisions, the one the
+During and after a canary upgrade (`kymamesh.workflows.canary`), the revisions, the one the
 default tag points at and the phase are reported too (`data.canary`), and the
 canary revision's Helm release (`istiod-REV`) is listed with the others.
 
@@ -49,13 +49,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from kymamesh import inventory as inv
-from kymamesh import meshidentity, meshview, sidecars, unverified
-from kymamesh.canary import CanaryState
-from kymamesh.canary import read_state as read_canary
-from kymamesh.cluster import Cluster, Obj
+from kymamesh import unverified
+from kymamesh.adapters.cluster import Cluster, Obj
+from kymamesh.adapters.helm import DeployedRelease
 from kymamesh.context import RunContext
-from kymamesh.controlplane import (
+from kymamesh.errors import ExitCode, IstiodUnreachableError, KymameshError
+from kymamesh.identity import meshidentity
+from kymamesh.istio import inventory as inv
+from kymamesh.istio import meshview, sidecars
+from kymamesh.istio.controlplane import (
     DISCOVERY_CONTAINER,
     MESH_CONFIGMAP,
     MESH_KEY,
@@ -66,14 +68,14 @@ from kymamesh.controlplane import (
     parse_mesh,
     served_peer_authentication,
 )
-from kymamesh.errors import ExitCode, IstiodUnreachableError, KymameshError
-from kymamesh.helm import DeployedRelease
-from kymamesh.multicluster import peer_entries
-from kymamesh.patching import StepSpec, check_all
-from kymamesh.pipeline import release_of as pipeline_release_of
-from kymamesh.release import pinned
-from kymamesh.security import mesh_config_problems
-from kymamesh.versions import Version
+from kymamesh.istio.release import pinned
+from kymamesh.istio.security import mesh_config_problems
+from kymamesh.istio.versions import Version
+from kymamesh.workflows.canary import CanaryState
+from kymamesh.workflows.canary import read_state as read_canary
+from kymamesh.workflows.multicluster import peer_entries
+from kymamesh.workflows.patching import StepSpec, check_all
+from kymamesh.workflows.pipeline import release_of as pipeline_release_of
 
 
 @dataclass(frozen=True)
@@ -163,9 +165,9 @@ class MeshStatus:
     retired_images: list[dict[str, str]] = field(default_factory=list)
     # what is behind: a newer patch, an end of life, Helm 3 (advice; not unhealthy)
     advice: list[str] = field(default_factory=list)
-    # the cluster's mesh ID, cluster name, network, trust domain (kymamesh.meshidentity)
+    # the cluster's mesh ID, cluster name, network, trust domain (kymamesh.identity.meshidentity)
     multicluster: dict[str, Any] | None = None
-    # what each ready istiod Pod runs, against its ConfigMap (kymamesh.meshview)
+    # what each ready istiod Pod runs, against its ConfigMap (kymamesh.istio.meshview)
     mesh_configs: list[meshview.RunningMesh] = field(default_factory=list)
 
     @property
@@ -406,7 +408,7 @@ def releases_by_helm(releases: list[ReleaseState]) -> bool:
 def retired_registry_images(pods: list[Obj], installed_by: inv.Installer) -> list[dict[str, str]]:
     """Each container (init containers too) whose image comes from a registry Istio switched
     off, with the command that moves it (`resources/istio/catalog.yaml`, retiredHubs)."""
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
 
     table = catalog()
     if installed_by == inv.Installer.KYMAMESH:
@@ -444,7 +446,7 @@ def currency_advice(istiods: list[inv.Istiod], helm_major: int | None) -> list[s
     minor past its end of life or not supported, Helm 3 in use."""
     from datetime import date
 
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
 
     table = catalog()
     advice = []
@@ -494,7 +496,7 @@ def outdated_sidecars(
 ) -> list[dict[str, Any]]:
     """Each workload with an outdated sidecar and what `--restart-proxies` would do
     (step restart-proxies' own plan, without restarting: no dry-run Pods are made)."""
-    from kymamesh.restarts import plan_restarts, restart_options
+    from kymamesh.workloads.restarts import plan_restarts, restart_options
 
     params: dict[str, Any] = {}
     for spec in specs:
@@ -510,8 +512,8 @@ def outdated_sidecars(
 
 def identity_state(ctx: RunContext, specs: list[StepSpec]) -> dict[str, Any] | None:
     """The identity part (Dex, issuer, connectors, policies); None without the step."""
-    from kymamesh.patching import step_context
     from kymamesh.steps.identity import describe
+    from kymamesh.workflows.patching import step_context
 
     for spec in specs:
         if spec.kind == "identity":
@@ -524,7 +526,7 @@ def identity_state(ctx: RunContext, specs: list[StepSpec]) -> dict[str, Any] | N
 
 def mesh_config_security(cluster: Cluster, plane: ControlPlane) -> list[str]:
     """A revision's live mesh config judged by the install's security rules
-    (`kymamesh.security`)."""
+    (`kymamesh.istio.security`)."""
     ref = plane.configmap(MESH_CONFIGMAP)
     cm = cluster.get(ref)
     mesh = parse_mesh(((cm or {}).get("data") or {}).get(MESH_KEY))
@@ -951,7 +953,7 @@ def _headline(st: MeshStatus) -> str:
 
 
 def _supported() -> str:
-    from kymamesh.release import catalog
+    from kymamesh.istio.release import catalog
 
     return ", ".join(str(line.latest) for line in catalog().lines)
 

@@ -3,7 +3,7 @@ wait for a set of them.
 
 `rollout_unfinished` is the one judge of "a rollout finished", as `kubectl rollout
 status` judges it (seen by its controller, every replica updated and available, no old
-one left); the restarts of outdated sidecars (`kymamesh.restarts`) and
+one left); the restarts of outdated sidecars (`kymamesh.workloads.restarts`) and
 `inject-namespace --wait` wait with it. (Whether a Helm release's objects are ready is
 the cluster adapter's `not_ready_reason`.)
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import WaitTimeoutError
 from kymamesh.waits import wait_until
 

@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kymamesh import MANAGED_BY_LABEL, certs
-from kymamesh.cluster import Cluster, Obj, Ref
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.context import RunContext
-from kymamesh.controlplane import find_control_planes
 from kymamesh.diffs import object_diff, secret_values
 from kymamesh.errors import PreconditionError, UsageError
+from kymamesh.identity import certs
+from kymamesh.istio.controlplane import find_control_planes
 from kymamesh.output import ItemResult, Outcome
 
 SECRET = "cacerts"

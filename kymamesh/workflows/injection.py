@@ -17,19 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kymamesh.cluster import Obj, Ref
+from kymamesh.adapters.cluster import Obj, Ref
 from kymamesh.context import RunContext
-from kymamesh.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
 from kymamesh.diffs import unified_lines, yaml_lines
 from kymamesh.errors import KymameshError, PreconditionError, UsageError, WaitTimeoutError
-from kymamesh.output import ItemResult, Outcome
-from kymamesh.rollouts import wait_for_rollouts
-from kymamesh.sidecars import (
+from kymamesh.istio.controlplane import INJECT_LABEL, INJECTION_LABEL, istiod_deployments
+from kymamesh.istio.sidecars import (
     WorkloadSidecars,
     list_pods,
     replica_set_index,
     sidecar_coverage,
 )
+from kymamesh.output import ItemResult, Outcome
+from kymamesh.workloads.rollouts import wait_for_rollouts
 
 PHASE = "sidecar injection"
 ENABLED = "enabled"
@@ -260,7 +260,7 @@ def run(ctx: RunContext, request: InjectRequest) -> None:
 
 def _wait_rollouts(ctx: RunContext, refs: list[Ref]) -> None:
     """Until every rollout is finished, as `kubectl rollout status` judges it
-    (`kymamesh.rollouts`): every replica updated and available, no old one left."""
+    (`kymamesh.workloads.rollouts`): every replica updated and available, no old one left."""
 
     def fail(waiting: list[str]) -> Exception:
         return WaitTimeoutError(

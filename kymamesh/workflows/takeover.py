@@ -36,12 +36,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kymamesh import controlplane
-from kymamesh.cluster import Ref
+from kymamesh.adapters.cluster import Ref
 from kymamesh.context import RunContext
 from kymamesh.errors import PreconditionError
-from kymamesh.release import IstioRelease
-from kymamesh.versions import check_upgrade
+from kymamesh.istio import controlplane
+from kymamesh.istio.release import IstioRelease
+from kymamesh.istio.versions import check_upgrade
 
 # Istio's installer library applies as this field manager (istioctl, the Istio operator
 # and the Kyma Istio module's istio_install alike).
@@ -196,7 +196,7 @@ def refuse_other_releases(ctx: RunContext, plans: Sequence[Any], namespace: str)
     """Read-only, before the first write: `--take-ownership` skips Helm's own check, so an
     object a release would adopt that belongs to another Helm release (its
     `meta.helm.sh/release-name`) is refused here, naming both; nothing is taken from another
-    release. `plans`: phase 1's planned releases (`kymamesh.pipeline.PlannedRelease`)."""
+    release. `plans`: phase 1's planned releases (`kymamesh.workflows.pipeline.PlannedRelease`)."""
     taken = []
     for plan in plans:
         if plan.deployed is not None:

@@ -6,7 +6,7 @@ mapped once, here, to the named errors of `kymamesh.errors`; transient ones
 an update made with `update` (read, edit, write conditional on the
 resourceVersion) is retried once with a fresh read. Every write carries the
 field manager and user agent `kymamesh`, and is fenced by the lock
-(`kymamesh.lock`): while a run holds the lock Lease, a write after the lock was
+(`kymamesh.adapters.lock`): while a run holds the lock Lease, a write after the lock was
 lost raises LockLostError instead of reaching the API.
 """
 
@@ -36,6 +36,7 @@ from tenacity import (
 )
 
 from kymamesh import FIELD_MANAGER, __version__
+from kymamesh.adapters.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
 from kymamesh.errors import (
     ApiError,
     ClusterUnreachableError,
@@ -46,8 +47,7 @@ from kymamesh.errors import (
     PreconditionError,
     yaml_problem,
 )
-from kymamesh.lock import LOCK_API_VERSION, LOCK_CALL_TIMEOUT, LeaseLock
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 from kymamesh.waits import wait_until
 
 Obj = dict[str, Any]
@@ -972,14 +972,14 @@ class Cluster:
     def lock(
         self, namespace: str, wait: float, on_wait: Callable[[str], None] | None = None
     ) -> AbstractContextManager[str]:
-        """Hold the lock Lease in `namespace` while writing (see `kymamesh.lock`)."""
+        """Hold the lock Lease in `namespace` while writing (see `kymamesh.adapters.lock`)."""
         return self._lock.hold(namespace, wait, on_wait)
 
     def lock_held_by(self, namespace: str) -> str | None:
         """Who holds the lock Lease of `namespace` now (one read); None when nobody."""
         return self._lock.held_by(namespace)
 
-    # The calls on the lock Lease (kymamesh.lock.LeaseApi): a short request timeout, and
+    # The calls on the lock Lease (kymamesh.adapters.lock.LeaseApi): a short request timeout, and
     # never fenced (they are the fence). `retry=False`: one attempt (a renewal; the lock
     # makes the next one on its own schedule).
 

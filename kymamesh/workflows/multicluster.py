@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from kymamesh import MANAGED_BY_LABEL, certs, meshca, meshidentity
-from kymamesh.cluster import Cluster, Obj, Ref, probe_api_server
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, probe_api_server
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff, secret_values
 from kymamesh.errors import (
@@ -46,9 +46,10 @@ from kymamesh.errors import (
     UsageError,
     WaitTimeoutError,
 )
-from kymamesh.inventory import find_istiods
+from kymamesh.identity import certs, meshca, meshidentity
+from kymamesh.istio.inventory import find_istiods
+from kymamesh.istio.versions import Version
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.versions import Version
 
 NAMESPACE = "istio-system"
 REMOTE_SECRET_PREFIX = "istio-remote-secret-"

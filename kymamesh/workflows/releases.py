@@ -10,9 +10,9 @@ from typing import Any
 
 from kymamesh.context import RunContext
 from kymamesh.errors import ChartSourceError, KymameshError
+from kymamesh.istio.release import Catalog, IstioRelease, MinorLine, catalog, dex_pinned
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.pipeline import chart_sources, from_first_source
-from kymamesh.release import Catalog, IstioRelease, MinorLine, catalog, dex_pinned
+from kymamesh.workflows.pipeline import chart_sources, from_first_source
 
 PHASE_PULL = "charts pull"
 PHASE_CATALOG = "release catalog"
@@ -53,7 +53,7 @@ def show(ctx: RunContext, refresh: bool, repos: tuple[str, ...], plain_http: boo
 def _cluster_istio(ctx: RunContext) -> dict[str, Any] | None:
     """The Istio versions the cluster runs, or None when no cluster is reachable (the
     catalog is still shown: `releases` needs no cluster)."""
-    from kymamesh.controlplane import find_control_planes, istiod_version
+    from kymamesh.istio.controlplane import find_control_planes, istiod_version
 
     try:
         planes = find_control_planes(ctx.cluster, ctx.namespace)

@@ -32,21 +32,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kymamesh import MANAGED_BY_LABEL, tags
-from kymamesh import inventory as inv
-from kymamesh.cluster import Ref
+from kymamesh import MANAGED_BY_LABEL
+from kymamesh.adapters.cluster import Ref
+from kymamesh.adapters.helm import DeployedRelease
+from kymamesh.adapters.lock import LOCK_NAME
 from kymamesh.context import RunContext
-from kymamesh.controlplane import find_control_planes
 from kymamesh.errors import PreconditionError
-from kymamesh.helm import DeployedRelease
-from kymamesh.lock import LOCK_NAME
+from kymamesh.istio import inventory as inv
+from kymamesh.istio import tags
+from kymamesh.istio.controlplane import find_control_planes
+from kymamesh.istio.release import dex_pinned, pinned
 from kymamesh.meshfile import EGRESS_RELEASE
-from kymamesh.multicluster import refuse_if_joined
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.pipeline import kymamesh_revisions
-from kymamesh.release import dex_pinned, pinned
 from kymamesh.steps.netpol import NAMES as NETWORK_POLICY_NAMES
 from kymamesh.waits import wait_until
+from kymamesh.workflows.multicluster import refuse_if_joined
+from kymamesh.workflows.pipeline import kymamesh_revisions
 
 PHASE_PATCH_OBJECTS = "Kyma patch objects"
 PHASE_RELEASES = "Istio Helm releases"

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from kymamesh.context import RunContext
-from kymamesh.controlplane import ControlPlane, find_control_planes
 from kymamesh.errors import KymameshError, LockLostError, PartialFailureError, UsageError
+from kymamesh.istio.controlplane import ControlPlane, find_control_planes
+from kymamesh.istio.values import deep_merge
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.resources import load_yaml, patches_dir
 from kymamesh.steps.base import Change, Step, StepContext, StepKind
-from kymamesh.values import deep_merge
 
 PHASE_PATCH = "phase 2: Kyma patch"
 

@@ -9,9 +9,10 @@ revision that injected it; else `default`. A Pod without the annotation has no s
 the injector put there (None).
 
 Which revision injects a new Pod follows the selectors of Istio's injector webhooks and
-the default revision tag (`kymamesh.tags`); `probe_injection` asks the API server with a
-dry-run Pod. Used by the restarts (`kymamesh.restarts`), the canary (`kymamesh.canary`),
-the wait for istiod's injector (`kymamesh.pipeline`) and `status`.
+the default revision tag (`kymamesh.istio.tags`); `probe_injection` asks the API server
+with a dry-run Pod. Used by the restarts (`kymamesh.workloads.restarts`), the canary
+(`kymamesh.workflows.canary`), the wait for istiod's injector (`kymamesh.workflows.pipeline`)
+and `status`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kymamesh.controlplane import (
+from kymamesh.istio.controlplane import (
     DEFAULT_REVISION,
     INJECT_LABEL,
     INJECTION_LABEL,
@@ -29,10 +30,10 @@ from kymamesh.controlplane import (
     injection_probe_pod,
     probe_namespace,
 )
-from kymamesh.tags import DEFAULT_TAG
+from kymamesh.istio.tags import DEFAULT_TAG
 
 if TYPE_CHECKING:
-    from kymamesh.cluster import Cluster
+    from kymamesh.adapters.cluster import Cluster
 
 
 def sidecar_revision(pod: Mapping[str, Any]) -> str | None:

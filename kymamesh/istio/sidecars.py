@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from kymamesh import yamlfast
-from kymamesh.controlplane import (
+from kymamesh.adapters import yamlfast
+from kymamesh.errors import PreconditionError
+from kymamesh.istio.controlplane import (
     DEFAULT_REVISION,
     INJECT_LABEL,
     INJECTOR_CONFIGMAP,
@@ -26,15 +27,14 @@ from kymamesh.controlplane import (
     istiod_version,
     revision_of,
 )
-from kymamesh.errors import PreconditionError
-from kymamesh.revisions import sidecar_revision
-from kymamesh.rollouts import REPLICA_SET, RESTARTED_AT
+from kymamesh.istio.revisions import sidecar_revision
+from kymamesh.istio.versions import Version, image_version
 from kymamesh.units import same_quantity
-from kymamesh.versions import Version, image_version
+from kymamesh.workloads.rollouts import REPLICA_SET, RESTARTED_AT
 
 if TYPE_CHECKING:
-    from kymamesh.cluster import Cluster, Obj
-    from kymamesh.controlplane import ControlPlane
+    from kymamesh.adapters.cluster import Cluster, Obj
+    from kymamesh.istio.controlplane import ControlPlane
 
 PROXY_CONTAINER = "istio-proxy"
 # A Pod that names its own proxy image: the injector gives it that image, whatever the
@@ -634,7 +634,7 @@ def read_injectors(
     """`Injectors` of the control planes (`planes`, found when not given): two ConfigMaps
     per revision, its injector's (`istio-sidecar-injector[-REV]`) and its mesh config
     (`istio[-REV]`, key `mesh`)."""
-    from kymamesh.controlplane import MESH_CONFIGMAP, MESH_KEY, find_control_planes
+    from kymamesh.istio.controlplane import MESH_CONFIGMAP, MESH_KEY, find_control_planes
 
     found = list(planes) if planes is not None else find_control_planes(cluster, istio_namespace)
     deployments = [p.deployment for p in found if p.deployment is not None]

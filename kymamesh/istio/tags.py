@@ -1,5 +1,5 @@
 """Istio's default revision tag: pure logic (which revision injects a Pod under it:
-`kymamesh.revisions`).
+`kymamesh.istio.revisions`).
 
 A canary upgrade runs two istiod revisions side by side. Which one injects the
 Pods that ask for "the default" (namespace `istio-injection=enabled`, namespace
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kymamesh.controlplane import (
+from kymamesh.istio.controlplane import (
     DEFAULT_REVISION,
     INJECT_LABEL,
     INJECTION_LABEL,
@@ -34,7 +34,7 @@ from kymamesh.controlplane import (
     REVISION_LABEL,
     suffix_of,
 )
-from kymamesh.versions import Version
+from kymamesh.istio.versions import Version
 
 WEBHOOK_API = "admissionregistration.k8s.io/v1"
 MUTATING = "MutatingWebhookConfiguration"

@@ -7,11 +7,11 @@ one running. A revision kymamesh installed that way is known by what kymamesh wr
 `pipeline.kymamesh_revisions`), not by the version this kymamesh pins: the canary is
 the newest such revision. From there:
 
-- `promote` points the default tag (`kymamesh.tags`) at the canary revision, switches
+- `promote` points the default tag (`kymamesh.istio.tags`) at the canary revision, switches
   off the unnamed revision's own injector webhooks while the tag exists, waits until
   a Pod that asks for the default revision gets the canary's sidecar, and then
   restarts the workloads whose sidecar came from another revision than the one that
-  now injects them, through the restart machinery of `kymamesh.restarts` (with the
+  now injects them, through the restart machinery of `kymamesh.workloads.restarts` (with the
   remembered `systemNamespaces`);
 - `rollback` does the same towards the old revision;
 - before the tag moves, the revision it is to point at must be ready, and a test Pod
@@ -35,17 +35,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from kymamesh import MANAGED_BY_LABEL, pipeline, revisions, settings, sidecars, tags
-from kymamesh import restarts as restarts_  # `restarts` names a plan below
-from kymamesh.cluster import Cluster, Obj, Ref, not_ready_reason
+from kymamesh import MANAGED_BY_LABEL, settings
+from kymamesh.adapters.cluster import Cluster, Obj, Ref, not_ready_reason
 from kymamesh.context import RunContext
-from kymamesh.controlplane import (
-    DEFAULT_REVISION,
-    REVISION_LABEL,
-    ControlPlane,
-    find_control_planes,
-    istiod_version,
-)
 from kymamesh.diffs import object_diff
 from kymamesh.errors import (
     ApiError,
@@ -54,10 +46,20 @@ from kymamesh.errors import (
     UsageError,
     WaitTimeoutError,
 )
+from kymamesh.istio import revisions, sidecars, tags
+from kymamesh.istio.controlplane import (
+    DEFAULT_REVISION,
+    REVISION_LABEL,
+    ControlPlane,
+    find_control_planes,
+    istiod_version,
+)
+from kymamesh.istio.release import pinned
 from kymamesh.output import ItemResult, Outcome
-from kymamesh.release import pinned
 from kymamesh.steps.base import Change
 from kymamesh.waits import wait_until
+from kymamesh.workflows import pipeline
+from kymamesh.workloads import restarts as restarts_  # `restarts` names a plan below
 
 PHASE_TAG = "default tag"
 PHASE_RESTARTS = "workloads"
@@ -568,7 +570,7 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     """`kymamesh upgrade finish`: plan everything (refusals, phase 1 as if the old
     revisions were gone, phase 2's preflight), ask, remove the old revisions, then run
     phase 1 and phase 2, as `install` does."""
-    from kymamesh import patching
+    from kymamesh.workflows import patching
 
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
