@@ -165,16 +165,18 @@ def _discoverer() -> Any:
 
     class Discoverer(LazyDiscoverer):  # type: ignore[misc]
         _wanted: dict[str, Any] | None = None
+        _searching = threading.RLock()  # one lookup at a time: they share what they found
 
         def _write_cache(self) -> None:
             pass
 
         def search(self, **kwargs: Any) -> Any:
-            self._wanted = kwargs
-            try:
-                return super().search(**kwargs)
-            finally:
-                self._wanted = None
+            with self._searching:
+                self._wanted = kwargs
+                try:
+                    return super().search(**kwargs)
+                finally:
+                    self._wanted = None
 
         def invalidate_cache(self) -> None:
             wanted = self._wanted
