@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from kymamesh import MANAGED_BY_LABEL
+from kymamesh import owned_configmap
 from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import PreconditionError, yaml_problem
 from kymamesh.istio.values import deep_merge
@@ -98,16 +98,8 @@ def to_remember(merged: Mapping[str, Mapping[str, Any]]) -> Overrides:
 
 
 def desired(namespace: str, settings: Overrides) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": NAME,
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: "kymamesh"},
-        },
-        "data": {KEY: yaml.safe_dump({"steps": settings}, sort_keys=True)},
-    }
+    body = yaml.safe_dump({"steps": settings}, sort_keys=True)
+    return owned_configmap(NAME, namespace, {KEY: body})
 
 
 def differs(cluster: Cluster, namespace: str, settings: Overrides) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from kymamesh import MANAGED_BY_LABEL
+from kymamesh import owned_configmap
 from kymamesh.adapters.cluster import Cluster, Ref
 
 NAME = "kymamesh-unverified"
@@ -41,7 +41,7 @@ def mark(cluster: Cluster, namespace: str, release: str, why: str) -> None:
     if data.get(release) == why:
         return
     data[release] = why
-    cluster.apply(_body(namespace, data))
+    cluster.apply(owned_configmap(NAME, namespace, dict(data)))
 
 
 def clear(cluster: Cluster, namespace: str, release: str, known: Mapping[str, str]) -> None:
@@ -52,19 +52,6 @@ def clear(cluster: Cluster, namespace: str, release: str, known: Mapping[str, st
     data = marks(cluster, namespace)
     data.pop(release, None)
     if data:
-        cluster.apply(_body(namespace, data))
+        cluster.apply(owned_configmap(NAME, namespace, dict(data)))
     else:
         cluster.delete(ref(namespace))
-
-
-def _body(namespace: str, data: Mapping[str, str]) -> dict[str, object]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": NAME,
-            "namespace": namespace,
-            "labels": {MANAGED_BY_LABEL: "kymamesh"},
-        },
-        "data": dict(data),
-    }

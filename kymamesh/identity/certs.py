@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kymamesh.errors import PreconditionError, UsageError
@@ -130,6 +131,28 @@ def _key_der(pem: bytes) -> bytes:
     )
 
 
+def _load_key(key_pem: bytes, origin: str) -> PrivateKeyTypes:
+    """A private key from PEM, or a clear error naming `origin` (never the key)."""
+    try:
+        return serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise InvalidCertificateError(
+            f"{origin} is encrypted with a passphrase",
+            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
+        ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise InvalidCertificateError(
+            f"{origin} is not a PEM private key",
+            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
+        ) from None
+
+
+def _same_public_key(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    der = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return key.public_key().public_bytes(enc, der) == cert.public_key().public_bytes(enc, der)
+
+
 def _name(name: x509.Name) -> str:
     common = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     if common:
@@ -175,18 +198,7 @@ def parse_pair(
             f"{cert_origin} contains a private key",
             hint="give the certificate and the key as two separate files",
         )
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise InvalidCertificateError(
-            f"{key_origin} is encrypted with a passphrase",
-            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise InvalidCertificateError(
-            f"{key_origin} is not a PEM private key",
-            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
-        ) from None
+    key = _load_key(key_pem, key_origin)
     if not isinstance(
         key,
         (
@@ -207,9 +219,7 @@ def parse_pair(
             hint="issue the certificate for a 2048-bit (or larger) RSA key or an ECDSA key",
         )
     leaf = chain[0]
-    der = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, der) != leaf.public_key().public_bytes(enc, der):
+    if not _same_public_key(key, leaf):
         info = describe_certificate(leaf, len(chain))
         raise InvalidCertificateError(
             f"{key_origin} does not belong to {cert_origin} ({info.subject}): "
@@ -274,6 +284,26 @@ def check_usable(pair: TlsPair, domain: str, now: datetime, renew_before_days: f
     return []
 
 
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """A certificate for `key`, valid from a few minutes ago (small clock skew between
+    hosts) until `not_after`, with a random serial; extensions are the caller's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(not_after)
+    )
+
+
 def self_signed(domain: str, validity_days: int, now: datetime | None = None) -> TlsPair:
     """A new EC P-256 key and a self-signed certificate for `*.<domain>` and `<domain>`."""
     now = now or datetime.now(UTC)
@@ -285,13 +315,7 @@ def self_signed(domain: str, validity_days: int, now: datetime | None = None) ->
         ]
     )
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))  # tolerate small clock skew
-        .not_valid_after(now + timedelta(days=validity_days))
+        _builder(name, name, key, now, now + timedelta(days=validity_days))
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(f"*.{domain}"), x509.DNSName(domain)]),
             critical=False,
@@ -432,13 +456,7 @@ def make_root_ca(
         ]
     )
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=validity_days))
+        _builder(subject, subject, key, now, now + timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -469,13 +487,7 @@ def make_cluster_ca(
     )
     not_after = min(now + timedelta(days=validity_days), root.cert.not_valid_after_utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(root.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(not_after)
+        _builder(subject, root.cert.subject, key, now, not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -514,26 +526,13 @@ def _certs(pem: bytes, origin: str) -> list[x509.Certificate]:
 
 
 def _check_key(cert: x509.Certificate, key_pem: bytes, cert_origin: str, key_origin: str) -> None:
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise InvalidCertificateError(
-            f"{key_origin} is encrypted with a passphrase",
-            hint="give the key unencrypted (e.g. `openssl pkey -in KEY -out plain.key`)",
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise InvalidCertificateError(
-            f"{key_origin} is not a PEM private key",
-            hint="give a file with a '-----BEGIN ... PRIVATE KEY-----' block",
-        ) from None
+    key = _load_key(key_pem, key_origin)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise InvalidCertificateError(
             f"{key_origin} is a {type(key).__name__}; Istio's CA takes RSA or ECDSA keys",
             hint="issue the CA for an RSA (2048 bits or more) or ECDSA key",
         )
-    der = serialization.PublicFormat.SubjectPublicKeyInfo
-    enc = serialization.Encoding.DER
-    if key.public_key().public_bytes(enc, der) != cert.public_key().public_bytes(enc, der):
+    if not _same_public_key(key, cert):
         raise InvalidCertificateError(
             f"{key_origin} does not belong to {cert_origin} ({_name(cert.subject)}): their "
             "public keys differ",

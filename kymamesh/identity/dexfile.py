@@ -292,6 +292,18 @@ def read_identity_file(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     return params, values
 
 
+def _refuse_duplicate_ids(name: str, ids: list[str], what: str, each: str) -> None:
+    seen: set[str] = set()
+    for index, id_ in enumerate(ids):
+        if id_ in seen:
+            raise refuse(
+                f"{name}[{index}].id",
+                f"duplicate {what} id {id_!r}",
+                f"give every {each} its own id",
+            )
+        seen.add(id_)
+
+
 def _list(value: Any, name: str) -> list[Any]:
     if value is None:
         return []
@@ -396,30 +408,16 @@ def parse(params: Mapping[str, Any], domain: str | None = None) -> Identity:
     if not enabled:
         return Identity(enabled=False)
     refs: list[SecretRef] = []
-    connectors = []
-    seen: set[str] = set()
-    for index, item in enumerate(_list(params.get("connectors"), "connectors")):
-        connector = _connector(item, index, refs)
-        if connector.id in seen:
-            raise refuse(
-                f"connectors[{index}].id",
-                f"duplicate connector id {connector.id!r}",
-                "give every connector its own id",
-            )
-        seen.add(connector.id)
-        connectors.append(connector)
-    clients = []
-    seen = set()
-    for index, item in enumerate(_list(params.get("staticClients"), "staticClients")):
-        client = _client(item, index, refs)
-        if client.id in seen:
-            raise refuse(
-                f"staticClients[{index}].id",
-                f"duplicate client id {client.id!r}",
-                "give every static client its own id",
-            )
-        seen.add(client.id)
-        clients.append(client)
+    connectors = [
+        _connector(item, index, refs)
+        for index, item in enumerate(_list(params.get("connectors"), "connectors"))
+    ]
+    _refuse_duplicate_ids("connectors", [c.id for c in connectors], "connector", "connector")
+    clients = [
+        _client(item, index, refs)
+        for index, item in enumerate(_list(params.get("staticClients"), "staticClients"))
+    ]
+    _refuse_duplicate_ids("staticClients", [c.id for c in clients], "client", "static client")
     hosts = []
     for index, host in enumerate(_list(params.get("requireTokenHosts"), "requireTokenHosts")):
         hosts.append(_host(host, index, domain))

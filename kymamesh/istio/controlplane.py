@@ -290,6 +290,29 @@ def discovery_image(deployment: Mapping[str, Any]) -> str | None:
     return None
 
 
+def older_istiod_pods(
+    deployment: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]
+) -> list[str]:
+    """The Pods of an istiod Deployment that run another istiod image than its template
+    (an older version, during a rollout or while terminating). They watch the same
+    injection ConfigMap and may still answer the webhook, rendering a newer template
+    with an older istiod."""
+    wanted = discovery_image(deployment)
+    if wanted is None:
+        return []
+    older = []
+    for pod in pods:
+        spec = pod.get("spec") or {}
+        images = {
+            str(c.get("image"))
+            for c in spec.get("containers") or []
+            if c.get("name") == DISCOVERY_CONTAINER
+        }
+        if images and wanted not in images:
+            older.append(str((pod.get("metadata") or {}).get("name") or "?"))
+    return sorted(older)
+
+
 def istiod_image(deployment: Mapping[str, Any]) -> str:
     """The image that tells istiod's version: its `discovery` container's, else the first
     container's ("" when none)."""

@@ -833,20 +833,8 @@ def _never(cluster: Cluster) -> None:
 def _removals(ctx: StepContext, setup: Setup) -> list[Change]:
     """Identity off: the policies, the route, Dex, the Secret, then istiod's JWKS block
     list; only what is kymamesh's."""
-    changes = []
-    for role in ("authorizationPolicy", "requestAuthentication", "virtualService"):
-        ref = _role_ref(ctx, setup, role)
-        if ref is None:
-            continue
-        live = ctx.cluster.get(ref)
-        if live is not None and _ours(live):
-            changes.append(
-                Change(
-                    f"{ref.kind}/{ref.namespace}/{ref.name}",
-                    "deleted: identity is off",
-                    _deleter(ref),
-                )
-            )
+    roles = ("authorizationPolicy", "requestAuthentication", "virtualService")
+    changes = _delete_ours(ctx, [_role_ref(ctx, setup, role) for role in roles])
     pin = setup.pin
     dex = ctx.cluster.get(Ref("apps/v1", "Deployment", pin.release, pin.namespace))
     if ctx.helm is not None and dex is not None:  # helm is asked only when a Dex runs
@@ -864,7 +852,15 @@ def _removals(ctx: StepContext, setup: Setup) -> list[Change]:
                     uninstall,
                 )
             )
-    for ref in (_role_ref(ctx, setup, "peer"), setup.secret_ref):
+    changes += _delete_ours(ctx, [_role_ref(ctx, setup, "peer"), setup.secret_ref])
+    changes += _jwks_changes(ctx, enabled=False)
+    return changes
+
+
+def _delete_ours(ctx: StepContext, refs: list[Ref | None]) -> list[Change]:
+    """Identity off: a deletion for each of `refs` that exists and is kymamesh's."""
+    changes = []
+    for ref in refs:
         if ref is None:
             continue
         live = ctx.cluster.get(ref)
@@ -876,7 +872,6 @@ def _removals(ctx: StepContext, setup: Setup) -> list[Change]:
                     _deleter(ref),
                 )
             )
-    changes += _jwks_changes(ctx, enabled=False)
     return changes
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kymamesh import meshfile, unverified
-from kymamesh.adapters.cluster import Ref
+from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.adapters.helm import DeployedRelease, LoadedChart
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff
@@ -55,6 +55,7 @@ from kymamesh.istio.versions import Version, check_upgrade
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.steps.base import ONCE_CONFIG_WRITTEN, ONCE_ISTIOD_ANSWERS
 from kymamesh.waits import wait_until
+from kymamesh.workloads import restarts
 
 __all__ = [
     "ChartInputs",
@@ -486,12 +487,14 @@ def install(
     ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
-        meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
+        ca_plan = meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     egress = meshfile.egress_enabled(_components(specs))
     rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
     patch = patching.PatchRun(ctx, specs)
-    # phase 2 overlaps phase 1's waits where it can (not beside a canary or a take-over)
-    ahead = None if layout.canary or take_over or ctx.options.dry_run else patch.run_ahead
+    # phase 2 overlaps phase 1's waits where it can (not beside a canary, a take-over or a
+    # change of the mesh CA)
+    alone = layout.canary or take_over or ca_plan is not None or ctx.options.dry_run
+    ahead = None if alone else patch.run_ahead
     run_phase_charts(
         ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over, ahead=ahead
     )
@@ -499,7 +502,11 @@ def install(
         remove_egress_gateway(ctx)
     if take_over:
         takeover.report_leftovers(ctx, release.namespace)
+    if ca_plan is not None:  # a change of root: istiod takes the new one when it starts
+        meshca.change_root_istiods(ctx, ca_plan)
     patch.finish()
+    if ca_plan is not None:  # then the workloads, restarted for certificates of it
+        meshca.change_root_workloads(ctx, ca_plan)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
 
@@ -507,12 +514,16 @@ def install(
 def _plan_ca(
     ctx: RunContext, specs: list[Any], ca_dir: Path | None, namespace: str
 ) -> meshca.CaPlan | None:
-    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it."""
+    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it.
+    A change of root on a running istiod restarts as `--restart-proxies` says (step
+    restart-proxies' parameters: whether, batches, system namespaces)."""
     if ca_dir is None:
         return None
     identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
     name = meshidentity.wanted(identity).get("clusterName")
-    return meshca.plan(ctx.cluster, namespace, ca_dir, name)
+    params = next((s.params for s in specs if s.kind == "restart-proxies"), None) or {}
+    restart = restarts.restart_options(params, ctx.options.timeout)
+    return meshca.plan(ctx.cluster, namespace, ca_dir, name, restart=restart)
 
 
 def egress_row() -> ChartRelease:
@@ -1187,6 +1198,21 @@ class Denials:
         return now - self._first[1] >= DENIAL_SETTLE_S
 
 
+def _older_istiods(cluster: Cluster, namespace: str, revision: str) -> str:
+    """The istiod Pods of `revision` that run an older image than their Deployment's
+    template ("" when none): during an upgrade they may answer the injection webhook with
+    the new template, which an older istiod cannot render."""
+    names: list[str] = []
+    for deployment in controlplane.istiod_deployments(cluster, namespace):
+        if controlplane.revision_of(deployment) != revision:
+            continue
+        match = ((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match.items()))
+        pods = cluster.list("v1", "Pod", namespace, label_selector=selector) if match else []
+        names += controlplane.older_istiod_pods(deployment, pods)
+    return ", ".join(names)
+
+
 def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: float) -> None:
     """Wait until istiod's injection webhook answers: a dry-run Pod gets the sidecar of
     the revision expected to inject it (`revision`; for the unnamed one, the revision the
@@ -1199,7 +1225,9 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
     (`controlplane.probe_namespace`): a Pod admitted without a sidecar proves nothing. A
     webhook that answers with a denial (a template istiod cannot render) is answering:
     the same denial for DENIAL_SETTLE_S ends the wait with its message instead of
-    waiting out the timeout.
+    waiting out the timeout, unless istiod Pods of an older image (an upgrade's Pods on
+    their way out) still run: those render the new template with an older istiod, so the
+    denial is judged again once they are gone.
     """
     expected = revision
     if revision == controlplane.DEFAULT_REVISION:
@@ -1214,6 +1242,10 @@ def _wait_injector(ctx: RunContext, namespace: str, revision: str, timeout: floa
             got = revisions.probe_injection(ctx.cluster, revision, namespace)
         except ApiError as exc:
             if denials.see(exc):
+                older = _older_istiods(ctx.cluster, namespace, revision)
+                if older:  # the denial may be theirs: judge it again once they are gone
+                    denials.see(None)
+                    return f"{exc.message} (istiod Pods of an older image still run: {older})"
                 raise PreconditionError(
                     f"istiod's injection webhook (revision {expected}) answers, and refuses "
                     f"Pods: {exc.message}",
