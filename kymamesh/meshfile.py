@@ -485,22 +485,6 @@ SCHEMA = Field(
 # -- reading and checking ----------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a map"
-    return type(value).__name__
-
-
 def _allowed(f: Field) -> str:
     """What a field allows, in words (for the error)."""
     if f.kind == "enum":
@@ -537,8 +521,10 @@ class MeshFileError(UsageError):
 
 
 def _bad(where: str, path: str, f: Field, found: Any) -> MeshFileError:
+    from kymamesh.istio.meshschema import type_in_words  # lazily: it loads Istio's schema
+
     plain = isinstance(found, int | str) and not isinstance(found, bool)
-    what = f"{found!r}" if plain else _type_name(found)
+    what = f"{found!r}" if plain else type_in_words(found)
     return MeshFileError(
         f"{where}: {path} is {what}; it must be {_allowed(f)}",
         hint=f"fix {path} (docs/reference/mesh-file.md lists every field)",
@@ -706,8 +692,10 @@ def spec_of(doc: Any, where: str) -> dict[str, Any]:
     if doc is None:
         return {}
     if not isinstance(doc, dict):
+        from kymamesh.istio.meshschema import type_in_words
+
         raise MeshFileError(
-            f"{where} must be a map (found {_type_name(doc)})",
+            f"{where} must be a map (found {type_in_words(doc)})",
             hint="write e.g. `config: {numTrustedProxies: 1}`",
         )
     if "kind" in doc or "apiVersion" in doc:

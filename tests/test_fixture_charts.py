@@ -33,9 +33,9 @@ CHART_SETS = {
 }
 # charts folder -> the default image hub of its charts (istiod's global.hub)
 HUBS = {
-    "charts": "docker.io/istio",
+    "charts": "registry.istio.io/release",
     "charts-1.29": "docker.io/istio",
-    "charts-1.30.5": "docker.io/istio",
+    "charts-1.30.5": "registry.istio.io/release",
     "charts-1.31": "docker.io/istio",
 }
 RELEASE_NAMES = {"base": "istio-base", "istiod": "istiod", "gateway": "istio-ingressgateway"}

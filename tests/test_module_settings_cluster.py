@@ -134,6 +134,11 @@ def test_egress_gateway_network_policies_and_gateway_defaults(
     code, result, stderr = kymamesh_json(c, "install", "--charts-dir", charts, "--mesh", mesh, "-y")
     assert code == 0, (result, stderr)
     _check_live(c)
+    # status lists the egress gateway's release with the others
+    code, status, stderr = kymamesh_json(c, "status")
+    releases = {r["name"]: r for r in status["data"]["releases"]}
+    assert releases["istio-egressgateway"]["status"] == "deployed", (releases, stderr)
+    assert releases["istio-egressgateway"]["byKymamesh"] is True, releases
 
     # a re-run writes nothing
     with c.audit.counting() as writes:
@@ -150,6 +155,8 @@ def test_egress_gateway_network_policies_and_gateway_defaults(
     code, result, stderr = kymamesh_json(c, "install", "--charts-dir", charts, "--mesh", off, "-y")
     assert code == 0, (result, stderr)
     assert _items(result)["istio-egressgateway"]["outcome"] == "changed"
+    code, status, stderr = kymamesh_json(c, "status")
+    assert "istio-egressgateway" not in {r["name"] for r in status["data"]["releases"]}, stderr
     assert c.helm_run("status", "istio-egressgateway", "-n", NS, check=False).returncode != 0
     left = get_json(c, "networkpolicy", "-A", "-l", "app.kubernetes.io/managed-by=kymamesh")
     assert left is not None and left["items"] == [], left

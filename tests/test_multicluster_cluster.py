@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import json
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +171,8 @@ def test_install_plugs_in_a_cluster_ca_of_the_mesh_root(fresh_cluster: Any, tmp_
     assert refused.code == 3, str(refused)
     error = refused.doc["errors"][0]
     assert "istiod already runs in istio-system on the plug-in CA" in error["message"]
-    assert "restart istiod" in error["hint"] and "restart every sidecar" in error["hint"]
+    assert "restart 1 istiod Deployment (revision default)" in error["message"]
+    assert "--restart-proxies" in error["hint"] and "every sidecar" in error["hint"]
     assert writes.total == 0, writes.describe()
 
 
@@ -478,29 +481,92 @@ def test_status_rotate_uninstall_refusal_and_leave(mesh: dict[str, Any]) -> None
     assert "east has no remote secret for west: not joined" in status.doc["data"]["problems"]
 
 
-def east_west_service(network: str) -> dict[str, Any]:
-    """The east-west gateway's Service as Istio's gateway chart makes it with
-    name=istio-eastwestgateway and networkGateway=NETWORK (the stand-in gateway chart has no
-    networkGateway, so the test makes the Service itself)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": "istio-eastwestgateway",
-            "namespace": NS,
-            "labels": {"istio": "eastwestgateway", "topology.istio.io/network": network},
-        },
-        "spec": {
-            "type": "LoadBalancer",
-            "selector": {"istio": "eastwestgateway"},
-            "ports": [
-                {"name": "status-port", "port": 15021, "targetPort": 15021},
-                {"name": "tls", "port": 15443, "targetPort": 15443},
-                {"name": "tls-istiod", "port": 15012, "targetPort": 15012},
-                {"name": "tls-webhook", "port": 15017, "targetPort": 15017},
-            ],
-        },
-    }
+@contextmanager
+def load_balancer(c: TestCluster, address: str) -> Iterator[list[str]]:
+    """No cloud gives a Service of type LoadBalancer an address in the test cluster: this
+    thread plays a cloud's load balancer controller for the east-west gateway, setting
+    `status.loadBalancer.ingress` once the Service exists (again after it is made anew).
+    Yields the names of the Services it answered."""
+    stop = threading.Event()
+    answered: list[str] = []
+
+    def run() -> None:
+        while not stop.wait(0.5):
+            svc = get(c, "service", EW, "-n", NS)
+            if svc is None or (svc.get("status") or {}).get("loadBalancer", {}).get("ingress"):
+                continue
+            if svc["spec"].get("type") != "LoadBalancer":
+                continue
+            status = {"status": {"loadBalancer": {"ingress": [{"ip": address}]}}}
+            c.kubectl(
+                "patch", "service", EW, "-n", NS, "--subresource=status", "--type=merge",
+                "-p", json.dumps(status), check=False,
+            )  # fmt: skip
+            answered.append(svc["metadata"]["uid"])
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+EW = "istio-eastwestgateway"
+
+
+def east_west_objects(c: TestCluster) -> list[str]:
+    """What an east-west gateway of kymamesh's leaves in a cluster: its Helm release (the
+    release records), Service, Deployment, and the Gateway cross-network-gateway."""
+    found = []
+    for kind, extra in (
+        ("secret", ["-n", NS, "-l", f"owner=helm,name={EW}"]),
+        ("service", ["-n", NS, "-l", f"app={EW}"]),
+        ("deployment", ["-n", NS, "-l", f"app={EW}"]),
+        ("gateway.networking.istio.io", ["-n", NS]),
+    ):
+        doc = get(c, kind, *extra) or {"items": []}
+        found += [f"{kind}/{i['metadata']['name']}" for i in doc["items"]]
+    return sorted(found)
+
+
+def test_two_networks_without_a_load_balancer_is_refused_and_undone(
+    mesh: dict[str, Any],
+) -> None:
+    """Several networks and no load balancer: kymamesh installs the east-west gateways, none
+    gets an address, and join stops before any remote secret, removing them again."""
+    east, west = mesh["east"], mesh["west"]
+    install_member(west, "mesh1", "west", mesh["root"], network="net2")
+    try:
+        assert east_west_objects(east) == [] and east_west_objects(west) == []
+        marks = [east.audit.mark(), west.audit.mark()]
+        refused = kymamesh(
+            east, *join_args(east, west), "--charts-dir", str(CHARTS_131), "--gateway-wait", "5",
+            "-o", "json",
+        )  # fmt: skip
+        assert refused.code == 3, str(refused)
+        error = refused.doc["errors"][0]
+        assert "stopped before writing any remote secret" in error["message"]
+        for name, net in (("east", "net1"), ("west", "net2")):
+            assert (
+                f"{name} (network {net}): its east-west gateway Service {NS}/{EW} has "
+                "no address within 5s" in error["message"]
+            ), error
+        assert "was removed again" in error["message"]
+        assert "load balancer" in error["hint"]
+        for c, mark in zip((east, west), marks, strict=True):
+            writes = c.audit.writes_since(mark)  # kymamesh's and its helm's
+            names = [e["objectRef"].get("name", "") for e in writes.events]
+            # the gateway was installed (and removed); no remote secret, no reader account
+            assert any(EW in n for n in names), writes.describe()
+            assert not [n for n in names if "remote-secret" in n or "reader" in n], names
+            assert _join_objects(c) == []
+            assert east_west_objects(c) == []
+    finally:
+        for c in (east, west):
+            c.helm_run("uninstall", EW, "-n", NS, check=False)
+        install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 
 def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
@@ -510,29 +576,28 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
         east.create_namespace("shop")
         east.kubectl("create", "service", "clusterip", "cart", "--tcp=8080:8080", "-n", "shop")
     addresses = {"east": "203.0.113.10", "west": "203.0.113.20"}
+    args = [*join_args(east, west), "--charts-dir", str(CHARTS_131)]
     try:
-        for c, net in ((east, "net1"), (west, "net2")):
-            c.kubectl("apply", "-f", "-", input=json.dumps(east_west_service(net)))
-        # no load balancer here: refused, naming each cluster and why; nothing written
-        marks = [east.audit.mark(), west.audit.mark()]
-        refused = kymamesh(east, *join_args(east, west), "-o", "json")
-        assert refused.code == 3, str(refused)
-        message = refused.doc["errors"][0]["message"]
-        assert "east (network net1): its east-west gateway Service istio-system/" in message
-        assert "has no address yet" in message and "west (network net2)" in message
-        for c, mark in zip((east, west), marks, strict=True):
-            assert c.audit.writes_since(mark).total == 0
-
-        # the address a cloud's load balancer controller would give (set by the test)
-        for c, name in ((east, "east"), (west, "west")):
-            status = {"status": {"loadBalancer": {"ingress": [{"ip": addresses[name]}]}}}
-            c.kubectl(
-                "patch", "service", "istio-eastwestgateway", "-n", NS, "--subresource=status",
-                "--type=merge", "-p", json.dumps(status),
-            )  # fmt: skip
-        run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "180")
+        with load_balancer(east, addresses["east"]), load_balancer(west, addresses["west"]):
+            run = kymamesh(east, *args, "-o", "json", "--timeout", "180")
         assert run.code == 0, str(run)
+        assert run.doc["data"]["eastWestGateways"] == {
+            name: {"service": f"{NS}/{EW}", "address": addresses[name], "byKymamesh": True}
+            for name in ("east", "west")
+        }
         for here, peer in ((east, "west"), (west, "east")):
+            net = "net2" if here is west else "net1"
+            # the east-west gateway kymamesh installed: Istio's gateway chart, networkGateway
+            values = helm_values(here, EW)
+            assert values["networkGateway"] == net and values["name"] == EW, values
+            svc = get(here, "service", EW, "-n", NS)
+            assert svc is not None
+            assert svc["metadata"]["labels"]["topology.istio.io/network"] == net
+            assert svc["spec"]["selector"]["istio"] == "eastwestgateway"
+            assert {(p["name"], p["port"]) for p in svc["spec"]["ports"]} == {
+                ("status-port", 15021), ("tls", 15443), ("tls-istiod", 15012),
+                ("tls-webhook", 15017),
+            }  # fmt: skip
             gateway = get(here, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS)
             assert gateway is not None
             (server,) = gateway["spec"]["servers"]
@@ -543,8 +608,8 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
             # the real istiod knows the peer's network gateway at the peer's address
             seen = {(g["Cluster"], g["Network"], g["Addr"], g["Port"])
                     for g in istiod_debug(here, "/debug/networkz")}  # fmt: skip
-            net = "net1" if peer == "east" else "net2"
-            assert (peer, net, addresses[peer], 15443) in seen, seen
+            peer_net = "net1" if peer == "east" else "net2"
+            assert (peer, peer_net, addresses[peer], 15443) in seen, seen
 
         # east's Service, in west's registry
         def cart_in_west() -> dict[str, Any] | None:
@@ -555,9 +620,9 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
         cart = TestCluster.wait_for(cart_in_west, 60, "cart.shop in west's registry")
         assert list(cart["clusterVIPs"]["Addresses"]) == ["east"]
         with east.audit.counting() as ew, west.audit.counting() as ww:
-            again = kymamesh(east, *join_args(east, west), "-o", "json")
+            again = kymamesh(east, *args, "-o", "json")
         assert again.code == 0 and again.doc["changed"] is False, str(again)
-        assert ew.total == 0 and ww.total == 0
+        assert ew.total == 0 and ww.total == 0, (ew.describe(), ww.describe())
 
         left = kymamesh(east, "mesh", "leave", *join_args(east, west)[2:], "-o", "json")
         assert left.code == 0, str(left)
@@ -566,7 +631,7 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
             assert get(c, "gateway.networking.istio.io", "cross-network-gateway", "-n", NS) is None
     finally:
         for c in (east, west):
-            c.kubectl("delete", "service", "istio-eastwestgateway", "-n", NS, check=False)
+            c.helm_run("uninstall", EW, "-n", NS, check=False)
         install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 

@@ -222,6 +222,9 @@ def assert_kyma_state(c: TestCluster, foreign: dict[str, str] | None = None) -> 
         for key in ("proxy", "proxy_init"):
             old_values["global"][key].pop("resources", None)
             values["global"][key].pop("resources")
+        # the foreign 1.30 charts' sidecars come from the retired hub: moved to the release's
+        assert old_values["global"].pop("hub") == "registry.istio.io/release"
+        assert values["global"].pop("hub") == "docker.io/istio"
         assert values == old_values
         old_mesh = yaml.safe_load(foreign["mesh"])
         assert mesh["accessLogFile"] == "/dev/stdout"
@@ -502,7 +505,8 @@ def test_preflight_refusals_then_older_minor_adopted(fresh_cluster: Any, tmp_pat
     doc = json.loads(result.stdout)
     assert doc["status"] == "refused" and doc["errors"][0]["code"] == "precondition"
     assert "istiod runs Istio 1.27.0" in doc["errors"][0]["message"]
-    assert "docker.io/istio/pilot:1.27.0" in doc["errors"][0]["message"]
+    # the image comes from the 1.30 fixture charts' default hub, as the published ones'
+    assert "registry.istio.io/release/pilot:1.27.0" in doc["errors"][0]["message"]
     no_writes(c, mark)
 
     # One minor below, from a mirror with a port, pinned by digest, distroless: adopted.

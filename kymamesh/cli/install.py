@@ -85,7 +85,9 @@ def install(
             help="The mesh's root CA (`kymamesh ca create --out DIR`), or an intermediate of "
             "your own (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem): this "
             "cluster's intermediate CA, issued by that root, goes into Secret "
-            "istio-system/cacerts before istiod starts.",
+            "istio-system/cacerts before istiod starts. An istiod already running on another "
+            "CA is refused with the plan, carried out with --restart-proxies (istiod, then "
+            "every sidecar and gateway restarted on the new root).",
             file_okay=False,
         ),
     ] = None,

@@ -284,6 +284,26 @@ def check_usable(pair: TlsPair, domain: str, now: datetime, renew_before_days: f
     return []
 
 
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    now: datetime,
+    not_after: datetime,
+) -> x509.CertificateBuilder:
+    """A certificate for `key`, valid from a few minutes ago (small clock skew between
+    hosts) until `not_after`, with a random serial; extensions are the caller's."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(not_after)
+    )
+
+
 def self_signed(domain: str, validity_days: int, now: datetime | None = None) -> TlsPair:
     """A new EC P-256 key and a self-signed certificate for `*.<domain>` and `<domain>`."""
     now = now or datetime.now(UTC)
@@ -295,13 +315,7 @@ def self_signed(domain: str, validity_days: int, now: datetime | None = None) ->
         ]
     )
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))  # tolerate small clock skew
-        .not_valid_after(now + timedelta(days=validity_days))
+        _builder(name, name, key, now, now + timedelta(days=validity_days))
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(f"*.{domain}"), x509.DNSName(domain)]),
             critical=False,
@@ -442,13 +456,7 @@ def make_root_ca(
         ]
     )
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=validity_days))
+        _builder(subject, subject, key, now, now + timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -479,13 +487,7 @@ def make_cluster_ca(
     )
     not_after = min(now + timedelta(days=validity_days), root.cert.not_valid_after_utc)
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(root.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(not_after)
+        _builder(subject, root.cert.subject, key, now, not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)

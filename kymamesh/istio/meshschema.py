@@ -87,7 +87,7 @@ class _Checker:
 
     def message(self, value: Any, name: str, path: str) -> None:
         if not isinstance(value, Mapping):
-            self.fail(path, f"must be a map ({_short(name)}), not {_type_of(value)}")
+            self.fail(path, f"must be a map ({_short(name)}), not {type_in_words(value)}")
             return
         body = _schema()["messages"][name]
         seen: dict[str, str] = {}
@@ -118,14 +118,14 @@ class _Checker:
             if "list" in field:
                 if not isinstance(item, list):
                     if item is not None:
-                        self.fail(where, f"must be a list, not {_type_of(item)}")
+                        self.fail(where, f"must be a list, not {type_in_words(item)}")
                     continue
                 for n, element in enumerate(item):
                     self.check(element, field["list"], f"{where}[{n}]")
             elif "map" in field:
                 if not isinstance(item, Mapping):
                     if item is not None:
-                        self.fail(where, f"must be a map, not {_type_of(item)}")
+                        self.fail(where, f"must be a map, not {type_in_words(item)}")
                     continue
                 for k, element in item.items():
                     self.check(element, field["map"], f"{where}.{k}")
@@ -140,21 +140,22 @@ def _scalar_problem(value: Any, kind: str) -> str | None:
     if kind == "any":
         return None
     if kind == "object":
-        return None if isinstance(value, Mapping) else f"must be a map, not {_type_of(value)}"
+        return None if isinstance(value, Mapping) else f"must be a map, not {type_in_words(value)}"
     if kind == "bool":
         if isinstance(value, bool):
             return None
-        return f"must be true or false (a YAML boolean), not {_type_of(value)} {_shown(value)}"
+        return f"must be true or false (a YAML boolean), not {type_in_words(value)} {_shown(value)}"
     if kind == "string":
         if isinstance(value, str):
             return None
-        return f"must be a string, not {_type_of(value)} {_shown(value)} (quote it in YAML)"
+        return f"must be a string, not {type_in_words(value)} {_shown(value)} (quote it in YAML)"
     if kind in ("int", "uint"):
         whole = (isinstance(value, int) and not isinstance(value, bool)) or (
             isinstance(value, str) and _INTEGER.fullmatch(value) is not None
         )
         if not whole:
-            return f"must be a whole number (3, not 3.0), not {_type_of(value)} {_shown(value)}"
+            found = f"{type_in_words(value)} {_shown(value)}"
+            return f"must be a whole number (3, not 3.0), not {found}"
         if kind == "uint" and float(value) < 0:
             return f"must not be negative ({_shown(value)})"
         return None
@@ -167,18 +168,19 @@ def _scalar_problem(value: Any, kind: str) -> str | None:
             _NUMBER.fullmatch(value) or value in ("NaN", "Infinity", "-Infinity")
         ):
             return None
-        return f"must be a number, not {_type_of(value)} {_shown(value)}"
+        return f"must be a number, not {type_in_words(value)} {_shown(value)}"
     if kind == "duration":
         if isinstance(value, str) and _DURATION.fullmatch(value):
             return None
         return (
             'must be a duration as a string ("5s", "250ms", "1m30s"), '
-            f"not {_type_of(value)} {_shown(value)}"
+            f"not {type_in_words(value)} {_shown(value)}"
         )
     raise ValueError(f"meshconfig.yaml: unknown kind {kind!r}")
 
 
-def _type_of(value: Any) -> str:
+def type_in_words(value: Any) -> str:
+    """A YAML value's type for an error message (`a string`, `a map`, ...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -29,12 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kymamesh import MANAGED_BY_LABEL
 from kymamesh.adapters.cluster import Cluster, Obj, Ref, probe_api_server
+from kymamesh.adapters.helm import DeployedRelease, LoadedChart
 from kymamesh.context import RunContext
 from kymamesh.diffs import object_diff, secret_values
 from kymamesh.errors import (
@@ -47,7 +49,7 @@ from kymamesh.errors import (
     WaitTimeoutError,
 )
 from kymamesh.identity import certs, meshca, meshidentity
-from kymamesh.istio.inventory import find_istiods
+from kymamesh.istio.inventory import INSTALL_DESCRIPTION, find_istiods, marked_by_kymamesh
 from kymamesh.istio.versions import Version
 from kymamesh.output import ItemResult, Outcome
 
@@ -72,6 +74,11 @@ SECRET_UPDATE_SAFE_FROM = Version(1, 30, 4)
 EAST_WEST_NAME = "istio-eastwestgateway"
 EAST_WEST_PORT = 15443
 GATEWAY_PORT_LABEL = "networking.istio.io/gatewayPort"
+# the ports of an east-west gateway's Service (Istio's gateway chart with networkGateway set)
+EAST_WEST_PORTS = {"status-port": 15021, "tls": 15443, "tls-istiod": 15012, "tls-webhook": 15017}
+EAST_WEST_SELECTOR = {"istio": "eastwestgateway"}
+DEFAULT_GATEWAY_WAIT = 300.0  # seconds for a load balancer to give a new gateway an address
+HELM_RELEASE_ANNOTATION = "meta.helm.sh/release-name"
 CROSS_NETWORK_GATEWAY = "cross-network-gateway"
 _FORBIDDEN_AUTH = ("exec", "auth-provider", "tokenFile", "username", "password")
 _FILE_KEYS = ("client-certificate", "client-key", "certificate-authority")
@@ -159,6 +166,9 @@ class Member:
     reader_role: str | None = None
     remote_secrets: dict[str, Obj] = field(default_factory=dict)  # by the peer it names
     gateways: list[Obj] = field(default_factory=list)  # east-west gateway Services
+    # the Helm release istio-eastwestgateway kymamesh made here (None: none, or not kymamesh's)
+    gateway_release: DeployedRelease | None = None
+    gateway_chart: LoadedChart | None = None  # the gateway chart, when one is to be installed
 
     @property
     def cluster(self) -> Cluster:
@@ -224,10 +234,18 @@ def read_member(m: Member, api_servers: Mapping[str, str]) -> None:
     for secret in cluster.list("v1", "Secret", NAMESPACE, f"{MULTICLUSTER_LABEL}=true"):
         for peer in _clusters_of(secret):
             m.remote_secrets[peer] = secret
-    m.gateways = [
+    m.gateways = network_gateways(cluster, m.network)
+
+
+def network_gateways(cluster: Cluster, network: str | None) -> list[Obj]:
+    """The east-west gateway Services of `network` in istio-system (label
+    topology.istio.io/network, as Istio's gateway chart sets it with networkGateway)."""
+    if not network:
+        return []
+    return [
         svc
         for svc in cluster.list("v1", "Service", NAMESPACE, meshidentity.NETWORK_LABEL)
-        if (svc["metadata"].get("labels") or {}).get(meshidentity.NETWORK_LABEL) == m.network
+        if (svc["metadata"].get("labels") or {}).get(meshidentity.NETWORK_LABEL) == network
     ]
 
 
@@ -340,32 +358,31 @@ def _network_problems(members: Sequence[Member]) -> list[str]:
     problems = []
     for m in members:
         ready = [svc for svc in m.gateways if _gateway_port(svc) and gateway_address(svc)]
-        if ready:
-            continue
-        if not m.gateways:
-            why = (
-                f"no east-west gateway: no Service in {NAMESPACE} labelled "
-                f"{meshidentity.NETWORK_LABEL}={m.network} (Istio's gateway chart with "
-                f"name={EAST_WEST_NAME} and networkGateway={m.network} makes it)"
-            )
-        else:
-            svc = m.gateways[0]
-            name = f"{NAMESPACE}/{svc['metadata']['name']}"
-            kind = (svc.get("spec") or {}).get("type") or "ClusterIP"
-            if not _gateway_port(svc):
-                why = f"its east-west gateway Service {name} has no port {EAST_WEST_PORT}"
-            elif kind != "LoadBalancer":
-                why = (
-                    f"its east-west gateway Service {name} is of type {kind}: no load balancer "
-                    "gives it an address the other networks reach"
-                )
-            else:
-                why = (
-                    f"its east-west gateway Service {name} has no address yet: no load "
-                    "balancer has answered it (none in this cluster, or one still working)"
-                )
-        problems.append(f"{m.name} (network {m.network}): {why}")
+        if ready or not m.gateways or any(_our_gateway(m, svc) for svc in m.gateways):
+            continue  # kymamesh installs the gateway, or waits for the address of its own
+        problems.append(f"{m.name} (network {m.network}): {_no_address_why(m.gateways[0])}")
     return problems
+
+
+def _no_address_why(svc: Obj | None, waited: float | None = None) -> str:
+    """Why an east-west gateway Service gives the other networks no address."""
+    if svc is None:
+        return f"no Service {NAMESPACE}/{EAST_WEST_NAME}: the gateway chart made none"
+    name = f"{NAMESPACE}/{svc['metadata']['name']}"
+    kind = (svc.get("spec") or {}).get("type") or "ClusterIP"
+    if not _gateway_port(svc):
+        return f"its east-west gateway Service {name} has no port {EAST_WEST_PORT}"
+    if kind != "LoadBalancer":
+        return (
+            f"its east-west gateway Service {name} is of type {kind}: no load balancer "
+            "gives it an address the other networks reach"
+        )
+    within = f" within {waited:.0f}s" if waited is not None else " yet"
+    return (
+        f"its east-west gateway Service {name} has no address{within}: no load balancer has "
+        "answered it (none in this cluster, or one still working; `kubectl -n "
+        f"{NAMESPACE} describe service {svc['metadata']['name']}` shows its events)"
+    )
 
 
 def _root_problems(members: Sequence[Member]) -> list[str]:
@@ -456,9 +473,8 @@ def _preflight_hint(problems: list[str]) -> str:
         hints.append("pass --api-server NAME=URL with an address the peers reach")
     if "east-west gateway" in text:
         hints.append(
-            f"install the east-west gateway in each cluster (helm install {EAST_WEST_NAME} "
-            f"istio/gateway -n {NAMESPACE} --set name={EAST_WEST_NAME} --set "
-            "networkGateway=NET) and wait until its Service has an address"
+            "give your east-west gateway Service port 15443, type LoadBalancer and wait for "
+            f"its address, or remove it: join then installs {EAST_WEST_NAME} itself"
         )
     if "did not make" in text:
         hints.append("delete the remote secrets named, then re-run")
@@ -762,10 +778,15 @@ def join(
     lifetime: timedelta = DEFAULT_TOKEN_LIFETIME,
     verify_timeout: float | None = None,
     rotate: bool = False,
+    source: ChartSource | None = None,
+    gateway_wait: float = DEFAULT_GATEWAY_WAIT,
+    ca: meshca.MeshCa | None = None,
 ) -> None:
-    """`kymamesh mesh join`: preflight on every cluster, the writes, the verification.
-    `rotate` (`kymamesh mesh rotate`): a new token for every pair, each peer synced on it,
-    then the old tokens revoked."""
+    """`kymamesh mesh join`: preflight on every cluster, the east-west gateways where the
+    networks differ, the writes, the verification. `rotate` (`kymamesh mesh rotate`): a new
+    token for every pair, each peer synced on it, then the old tokens revoked. `ca` (`--ca
+    DIR`): each cluster's plug-in CA of that root, written first
+    (`kymamesh.identity.meshca`)."""
     api_servers = parse_api_servers(api_server_flags)
     if lifetime < timedelta(minutes=10):
         raise UsageError(
@@ -775,7 +796,17 @@ def join(
     members = connect(ctx, found)
     with sessions(members):
         try:
-            _join(ctx, members, api_servers, lifetime, verify_timeout, rotate)
+            _join(
+                ctx,
+                members,
+                api_servers,
+                lifetime,
+                verify_timeout,
+                rotate,
+                source or ChartSource(),
+                gateway_wait,
+                ca,
+            )
         except KymameshError as exc:
             raise _partial(members, exc) from None
 
@@ -783,6 +814,8 @@ def join(
 def _partial(members: Sequence[Member], exc: KymameshError) -> KymameshError:
     """A failure after a write to any cluster: exit 5 (re-run to converge)."""
     written = [m.name or m.target.label for m in members if m.ctx.writes_started]
+    if isinstance(exc, GatewayAddressError):  # what the run installed is removed again
+        return exc
     if not written or exc.exit_code not in (ExitCode.PRECONDITION, ExitCode.FAILURE):
         return exc
     return PartialFailureError(
@@ -798,7 +831,11 @@ def _join(
     lifetime: timedelta,
     verify_timeout: float | None,
     rotate: bool = False,
+    source: ChartSource | None = None,
+    gateway_wait: float = DEFAULT_GATEWAY_WAIT,
+    ca: meshca.MeshCa | None = None,
 ) -> None:
+    source = source or ChartSource()
     phase = ctx.result.phase(PREFLIGHT)
     ctx.progress.phase(PREFLIGHT)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
@@ -813,19 +850,27 @@ def _join(
                 f"API server {m.server}",
             )
         )
+    cas = _plan_cas(members, ca)
     preflight(members, api_servers)
+    plan_gateways(members, source)
     now = datetime.now(UTC)
     plans = _plan_all(members, lifetime, now, rotate)
     refuse_unsafe_updates(plans)
-    needed = any(p.writes for p in plans)
+    needed = any(p.writes for p in plans) or bool(gateways_pending(members))
+    needed = needed or any(c.needed or c.change for _, c in cas)
     if needed and not ctx.options.dry_run:
         for m in members:  # one lock per cluster, in the fixed order
             m.ctx.take_lock()
         for m in members:  # plan again under the locks
             read_member(m, api_servers)
+        cas = _plan_cas(members, ca)
         preflight(members, api_servers)
+        plan_gateways(members, source)
         plans = _plan_all(members, lifetime, now, rotate)
         refuse_unsafe_updates(plans)
+    for m, ca_plan in cas:  # the shared root first: istiod restarts before it reads peers
+        meshca.carry_out(m.ctx, ca_plan)
+    setup_gateways(ctx, members, gateway_wait)  # before any remote secret
     _write(ctx, members, plans)
     ctx.result.data = {
         "clusters": [m.describe() for m in members],
@@ -840,11 +885,33 @@ def _join(
             for p in plans
         ],
     }
+    if several_networks(members):
+        ctx.result.data["eastWestGateways"] = {
+            m.name: {
+                "service": next((f"{NAMESPACE}/{s['metadata']['name']}" for s in m.gateways), None),
+                "address": next((a for a in map(gateway_address, m.gateways) if a), None),
+                "byKymamesh": m.gateway_release is not None or m.gateway_chart is not None,
+            }
+            for m in members
+        }
     if ctx.options.dry_run:
         return
     seen = verify(ctx, members, verify_timeout or ctx.options.timeout)
     ctx.result.data["verified"] = seen
     _revoke_stale(ctx, plans)
+
+
+def _plan_cas(
+    members: Sequence[Member], ca: meshca.MeshCa | None
+) -> list[tuple[Member, meshca.CaPlan]]:
+    """`--ca DIR`: each cluster's plug-in CA (refusals first); preflight then checks the
+    root each cluster's cacerts will chain to."""
+    if ca is None:
+        return []
+    found = meshca.plan_clusters(ca, [(m.cluster, m.name) for m in members], NAMESPACE)
+    for m, ca_plan in zip(members, found, strict=True):
+        m.root_pem = ca_plan.root_pem
+    return list(zip(members, found, strict=True))
 
 
 def updates_wipe_registry(version: Version | None) -> bool:
@@ -931,6 +998,269 @@ def _cross_network_gateway(m: Member) -> list[Write]:
             object_diff(live, wanted, str(ref)),
         )
     ]
+
+
+# -- the east-west gateways -------------------------------------------------------------------
+
+
+GATEWAYS = "east-west gateways"
+
+
+class GatewayAddressError(PreconditionError):
+    """An east-west gateway got no address: join stopped before any remote secret, and the
+    gateway releases the run installed were removed again (nothing of the run is left)."""
+
+
+@dataclass(frozen=True)
+class ChartSource:
+    """Where the gateway chart comes from: local chart folders (`--charts-dir`, one per
+    Istio release), else the chart sources (`--repo`, default the release catalog's)."""
+
+    charts_dirs: tuple[Path, ...] = ()
+    repos: tuple[str, ...] = ()
+    plain_http: bool = False
+
+
+def _our_gateway(m: Member, svc: Mapping[str, Any]) -> bool:
+    """Whether an east-west gateway Service is of the Helm release kymamesh made."""
+    annotations = (svc.get("metadata") or {}).get("annotations") or {}
+    return m.gateway_release is not None and annotations.get(HELM_RELEASE_ANNOTATION) == (
+        EAST_WEST_NAME
+    )
+
+
+def read_gateway_release(m: Member) -> None:
+    """The Helm release istio-eastwestgateway, when kymamesh made it (reads only)."""
+    deployed = m.ctx.helm.deployed(EAST_WEST_NAME, NAMESPACE)
+    m.gateway_release = deployed if deployed is not None and marked_by_kymamesh(deployed) else None
+
+
+def east_west_values(network: str) -> dict[str, Any]:
+    """The values of Istio's gateway chart for the east-west gateway of `network`: with
+    networkGateway set, the chart labels the Service and the Pods with the network, gives
+    the Service the ports 15021, 15443, 15012 and 15017 and the proxy the network's view."""
+    return {"name": EAST_WEST_NAME, "networkGateway": network, "labels": dict(EAST_WEST_SELECTOR)}
+
+
+def _istio_release_of(m: Member) -> Version:
+    """The Istio release whose gateway chart the cluster's east-west gateway is made of: the
+    chart of its ingress gateway release, else its istiod's version."""
+    ingress = m.ctx.helm.deployed("istio-ingressgateway", NAMESPACE)
+    if ingress is not None and ingress.chart == "gateway":
+        return ingress.chart_version
+    assert m.version is not None  # read_member found an istiod
+    return m.version
+
+
+def gateway_chart(m: Member, source: ChartSource) -> LoadedChart:
+    """The gateway chart of the cluster's Istio release (reads only)."""
+    from kymamesh.errors import ChartSourceError
+    from kymamesh.istio.release import catalog
+
+    version = _istio_release_of(m)
+    helm = m.ctx.helm
+    if source.charts_dirs:
+        found = [helm.load_local(d, "gateway") for d in source.charts_dirs]
+        chart = next((c for c in found if c.version == version), None)
+        if chart is None:
+            raise ChartSourceError(
+                f"{m.name} runs Istio {version}, but the gateway charts of --charts-dir are "
+                + ", ".join(f"{c.version} ({c.source})" for c in found),
+                hint=f"add --charts-dir with Istio {version}'s charts (`kymamesh charts pull "
+                f"--istio {version} --dest DIR`)",
+            )
+        return chart
+    failures = []
+    for repo in source.repos or catalog().chart_sources:
+        try:
+            return helm.load_remote("gateway", repo, version, source.plain_http)
+        except ChartSourceError as exc:
+            failures.append(exc.message)
+    raise ChartSourceError(
+        f"{m.name}: no chart source served the gateway chart {version}: " + "; ".join(failures),
+        hint="pass --repo with a mirror, or `kymamesh charts pull --istio "
+        f"{version} --dest DIR` elsewhere and --charts-dir DIR",
+    )
+
+
+def _rendered_service(m: Member, chart: LoadedChart) -> Obj:
+    """The east-west gateway Service the chart makes, rendered (reads only); refused when
+    it would not be one: the four ports and the network label."""
+    assert m.network is not None
+    objs = m.ctx.helm.template(EAST_WEST_NAME, chart, east_west_values(m.network), NAMESPACE)
+    svc = next((o for o in objs if o.get("kind") == "Service"), None)
+    ports = {p.get("port") for p in ((svc or {}).get("spec") or {}).get("ports") or []}
+    labels = ((svc or {}).get("metadata") or {}).get("labels") or {}
+    missing = sorted(set(EAST_WEST_PORTS.values()) - ports)
+    if svc is None or missing or labels.get(meshidentity.NETWORK_LABEL) != m.network:
+        what = (
+            "no Service"
+            if svc is None
+            else f"a Service without port {', '.join(map(str, missing))}"
+            if missing
+            else f"a Service without label {meshidentity.NETWORK_LABEL}={m.network}"
+        )
+        raise PreconditionError(
+            f"{m.name}: the gateway chart {chart.source} ({chart.version}) makes {what} with "
+            f"networkGateway={m.network}; it is no east-west gateway; nothing was written",
+            hint="use Istio's gateway chart of the cluster's release (--charts-dir, --repo)",
+        )
+    return svc
+
+
+def plan_gateways(members: Sequence[Member], source: ChartSource) -> None:
+    """On several networks: each cluster without an east-west gateway Service of its network
+    gets Istio's gateway chart (its release's) to install; loaded and rendered here, before
+    any write."""
+    if not several_networks(members):
+        return
+    for m in members:
+        read_gateway_release(m)
+        m.gateway_chart = None
+        if not m.gateways:
+            m.gateway_chart = gateway_chart(m, source)
+            _rendered_service(m, m.gateway_chart)
+
+
+def gateways_pending(members: Sequence[Member]) -> list[Member]:
+    """The clusters whose east-west gateway is to be installed or has no address yet."""
+    if not several_networks(members):
+        return []
+    return [
+        m
+        for m in members
+        if m.gateway_chart is not None
+        or not any(_gateway_port(svc) and gateway_address(svc) for svc in m.gateways)
+    ]
+
+
+def setup_gateways(ctx: RunContext, members: Sequence[Member], wait: float) -> None:
+    """Install the east-west gateways planned, side by side, then wait (at most `wait`
+    seconds) until each one's Service has an address. When one gets none, the releases this
+    run installed are removed again and join stops before any remote secret is written."""
+    pending = gateways_pending(members)
+    if not pending:
+        return
+    phase = ctx.result.phase(GATEWAYS)
+    ctx.progress.phase(GATEWAYS)
+    items = {}
+    for m in pending:
+        chart = m.gateway_chart
+        item = ItemResult(name=m.name, outcome=Outcome.UNCHANGED)
+        if chart is not None:
+            item.changes.append(
+                f"Helm release {NAMESPACE}/{EAST_WEST_NAME}: gateway chart {chart.version} "
+                f"({chart.source}), name={EAST_WEST_NAME}, networkGateway={m.network}, "
+                f"labels.istio={EAST_WEST_SELECTOR['istio']}"
+            )
+            svc = _rendered_service(m, chart)
+            item.diff = object_diff(None, svc, str(Ref.of(svc)))
+        item.summary = (
+            f"would install {EAST_WEST_NAME} and wait for its address"
+            if chart is not None
+            else "would wait for the address of its east-west gateway"
+        )
+        if ctx.options.dry_run:
+            item.outcome = Outcome.WOULD_CHANGE if chart is not None else Outcome.UNCHANGED
+        phase.items.append(item)
+        items[m.name] = item
+    if ctx.options.dry_run:
+        return
+    installed: list[Member] = []  # the releases this run made (an upgrade is not undone)
+
+    def install(m: Member) -> None:
+        assert m.gateway_chart is not None and m.network is not None
+        fresh = m.ctx.helm.deployed(EAST_WEST_NAME, NAMESPACE) is None
+        m.ctx.before_write()
+        try:
+            m.ctx.helm.install_or_upgrade(
+                EAST_WEST_NAME,
+                m.gateway_chart,
+                east_west_values(m.network),
+                NAMESPACE,
+                ctx.options.timeout,
+                description=INSTALL_DESCRIPTION,
+            )
+        finally:
+            if fresh:
+                installed.append(m)  # (a failed install may have left part of it)
+        items[m.name].outcome = Outcome.CHANGED
+        read_gateway_release(m)
+
+    try:
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            list(pool.map(install, [m for m in pending if m.gateway_chart is not None]))
+        missing = _wait_addresses(pending, wait)
+    except KymameshError:
+        _remove_gateways(installed)
+        raise
+    for m in pending:
+        item = items[m.name]
+        address = gateway_address(m.gateways[0]) if m.gateways else None
+        if address is not None:
+            done = "installed" if m.gateway_chart is not None else "in place"
+            item.summary = f"{EAST_WEST_NAME} {done}, address {address}"
+        else:
+            item.outcome = Outcome.FAILED
+            item.error = missing[m.name]
+            item.summary = missing[m.name]
+    if not missing:
+        return
+    _remove_gateways(installed)
+    removed = sorted(m.name for m in installed)
+    raise GatewayAddressError(
+        "mesh join stopped before writing any remote secret: "
+        + "; ".join(
+            f"{name} (network {net}): {why}" for name, (net, why) in _named(pending, missing)
+        )
+        + (
+            f"; the east-west gateway this run installed in {', '.join(removed)} was removed again"
+            if removed
+            else ""
+        ),
+        hint="give the clusters a load balancer for Services of type LoadBalancer (or your "
+        f"own east-west gateway Service labelled {meshidentity.NETWORK_LABEL}=NET with an "
+        "address), then re-run; --gateway-wait SECONDS waits longer for a slow one",
+    )
+
+
+def _named(
+    pending: Sequence[Member], missing: Mapping[str, str]
+) -> list[tuple[str, tuple[str, str]]]:
+    return [(m.name, (str(m.network), missing[m.name])) for m in pending if m.name in missing]
+
+
+def _wait_addresses(pending: Sequence[Member], wait: float) -> dict[str, str]:
+    """Until each cluster's east-west gateway Service has an address: {cluster: why not}
+    for those that got none within `wait` seconds."""
+
+    def one(m: Member) -> tuple[str, str | None]:
+        deadline = time.monotonic() + wait
+        while True:
+            m.gateways = network_gateways(m.cluster, m.network)
+            ready = [s for s in m.gateways if _gateway_port(s) and gateway_address(s)]
+            if ready:
+                m.gateways = ready + [s for s in m.gateways if s not in ready]
+                return m.name, None
+            if time.monotonic() > deadline:
+                named = [s for s in m.gateways if s["metadata"]["name"] == EAST_WEST_NAME]
+                shown = (named or m.gateways)[0] if named or m.gateways else None
+                return m.name, _no_address_why(shown, wait)
+            time.sleep(1.0)
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        return {name: why for name, why in pool.map(one, pending) if why is not None}
+
+
+def _remove_gateways(installed: Sequence[Member]) -> None:
+    """Undo: uninstall the gateway releases this run installed, side by side."""
+
+    def remove(m: Member) -> None:
+        m.ctx.helm.uninstall(EAST_WEST_NAME, NAMESPACE, m.ctx.options.timeout)
+        m.gateways = network_gateways(m.cluster, m.network)
+
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        list(pool.map(remove, installed))
 
 
 def _write(ctx: RunContext, members: Sequence[Member], plans: Sequence[PairPlan]) -> None:

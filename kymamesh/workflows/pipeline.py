@@ -53,6 +53,7 @@ from kymamesh.istio.values import (
 from kymamesh.istio.versions import Version, check_upgrade
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.waits import wait_until
+from kymamesh.workloads import restarts
 
 __all__ = [
     "ChartInputs",
@@ -484,7 +485,7 @@ def install(
     ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
-        meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
+        ca_plan = meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     egress = meshfile.egress_enabled(_components(specs))
     rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
     run_phase_charts(ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over)
@@ -492,7 +493,11 @@ def install(
         remove_egress_gateway(ctx)
     if take_over:
         takeover.report_leftovers(ctx, release.namespace)
+    if ca_plan is not None:  # a change of root: istiod takes the new one when it starts
+        meshca.change_root_istiods(ctx, ca_plan)
     patching.run_patch(ctx, specs)
+    if ca_plan is not None:  # then the workloads, restarted for certificates of it
+        meshca.change_root_workloads(ctx, ca_plan)
     if layout.canary:
         ctx.result.notes.extend(layout.next_steps)
 
@@ -500,12 +505,16 @@ def install(
 def _plan_ca(
     ctx: RunContext, specs: list[Any], ca_dir: Path | None, namespace: str
 ) -> meshca.CaPlan | None:
-    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it."""
+    """`--ca DIR`: this cluster's plug-in CA (Secret cacerts), read-only; None without it.
+    A change of root on a running istiod restarts as `--restart-proxies` says (step
+    restart-proxies' parameters: whether, batches, system namespaces)."""
     if ca_dir is None:
         return None
     identity = next((s.params for s in specs if s.kind == meshidentity.KIND), None) or {}
     name = meshidentity.wanted(identity).get("clusterName")
-    return meshca.plan(ctx.cluster, namespace, ca_dir, name)
+    params = next((s.params for s in specs if s.kind == "restart-proxies"), None) or {}
+    restart = restarts.restart_options(params, ctx.options.timeout)
+    return meshca.plan(ctx.cluster, namespace, ca_dir, name, restart=restart)
 
 
 def egress_row() -> ChartRelease:

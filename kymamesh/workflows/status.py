@@ -71,6 +71,7 @@ from kymamesh.istio.controlplane import (
 from kymamesh.istio.release import pinned
 from kymamesh.istio.security import mesh_config_problems
 from kymamesh.istio.versions import Version
+from kymamesh.meshfile import EGRESS_RELEASE
 from kymamesh.workflows.canary import CanaryState
 from kymamesh.workflows.canary import read_state as read_canary
 from kymamesh.workflows.multicluster import peer_entries
@@ -327,6 +328,9 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
             row = replace(row, release=name or row.release)
             deployed = ctx.helm.deployed(row.release, namespace)
         releases.append(ReleaseState(row.release, row.chart, deployed))
+    egress = ctx.helm.deployed(EGRESS_RELEASE, namespace)  # the mesh file's egress gateway
+    if egress is not None:
+        releases.append(ReleaseState(EGRESS_RELEASE, "gateway", egress))
     crds = inv.istio_crds(cluster)
     istiods = inv.find_istiods(cluster, namespace)
     installed_by = inv.installer({r.name: r.release for r in releases}, istiods)

@@ -308,10 +308,13 @@ def plan_restarts_for(
     outdated: list[OutdatedWorkload],
     options: RestartOptions,
     injectors: Injectors | None = None,
+    new_certificates: bool = False,
 ) -> RestartPlan:
     """`plan_restarts` for workloads the caller found (e.g. those whose Pods another
     revision now injects): the same opt-outs, checks, order and batches. `injectors`: the
-    control planes as read for this plan (read when not given)."""
+    control planes as read for this plan (read when not given). `new_certificates`: the
+    Pods need new certificates (a change of root), which a restart gives them even where
+    their template pins the proxy's image or resources."""
     plan = RestartPlan()
     if not outdated:
         return plan
@@ -360,7 +363,7 @@ def plan_restarts_for(
     pinned, self_set, uninjected = [], [], []
     chosen: dict[Workload, tuple[OutdatedWorkload, Obj]] = {}
     for entry, live in candidates:
-        if template_proxy_version(live) in entry.versions:
+        if not new_certificates and template_proxy_version(live) in entry.versions:
             pinned.append(entry)
             continue
         if not _deletes_pods(entry, live) and _pending(live, entry):
@@ -370,7 +373,7 @@ def plan_restarts_for(
         if gives is None:
             uninjected.append(entry)
             continue
-        if gives and _template_sets_proxy_resources(live):
+        if gives and not new_certificates and _template_sets_proxy_resources(live):
             self_set.append(entry)  # they override the injector's: a restart changes nothing
             continue
         chosen[entry.workload] = (entry, live)
@@ -400,7 +403,7 @@ def plan_restarts_for(
     batch = options.batch_of(len(chosen))
     plan.batches = restart_batches([e for e, _ in chosen.values()], system, batch)
     templates = {w: obj for w, (_, obj) in chosen.items()}
-    plan.changes = _changes(plan, templates, injector.fresh(), options)
+    plan.changes = _changes(plan, templates, injector.fresh(), options, not new_certificates)
     return plan
 
 
@@ -415,9 +418,11 @@ def _changes(
     live: Mapping[Workload, Obj],
     injector: InjectorAnswers,
     opts: RestartOptions,
+    current_sidecar: bool = True,
 ) -> list[Change]:
     """One change per workload, batch by batch; the first change of a batch carries out
-    the whole batch (`_Batch`), the others are its parts, already done when applied."""
+    the whole batch (`_Batch`), the others are its parts, already done when applied.
+    `current_sidecar`: each batch waits until the injector gives a current sidecar."""
     changes = []
     count = len(plan.batches)
     for number, members in enumerate(plan.batches, start=1):
@@ -428,6 +433,7 @@ def _changes(
             before=plan.pending if number == 1 else [],
             injector=injector,
             opts=opts,
+            current_sidecar=current_sidecar,
         )
         changes += [_change(entry, obj, batch) for entry, obj in batch.members]
     return changes
@@ -446,6 +452,7 @@ class _Batch:
     before: list[OutdatedWorkload]
     injector: InjectorAnswers
     opts: RestartOptions
+    current_sidecar: bool = True  # False: a restart is due whatever sidecar it gives
     started: bool = False
 
     def apply(self, cluster: Cluster) -> None:
@@ -462,7 +469,8 @@ class _Batch:
                 later=[first],
             )
         for entry, live in self.members:
-            self.injector.wait_current(workload_ref(entry.workload), live)
+            if self.current_sidecar:
+                self.injector.wait_current(workload_ref(entry.workload), live)
         self._restart_all(cluster)
         entries = [e for e, _ in self.members]
         wait_for_restarts(cluster, entries, self.opts.timeout, self.label, self.later)
