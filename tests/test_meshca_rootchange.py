@@ -320,3 +320,12 @@ def test_join_restart_flags_go_with_ca(tmp_path: Path) -> None:
     assert shared is not None and shared.restart == restarts.RestartOptions(
         True, "25%", timeout=300
     )
+
+
+def test_an_unfinished_change_is_named_for_a_run_without_ca(tmp_path: Path) -> None:
+    cluster = mesh()
+    assert meshca.unfinished(cluster, NS) is None
+    _written(cluster, tmp_path, T0)
+    note = meshca.unfinished(cluster, NS)
+    assert note is not None and "a change of root begun 2026-01-01T00:00:00Z" in note
+    assert "--ca DIR --restart-proxies" in note
