@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -59,6 +60,8 @@ WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
 WAIT_MAX_POLL_S = 1.0  # ... and the longest
 LIST_PAGE = 500  # list_pages: objects per request
 READ_AHEAD = 8  # wait_ready: gets of several objects at once
+# Accept header of a list of each object's metadata alone (Cluster.list(metadata_only=True))
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 _ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 ISTIOD_DEBUG_PORT = 15014  # istiod's monitoring port: /metrics, /version, /debug/*
@@ -255,6 +258,7 @@ class Cluster:
         self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
         self._remembered: dict[tuple[str, ...], Any] | None = None  # see remembered()
+        self._resources: dict[tuple[str, str], Any] = {}  # see _resource()
         self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
         self._watching = True  # wait_ready watches; False once a watch was refused
 
@@ -387,19 +391,27 @@ class Cluster:
         return Version.parse(str(info.get("gitVersion") or ""))
 
     def _resource(self, api_version: str, kind: str) -> Any:
+        """The discovered API resource of a kind, looked up once per run (the discoverer
+        walks its whole cache on every lookup, which every request paid): a kind found
+        stays found; one not served is asked about again."""
+        known = self._resources.get((api_version, kind))
+        if known is not None:
+            return known
         from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
         # The prefix keeps the lookup to this one group: without it the discoverer matches
         # "v1" against every group and fetches each group's resource list (20 requests).
         prefix = "apis" if "/" in api_version else "api"
         try:
-            return self._call(
+            found = self._call(
                 lambda: self._dynamic.resources.get(
                     prefix=prefix, api_version=api_version, kind=kind
                 )
             )
         except ResourceNotFoundError:
             raise NotFoundError(f"the API server does not serve {kind} ({api_version})") from None
+        self._resources[(api_version, kind)] = found
+        return found
 
     def serves(self, api_version: str, kind: str) -> bool:
         try:
@@ -479,26 +491,37 @@ class Cluster:
         kind: str,
         namespace: str | None = None,
         label_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
     ) -> list[Obj]:
-        """All objects of a kind (in a namespace, with labels); [] when the kind is not served."""
+        """All objects of a kind (in a namespace, with labels); [] when the kind is not served.
+
+        `metadata_only`: each object's `metadata` alone (the API's PartialObjectMetadata),
+        for callers that read nothing else (owner references, labels): the API server
+        encodes, and kymamesh parses, a fraction of each object."""
         try:
             resource = self._resource(api_version, kind)
         except NotFoundError:
             return []
+        headers = {"Accept": _METADATA_LIST} if metadata_only else {}
         result = self._read(
-            ("list", api_version, kind, namespace or "", label_selector or ""),
+            ("list", api_version, kind, namespace or "", label_selector or "", str(metadata_only)),
             lambda: self._dynamic.get(
                 resource,
                 namespace=namespace,
                 label_selector=label_selector,
+                header_params=dict(headers),
                 serialize=False,
                 _request_timeout=_REQUEST_TIMEOUT,
             ),
         )
         items = (result or {}).get("items") or []
         for item in items:
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
+            if metadata_only:  # they come as meta.k8s.io/v1 PartialObjectMetadata
+                item["apiVersion"], item["kind"] = api_version, kind
+            else:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
         return list(items)
 
     def list_pages(
@@ -512,15 +535,16 @@ class Cluster:
         """All objects of a kind, `limit` at a time (the API's chunked list: `limit` and
         `continue`); nothing when the kind is not served. For kinds of which a cluster has
         many (Pods): a caller that keeps a part of each object never holds every whole
-        object at once. Not kept in a snapshot (see `remembered`)."""
+        object at once. The next page is asked for while the caller works on this one (the
+        API server encodes it meanwhile), so at most two pages are held. Not kept in a
+        snapshot (see `remembered`)."""
         try:
             resource = self._resource(api_version, kind)
         except NotFoundError:
             return
-        token: str | None = None
-        while True:
 
-            def fetch(token: str | None = token) -> Obj:
+        def fetch(token: str | None) -> Obj:
+            def request() -> Obj:
                 data = self._dynamic.get(
                     resource,
                     namespace=namespace,
@@ -532,16 +556,23 @@ class Cluster:
                 ).data
                 return _json_of_bytes(data)
 
-            body = self._call(fetch)
-            items = body.get("items") or []
-            for item in items:
-                item.setdefault("apiVersion", api_version)
-                item.setdefault("kind", kind)
-            token = (body.get("metadata") or {}).get("continue") or None
-            del body
-            yield items
-            if token is None:
-                return
+            return self._call(request)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-pages") as ahead:
+            coming = ahead.submit(fetch, None)
+            while True:
+                body = coming.result()
+                items = body.get("items") or []
+                for item in items:
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                token = (body.get("metadata") or {}).get("continue") or None
+                del body
+                if token is not None:
+                    coming = ahead.submit(fetch, token)
+                yield items
+                if token is None:
+                    return
 
     # -- istiod's debug views -------------------------------------------------
 

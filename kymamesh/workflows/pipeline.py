@@ -485,6 +485,8 @@ def install(
     else:
         refuse_foreign_istiod(ctx, layout.istiod_release)
     ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
+    if ca_dir is None and (unfinished := meshca.unfinished(ctx.cluster, release.namespace)):
+        ctx.result.notes.append(unfinished)
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
         ca_plan = meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
