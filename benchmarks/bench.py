@@ -85,6 +85,23 @@ def fresh_cluster(tc: Any, prefix: str, *up_args: str) -> Iterator[Fresh]:
             )
 
 
+def cluster_cpu_seconds(directory: Path) -> float:
+    """CPU seconds (user and system) the test cluster's own processes (API server, etcd,
+    controller-manager, scheduler, kwok, ...) have used so far: taken before and after a
+    command, what the cluster spent on it (and on whatever else it did meanwhile). On a
+    machine that runs both, this bounds the command's wall time as much as its own CPU."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pidfile in (directory / "pids").glob("*.pid"):
+        try:
+            stat = Path(f"/proc/{int(pidfile.read_text())}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 @dataclass(frozen=True)
 class Measured:
     seconds: float

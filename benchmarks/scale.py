@@ -10,6 +10,11 @@ The Deployments have 0 replicas (the patches and rollouts are measured, not Pods
 The test cluster's one simulated node takes 250 Pods: the others stay Pending, which is
 enough for `status` (it lists Pods, scheduled or not). --pods 0 skips the status case.
 `status` runs twice: right after the Pods are made, and again.
+Each figure comes with kymamesh's own CPU seconds, the CPU seconds the test cluster's
+processes (API server, etcd, controllers, kwok) used meanwhile, and the load average:
+on one machine both share the cores, so the two CPU figures bound the wall time.
+With --before, `inject-namespace` is undone (`--disable`) and done again by that tree,
+and `status` and the restart planning run again with it, on the same cluster.
 
 Restarts (--outdated, --roll; 0 skips them): Deployments of one replica each, spread over
 10 namespaces with injection on, so that istiod really injects every Pod (kwok runs them
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -35,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import CHARTS, build, fresh_cluster, kymamesh, run, testcluster
+from bench import CHARTS, build, cluster_cpu_seconds, fresh_cluster, kymamesh, run, testcluster
 
 
 def _apply(objects: list[dict[str, object]], env: dict[str, str]) -> None:
@@ -89,14 +95,24 @@ def _namespace(name: str) -> dict[str, object]:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
 
 
-def _measure(log, tc, argv: list[str], env: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}"
+
+
+def _measure(fresh, tc, argv: list[str], env: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
+    """Time, kymamesh's own CPU, the test cluster's CPU meanwhile (the API server and the
+    controllers run on the same machine), requests, peak memory and the load average."""
+    log = fresh.log
     mark = log.mark()
+    cluster_cpu = cluster_cpu_seconds(fresh.directory)
     measured = run(argv, env)
+    cluster_cpu = cluster_cpu_seconds(fresh.directory) - cluster_cpu
     writes = log.writes_since(mark).total
     reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
     return (
-        f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU), {writes} writes, "
-        f"{reads} reads, peak {measured.peak_mib:.0f} MiB"
+        f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU, cluster "
+        f"{cluster_cpu:.2f} s CPU), {writes} writes, {reads} reads, "
+        f"peak {measured.peak_mib:.0f} MiB, {_load()}"
     )
 
 
@@ -279,15 +295,18 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
             for who, tree in trees:  # the same cluster for both, one after the other
                 _use(env, tree)
                 mark = log.mark()
+                cluster_cpu = cluster_cpu_seconds(fresh.directory)
                 measured = run(argv, env, check=False)
+                cluster_cpu = cluster_cpu_seconds(fresh.directory) - cluster_cpu
                 writes = log.writes_since(mark).total
                 reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
                 print(
                     f"{who}planning restarts, {size} outdated Deployments: "
-                    f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU), "
+                    f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU, cluster "
+                    f"{cluster_cpu:.2f} s CPU), "
                     f"{reads + writes} requests ({reads} reads, {writes} dry-run creates), "
                     f"peak {measured.peak_mib:.0f} MiB, {_planned(measured.stdout)} restarts "
-                    "planned",
+                    f"planned, {_load()}",
                     flush=True,
                 )
             _use(env, args.code)
@@ -300,14 +319,17 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
                 "patch", "--restart-proxies", "--restart-batch", args.batch, "-y", "-o", "json"
             )
             mark = log.mark()
+            cluster_cpu = cluster_cpu_seconds(fresh.directory)
             measured = run(argv, env)
+            cluster_cpu = cluster_cpu_seconds(fresh.directory) - cluster_cpu
             writes = log.writes_since(mark).total
             reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
             print(
                 f"restarting {size} outdated Deployments in batches of {args.batch}: "
-                f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU), {writes} writes, "
+                f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU, cluster "
+                f"{cluster_cpu:.2f} s CPU), {writes} writes, "
                 f"{reads} reads, peak {measured.peak_mib:.0f} MiB, "
-                f"{_planned(measured.stdout)} restarted",
+                f"{_planned(measured.stdout)} restarted, {_load()}",
                 flush=True,
             )
 
@@ -338,7 +360,7 @@ def main() -> int:
 
 def _mesh_cases(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
     with fresh_cluster(tc, "kymamesh-scale-") as fresh:
-        env, log = fresh.env, fresh.log
+        env = fresh.env
         if args.code:
             env["PYTHONPATH"] = str(args.code.resolve())
         run(
@@ -351,24 +373,32 @@ def _mesh_cases(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untype
             _apply([_namespace("scale")], env)
             _apply([_deployment(f"d{i:04d}", "scale", 0) for i in range(args.deployments)], env)
             argv = kymamesh("inject-namespace", "scale", "--all", "-y", "-o", "json")
-            shown = _measure(log, tc, argv, env)
+            shown = _measure(fresh, tc, argv, env)
             print(f"inject-namespace --all, {args.deployments} Deployments: {shown}")
-            shown = _measure(log, tc, argv, env)
+            shown = _measure(fresh, tc, argv, env)
             print(f"  the same again (nothing to do):     {shown}", flush=True)
+            if args.before:  # out again, then in with the other tree, on the same cluster
+                off = kymamesh("inject-namespace", "scale", "--disable", "-y", "-o", "json")
+                shown = _measure(fresh, tc, off, env)
+                print(f"  --disable:                          {shown}", flush=True)
+                _use(env, args.before)
+                shown = _measure(fresh, tc, argv, env)
+                print(f"  before: inject-namespace --all:     {shown}", flush=True)
+                _use(env, args.code)
         if args.pods:
             names = [f"pods-{n:03d}" for n in range(args.namespaces)]
             _apply([_namespace(n) for n in names], env)
             pods = [_pod(f"p{i:05d}", names[i % len(names)]) for i in range(args.pods)]
             _apply(pods, env)
-            shown = _measure(log, tc, kymamesh("status", "-o", "json"), env)
+            shown = _measure(fresh, tc, kymamesh("status", "-o", "json"), env)
             print(f"status, {args.pods} Pods in {args.namespaces} namespaces: {shown}")
             # The first run meets the cluster still busy with the new Pods (scheduling,
             # status updates); the second, a settled one.
-            shown = _measure(log, tc, kymamesh("status", "-o", "json"), env)
+            shown = _measure(fresh, tc, kymamesh("status", "-o", "json"), env)
             print(f"  the same again:                     {shown}", flush=True)
             if args.before:
                 _use(env, args.before)
-                shown = _measure(log, tc, kymamesh("status", "-o", "json"), env)
+                shown = _measure(fresh, tc, kymamesh("status", "-o", "json"), env)
                 print(f"  before:                             {shown}", flush=True)
                 _use(env, args.code)
 

@@ -268,6 +268,17 @@ class Progress:
                 tracker.done(item.outcome, item.summary or item.error)
         item.duration_s = tracker.duration_s
 
+    def report(self, item: ItemResult) -> None:
+        """Show an item that ran before (quietly, while something else was shown), as
+        `item` would have shown it: its label, then its outcome and duration."""
+        if self.quiet:
+            return
+        if self._console is None:
+            print(f"--> {item.name} ...", file=self.stream, flush=True)
+        tracker = ItemTracker(item.name, item.outcome, item.summary or item.error)
+        tracker.duration_s = item.duration_s
+        self._done(tracker)
+
     def _done(self, tracker: ItemTracker) -> None:
         outcome = tracker.outcome or Outcome.FAILED
         mark = _MARKS[outcome]

@@ -23,18 +23,21 @@ def wait_until(
     first: float = 0.1,
     most: float = 1.0,
     grow: float = 2.0,
+    pause: Callable[[float], None] | None = None,
 ) -> None:
     """Call `pending` until it returns None, for at most `timeout` seconds: `first`
     seconds apart at first, the pause growing by `grow` up to `most`. `pending` returns
     what is not done yet (it may raise to end the wait early with its own error); when
-    the time is up, WaitTimeoutError(message(what was pending last), hint)."""
+    the time is up, WaitTimeoutError(message(what was pending last), hint). `pause(s)`
+    waits between two calls (default: sleeps `s` seconds; a watch may end it sooner, when
+    what is waited for changed)."""
     deadline = time.monotonic() + timeout
-    pause = first
+    interval = first
     while True:
         seen = pending()
         if seen is None:
             return
         if time.monotonic() >= deadline:
             raise WaitTimeoutError(message(seen), hint=hint)
-        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-        pause = min(most, pause * grow)
+        (pause or time.sleep)(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(most, interval * grow)

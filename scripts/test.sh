@@ -4,7 +4,7 @@
 # constraints.txt), the test cluster's binaries (built once, cached in
 # ~/.cache/kymamesh/testcluster), lint, types, pytest.
 # Extra arguments go to pytest (e.g. `bash scripts/test.sh -k install`).
-# Environment: KYMAMESH_VENV (the venv), KYMAMESH_TEST_WORKERS (pytest processes, 2).
+# Environment: KYMAMESH_VENV (the venv), KYMAMESH_TEST_WORKERS (pytest processes, 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +29,10 @@ echo "==> lint and types"
 "$VENV/bin/python" scripts/gen_reference.py --check
 
 echo "==> tests"
-# Two pytest processes (pytest-xdist), each with its own test clusters, take whole files
-# (longest first, see tests/conftest.py). KYMAMESH_TEST_WORKERS=0 runs them in this process.
-WORKERS="${KYMAMESH_TEST_WORKERS:-2}"
+# Three pytest processes (pytest-xdist), each with its own test clusters, take whole files
+# (longest first, see tests/conftest.py): more than the two cores, as the cluster tests
+# mostly wait for the clusters. KYMAMESH_TEST_WORKERS=0 runs them in this process.
+WORKERS="${KYMAMESH_TEST_WORKERS:-3}"
 PARALLEL=()
 if [ "$WORKERS" != 0 ]; then
   PARALLEL=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)

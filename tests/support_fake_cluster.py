@@ -289,7 +289,10 @@ class FakeCluster:
         kind: str,
         namespace: str | None = None,
         label_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
     ) -> list[Obj]:
+        """`metadata_only`: the whole objects all the same (callers read only metadata)."""
         if not self.serves(api_version, kind):
             return []
         matches = _selector(label_selector)

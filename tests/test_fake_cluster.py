@@ -261,6 +261,43 @@ def test_a_list_in_pages_gives_every_object_once(api: tuple[Any, str]) -> None:
     assert list(cluster.list_pages("example.com/v1", "NoSuchKind", ns)) == []
 
 
+def test_a_list_in_pages_may_be_left_early(api: tuple[Any, str]) -> None:
+    """A caller that stops after the first page (the next one may be on its way) leaves
+    nothing behind: the adapter's next list answers as usual."""
+    cluster, ns = api
+    for i in range(5):
+        cm = configmap(ns, {}, f"early-{i}")
+        cm["metadata"]["labels"] = {"early": "yes"}
+        cluster.create(cm)
+    pages = cluster.list_pages("v1", "ConfigMap", ns, label_selector="early=yes", limit=2)
+    assert len(next(pages)) == 2
+    pages.close()
+    listed = cluster.list_pages("v1", "ConfigMap", ns, label_selector="early=yes", limit=2)
+    assert sorted(o["metadata"]["name"] for page in listed for o in page) == [
+        f"early-{i}" for i in range(5)
+    ]
+
+
+def test_a_metadata_only_list_gives_each_objects_metadata(api: tuple[Any, str]) -> None:
+    cluster, ns = api
+    made = cluster.create(configmap(ns, {}, "owner"))  # a live owner: no garbage collection
+    owner = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner"}
+    owner["uid"] = made["metadata"]["uid"]
+    cm = configmap(ns, {"key": "value"}, "meta-only")
+    cm["metadata"]["labels"] = {"meta": "only"}
+    cm["metadata"]["ownerReferences"] = [{**owner, "controller": True}]
+    cluster.create(cm)
+    [found] = cluster.list("v1", "ConfigMap", ns, label_selector="meta=only", metadata_only=True)
+    assert (found["apiVersion"], found["kind"]) == ("v1", "ConfigMap")
+    assert found["metadata"]["name"] == "meta-only"
+    assert found["metadata"]["labels"] == {"meta": "only"}
+    assert found["metadata"]["ownerReferences"][0]["name"] == "owner"
+    if isinstance(cluster, Cluster):  # the fake gives whole objects (callers read metadata)
+        assert "data" not in found
+    whole = cluster.list("v1", "ConfigMap", ns, label_selector="meta=only")
+    assert whole[0]["data"] == {"key": "value"}  # a snapshot keeps the two apart
+
+
 # -- the fake alone ---------------------------------------------------------------------
 
 

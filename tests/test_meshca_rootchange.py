@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from kymamesh.adapters.cluster import Ref
-from kymamesh.errors import PreconditionError
+from kymamesh.errors import PreconditionError, UsageError, WaitTimeoutError
 from kymamesh.identity import certs, meshca
 from kymamesh.workloads import restarts
 from kymamesh.workloads.rollouts import RESTARTED_AT
@@ -281,3 +281,51 @@ def test_the_workload_half_restarts_all_then_clears_the_mark(tmp_path: Path) -> 
     again = meshca.plan(cluster, NS, root, "east", restart=options(True))
     assert again.desired is None and again.change is None
     assert cluster.writes == writes
+
+
+def test_a_root_not_published_in_time_fails_naming_the_namespaces(tmp_path: Path) -> None:
+    cluster = mesh()
+    root = meshca.read_dir(root_dir(tmp_path), datetime.now(UTC))
+    assert isinstance(root, certs.RootCa)
+    other = meshca.read_dir(root_dir(tmp_path, "other"), datetime.now(UTC))
+    assert isinstance(other, certs.RootCa)
+    cluster.add(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": meshca.ROOT_CONFIGMAP, "namespace": NS},
+            "data": {meshca.ROOT_CONFIGMAP_KEY: other.cert_pem.decode()},
+        }
+    )
+    assert meshca.root_published(cluster, root.cert_pem, [NS, "shop"]) == [
+        "istio-system (another root)",
+        f"shop (no {meshca.ROOT_CONFIGMAP})",
+    ]
+    with pytest.raises(WaitTimeoutError) as late:
+        meshca.wait_root_published(cluster, root.cert_pem, [NS, "shop"], timeout=0.2)
+    assert "does not hold the new root after 0s in: istio-system (another root)" in (
+        late.value.message
+    )
+    assert "re-run the same command with --restart-proxies" in (late.value.hint or "")
+
+
+def test_join_restart_flags_go_with_ca(tmp_path: Path) -> None:
+    from kymamesh.cli.mesh import mesh_ca
+
+    with pytest.raises(UsageError, match="go with --ca"):
+        mesh_ca(None, True, None, 300)
+    with pytest.raises(UsageError, match="--restart-batch goes with --restart-proxies"):
+        mesh_ca(tmp_path, False, "5", 300)
+    shared = mesh_ca(tmp_path, True, "25%", 300)
+    assert shared is not None and shared.restart == restarts.RestartOptions(
+        True, "25%", timeout=300
+    )
+
+
+def test_an_unfinished_change_is_named_for_a_run_without_ca(tmp_path: Path) -> None:
+    cluster = mesh()
+    assert meshca.unfinished(cluster, NS) is None
+    _written(cluster, tmp_path, T0)
+    note = meshca.unfinished(cluster, NS)
+    assert note is not None and "a change of root begun 2026-01-01T00:00:00Z" in note
+    assert "--ca DIR --restart-proxies" in note

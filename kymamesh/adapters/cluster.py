@@ -13,15 +13,16 @@ lost raises LockLostError instead of reaching the API.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import http.client
 import json
+import math
 import os
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -58,6 +59,9 @@ _REQUEST_TIMEOUT = (5, 30)  # connect, read
 WAIT_FIRST_POLL_S = 0.05  # wait_ready: the first pause between two looks
 WAIT_MAX_POLL_S = 1.0  # ... and the longest
 LIST_PAGE = 500  # list_pages: objects per request
+READ_AHEAD = 8  # wait_ready: gets of several objects at once
+# Accept header of a list of each object's metadata alone (Cluster.list(metadata_only=True))
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 _ATTEMPTS = 4  # one API call, tried at most this often on transient faults
 _UPDATE_ATTEMPTS = 2  # an update that met a conflict is made once more, on a fresh read
 ISTIOD_DEBUG_PORT = 15014  # istiod's monitoring port: /metrics, /version, /debug/*
@@ -145,6 +149,59 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _Transient)
 
 
+_DISCOVERER: Any = None
+
+
+def _discoverer() -> Any:
+    """The client library's lazy discoverer, kept in memory and refreshed narrowly.
+
+    The library writes its whole discovery to a JSON file after every group it fetches
+    (a third of a fresh install's CPU time went to that), and on a kind it does not know
+    it forgets everything it discovered and asks for every group again (`/version`,
+    `/apis`, then each group used). Here nothing is written, and a kind it does not know
+    makes it ask again for the list of groups and for the resources of the kind's own
+    group version only (a CRD installed since is found; the rest is kept)."""
+    global _DISCOVERER
+    if _DISCOVERER is not None:
+        return _DISCOVERER
+    from kubernetes.dynamic.discovery import LazyDiscoverer
+
+    class Discoverer(LazyDiscoverer):  # type: ignore[misc]
+        _wanted: dict[str, Any] | None = None
+        _searching = threading.RLock()  # one lookup at a time: they share what they found
+
+        def _write_cache(self) -> None:
+            pass
+
+        def search(self, **kwargs: Any) -> Any:
+            with self._searching:
+                self._wanted = kwargs
+                try:
+                    return super().search(**kwargs)
+                finally:
+                    self._wanted = None
+
+        def invalidate_cache(self) -> None:
+            wanted = self._wanted
+            resources = self._cache.get("resources")
+            if wanted is None or not resources:  # at start, or a search of everything
+                super().invalidate_cache()
+                return
+            core = resources.get("api")
+            self.parse_api_groups(request_resources=False, update=True)  # the groups anew
+            if core is not None:  # the core group's resources stay known
+                resources["api"] = core
+            prefix = wanted.get("prefix") or "apis"
+            api_version = str(wanted.get("api_version") or "")
+            group, _, version = api_version.rpartition("/")
+            known = resources.get(prefix, {}).get(group, {}).get(version)
+            if known is not None:  # asked again on the next search
+                known.resources = {}
+
+    _DISCOVERER = Discoverer
+    return Discoverer
+
+
 _KUBECONFIG_HINT = (
     "pass --kubeconfig with a valid kubeconfig file (e.g. one written by "
     "`kubectl config view --minify --raw`), or set KUBECONFIG"
@@ -193,13 +250,17 @@ class Cluster:
         self._api = api_client
         self.context = context
         self.server = server
+        # a name no file has: the discovery is kept in memory for this run (_discoverer)
         cache = os.path.join(tempfile.gettempdir(), f"kymamesh-discovery-{uuid.uuid4().hex}.json")
-        self._dynamic = self._call(lambda: DynamicClient(api_client, cache_file=cache))
-        self._cache_file = cache
+        self._dynamic = self._call(
+            lambda: DynamicClient(api_client, cache_file=cache, discoverer=_discoverer())
+        )
         self._lock = LeaseLock(self)
         self._snapshot: dict[tuple[str, ...], bytes | None] | None = None  # see snapshot()
         self._remembered: dict[tuple[str, ...], Any] | None = None  # see remembered()
+        self._resources: dict[tuple[str, str], Any] = {}  # see _resource()
         self.writes = 0  # writes started (each calls check_lock first); the Lease's aside
+        self._watching = True  # wait_ready watches; False once a watch was refused
 
     # -- connecting ---------------------------------------------------------
 
@@ -320,34 +381,37 @@ class Cluster:
         return ApiError(f"the API server refused a request ({status}): {message}", status)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(self._cache_file)
         self._api.close()
 
     # -- reads ---------------------------------------------------------------
 
     def server_version(self) -> Version:
-        from kubernetes import client
-
-        info = self._call(
-            lambda: client.VersionApi(self._api).get_code(_request_timeout=_REQUEST_TIMEOUT)
-        )
-        return Version.parse(str(info.git_version))
+        """The API server's version, as the discovery read it when connecting."""
+        info = self._dynamic.version.get("kubernetes") or {}
+        return Version.parse(str(info.get("gitVersion") or ""))
 
     def _resource(self, api_version: str, kind: str) -> Any:
+        """The discovered API resource of a kind, looked up once per run (the discoverer
+        walks its whole cache on every lookup, which every request paid): a kind found
+        stays found; one not served is asked about again."""
+        known = self._resources.get((api_version, kind))
+        if known is not None:
+            return known
         from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
         # The prefix keeps the lookup to this one group: without it the discoverer matches
         # "v1" against every group and fetches each group's resource list (20 requests).
         prefix = "apis" if "/" in api_version else "api"
         try:
-            return self._call(
+            found = self._call(
                 lambda: self._dynamic.resources.get(
                     prefix=prefix, api_version=api_version, kind=kind
                 )
             )
         except ResourceNotFoundError:
             raise NotFoundError(f"the API server does not serve {kind} ({api_version})") from None
+        self._resources[(api_version, kind)] = found
+        return found
 
     def serves(self, api_version: str, kind: str) -> bool:
         try:
@@ -427,26 +491,37 @@ class Cluster:
         kind: str,
         namespace: str | None = None,
         label_selector: str | None = None,
+        *,
+        metadata_only: bool = False,
     ) -> list[Obj]:
-        """All objects of a kind (in a namespace, with labels); [] when the kind is not served."""
+        """All objects of a kind (in a namespace, with labels); [] when the kind is not served.
+
+        `metadata_only`: each object's `metadata` alone (the API's PartialObjectMetadata),
+        for callers that read nothing else (owner references, labels): the API server
+        encodes, and kymamesh parses, a fraction of each object."""
         try:
             resource = self._resource(api_version, kind)
         except NotFoundError:
             return []
+        headers = {"Accept": _METADATA_LIST} if metadata_only else {}
         result = self._read(
-            ("list", api_version, kind, namespace or "", label_selector or ""),
+            ("list", api_version, kind, namespace or "", label_selector or "", str(metadata_only)),
             lambda: self._dynamic.get(
                 resource,
                 namespace=namespace,
                 label_selector=label_selector,
+                header_params=dict(headers),
                 serialize=False,
                 _request_timeout=_REQUEST_TIMEOUT,
             ),
         )
         items = (result or {}).get("items") or []
         for item in items:
-            item.setdefault("apiVersion", api_version)
-            item.setdefault("kind", kind)
+            if metadata_only:  # they come as meta.k8s.io/v1 PartialObjectMetadata
+                item["apiVersion"], item["kind"] = api_version, kind
+            else:
+                item.setdefault("apiVersion", api_version)
+                item.setdefault("kind", kind)
         return list(items)
 
     def list_pages(
@@ -460,15 +535,16 @@ class Cluster:
         """All objects of a kind, `limit` at a time (the API's chunked list: `limit` and
         `continue`); nothing when the kind is not served. For kinds of which a cluster has
         many (Pods): a caller that keeps a part of each object never holds every whole
-        object at once. Not kept in a snapshot (see `remembered`)."""
+        object at once. The next page is asked for while the caller works on this one (the
+        API server encodes it meanwhile), so at most two pages are held. Not kept in a
+        snapshot (see `remembered`)."""
         try:
             resource = self._resource(api_version, kind)
         except NotFoundError:
             return
-        token: str | None = None
-        while True:
 
-            def fetch(token: str | None = token) -> Obj:
+        def fetch(token: str | None) -> Obj:
+            def request() -> Obj:
                 data = self._dynamic.get(
                     resource,
                     namespace=namespace,
@@ -480,16 +556,23 @@ class Cluster:
                 ).data
                 return _json_of_bytes(data)
 
-            body = self._call(fetch)
-            items = body.get("items") or []
-            for item in items:
-                item.setdefault("apiVersion", api_version)
-                item.setdefault("kind", kind)
-            token = (body.get("metadata") or {}).get("continue") or None
-            del body
-            yield items
-            if token is None:
-                return
+            return self._call(request)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="list-pages") as ahead:
+            coming = ahead.submit(fetch, None)
+            while True:
+                body = coming.result()
+                items = body.get("items") or []
+                for item in items:
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                token = (body.get("metadata") or {}).get("continue") or None
+                del body
+                if token is not None:
+                    coming = ahead.submit(fetch, token)
+                yield items
+                if token is None:
+                    return
 
     # -- istiod's debug views -------------------------------------------------
 
@@ -806,26 +889,33 @@ class Cluster:
     ) -> None:
         """Wait until every object is ready; on timeout name each one that is not, and why.
 
-        Polls soon after a change (most objects turn ready within a second), then less
-        often: WAIT_FIRST_POLL_S, growing by half each time up to WAIT_MAX_POLL_S.
+        Looks again as soon as the first object not ready changes (a watch of it), at the
+        latest WAIT_FIRST_POLL_S later at first, growing by half each time up to
+        WAIT_MAX_POLL_S (where no watch can be made: sleeps as long).
         """
         pending: builtins.list[Ref] = builtins.list(refs)
+        versions: dict[Ref, str] = {}  # the resourceVersion seen of each object not ready
 
         def not_ready() -> str | None:
             nonlocal pending
             reasons = []
             still = []
-            for ref in pending:
-                why = not_ready_reason(ref, self.get(ref))
+            for ref, obj in zip(pending, self._get_all(pending), strict=True):
+                why = not_ready_reason(ref, obj)
                 if why is not None:
                     still.append(ref)
                     reasons.append(f"{ref} ({why})")
+                    meta = (obj or {}).get("metadata") or {}
+                    versions[ref] = str(meta.get("resourceVersion") or "")
             pending = still
             if not pending:
                 return None
             if on_poll:
                 on_poll(reasons)
             return "; ".join(reasons)
+
+        def pause(seconds: float) -> None:
+            self._watch_change(pending[0], versions.get(pending[0], ""), seconds)
 
         wait_until(
             not_ready,
@@ -836,7 +926,67 @@ class Cluster:
             first=WAIT_FIRST_POLL_S,
             most=WAIT_MAX_POLL_S,
             grow=1.5,
+            pause=pause,
         )
+
+    def _get_all(self, refs: builtins.list[Ref]) -> builtins.list[Obj | None]:
+        """`get` of each ref, READ_AHEAD at a time (the CRDs of a chart are many)."""
+        if len(refs) < 2:
+            return [self.get(ref) for ref in refs]
+        from concurrent.futures import ThreadPoolExecutor
+
+        first = self.get(refs[0])  # alone: it looks the kind up, the others find it known
+        with ThreadPoolExecutor(min(READ_AHEAD, len(refs) - 1)) as pool:
+            return [first, *pool.map(self.get, refs[1:])]
+
+    def _watch_change(self, ref: Ref, resource_version: str, seconds: float) -> None:
+        """Return once `ref` changed after `resource_version` (a watch of that one object,
+        ended by its first event), or after `seconds`. Without a version (the object was not
+        found), or when the watch cannot be made or breaks, sleeps the rest instead: the
+        caller looks at the object again either way."""
+        deadline = time.monotonic() + seconds
+        changed = False
+        if resource_version and seconds > 0 and self._watching:
+            from kubernetes.client.rest import ApiException
+
+            try:
+                changed = self._first_event(ref, resource_version, deadline)
+            except ApiException:  # refused (no right to watch?): poll from now on
+                self._watching = False
+            except Exception:  # a broken watch only ends the pause early
+                pass
+        left = deadline - time.monotonic()
+        if left > 0 and not changed:
+            time.sleep(left)
+
+    def _first_event(self, ref: Ref, resource_version: str, deadline: float) -> bool:
+        """Whether the API server sent an event of a watch of `ref` from `resource_version`
+        before `deadline` (the watch asks the server to end it then, in whole seconds)."""
+        resource = self._resource(ref.api_version, ref.kind)
+        path = resource.path(namespace=ref.namespace or None)
+        timeout = max(1, math.ceil(deadline - time.monotonic()))
+        params = [
+            ("watch", "true"),
+            ("fieldSelector", f"metadata.name={ref.name}"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", str(timeout)),
+        ]
+        reply = self._dynamic.request(
+            "GET",
+            path,
+            query_params=params,
+            serialize=False,
+            _request_timeout=(_REQUEST_TIMEOUT[0], timeout + 2),
+        )
+        try:
+            for chunk in reply.stream(None):
+                if chunk.strip():  # an event: the object changed, or an error ended the watch
+                    return b'"type":"ERROR"' not in chunk.replace(b" ", b"")
+                if time.monotonic() >= deadline:
+                    break
+            return False
+        finally:
+            reply.close()  # not read to its end: the connection is not reused
 
     # -- the lock ------------------------------------------------------------
 

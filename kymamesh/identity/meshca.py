@@ -311,6 +311,19 @@ def root_change_since(secret: Obj | None) -> datetime | None:
     return _parse_time(raw)
 
 
+def unfinished(cluster: Cluster, namespace: str) -> str | None:
+    """A note when a change of root was begun and not finished (a run without --ca does
+    not go on with it); None otherwise. One read."""
+    since = root_change_since(cluster.get(secret_ref(namespace)))
+    if since is None:
+        return None
+    return (
+        f"a change of root begun {_stamp(since)} is not finished: workloads may still hold "
+        "certificates of the previous root; run `kymamesh install --ca DIR --restart-proxies` "
+        "with the same DIR to finish it"
+    )
+
+
 def _parse_time(raw: Any) -> datetime | None:
     if not raw:
         return None

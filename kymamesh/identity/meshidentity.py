@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from kymamesh.adapters import yamlfast
 from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.errors import UsageError
 from kymamesh.istio.controlplane import suffix_of
@@ -118,7 +119,7 @@ def live(cluster: Cluster, namespace: str, revision: str = "") -> dict[str, str 
     suffix = suffix_of(revision) if revision else ""
     mesh = cluster.get(Ref("v1", "ConfigMap", f"istio{suffix}", namespace)) or {}
     try:
-        config = yaml.safe_load((mesh.get("data") or {}).get("mesh") or "") or {}
+        config = yamlfast.load((mesh.get("data") or {}).get("mesh") or "") or {}
     except yaml.YAMLError:
         config = {}
     config = config if isinstance(config, dict) else {}

@@ -577,9 +577,10 @@ def slim_pod(pod: Mapping[str, Any]) -> Obj:
 
 
 def replica_set_index(cluster: Cluster, namespace: str | None = None) -> dict[tuple[str, str], Obj]:
-    """ReplicaSets by (namespace, name), to find the Deployment behind a Pod."""
+    """ReplicaSets by (namespace, name), to find the Deployment behind a Pod: their metadata
+    alone (the owner references), which is a fraction of each ReplicaSet."""
     index = {}
-    for rs in cluster.list(_APPS, "ReplicaSet", namespace):
+    for rs in cluster.list(_APPS, "ReplicaSet", namespace, metadata_only=True):
         meta = rs.get("metadata") or {}
         index[(str(meta.get("namespace") or ""), str(meta.get("name")))] = rs
     return index

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from kymamesh.adapters import yamlfast
 from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import unified
 from kymamesh.errors import ConflictError, NotFoundError, PreconditionError
@@ -83,9 +84,10 @@ def parse_json_map(text: str, where: str) -> dict[str, Any]:
 
 
 def parse_yaml_map(text: str, where: str) -> dict[str, Any]:
-    """A YAML mapping, or a clear error naming where it came from."""
+    """A YAML mapping, or a clear error naming where it came from (parsed with libyaml when
+    PyYAML has it: the injector's templates are large, and read by several steps)."""
     try:
-        value = yaml.safe_load(text) if text.strip() else {}
+        value = yamlfast.load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
         raise PreconditionError(f"{where} is not valid YAML: {exc}") from None
     if value is None:

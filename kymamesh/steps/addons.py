@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.errors import UsageError
 from kymamesh.resources import load_yaml, patches_dir
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_ISTIOD_ANSWERS, Change, StepContext
 
 
 @dataclass(frozen=True)
@@ -178,6 +178,7 @@ class RemoveAddonsStep:
     """Delete the catalog's objects that are present, each matched exactly."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"catalog", "deleteVolumeClaims"})
+    RUNS_ONCE: ClassVar[str] = ONCE_ISTIOD_ANSWERS
 
     def preflight(self, ctx: StepContext) -> str | None:
         load_catalog(_catalog_path(ctx.params))

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from kymamesh.adapters.helm import Helm
 
 
+# When `install` may run a step (`RUNS_ONCE`): phase 2 starts before phase 1 ends where a
+# step needs no more of it (kymamesh.workflows.patching.PatchRun). The steps of the list are
+# independent of each other; a step that reads what another writes runs after it.
+ONCE_CONFIG_WRITTEN = "config-written"  # istiod's release written: its ConfigMaps are there
+ONCE_ISTIOD_ANSWERS = "istiod-answers"  # istiod serves: its webhooks check Istio's objects
+ONCE_CHARTS_DONE = "charts-done"  # phase 1 done: every release installed and ready
+STAGES = (ONCE_CONFIG_WRITTEN, ONCE_ISTIOD_ANSWERS, ONCE_CHARTS_DONE)
+
+
 @dataclass(frozen=True)
 class Change:
     """One difference between live and wanted, and how to remove it."""
@@ -69,6 +78,7 @@ class StepContext:
 
 class Step(Protocol):
     PARAMS: ClassVar[frozenset[str]]  # the parameters the kind takes (top-level keys)
+    RUNS_ONCE: ClassVar[str]  # what of phase 1 `install` must have done first (STAGES)
 
     def preflight(self, ctx: StepContext) -> str | None: ...
 

@@ -21,7 +21,7 @@ from kymamesh import meshfile
 from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import unified
 from kymamesh.errors import UsageError
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CHARTS_DONE, Change, StepContext
 from kymamesh.units import same_quantity
 
 COMPONENTS_KIND = "mesh-components"
@@ -260,6 +260,7 @@ class ComponentsStep:
             "gatewayName",
         }
     )
+    RUNS_ONCE: ClassVar[str] = ONCE_CHARTS_DONE
 
     def preflight(self, ctx: StepContext) -> str | None:
         components_wanted(ctx.params)

@@ -62,7 +62,7 @@ from kymamesh.istio.inventory import (
 )
 from kymamesh.istio.release import DexRelease, dex_pinned
 from kymamesh.steps import _jwks
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CHARTS_DONE, Change, StepContext
 from kymamesh.steps.tls import TlsParams, gateway_object, matches
 
 SECURITY_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -153,6 +153,7 @@ class Setup:
 
 class IdentityStep:
     PARAMS: ClassVar[frozenset[str]] = frozenset(idn.PARAMS)
+    RUNS_ONCE: ClassVar[str] = ONCE_CHARTS_DONE
 
     def preflight(self, ctx: StepContext) -> str | None:
         setup = Setup.of(ctx)  # every refusal of the parameters, the hosts under the domain

@@ -28,7 +28,7 @@ from kymamesh.steps._configmaps import (
     parse_yaml_map,
     plane_key_changes,
 )
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CONFIG_WRITTEN, Change, StepContext
 from kymamesh.units import quantity, same_resources
 
 VALUES_KEY = "values"
@@ -121,6 +121,7 @@ class SidecarResourcesStep:
     """Every injected sidecar (and its init container) gets requests and a memory limit."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"proxy", "proxyInit"})
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     def _wanted(self, ctx: StepContext) -> dict[str, dict[str, dict[str, Any]] | None]:
         return {key: wanted_resources(ctx.params, name) for name, key in _RESOURCE_KEYS}
@@ -196,6 +197,7 @@ class InjectionPolicyStep:
     `sidecar.istio.io/inject: "true"` in an `istio-injection=enabled` namespace get a sidecar."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"policy"})
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     @staticmethod
     def _policy(ctx: StepContext) -> str:
@@ -261,6 +263,7 @@ class ImageHubStep:
     their image until restarted (step restart-proxies lists them)."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"hub"})
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     @staticmethod
     def _wanted(ctx: StepContext) -> str | None:

@@ -23,7 +23,7 @@ from kymamesh.steps._configmaps import (
     key_changes,
     parse_yaml_map,
 )
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CONFIG_WRITTEN, Change, StepContext
 from kymamesh.units import duration, same_duration
 
 MESH_KEY = "mesh"
@@ -278,6 +278,7 @@ class TracingStep:
     PARAMS: ClassVar[frozenset[str]] = frozenset(
         {"tracer", "zipkinAddress", "provider", "opentelemetry"}
     )
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     def preflight(self, ctx: StepContext) -> str | None:
         wanted = tracing_wanted(ctx.params, ctx.namespace)
@@ -459,6 +460,7 @@ class ExtAuthzStep:
     """
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"enabled", "provider", "authorizers"})
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     def preflight(self, ctx: StepContext) -> str | None:
         wanted = ext_authz_wanted(ctx.params, ctx.remembered)
@@ -609,6 +611,7 @@ class MeshSettingsStep:
     lists them (and restarts them on request)."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset(_MESH_PARAMS)
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     def preflight(self, ctx: StepContext) -> str | None:
         from kymamesh.istio.meshschema import mesh_config_problems

@@ -17,11 +17,12 @@ from kymamesh.adapters.cluster import Cluster, Ref
 from kymamesh.diffs import object_diff
 from kymamesh.identity import meshidentity
 from kymamesh.steps._configmaps import not_in_dry_run
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CONFIG_WRITTEN, Change, StepContext
 
 
 class MeshIdentityStep:
     PARAMS: ClassVar[frozenset[str]] = meshidentity.PARAMS
+    RUNS_ONCE: ClassVar[str] = ONCE_CONFIG_WRITTEN
 
     def preflight(self, ctx: StepContext) -> str | None:
         meshidentity.wanted(ctx.params)

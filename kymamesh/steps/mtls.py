@@ -34,7 +34,7 @@ from kymamesh.istio.controlplane import (
 )
 from kymamesh.istio.preflight import MANAGED_BY
 from kymamesh.steps._configmaps import not_in_dry_run
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_ISTIOD_ANSWERS, Change, StepContext
 
 KIND = PEER_AUTHENTICATION
 STRICT = "STRICT"
@@ -62,6 +62,7 @@ def _no_crd(namespace: str) -> PreconditionError:
 
 class PeerAuthenticationStep:
     PARAMS: ClassVar[frozenset[str]] = frozenset({"name", "mode"})
+    RUNS_ONCE: ClassVar[str] = ONCE_ISTIOD_ANSWERS
 
     def preflight(self, ctx: StepContext) -> str | None:
         _name_and_mode(ctx.params)

@@ -39,7 +39,7 @@ from kymamesh import MANAGED_BY_LABEL
 from kymamesh.adapters.cluster import Cluster, Obj, Ref
 from kymamesh.diffs import object_diff, unified
 from kymamesh.errors import UsageError
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CHARTS_DONE, Change, StepContext
 
 API = "networking.k8s.io/v1"
 KIND = "NetworkPolicy"
@@ -178,6 +178,7 @@ class NetworkPoliciesStep:
     """The mesh's NetworkPolicies (see the module docstring)."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"enabled", "systemNamespace", "gatewayName"})
+    RUNS_ONCE: ClassVar[str] = ONCE_CHARTS_DONE
 
     def preflight(self, ctx: StepContext) -> str | None:
         _params(ctx.params)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_CHARTS_DONE, Change, StepContext
 from kymamesh.workloads import (
     restarts,  # a module: kymamesh.workloads.restarts imports this package's base
 )
@@ -21,6 +21,7 @@ class RestartProxiesStep:
     """Lists (and with `restart: true` restarts) workloads with out-of-date sidecars."""
 
     PARAMS: ClassVar[frozenset[str]] = frozenset({"restart", "batchSize", "systemNamespaces"})
+    RUNS_ONCE: ClassVar[str] = ONCE_CHARTS_DONE
 
     def preflight(self, ctx: StepContext) -> str | None:
         restarts.restart_options(ctx.params, ctx.timeout)

@@ -30,7 +30,7 @@ from kymamesh.identity.certs import (
     parse_pair,
     self_signed,
 )
-from kymamesh.steps.base import Change, StepContext
+from kymamesh.steps.base import ONCE_ISTIOD_ANSWERS, Change, StepContext
 
 TLS_TYPE = "kubernetes.io/tls"
 SOURCE_ANNOTATION = "kymamesh.io/certificate-source"  # self-signed | user
@@ -113,6 +113,7 @@ class GatewayTlsStep:
     PARAMS: ClassVar[frozenset[str]] = frozenset(
         {"domain", "secret", "gateway", "renewBeforeDays", "validityDays", "certFile", "keyFile"}
     )
+    RUNS_ONCE: ClassVar[str] = ONCE_ISTIOD_ANSWERS
 
     def preflight(self, ctx: StepContext) -> str | None:
         params = TlsParams.of(ctx.params)

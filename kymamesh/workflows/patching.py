@@ -19,6 +19,7 @@ command then exits with PARTIAL.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,7 @@ from kymamesh.istio.controlplane import ControlPlane, find_control_planes
 from kymamesh.istio.values import deep_merge
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.resources import load_yaml, patches_dir
-from kymamesh.steps.base import Change, Step, StepContext, StepKind
+from kymamesh.steps.base import STAGES, Change, Step, StepContext, StepKind
 
 PHASE_PATCH = "phase 2: Kyma patch"
 
@@ -210,45 +211,117 @@ def check_all(
 
 def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
     """Phase 2: run every step in order; raise PARTIAL at the end if one failed."""
-    phase = ctx.result.phase(PHASE_PATCH)
-    ctx.progress.phase(PHASE_PATCH)
-    kinds = step_kinds()
-    failed = []
-    planes = control_planes(ctx)  # once: no step adds a revision or moves the root namespace
-    for spec in specs:
-        item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
-        phase.items.append(item)
-        step = kinds[spec.kind]()
-        sctx = _context(ctx, spec, specs, planes)
-        with ctx.progress.item(spec.name) as tracker:
-            try:
-                _run_step(ctx, step, sctx, item)
-            except LockLostError as exc:  # no further step may write: stop the run here
-                item.outcome = Outcome.FAILED
-                item.error = exc.message
-                tracker.done(item.outcome, item.error)
-                raise
-            except KymameshError as exc:
-                item.outcome = Outcome.FAILED
-                item.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
-                failed.append(spec.name)
-                if ctx.options.verbose:
-                    import traceback
+    PatchRun(ctx, specs).finish()
 
-                    traceback.print_exc()
-            tracker.done(item.outcome, item.summary or item.error)
-        item.duration_s = tracker.duration_s
-        for note in sctx.notes:  # a step's check runs more than once: keep each note once
-            if note not in ctx.result.notes:
-                ctx.result.notes.append(note)
-    if not failed:
-        _remember_settings(ctx)
-    if failed:
-        raise PartialFailureError(
-            f"patch steps failed: {', '.join(failed)}",
-            hint="fix the cause named above and re-run; steps already applied are kept "
-            "and a re-run converges",
-        )
+
+class PatchRun:
+    """Phase 2 of one run, which `install` starts before phase 1 ends.
+
+    `run_ahead(stage)` runs, quietly and in list order, each step not run yet whose kind
+    may run at that point of phase 1 (its `RUNS_ONCE`, see `kymamesh.steps.base`), while
+    phase 1 goes on in another thread: istiod's ConfigMaps are edited while istiod starts,
+    the mesh-wide objects written while the gateway installs. `finish()` is phase 2 as it
+    shows: the header, each step in list order (one that ran ahead is reported as it
+    ended), the others run then. A step that failed ahead runs again in `finish`, so
+    running ahead never ends worse than running in order. The result lists every step
+    that ran, also when phase 1 fails after some ran ahead.
+    """
+
+    def __init__(self, ctx: RunContext, specs: list[StepSpec]) -> None:
+        self.ctx = ctx
+        self.specs = specs
+        self._kinds = step_kinds()
+        self._ran: dict[str, ItemResult] = {}  # the steps run ahead, by name
+
+    def run_ahead(self, stage: str) -> None:
+        """Run the steps that need no more of phase 1 than `stage` (one of STAGES)."""
+        reached = STAGES[: STAGES.index(stage) + 1]
+        todo = [
+            s
+            for s in self.specs
+            if s.name not in self._ran and self._kinds[s.kind].RUNS_ONCE in reached
+        ]
+        if not todo:
+            return
+        planes = control_planes(self.ctx)
+        phase = self.ctx.result.phase(PHASE_PATCH)
+        for spec in todo:
+            item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
+            self._ran[spec.name] = item
+            phase.items.append(item)
+            started = time.monotonic()
+            try:
+                self._run(spec, planes, item)
+            finally:
+                item.duration_s = time.monotonic() - started
+
+    def finish(self) -> None:
+        """Phase 2: every step in list order; PARTIAL at the end if one failed."""
+        ctx = self.ctx
+        phase = ctx.result.phase(PHASE_PATCH)
+        ctx.progress.phase(PHASE_PATCH)
+        failed = []
+        planes: tuple[ControlPlane, ...] | None = None
+        items = []
+        for spec in self.specs:
+            item = self._ran.get(spec.name)
+            if item is not None and item.outcome != Outcome.FAILED:
+                ctx.progress.report(item)
+                items.append(item)
+                continue
+            item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
+            items.append(item)
+            phase.items.append(item)
+            if planes is None:  # once: no step adds a revision or moves the root namespace
+                planes = control_planes(ctx)
+            with ctx.progress.item(spec.name) as tracker:
+                try:
+                    self._run(spec, planes, item)
+                except LockLostError:
+                    tracker.done(item.outcome, item.error)
+                    raise
+                tracker.done(item.outcome, item.summary or item.error)
+            item.duration_s = tracker.duration_s
+            if item.outcome == Outcome.FAILED:
+                failed.append(spec.name)
+        ours = [*self._ran.values(), *items]
+        others = [i for i in phase.items if not _among(i, ours)]  # of an earlier run
+        phase.items[:] = [*others, *items]  # in list order
+        if not failed:
+            _remember_settings(ctx)
+        if failed:
+            raise PartialFailureError(
+                f"patch steps failed: {', '.join(failed)}",
+                hint="fix the cause named above and re-run; steps already applied are kept "
+                "and a re-run converges",
+            )
+
+    def _run(self, spec: StepSpec, planes: tuple[ControlPlane, ...], item: ItemResult) -> None:
+        """One step; its failure is recorded on `item` (a lost lock is raised: no further
+        step may write)."""
+        ctx = self.ctx
+        sctx = _context(ctx, spec, self.specs, planes)
+        try:
+            _run_step(ctx, self._kinds[spec.kind](), sctx, item)
+        except LockLostError as exc:
+            item.outcome = Outcome.FAILED
+            item.error = exc.message
+            raise
+        except KymameshError as exc:
+            item.outcome = Outcome.FAILED
+            item.error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            if ctx.options.verbose:
+                import traceback
+
+                traceback.print_exc()
+        finally:
+            for note in sctx.notes:  # a step's check runs more than once: keep each note once
+                if note not in ctx.result.notes:
+                    ctx.result.notes.append(note)
+
+
+def _among(item: ItemResult, items: list[ItemResult]) -> bool:
+    return any(item is i for i in items)
 
 
 def _run_step(ctx: RunContext, step: Step, sctx: StepContext, item: ItemResult) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,7 @@ from kymamesh.istio.values import (
 )
 from kymamesh.istio.versions import Version, check_upgrade
 from kymamesh.output import ItemResult, Outcome
+from kymamesh.steps.base import ONCE_CONFIG_WRITTEN, ONCE_ISTIOD_ANSWERS
 from kymamesh.waits import wait_until
 from kymamesh.workloads import restarts
 
@@ -483,19 +485,28 @@ def install(
     else:
         refuse_foreign_istiod(ctx, layout.istiod_release)
     ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
+    if ca_dir is None and (unfinished := meshca.unfinished(ctx.cluster, release.namespace)):
+        ctx.result.notes.append(unfinished)
     patching.preflight(ctx, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
         ca_plan = meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     egress = meshfile.egress_enabled(_components(specs))
     rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
-    run_phase_charts(ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over)
+    patch = patching.PatchRun(ctx, specs)
+    # phase 2 overlaps phase 1's waits where it can (not beside a canary, a take-over or a
+    # change of the mesh CA)
+    alone = layout.canary or take_over or ca_plan is not None or ctx.options.dry_run
+    ahead = None if alone else patch.run_ahead
+    run_phase_charts(
+        ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over, ahead=ahead
+    )
     if not egress and not layout.canary:
         remove_egress_gateway(ctx)
     if take_over:
         takeover.report_leftovers(ctx, release.namespace)
     if ca_plan is not None:  # a change of root: istiod takes the new one when it starts
         meshca.change_root_istiods(ctx, ca_plan)
-    patching.run_patch(ctx, specs)
+    patch.finish()
     if ca_plan is not None:  # then the workloads, restarted for certificates of it
         meshca.change_root_workloads(ctx, ca_plan)
     if layout.canary:
@@ -980,10 +991,14 @@ def run_phase_charts(
     rows: tuple[ChartRelease, ...] | None = None,
     revision_based: bool = False,
     take_over: bool = False,
+    ahead: Callable[[str], None] | None = None,
 ) -> None:
     """Phase 1: install or upgrade each release in order; each ready before the next.
     `rows`: the releases (default: the release table); `take_over`: objects applied
-    without Helm are adopted (`kymamesh.workflows.takeover`)."""
+    without Helm are adopted (`kymamesh.workflows.takeover`); `ahead(stage)`: phase 2's
+    steps that need no more than `stage` (`kymamesh.steps.base.STAGES`), run in a thread
+    beside phase 1's waits: once istiod's release is written, while istiod starts; once
+    istiod answers, while the next releases install."""
     release = the_release(ctx)
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
@@ -999,16 +1014,75 @@ def run_phase_charts(
         ctx.before_write()
         plans = plan_releases(ctx, inputs, stack, rows, revision_based)  # again, under the lock
     ctx.result.notes.extend(behaviour_notes(release, plans))
-    for plan in plans:
-        label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
-        item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
-        phase.items.append(item)
-        with ctx.progress.track(item, label):
-            _run_release(ctx, plan, item, namespace, take_over)
+    beside = Beside(None if ctx.options.dry_run else ahead)
+    with beside:
+        for plan in plans:
+            label = f"{plan.row.release} ({plan.chart.name} {plan.chart.version})"
+            item = ItemResult(name=plan.row.release, outcome=Outcome.UNCHANGED)
+            phase.items.append(item)
+            if plan.needed and plan.row.chart != "base" and beside.reached(ONCE_CONFIG_WRITTEN):
+                beside.start(ONCE_ISTIOD_ANSWERS)  # istiod answers: beside the next release
+            with ctx.progress.track(item, label):
+                _run_release(ctx, plan, item, namespace, take_over, beside)
+
+
+class Beside:
+    """Phase 2's steps run ahead (`run_phase_charts`'s `ahead`), one stage at a time in a
+    thread of their own; leaving the block waits for the last, then raises what it raised
+    (unless the block raised first: its error is the one to tell)."""
+
+    def __init__(self, ahead: Callable[[str], None] | None) -> None:
+        self._ahead = ahead
+        self._stages: list[str] = []
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def reached(self, stage: str) -> bool:
+        return stage in self._stages
+
+    def start(self, stage: str) -> None:
+        """Run the steps of `stage` beside what follows (after the stage before ended)."""
+        if self._ahead is None or stage in self._stages:
+            return
+        self.join()
+        self._stages.append(stage)
+        ahead = self._ahead
+
+        def run() -> None:
+            try:
+                ahead(stage)
+            except BaseException as exc:  # raised in the caller's thread by join()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"kymamesh-{stage}", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def __enter__(self) -> Beside:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        if exc is None:
+            self.join()
+            return
+        with contextlib.suppress(BaseException):
+            self.join()
 
 
 def _run_release(
-    ctx: RunContext, plan: PlannedRelease, item: ItemResult, namespace: str, take_over: bool
+    ctx: RunContext,
+    plan: PlannedRelease,
+    item: ItemResult,
+    namespace: str,
+    take_over: bool,
+    beside: Beside | None = None,
 ) -> None:
     from kymamesh.workflows import takeover
 
@@ -1051,6 +1125,8 @@ def _run_release(
         item.changes += takeover.hand_over(ctx, plan.row.release, namespace)
     item.outcome = Outcome.CHANGED
     item.summary = "; ".join(plan.reasons)
+    if beside is not None and plan.row.chart == "istiod":
+        beside.start(ONCE_CONFIG_WRITTEN)  # istiod's ConfigMaps are there: while it starts
     _wait_ready(ctx, plan, namespace, changed=True)
 
 
