@@ -2,7 +2,9 @@
 
 `kymamesh(...)` runs the real entry point against the test cluster; `ensure_istio`
 installs the fixture charts once (a re-run of `install` is cheap and converges);
-`run_steps` runs chosen patch steps in-process, for focused step tests.
+`run_steps` runs chosen patch steps in-process, for focused step tests; `KILLER` is a
+kymamesh that kills itself right after its N-th write (the killed-run tests of patch and
+mesh join).
 """
 
 from __future__ import annotations
@@ -20,6 +22,34 @@ from kymamesh.workflows import patching
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ROOT / "tests" / "fixtures" / "charts"
 ADDONS = ROOT / "tests" / "fixtures" / "addons"
+
+# Runs the real CLI, SIGKILLing itself right after its N-th write that is not the lock
+# Lease has returned: an interruption at an exact point between two writes.
+KILLER = """
+import os, signal, sys
+from kymamesh.adapters import cluster as c
+
+limit = int(os.environ["KYMAMESH_TEST_KILL_AFTER"])
+count = [0]
+
+def wrap(name):
+    original = getattr(c.Cluster, name)
+    def method(self, target, *args, **kwargs):
+        result = original(self, target, *args, **kwargs)
+        kind = target.kind if isinstance(target, c.Ref) else target.get("kind")
+        if kind != "Lease":
+            count[0] += 1
+            if count[0] >= limit:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    setattr(c.Cluster, name, method)
+
+for name in ("apply", "create", "replace", "merge_patch", "delete"):
+    wrap(name)
+sys.argv = ["kymamesh", *sys.argv[1:]]
+from kymamesh.cli.app import main
+main()
+"""
 
 
 def kymamesh(cluster: Any, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

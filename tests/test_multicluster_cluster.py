@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tests.conftest import TestCluster, _start
 from tests.support_lifecycle import CHARTS, ROOT, get, kymamesh
+from tests.support_patch import KILLER
 
 # the joined clusters run Istio 1.31: an istiod before 1.30.4 drops a peer's Services when
 # the peer's remote secret changes, so `mesh rotate` refuses it
@@ -671,35 +672,6 @@ def test_join_two_clusters_on_two_networks(mesh: dict[str, Any]) -> None:
         install_member(west, "mesh1", "west", mesh["root"], network="net1")
 
 
-# A `mesh join` killed (SIGKILL) after its Nth write to any cluster (the lock's Leases aside):
-# the real entry point, with the cluster adapter's write methods counting.
-JOIN_KILLER = """
-import os, signal, sys
-from kymamesh.adapters import cluster as c
-
-limit = int(os.environ["KYMAMESH_TEST_KILL_AFTER"])
-count = [0]
-
-def wrap(name):
-    original = getattr(c.Cluster, name)
-    def method(self, target, *args, **kwargs):
-        result = original(self, target, *args, **kwargs)
-        kind = target.kind if isinstance(target, c.Ref) else target.get("kind")
-        if kind != "Lease":
-            count[0] += 1
-            if count[0] >= limit:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return result
-    setattr(c.Cluster, name, method)
-
-for name in ("apply", "create", "replace", "merge_patch", "delete"):
-    wrap(name)
-sys.argv = ["kymamesh", *sys.argv[1:]]
-from kymamesh.cli.app import main
-main()
-"""
-
-
 def join_state(*clusters: TestCluster) -> list[list[str]]:
     """What a join leaves in each cluster (`_join_objects`), the random suffix of each token
     Secret aside."""
@@ -726,7 +698,7 @@ def test_killed_join_converges(mesh: dict[str, Any], kill_after: int) -> None:
     assert join_state(east, west) == [[], []]
 
     killed = subprocess.run(
-        [sys.executable, "-c", JOIN_KILLER, *args],
+        [sys.executable, "-c", KILLER, *args],
         cwd=ROOT,
         env={
             **east.env,

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from tests.support_patch import KILLER
+
 if TYPE_CHECKING:
     from tests.conftest import TestCluster
 
@@ -95,34 +97,6 @@ metadata: {name: one-workload, namespace: istio-system}
 spec:
   selector: {matchLabels: {app: legacy}}
   mtls: {mode: DISABLE}
-"""
-
-# Runs the real CLI, SIGKILLing itself right after its N-th write that is not the lock
-# Lease has returned: an interruption at an exact point between two writes.
-KILLER = """
-import os, signal, sys
-from kymamesh.adapters import cluster as c
-
-limit = int(os.environ["KYMAMESH_TEST_KILL_AFTER"])
-count = [0]
-
-def wrap(name):
-    original = getattr(c.Cluster, name)
-    def method(self, target, *args, **kwargs):
-        result = original(self, target, *args, **kwargs)
-        kind = target.kind if isinstance(target, c.Ref) else target.get("kind")
-        if kind != "Lease":
-            count[0] += 1
-            if count[0] >= limit:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return result
-    setattr(c.Cluster, name, method)
-
-for name in ("apply", "create", "replace", "merge_patch", "delete"):
-    wrap(name)
-sys.argv = ["kymamesh", *sys.argv[1:]]
-from kymamesh.cli.app import main
-main()
 """
 
 
