@@ -99,9 +99,10 @@ def _load() -> str:
     return f"load {os.getloadavg()[0]:.1f}"
 
 
-def _measure(fresh, tc, argv: list[str], env: dict[str, str]) -> str:  # type: ignore[no-untyped-def]
+def _measure(fresh, tc, argv: list[str], env: dict[str, str], extra=None) -> str:  # type: ignore[no-untyped-def]
     """Time, kymamesh's own CPU, the test cluster's CPU meanwhile (the API server and the
-    controllers run on the same machine), requests, peak memory and the load average."""
+    controllers run on the same machine), requests, peak memory and the load average;
+    `extra(measured)`: more of the run's figures, shown before the load."""
     log = fresh.log
     mark = log.mark()
     cluster_cpu = cluster_cpu_seconds(fresh.directory)
@@ -112,7 +113,7 @@ def _measure(fresh, tc, argv: list[str], env: dict[str, str]) -> str:  # type: i
     return (
         f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU, cluster "
         f"{cluster_cpu:.2f} s CPU), {writes} writes, {reads} reads, "
-        f"peak {measured.peak_mib:.0f} MiB, {_load()}"
+        f"peak {measured.peak_mib:.0f} MiB, " + (f"{extra(measured)}, " if extra else "") + _load()
     )
 
 
@@ -318,18 +319,9 @@ def _restarts(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-
             argv = kymamesh(
                 "patch", "--restart-proxies", "--restart-batch", args.batch, "-y", "-o", "json"
             )
-            mark = log.mark()
-            cluster_cpu = cluster_cpu_seconds(fresh.directory)
-            measured = run(argv, env)
-            cluster_cpu = cluster_cpu_seconds(fresh.directory) - cluster_cpu
-            writes = log.writes_since(mark).total
-            reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
+            shown = _measure(fresh, tc, argv, env, lambda m: f"{_planned(m.stdout)} restarted")
             print(
-                f"restarting {size} outdated Deployments in batches of {args.batch}: "
-                f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU, cluster "
-                f"{cluster_cpu:.2f} s CPU), {writes} writes, "
-                f"{reads} reads, peak {measured.peak_mib:.0f} MiB, "
-                f"{_planned(measured.stdout)} restarted, {_load()}",
+                f"restarting {size} outdated Deployments in batches of {args.batch}: {shown}",
                 flush=True,
             )
 
