@@ -460,6 +460,9 @@ class FakeCluster:
         if self.lock_lost:
             raise LockLostError("the fake's lock was lost: no further write may reach the API")
 
+    def fence(self) -> None:
+        self.check_lock()
+
     def close(self) -> None:
         pass
 

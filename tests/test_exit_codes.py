@@ -302,3 +302,27 @@ def test_a_malformed_settings_configmap_is_a_precondition(text: str, found: str)
     assert found in err.value.message
     assert err.value.hint and "delete configmap kymamesh-settings" in err.value.hint
     assert settings._parse({"data": {settings.KEY: "steps: {}\n"}}, "istio-system") == {}
+
+
+def test_the_lock_check_before_a_write_keeps_writes_made_meanwhile() -> None:
+    """A run that holds the lock checks it before each write; a write another thread makes
+    during that check stays counted (`writes_started` tells a refusal from a failure after
+    writes)."""
+    from kymamesh.context import Options, RunContext
+    from kymamesh.output import Progress, Result
+
+    class Adapter:
+        writes = 0
+
+        def fence(self) -> None:
+            self.writes += 1  # another thread's write, made while this one checks the lock
+
+        check_lock = fence
+
+    ctx = RunContext(
+        options=Options(), result=Result(command="patch"), progress=Progress(quiet=True)
+    )
+    ctx._cluster = Adapter()  # type: ignore[assignment]
+    ctx._locked = True
+    ctx.before_write()
+    assert ctx.writes_started

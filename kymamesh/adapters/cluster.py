@@ -1000,6 +1000,11 @@ class Cluster:
         if self._snapshot is not None:
             self._snapshot = None  # a write ends the snapshot
             self._remembered = None
+        self.fence()
+
+    def fence(self) -> None:
+        """The lock check alone, before a write is made (no write is counted): raise
+        LockLostError when this run took the lock and no longer holds it."""
         self._lock.check()
 
     def lock(
