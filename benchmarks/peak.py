@@ -2,7 +2,8 @@
 
     python benchmarks/peak.py ARGS...
 
-When the command ends, however it ends, writes this process's peak resident set in KiB
+When the command ends, however it ends (its exit runs the atexit handlers, then ends the
+process at once: see `kymamesh.cli.end`), writes this process's peak resident set in KiB
 (`VmHWM` of /proc/self/status) to the file named by KYMAMESH_BENCH_MEMORY. VmHWM belongs
 to the address space made at exec, so unlike `getrusage`'s ru_maxrss it does not include
 what the parent process had resident when it started this one. The exit code is the
@@ -11,6 +12,7 @@ command's.
 
 from __future__ import annotations
 
+import atexit
 import os
 import runpy
 import sys
@@ -28,10 +30,8 @@ def _report() -> None:
 
 def main() -> None:
     sys.argv = ["kymamesh", *sys.argv[1:]]
-    try:
-        runpy.run_module("kymamesh", run_name="__main__", alter_sys=True)
-    finally:
-        _report()
+    atexit.register(_report)
+    runpy.run_module("kymamesh", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

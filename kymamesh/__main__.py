@@ -1,3 +1,3 @@
-from kymamesh.cli import main
+from kymamesh.cli import entry
 
-main()
+entry()
