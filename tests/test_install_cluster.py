@@ -339,3 +339,20 @@ def test_install_over_foreign_istiod_is_refused_with_zero_writes(fresh_cluster: 
     assert "made by something other than Helm" in doc["errors"][0]["message"]
     assert "patch --existing-istio" in doc["errors"][0]["hint"]
     assert writes.total == 0
+
+
+def test_helm_too_old_is_refused_before_any_write(fresh_cluster: Any, tmp_path: Path) -> None:
+    """helm's version is read in a thread beside the install's first checks; a helm too
+    old is still refused before the first write, with its own error and exit code 3."""
+    c = fresh_cluster()
+    old = tmp_path / "helm"
+    old.write_text("#!/bin/sh\nprintf v3.10.2\n")
+    old.chmod(0o755)
+    with c.audit.counting() as writes:
+        code, doc, _ = kymamesh(c, "install", "--charts-dir", str(CHARTS), "--helm", str(old), "-y")
+    assert code == 3
+    error = doc["errors"][0]
+    assert error["code"] == "helm-missing"
+    assert f"helm at {old} is 3.10.2; kymamesh needs Helm 4 or 3.18+" in error["message"]
+    assert writes.total == 0
+    assert not helm_releases(c)

@@ -368,8 +368,7 @@ class Helm:
             ) from None
         if client.version.major < 3 or (client.version.major == 3 and client.version.minor < 18):
             raise HelmMissingError(
-                f"helm at {self.executable} is {client.version}; kymamesh needs Helm 4 "
-                "or 3.18+",
+                f"helm at {self.executable} is {client.version}; kymamesh needs Helm 4 or 3.18+",
                 hint="install a newer Helm and pass --helm PATH",
             )
         return command, client

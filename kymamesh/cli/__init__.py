@@ -43,7 +43,7 @@ def end(code: object) -> NoReturn:
         t is not threading.current_thread() and not t.daemon and t.is_alive()
         for t in threading.enumerate()
     ):
-        sys.exit(code)
+        raise SystemExit(code)
     if code is None:
         status = 0
     elif isinstance(code, int):
