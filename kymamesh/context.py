@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kymamesh.errors import ConfirmationRequiredError, KymameshError
+from kymamesh.errors import ConfirmationRequiredError
 from kymamesh.output import Progress, Result
 
 if TYPE_CHECKING:
@@ -84,15 +84,6 @@ class RunContext:
                 output=_helm_line if self.options.verbose else None,
             )
         return self._helm
-
-    def check_helm_soon(self) -> None:
-        """Start checking helm (`Helm.check_soon`) while the run goes on. A helm binary
-        that cannot be found is told where helm is first used, as without this."""
-        try:
-            helm = self.helm
-        except KymameshError:
-            return
-        helm.check_soon()
 
     def _release_secrets(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         """Helm's release records are Secrets: the helm adapter reads them through the API."""

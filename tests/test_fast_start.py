@@ -1,6 +1,5 @@
-"""What a fresh install does beside, or skips, to start and end sooner, without changing
-what it reports: the executable's exit without the interpreter's tear-down
-(`kymamesh.cli.end`), and helm's version checked in a thread (`Helm.check_soon`)."""
+"""The executable's exit without the interpreter's tear-down (`kymamesh.cli.end`): what
+anyone can see of an exit (atexit handlers, flushed output, the exit code) is as before."""
 
 from __future__ import annotations
 
@@ -10,17 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from kymamesh.adapters.helm import Helm
-from kymamesh.errors import HelmMissingError
-
 
 def _python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
-
-
-# -- the exit -------------------------------------------------------------------------
 
 
 def test_end_runs_the_atexit_handlers_flushes_and_keeps_the_exit_code() -> None:
@@ -62,6 +55,22 @@ def test_end_waits_for_a_thread_that_is_no_daemon() -> None:
     assert (run.returncode, run.stdout) == (4, "thread done\n")
 
 
+def test_under_a_profiler_end_returns_to_it() -> None:
+    """`python -m cProfile -m kymamesh ...` still writes its profile: `end` raises
+    SystemExit for the profiler's own code to see."""
+    run = _python(
+        "import sys\n"
+        "from kymamesh.cli import end\n"
+        "sys.setprofile(lambda *a: None)\n"
+        "try:\n"
+        "    end(6)\n"
+        "except SystemExit as exc:\n"
+        "    sys.setprofile(None)\n"
+        "    print('returned', exc.code)\n"
+    )
+    assert (run.returncode, run.stdout) == (0, "returned 6\n")
+
+
 def test_the_module_and_the_executable_end_through_entry() -> None:
     main = (Path(__file__).resolve().parent.parent / "kymamesh" / "__main__.py").read_text()
     assert "entry()" in main
@@ -73,78 +82,3 @@ def test_the_module_and_the_executable_end_through_entry() -> None:
     )
     assert run.returncode == 2
     assert "error: No such option: --bogus" in run.stderr
-
-
-# -- helm's version, checked in a thread ---------------------------------------------------
-
-
-def _fake_helm(tmp_path: Path, version: str, status: int = 0) -> tuple[str, Path]:
-    """A helm that answers `helm version` with `version` (and exits `status`), and counts
-    how often it ran."""
-    calls = tmp_path / "calls"
-    helm = tmp_path / "helm"
-    helm.write_text(f"#!/bin/sh\necho run >> {calls}\nprintf '%s' '{version}'\nexit {status}\n")
-    helm.chmod(0o755)
-    return str(helm), calls
-
-
-def _refusal(helm: Helm) -> str:
-    with pytest.raises(HelmMissingError) as caught:
-        helm.check()
-    return caught.value.message
-
-
-@pytest.mark.parametrize(
-    ("version", "status", "says"),
-    [
-        ("v3.10.2", 0, "is 3.10.2; kymamesh needs Helm 4 or 3.18+"),
-        ("", 1, "cannot run helm at"),
-        ("not a version", 0, "cannot run helm at"),
-    ],
-)
-def test_a_helm_refused_in_the_thread_is_refused_by_check_as_without_it(
-    tmp_path: Path, version: str, status: int, says: str
-) -> None:
-    executable, _ = _fake_helm(tmp_path, version, status)
-    soon = Helm(executable, None, None)
-    soon.check_soon()
-    told = _refusal(soon)
-    assert says in told
-    assert told == _refusal(Helm(executable, None, None))
-    assert _refusal(soon) == told  # and again on the next use (helm run again, as before)
-
-
-def test_a_good_helm_is_run_once_for_its_version(tmp_path: Path) -> None:
-    executable, calls = _fake_helm(tmp_path, "v4.0.1")
-    helm = Helm(executable, None, None)
-    helm.check_soon()
-    helm.check_soon()
-    helm.check()
-    assert helm.version == "4.0.1"
-    helm.check_soon()  # known already: nothing more runs
-    helm.check()
-    assert calls.read_text().count("run") == 1
-
-
-def test_a_check_never_waited_for_leaves_the_error_of_the_run(tmp_path: Path) -> None:
-    """`install` with a helm too old and no cluster to reach: the cluster's error, exit 3,
-    as when helm was only checked before the first write."""
-    executable, _ = _fake_helm(tmp_path, "v3.10.2")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: dead\n"
-        "clusters: [{name: dead, cluster: {server: 'https://127.0.0.1:9'}}]\n"
-        "users: [{name: u, user: {token: x}}]\n"
-        "contexts: [{name: dead, context: {cluster: dead, user: u}}]\n"
-    )
-    charts = Path(__file__).resolve().parent / "fixtures" / "charts"
-    run = subprocess.run(
-        [sys.executable, "-m", "kymamesh", "install", "--charts-dir", str(charts), "-y"],
-        env={"PATH": "/usr/bin:/bin", "KUBECONFIG": str(kubeconfig), "KYMAMESH_HELM": executable},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 3, run.stderr
-    assert "cannot reach the Kubernetes API at https://127.0.0.1:9" in run.stderr
-    assert "Helm" not in run.stderr

@@ -342,8 +342,8 @@ def test_install_over_foreign_istiod_is_refused_with_zero_writes(fresh_cluster: 
 
 
 def test_helm_too_old_is_refused_before_any_write(fresh_cluster: Any, tmp_path: Path) -> None:
-    """helm's version is read in a thread beside the install's first checks; a helm too
-    old is still refused before the first write, with its own error and exit code 3."""
+    """A helm too old is refused before the first write, with its own error and exit
+    code 3."""
     c = fresh_cluster()
     old = tmp_path / "helm"
     old.write_text("#!/bin/sh\nprintf v3.10.2\n")

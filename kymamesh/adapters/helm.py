@@ -30,12 +30,11 @@ import re
 import shutil
 import tarfile
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -260,30 +259,6 @@ def _helm_message(exc: BaseException) -> str:
     return text or str(exc)
 
 
-class _Soon(Generic[T]):
-    """`call()` run in a thread of its own from now on; `result()` waits for it and returns
-    what it returned, or raises what it raised."""
-
-    def __init__(self, call: Callable[[], T], name: str) -> None:
-        self._value: T | None = None
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self._value = call()
-            except BaseException as exc:  # raised in the caller's thread by result()
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name=name, daemon=True)
-        self._thread.start()
-
-    def result(self) -> T:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
-
-
 @dataclass
 class _Attempt:
     """One attempt of a helm upgrade: the revision it makes, and the value of its label."""
@@ -332,46 +307,38 @@ class Helm:
         self._drop = drop_release_secret if self._secrets is not None else None
         self._client_: Any = None
         self._command_: Any = None
-        self._client_lock = threading.Lock()
-        self._client_soon: _Soon[tuple[Any, Any]] | None = None  # see check_soon
         self._handles: dict[str, Any] = {}
         self._downloads: Path | None = None  # oci:// charts fetched over plain HTTP
 
     @property
     def _client(self) -> Any:
-        """The pyhelm3 client, made (and helm's version checked) on first use, or by the
-        thread `check_soon` started."""
-        with self._client_lock:
-            if self._client_ is None:
-                soon, self._client_soon = self._client_soon, None
-                command, client = soon.result() if soon is not None else self._new_client()
-                self._command_ = command
-                self._client_ = client
-            return self._client_
+        """The pyhelm3 client, made (and helm's version checked) on first use."""
+        if self._client_ is None:
+            from pyhelm3 import Client, Command
 
-    def _new_client(self) -> tuple[Any, Any]:
-        """pyhelm3's command layer and client; raises HelmMissingError when helm cannot run
-        or is older than 3.18 (it runs `helm version`)."""
-        from pyhelm3 import Client, Command
-
-        command = Command(
-            executable=self._run_as,
-            kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
-            kubecontext=self._context,
-        )
-        try:
-            client = Client(command, executable=self._run_as)
-        except Exception as exc:
-            raise HelmMissingError(
-                f"cannot run helm at {self.executable}: {exc}",
-                hint="use a Helm 4 (or 3.18+) release build",
-            ) from None
-        if client.version.major < 3 or (client.version.major == 3 and client.version.minor < 18):
-            raise HelmMissingError(
-                f"helm at {self.executable} is {client.version}; kymamesh needs Helm 4 or 3.18+",
-                hint="install a newer Helm and pass --helm PATH",
+            command = Command(
+                executable=self._run_as,
+                kubeconfig=Path(self._kubeconfig) if self._kubeconfig else None,
+                kubecontext=self._context,
             )
-        return command, client
+            try:
+                client = Client(command, executable=self._run_as)
+            except Exception as exc:
+                raise HelmMissingError(
+                    f"cannot run helm at {self.executable}: {exc}",
+                    hint="use a Helm 4 (or 3.18+) release build",
+                ) from None
+            if client.version.major < 3 or (
+                client.version.major == 3 and client.version.minor < 18
+            ):
+                raise HelmMissingError(
+                    f"helm at {self.executable} is {client.version}; kymamesh needs Helm 4 "
+                    "or 3.18+",
+                    hint="install a newer Helm and pass --helm PATH",
+                )
+            self._command_ = command
+            self._client_ = client
+        return self._client_
 
     @property
     def _command(self) -> Any:
@@ -383,14 +350,6 @@ class Helm:
     def check(self) -> None:
         """Refuse a helm binary that cannot run or is too old (before the first write)."""
         self._client  # noqa: B018
-
-    def check_soon(self) -> None:
-        """Start `check` in a thread: helm runs (`helm version`) while the caller goes on;
-        `check`, or the first use of helm, waits for it and raises what it found, where
-        it would have raised without this."""
-        with self._client_lock:
-            if self._client_ is None and self._client_soon is None:
-                self._client_soon = _Soon(self._new_client, "kymamesh-helm-check")
 
     @property
     def version(self) -> str:

@@ -33,15 +33,21 @@ def end(code: object) -> NoReturn:
     interpreter's own exit does that anyone can see (atexit handlers, the output flushed,
     the exit code) is done, but not the tear-down of every module and object of the
     libraries loaded, a fifth of a second of a fresh install. While a thread that is no
-    daemon still runs, the interpreter's own exit (which waits for it) is taken instead."""
+    daemon still runs, the interpreter's own exit (which waits for it) is taken instead,
+    and so it is under a profiler or tracer (`python -m cProfile`, coverage), which
+    writes what it found once the program returns."""
     import atexit
     import os
     import sys
     import threading
 
-    if any(
-        t is not threading.current_thread() and not t.daemon and t.is_alive()
-        for t in threading.enumerate()
+    if (
+        sys.getprofile() is not None
+        or sys.gettrace() is not None
+        or any(
+            t is not threading.current_thread() and not t.daemon and t.is_alive()
+            for t in threading.enumerate()
+        )
     ):
         raise SystemExit(code)
     if code is None:

@@ -466,7 +466,6 @@ def install(
     releases (`kymamesh.workflows.takeover`)."""
     from kymamesh.workflows import patching, takeover
 
-    ctx.check_helm_soon()  # `helm version` runs beside the checks below (helm.check waits)
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
     ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
     specs = patching.patch_list_for(ctx, given, reset=reset)
