@@ -25,7 +25,10 @@ Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
   ConfigMap last changed (`kymamesh.istio.meshview`). An istiod that rejected the ConfigMap
   ("invalid mesh config, using last known state"), runs other values than it holds, or
   cannot be asked makes the mesh unhealthy; a difference within the two minutes a
-  changed ConfigMap takes to reach a Pod is advice.
+  changed ConfigMap takes to reach a Pod is advice;
+- no change of root is under way (Secret cacerts marked by `install --ca DIR
+  --restart-proxies` and not cleared: a run stopped before every workload moved to the
+  new root, so workloads of the two roots do not trust each other; `kymamesh.identity.meshca`).
 
 Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
@@ -54,7 +57,7 @@ from kymamesh.adapters.cluster import Cluster, Obj
 from kymamesh.adapters.helm import DeployedRelease
 from kymamesh.context import RunContext
 from kymamesh.errors import ExitCode, IstiodUnreachableError, KymameshError
-from kymamesh.identity import meshidentity
+from kymamesh.identity import meshca, meshidentity
 from kymamesh.istio import inventory as inv
 from kymamesh.istio import meshview, sidecars
 from kymamesh.istio.controlplane import (
@@ -362,6 +365,8 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         for m in running_mesh_configs(cluster, istiods)
     ]
     problems += [line for m in running if (line := m.problem())]
+    if istiods and (root_change := meshca.unfinished(cluster, namespace)):
+        problems.append(f"shared trust: {root_change}")
     identity = identity_state(ctx, specs) if istiods else None
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
