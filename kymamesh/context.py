@@ -36,6 +36,8 @@ class Options:
 
 @dataclass
 class RunContext:
+    """One command's run: what every command shares, and nothing only some need."""
+
     options: Options
     result: Result
     progress: Progress
