@@ -1,5 +1,9 @@
 """What every command shares: options, the lazily made cluster and helm adapters,
-the lock taken before the first write, confirmations, progress and the result."""
+the lock taken before the first write, confirmations, progress and the result.
+
+Nothing more: what only some commands need is handed to them explicitly by the workflow
+that needs it (the patch's inputs, `kymamesh.workflows.patching.PatchInputs`; phase 1's
+release and charts, `kymamesh.workflows.pipeline.ChartRun`)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kymamesh.errors import ConfirmationRequiredError
@@ -15,9 +18,7 @@ from kymamesh.output import Progress, Result
 
 if TYPE_CHECKING:
     from kymamesh.adapters.cluster import Cluster
-    from kymamesh.adapters.helm import Helm, LoadedChart
-    from kymamesh.istio.controlplane import ControlPlane
-    from kymamesh.istio.release import IstioRelease
+    from kymamesh.adapters.helm import Helm
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Options:
 
 @dataclass
 class RunContext:
+    """One command's run: what every command shares, and nothing only some need."""
+
     options: Options
     result: Result
     progress: Progress
@@ -44,21 +47,6 @@ class RunContext:
     _stack: ExitStack = field(default_factory=ExitStack)
     _locked: bool = False
     _helm_writes: int = 0
-    # the patch settings to remember after a successful patch (see kymamesh.settings)
-    patch_settings: dict[str, dict[str, Any]] | None = None
-    # the patch settings remembered from the former run, before this run's were merged in
-    remembered_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # the control plane `install` makes (from the istiod values), for steps run before it exists
-    planned_control_plane: ControlPlane | None = None
-    # --charts-dir, for the releases the patch installs (Dex)
-    charts_dir: Path | None = None
-    # the Istio release phase 1 installs (from --istio, or the charts' own version), and the
-    # charts loaded for it, each once per run
-    release: IstioRelease | None = None
-    loaded_charts: dict[str, LoadedChart] = field(default_factory=dict)
-    # secret values the identity file had read from files or the environment: for this run's
-    # steps only, never remembered or shown
-    secret_values: dict[str, str] = field(default_factory=dict)
 
     @property
     def cluster(self) -> Cluster:

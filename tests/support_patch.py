@@ -94,9 +94,10 @@ def run_steps(
     specs = [s for s in patching.load_patch_list(overrides) if s.name in names]
     options = Options(kubeconfig=str(cluster.kubeconfig), yes=True, dry_run=dry_run)
     ctx = RunContext(options=options, result=Result(command="patch"), progress=Progress(quiet=True))
+    inputs = patching.PatchInputs()
     with ctx.session():
-        patching.preflight(ctx, specs)
-        patching.run_patch(ctx, specs)
+        patching.preflight(ctx, inputs, specs)
+        patching.run_patch(ctx, inputs, specs)
     return ctx.result
 
 

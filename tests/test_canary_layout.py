@@ -68,13 +68,13 @@ def _ctx(*deployments: dict[str, Any], by: str = INSTALL_DESCRIPTION) -> RunCont
     ctx = RunContext(options=Options(), result=Result("install"), progress=Progress(quiet=True))
     ctx._cluster = FakeCluster([namespace, *deployments])  # type: ignore[assignment]
     ctx._helm = FakeHelm([_release(d, by) for d in deployments])  # type: ignore[assignment]
-    ctx.release = catalog().release(Version(1, 30, 3))  # the release these layouts install
     return ctx
 
 
 def _layout(ctx: RunContext, revision_based: bool) -> pipeline.ReleaseLayout:
     stack = pipeline.build_values(pipeline.ChartInputs(), pinned())
-    return pipeline.release_layout(ctx, stack, revision_based)
+    run = pipeline.ChartRun(catalog().release(Version(1, 30, 3)))  # the release these install
+    return pipeline.release_layout(ctx, run, stack, revision_based)
 
 
 def test_in_place_is_the_release_table() -> None:

@@ -176,23 +176,26 @@ def _context(server: str) -> RunContext:
 @pytest.mark.parametrize("server", ["1.31.9", "1.37.0", "v1.30.2+k3s1"])
 def test_kubernetes_outside_the_release_range_is_refused(server: str) -> None:
     ctx = _context(server)
+    run = pipeline.ChartRun()
     with pytest.raises(
         VersionGateError, match=r"Istio 1\.31 supports Kubernetes 1\.32 to 1\.36"
     ) as err:
-        pipeline.resolve_release(ctx, pipeline.ChartInputs(istio="1.31"))
+        pipeline.resolve_release(ctx, run, pipeline.ChartInputs(istio="1.31"))
     assert "--skip-version-check" in (err.value.hint or "")
-    assert ctx.release is not None  # chosen before the check; nothing was written
+    assert run.release is not None  # chosen before the check; nothing was written
 
 
 def test_skip_version_check_installs_anyway() -> None:
     ctx = _context("1.37.0")
     inputs = pipeline.ChartInputs(istio="1.30", skip_version_check=True)
-    assert str(pipeline.resolve_release(ctx, inputs).version) == "1.30.5"
+    assert str(pipeline.resolve_release(ctx, pipeline.ChartRun(), inputs).version) == "1.30.5"
 
 
 def test_the_release_carries_the_hub_and_notes_an_older_patch() -> None:
     ctx = _context("1.36.3")
-    release = pipeline.resolve_release(ctx, pipeline.ChartInputs(istio="1.30.3"), "mirror/istio")
+    release = pipeline.resolve_release(
+        ctx, pipeline.ChartRun(), pipeline.ChartInputs(istio="1.30.3"), "mirror/istio"
+    )
     assert release.hub == "mirror/istio"
     assert any("behind 1.30.5" in n for n in ctx.result.notes)
     source = pipeline.release_values(release, pipeline.ChartInputs())
@@ -203,14 +206,18 @@ def test_compatibility_version_must_be_offered() -> None:
     ctx = _context("1.36.3")
     with pytest.raises(UsageError, match=r"offers the behaviour of 1\.30, 1\.29"):
         pipeline.resolve_release(
-            ctx, pipeline.ChartInputs(istio="1.31", compatibility_version="1.28")
+            ctx,
+            pipeline.ChartRun(),
+            pipeline.ChartInputs(istio="1.31", compatibility_version="1.28"),
         )
     with pytest.raises(UsageError, match="offers the behaviour of none"):
         pipeline.resolve_release(
-            ctx, pipeline.ChartInputs(istio="1.30", compatibility_version="1.29")
+            ctx,
+            pipeline.ChartRun(),
+            pipeline.ChartInputs(istio="1.30", compatibility_version="1.29"),
         )
     inputs = pipeline.ChartInputs(istio="1.31", compatibility_version="1.30")
-    release = pipeline.resolve_release(ctx, inputs)
+    release = pipeline.resolve_release(ctx, pipeline.ChartRun(), inputs)
     values = pipeline.release_values(release, inputs).by_chart
     assert {chart: v.get("compatibilityVersion") for chart, v in values.items()} == {
         "istiod": "1.30",

@@ -182,7 +182,7 @@ def test_step_creates_self_signed_then_leaves_it_alone() -> None:
     cluster = FakeCluster()
     ctx = run_context(cluster)
     specs = tls_specs(domain=DOMAIN)
-    patching.run_patch(ctx, specs)
+    patching.run_patch(ctx, patching.PatchInputs(), specs)
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "changed", item
     assert f"new self-signed certificate for *.{DOMAIN}, valid until" in item.summary
@@ -204,7 +204,7 @@ def test_step_creates_self_signed_then_leaves_it_alone() -> None:
 
     writes = len(cluster.writes)
     again = run_context(cluster)
-    patching.run_patch(again, specs)
+    patching.run_patch(again, patching.PatchInputs(), specs)
     assert again.result.phases[0].items[0].outcome == "unchanged"
     assert len(cluster.writes) == writes
 
@@ -215,7 +215,7 @@ def test_step_renews_its_own_certificate_near_expiry() -> None:
     old = self_signed(DOMAIN, 10)
     cluster.add(secret_object(params, old, "self-signed"))
     ctx = run_context(cluster)
-    patching.run_patch(ctx, tls_specs(domain=DOMAIN))
+    patching.run_patch(ctx, patching.PatchInputs(), tls_specs(domain=DOMAIN))
     item = ctx.result.phases[0].items[0]
     assert "renewing: the live one expires on" in item.summary
     assert live_key(cluster) != old.key_pem
@@ -228,7 +228,7 @@ def test_step_keeps_a_foreign_certificate_near_expiry_and_says_so(tmp_path: Path
     cert, key = make_pair([f"*.{DOMAIN}"], not_after=NOW + timedelta(days=5), issuer_cn="A CA")
     cluster.add(secret_object(params, parse_pair(cert, key), "user"))
     ctx = run_context(cluster)
-    patching.run_patch(ctx, tls_specs(domain=DOMAIN))
+    patching.run_patch(ctx, patching.PatchInputs(), tls_specs(domain=DOMAIN))
     assert live_key(cluster) == key
     assert any("kymamesh did not make it" in n for n in ctx.result.notes)
     assert len([n for n in ctx.result.notes if "did not make it" in n]) == 1
@@ -239,21 +239,21 @@ def test_step_replaces_a_certificate_for_another_domain() -> None:
     params = TlsParams.of({"domain": "old.example"})
     cluster.add(secret_object(params, self_signed("old.example", 365), "self-signed"))
     ctx = run_context(cluster)
-    patching.run_patch(ctx, tls_specs(domain=DOMAIN))
+    patching.run_patch(ctx, patching.PatchInputs(), tls_specs(domain=DOMAIN))
     item = ctx.result.phases[0].items[0]
     assert "covers *.old.example, old.example, not *.example.com" in item.summary
 
 
 def test_user_pair_installed_and_dry_run_diff_is_redacted(tmp_path: Path) -> None:
     cluster = FakeCluster()
-    patching.run_patch(run_context(cluster), tls_specs(domain=DOMAIN))
+    patching.run_patch(run_context(cluster), patching.PatchInputs(), tls_specs(domain=DOMAIN))
     old_key = live_key(cluster)
     cert, key = make_pair([f"*.{DOMAIN}"], issuer_cn="Real CA")
     cert_file, key_file = write_pair(tmp_path, cert, key)
     specs = tls_specs(domain=DOMAIN, certFile=str(cert_file), keyFile=str(key_file))
 
     dry = run_context(cluster, dry_run=True)
-    patching.run_patch(dry, specs)
+    patching.run_patch(dry, patching.PatchInputs(), specs)
     item = dry.result.phases[0].items[0]
     assert item.outcome == "would-change"
     assert "(redacted)" in item.diff and "issuer: CN=Real CA" in item.diff
@@ -263,17 +263,17 @@ def test_user_pair_installed_and_dry_run_diff_is_redacted(tmp_path: Path) -> Non
     assert_no_key(rendered, old_key)
 
     ctx = run_context(cluster)
-    patching.run_patch(ctx, specs)
+    patching.run_patch(ctx, patching.PatchInputs(), specs)
     assert live_key(cluster) == key
     secret = cluster.get(Ref("v1", "Secret", "kyma-gateway-certs", "istio-system"))
     assert secret is not None and secret["metadata"]["annotations"][SOURCE_ANNOTATION] == "user"
     assert_no_key(ctx.result.render_json() + ctx.result.render_text(verbose=True), key)
 
     writes = len(cluster.writes)
-    patching.run_patch(run_context(cluster), specs)
+    patching.run_patch(run_context(cluster), patching.PatchInputs(), specs)
     assert len(cluster.writes) == writes
     # and without the flags the user's certificate stays
-    patching.run_patch(run_context(cluster), tls_specs(domain=DOMAIN))
+    patching.run_patch(run_context(cluster), patching.PatchInputs(), tls_specs(domain=DOMAIN))
     assert live_key(cluster) == key and len(cluster.writes) == writes
 
 
@@ -284,7 +284,7 @@ def test_bad_pair_is_refused_in_preflight(tmp_path: Path) -> None:
     ctx = run_context(cluster)
     specs = tls_specs(domain=DOMAIN, certFile=str(cert_file), keyFile=str(key_file))
     with pytest.raises(InvalidCertificateError, match="does not cover"):
-        patching.preflight(ctx, specs)
+        patching.preflight(ctx, patching.PatchInputs(), specs)
     assert cluster.writes == []
 
 
@@ -297,7 +297,7 @@ def test_params_are_checked() -> None:
 
 def test_gateway_falls_back_to_v1beta1() -> None:
     cluster = FakeCluster(served={("networking.istio.io/v1beta1", "Gateway")})
-    patching.run_patch(run_context(cluster), tls_specs(domain=DOMAIN))
+    patching.run_patch(run_context(cluster), patching.PatchInputs(), tls_specs(domain=DOMAIN))
     ref = Ref("networking.istio.io/v1beta1", "Gateway", "kyma-gateway", "kyma-system")
     assert cluster.get(ref) is not None
 
@@ -305,11 +305,13 @@ def test_gateway_falls_back_to_v1beta1() -> None:
 def test_gateway_kind_not_served_yet() -> None:
     cluster = FakeCluster(served=set())
     dry = run_context(cluster, dry_run=True)
-    patching.run_patch(dry, tls_specs(domain=DOMAIN))  # install --dry-run on a bare cluster
+    patching.run_patch(
+        dry, patching.PatchInputs(), tls_specs(domain=DOMAIN)
+    )  # install --dry-run on a bare cluster
     item = dry.result.phases[0].items[0]
     assert item.outcome == "would-change"
     assert "(after Istio's CRDs exist)" in item.summary
     ctx = run_context(cluster)
     with pytest.raises(PartialFailureError):
-        patching.run_patch(ctx, tls_specs(domain=DOMAIN))
+        patching.run_patch(ctx, patching.PatchInputs(), tls_specs(domain=DOMAIN))
     assert "does not serve Istio's Gateway kind" in ctx.result.phases[0].items[0].error

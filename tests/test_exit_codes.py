@@ -263,7 +263,7 @@ def test_a_bug_in_a_status_check_is_not_reported_as_unhealthy(
 ) -> None:
     from kymamesh.context import Options, RunContext
     from kymamesh.output import Progress, Result
-    from kymamesh.workflows.patching import load_patch_list
+    from kymamesh.workflows.patching import PatchInputs, load_patch_list
 
     ctx = RunContext(Options(), Result("status"), Progress(quiet=True))
     specs = load_patch_list({})[:1]
@@ -273,13 +273,13 @@ def test_a_bug_in_a_status_check_is_not_reported_as_unhealthy(
 
     monkeypatch.setattr(mesh, "check_all", buggy)
     with pytest.raises(TypeError):
-        mesh.check_steps(ctx, specs, istio_present=True)
+        mesh.check_steps(ctx, PatchInputs(), specs, istio_present=True)
 
     def refusing(*_: Any) -> Any:
         raise KymameshError("the step cannot tell")
 
     monkeypatch.setattr(mesh, "check_all", refusing)
-    [state] = mesh.check_steps(ctx, specs, istio_present=True)
+    [state] = mesh.check_steps(ctx, PatchInputs(), specs, istio_present=True)
     assert not state.applied and state.error == "the step cannot tell"
 
 

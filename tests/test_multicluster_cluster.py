@@ -834,12 +834,36 @@ def test_three_clusters_then_a_fourth(
             c.down(keep=True)
 
 
-def test_uninstall_leaves_the_mesh_first(mesh: dict[str, Any]) -> None:
+def _one_kubeconfig(path: Path, clusters: dict[str, TestCluster]) -> Path:
+    """One kubeconfig holding each cluster as a context of its name (as a user's own
+    kubeconfig holds several clusters), written to `path`; the first is current."""
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "clusters": [], "users": []}
+    merged["contexts"] = []
+    for name, c in clusters.items():
+        own = yaml.safe_load(Path(c.kubeconfig).read_text())
+        current = next(x for x in own["contexts"] if x["name"] == own["current-context"])
+        cluster = next(x for x in own["clusters"] if x["name"] == current["context"]["cluster"])
+        user = next(x for x in own["users"] if x["name"] == current["context"]["user"])
+        merged["clusters"].append({"name": name, "cluster": cluster["cluster"]})
+        merged["users"].append({"name": name, "user": user["user"]})
+        merged["contexts"].append({"name": name, "context": {"cluster": name, "user": name}})
+    merged["current-context"] = next(iter(clusters))
+    path.write_text(yaml.safe_dump(merged))
+    return path
+
+
+def test_uninstall_leaves_the_mesh_first(mesh: dict[str, Any], tmp_path: Path) -> None:
     """`uninstall --leave-mesh` on a joined cluster: without its peers named, refused with
     nothing written; with them, it leaves the mesh (nothing of the join left on either side),
-    then uninstalls. (The module's last test: east is uninstalled.)"""
+    then uninstalls. The join and the uninstall name the clusters as contexts of one
+    kubeconfig (`--context`, `--peer-context`). (The module's last test: east is
+    uninstalled.)"""
     east, west = mesh["east"], mesh["west"]
-    run = kymamesh(east, *join_args(east, west), "-o", "json", "--timeout", "180")
+    both = str(_one_kubeconfig(tmp_path / "both.kubeconfig", {"east": east, "west": west}))
+    run = kymamesh(
+        east, "mesh", "join", "--kubeconfig", both, "--context", "east", "--context", "west",
+        "-o", "json", "--timeout", "180",
+    )  # fmt: skip
     assert run.code == 0, str(run)
     assert _join_objects(east) and _join_objects(west)
 
@@ -860,8 +884,8 @@ def test_uninstall_leaves_the_mesh_first(mesh: dict[str, Any]) -> None:
     assert _join_objects(east) and _join_objects(west)
 
     done = kymamesh(
-        east, "uninstall", "-y", "--leave-mesh", "--peer-kubeconfig", str(west.kubeconfig),
-        "-o", "json", "--timeout", "180",
+        east, "uninstall", "-y", "--kubeconfig", both, "--context", "east", "--leave-mesh",
+        "--peer-context", "west", "-o", "json", "--timeout", "180",
     )  # fmt: skip
     assert done.code == 0, str(done)
     assert done.doc["data"]["leftMesh"] == {"left": "east", "peers": ["west"]}

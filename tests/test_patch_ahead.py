@@ -66,12 +66,12 @@ def run(monkeypatch: pytest.MonkeyPatch) -> Any:
     APPLIED.clear()
     FAILS_ONCE.clear()
     monkeypatch.setattr(patching, "step_kinds", lambda: KINDS)
-    monkeypatch.setattr(patching, "_remember_settings", lambda ctx: None)
+    monkeypatch.setattr(patching, "_remember_settings", lambda ctx, inputs: None)
     ctx = run_context(FakeCluster(), command="install")
     out = io.StringIO()
     ctx.progress = Progress(stream=out)
     specs = [patching.StepSpec(name, kind, {"name": name}) for name, kind in LIST]
-    return ctx, patching.PatchRun(ctx, specs), out
+    return ctx, patching.PatchRun(ctx, patching.PatchInputs(), specs), out
 
 
 def test_steps_run_ahead_by_stage_and_show_in_list_order(run: Any) -> None:

@@ -385,7 +385,7 @@ def proxies_spec(restart: bool) -> list[patching.StepSpec]:
 def test_step_lists_without_writing_by_default() -> None:
     cluster = mesh_with_old_sidecar()
     ctx = run_context(cluster)
-    patching.run_patch(ctx, proxies_spec(False))
+    patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(False))
     assert ctx.result.phases[0].items[0].outcome == "unchanged"
     assert cluster.writes == []
     assert len(ctx.result.notes) == 1
@@ -396,7 +396,7 @@ def test_step_lists_without_writing_by_default() -> None:
 def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
     cluster = mesh_with_old_sidecar()
     ctx = run_context(cluster)
-    patching.run_patch(ctx, proxies_spec(True))
+    patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "changed"
     assert item.changes == [
@@ -409,7 +409,9 @@ def test_step_restarts_on_request_and_does_not_restart_twice() -> None:
     assert [w for w in cluster.unlocked_writes if not w.startswith("create Namespace/")] == []
     writes = list(cluster.writes)
     again = run_context(cluster)
-    patching.run_patch(again, proxies_spec(True))  # the old Pod is still there: rollout under way
+    patching.run_patch(
+        again, patching.PatchInputs(), proxies_spec(True)
+    )  # the old Pod is still there: rollout under way
     assert cluster.writes == writes
     assert any("restart already under way" in n for n in again.result.notes)
 
@@ -432,7 +434,7 @@ def test_step_restarts_only_once_the_injector_gives_the_current_sidecar(
     slept: list[float] = []
     monkeypatch.setattr("kymamesh.waits.time.sleep", slept.append)
     ctx = run_context(cluster)
-    patching.run_patch(ctx, proxies_spec(True))
+    patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     assert ctx.result.phases[0].items[0].outcome == "changed"
     assert len(calls) == 4 and len(slept) == 1
     deployment = cluster.get(Ref("apps/v1", "Deployment", "app", "shop"))
@@ -446,7 +448,7 @@ def test_step_does_not_restart_while_the_injector_gives_an_old_sidecar() -> None
     ctx = run_context(cluster)
     ctx.options.timeout = 0.0
     with pytest.raises(errors.PartialFailureError):
-        patching.run_patch(ctx, proxies_spec(True))
+        patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "failed"
     assert "not restarted, because istiod's injector still gives an out-of-date sidecar" in (
@@ -460,7 +462,7 @@ def test_step_does_not_restart_workloads_whose_new_pods_would_get_no_sidecar() -
     cluster = mesh_with_old_sidecar()
     cluster.admit = None  # no injector: e.g. injection turned off for the namespace
     ctx = run_context(cluster)
-    patching.run_patch(ctx, proxies_spec(True))
+    patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     assert ctx.result.phases[0].items[0].outcome == "unchanged"
     assert [w for w in cluster.writes if "Deployment" in w] == []
     assert any("would get no sidecar at all" in n for n in ctx.result.notes)
@@ -470,7 +472,7 @@ def test_step_with_no_istio_does_nothing() -> None:
     cluster = FakeCluster()
     cluster.add(pod("app-1", image="istio/proxyv2:1.29.4"))
     ctx = run_context(cluster)
-    patching.run_patch(ctx, proxies_spec(True))
+    patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     assert cluster.writes == [] and ctx.result.notes == []
 
 
@@ -483,7 +485,7 @@ def test_step_does_not_restart_a_template_that_pins_the_old_image() -> None:
     }
     cluster.add(pinned)
     ctx = run_context(cluster)
-    patching.run_patch(ctx, proxies_spec(True))
+    patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     assert cluster.writes == []
     assert any("sets the istio-proxy image itself" in n for n in ctx.result.notes)
 
@@ -865,7 +867,7 @@ def test_bad_step_settings_are_refused_before_any_write(
     ctx = run_context(cluster)
     specs = patching.load_patch_list({"restart-proxies": {"restart": True, **params}})
     with pytest.raises(errors.UsageError) as refused:
-        patching.preflight(ctx, specs)
+        patching.preflight(ctx, patching.PatchInputs(), specs)
     assert problem in refused.value.message
     assert cluster.writes == []
 
@@ -933,7 +935,9 @@ def test_step_restarts_in_batches_in_order_and_leaves_opted_out_and_bare_pods() 
     cluster.add(pod("once-x", image="istio/proxyv2:1.29.4", owner=("Job", "once")))
     ctx = run_context(cluster)
     specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": 1}})
-    patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    patching.run_patch(
+        ctx, patching.PatchInputs(), [s for s in specs if s.name == "restart-proxies"]
+    )
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "changed", item
     assert [c.split(": ", 1)[0] for c in item.changes] == [
@@ -952,7 +956,9 @@ def test_step_restarts_in_batches_in_order_and_leaves_opted_out_and_bare_pods() 
 
     writes = list(cluster.writes)
     again = run_context(cluster)
-    patching.run_patch(again, [s for s in specs if s.name == "restart-proxies"])
+    patching.run_patch(
+        again, patching.PatchInputs(), [s for s in specs if s.name == "restart-proxies"]
+    )
     assert cluster.writes == writes  # the rollouts are under way: nothing restarted twice
 
 
@@ -968,7 +974,9 @@ def test_a_batch_whose_rollout_does_not_finish_stops_the_next_and_names_it() -> 
     ctx.options.timeout = 0.0
     specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": 1}})
     with pytest.raises(errors.PartialFailureError):
-        patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+        patching.run_patch(
+            ctx, patching.PatchInputs(), [s for s in specs if s.name == "restart-proxies"]
+        )
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "failed"
     assert (
@@ -985,7 +993,9 @@ def test_dry_run_shows_the_batches_and_writes_nothing() -> None:
     _old_pod_of(cluster, "kyma-system", "kyma-app")
     ctx = run_context(cluster, dry_run=True)
     specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": 1}})
-    patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    patching.run_patch(
+        ctx, patching.PatchInputs(), [s for s in specs if s.name == "restart-proxies"]
+    )
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "would-change"
     assert item.diff.splitlines() == [
@@ -1026,7 +1036,7 @@ def test_a_workload_whose_dry_run_pod_is_refused_is_not_restarted_and_named() ->
     ctx = run_context(cluster)
     ctx.options.timeout = 0.0
     with pytest.raises(errors.PartialFailureError):
-        patching.run_patch(ctx, proxies_spec(True))
+        patching.run_patch(ctx, patching.PatchInputs(), proxies_spec(True))
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "failed"
     assert (
@@ -1242,7 +1252,9 @@ def test_a_restart_in_batches_of_a_share(monkeypatch: pytest.MonkeyPatch) -> Non
     cluster = _many_outdated(19)  # and shop/app: 20 workloads
     ctx = run_context(cluster)
     specs = patching.load_patch_list({"restart-proxies": {"restart": True, "batchSize": "25%"}})
-    patching.run_patch(ctx, [s for s in specs if s.name == "restart-proxies"])
+    patching.run_patch(
+        ctx, patching.PatchInputs(), [s for s in specs if s.name == "restart-proxies"]
+    )
     item = ctx.result.phases[0].items[0]
     assert item.outcome == "changed", item
     assert len(item.changes) == 20

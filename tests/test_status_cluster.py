@@ -201,6 +201,41 @@ def test_status_on_a_partly_patched_install(cluster: Any) -> None:
     assert doc["exitCode"] == 0, doc["data"]["problems"]
 
 
+def test_status_names_a_change_of_root_not_finished(cluster: Any) -> None:
+    """A change of root stopped half-way (Secret cacerts still marked) leaves workloads on
+    the previous root, which the others no longer trust: status says so and how to finish."""
+    install(cluster)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "cacerts",
+            "namespace": NAMESPACE,
+            "annotations": {"kymamesh.io/root-change-since": "2026-12-01T10:00:00Z"},
+        },
+        "stringData": {"root-cert.pem": "not read by status"},
+    }
+    apply(cluster, json.dumps(secret))
+    try:
+        doc, writes = _status(cluster)
+        assert writes == 0
+        data = doc["data"]
+        assert doc["status"] == "unhealthy" and doc["exitCode"] == 7
+        assert data["state"] == "Error"
+        assert [p for p in data["problems"] if "change of root" in p] == [
+            "shared trust: a change of root begun 2026-12-01T10:00:00Z is not finished: "
+            "workloads may still hold certificates of the previous root; run `kymamesh "
+            "install --ca DIR --restart-proxies` with the same DIR to finish it"
+        ], data["problems"]
+        text = kymamesh(cluster, "status")
+        assert text.code == 7
+        assert "shared trust: a change of root begun 2026-12-01T10:00:00Z" in text.stdout
+    finally:
+        cluster.kubectl("delete", "secret", "cacerts", "-n", NAMESPACE, "--ignore-not-found")
+    doc, _ = _status(cluster)
+    assert doc["exitCode"] == 0, doc["data"]["problems"]
+
+
 def test_status_on_a_foreign_install(fresh_cluster: Any) -> None:
     """Plain `helm install` of the charts: reported, but not as kymamesh's; the patch is missing."""
     c = fresh_cluster()

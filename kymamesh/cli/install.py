@@ -98,7 +98,7 @@ def install(
     """Install Istio with security on, then apply the Kyma patch. A re-run converges."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh.workflows import pipeline
+        from kymamesh.workflows import patching, pipeline
 
         inputs = c.chart_inputs(
             charts_dir,
@@ -110,15 +110,17 @@ def install(
             compatibility_version=compatibility_version,
             skip_version_check=skip_version_check,
         )
+        patch_inputs = patching.PatchInputs(charts_dir=charts_dir)  # Dex's chart too
         given = p.patch_overrides(
             config, domain, tls_cert, tls_key, restart_proxies, restart_batch, hub
         )
-        p.add_identity(given, ctx, identity)
+        p.add_identity(given, patch_inputs, identity)
         p.add_mesh(given, ctx, mesh)
         p.add_mesh_identity(given, mesh_id, cluster_name, network)
         pipeline.install(
             ctx,
             inputs,
+            patch_inputs,
             given,
             reset=reset_settings,
             revision_based=revision_based,

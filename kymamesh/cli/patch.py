@@ -39,14 +39,16 @@ def patch(
     """Apply the Kyma patch to a running Istio. Checks it first; a re-run converges."""
 
     def body(ctx: RunContext) -> None:
-        from kymamesh.workflows import pipeline
+        from kymamesh.workflows import patching, pipeline
 
-        ctx.charts_dir = charts_dir
+        patch_inputs = patching.PatchInputs(charts_dir=charts_dir)
         given = p.patch_overrides(
             config, domain, tls_cert, tls_key, restart_proxies, restart_batch, hub
         )
-        p.add_identity(given, ctx, identity)
+        p.add_identity(given, patch_inputs, identity)
         p.add_mesh(given, ctx, mesh)
-        pipeline.adopt(ctx, given, reset=reset_settings, existing_istio=existing_istio)
+        pipeline.adopt(
+            ctx, patch_inputs, given, reset=reset_settings, existing_istio=existing_istio
+        )
 
     c.run_command("patch", options, body)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kymamesh.context import RunContext
 from kymamesh.errors import UsageError
+
+if TYPE_CHECKING:
+    from kymamesh.workflows.patching import PatchInputs
 
 PatchConfig = Annotated[
     Path | None,
@@ -238,9 +241,12 @@ def patch_overrides(
     return overrides
 
 
-def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: str | None) -> None:
+def add_identity(
+    given: dict[str, dict[str, Any]], patch_inputs: PatchInputs, identity: str | None
+) -> None:
     """`--identity FILE|none` as the parameters of step `identity`; the secrets the file
-    reads from files or the environment go to the run's context only (never remembered)."""
+    reads from files or the environment go to the run's `patch_inputs` only (never
+    remembered)."""
     from kymamesh.identity import dexfile as idn
 
     if identity is None:
@@ -250,7 +256,7 @@ def add_identity(given: dict[str, dict[str, Any]], ctx: RunContext, identity: st
         return
     params, values = idn.read_identity_file(Path(identity))
     given["identity"] = params
-    ctx.secret_values.update(values)
+    patch_inputs.secret_values.update(values)
 
 
 def add_mesh(given: dict[str, dict[str, Any]], ctx: RunContext, mesh: str | None) -> None:

@@ -35,11 +35,12 @@ def status(
         from kymamesh.workflows import status as mesh
 
         given = p.patch_overrides(config, domain, tls_cert, tls_key)
-        specs = patching.patch_list_for(ctx, given)  # unknown settings: before the cluster
+        patch_inputs = patching.PatchInputs()  # the remembered settings the steps are checked with
+        specs = patching.patch_list_for(ctx, patch_inputs, given)  # unknown settings: first
         # Checks as a dry run: a write by mistake fails loudly instead of happening.
         ctx.options.dry_run = True
         with ctx.cluster.snapshot():  # read-only: each object is asked for once
-            state = mesh.inspect(ctx, specs)
+            state = mesh.inspect(ctx, patch_inputs, specs)
         ctx.result.data = state.to_json()
         ctx.result.exit_code = mesh.exit_code(state)
         if ctx.options.output == c.OutputFormat.json:

@@ -573,13 +573,15 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     from kymamesh.workflows import patching
 
     stack = pipeline.build_values(inputs, pinned())  # bad values first, before the cluster
-    ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
-    specs = patching.patch_list_for(ctx, {}, reset=False)
+    run = pipeline.ChartRun()
+    patch_inputs = patching.PatchInputs(charts_dir=inputs.charts_dir)  # Dex's chart too
+    specs = patching.patch_list_for(ctx, patch_inputs, {}, reset=False)
     state, plan = _finish_plan(ctx)
     canary = _need_canary(state)
     found = istiod_version(canary.deployment) if canary.deployment else None
     release = pipeline.resolve_release(  # the canary's own Istio release
         ctx,
+        run,
         replace(inputs, istio=inputs.istio or (str(found) if found else None)),
         patching.image_hub(specs),
     )
@@ -589,14 +591,16 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     stack = pipeline.with_identity_values(stack, specs)  # mesh ID, cluster name, network
     pipeline.refuse_revision_value(stack, release)
     old = frozenset(p.revision for p in state.others)
-    layout = pipeline.release_layout(ctx, stack, revision_based=False, gone=old)
-    ctx.planned_control_plane = pipeline.planned_control_plane(layout.stack)
+    layout = pipeline.release_layout(ctx, run, stack, revision_based=False, gone=old)
+    patch_inputs.planned_control_plane = pipeline.planned_control_plane(layout.stack)
     # everything that can refuse, before the old revision goes: the charts (local or from
     # the repository), the version gate, helm itself, every patch step's preflight
-    planned = pipeline.plan_releases(ctx, inputs, layout.stack, layout.rows, revision_based=True)
+    planned = pipeline.plan_releases(
+        ctx, run, inputs, layout.stack, layout.rows, revision_based=True
+    )
     if plan.actions or any(p.needed for p in planned):
         ctx.helm.check()
-    patching.preflight(ctx, specs)
+    patching.preflight(ctx, patch_inputs, specs)
     if plan.actions and not ctx.options.dry_run:
         ctx.confirm(_question(ctx, plan))
         ctx.before_write()
@@ -605,8 +609,8 @@ def finish(ctx: RunContext, inputs: pipeline.ChartInputs) -> None:
     if not ctx.options.dry_run:
         for plane in state.others:  # removed now, or still terminating from an earlier run
             _wait_gone(ctx.cluster, plane.istiod_ref, ctx.options.timeout)
-    pipeline.run_phase_charts(ctx, inputs, layout.stack, layout.rows, revision_based=True)
-    patching.run_patch(ctx, specs)
+    pipeline.run_phase_charts(ctx, run, inputs, layout.stack, layout.rows, revision_based=True)
+    patching.run_patch(ctx, patch_inputs, specs)
     ctx.result.data["canary"] = read_state(ctx).to_json()
 
 

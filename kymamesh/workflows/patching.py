@@ -15,13 +15,19 @@ The runner applies the changes, then checks again to verify, and turns each step
 into an outcome: unchanged, changed (with a summary), would-change (dry run) or
 failed (with the reason). A failed step does not stop the steps after it; the
 command then exits with PARTIAL.
+
+What the patch works from besides the shared `RunContext` and the patch list (the
+remembered settings, `--charts-dir`, the identity file's secrets, the control plane
+`install` is about to make) is one `PatchInputs`, made by the command or workflow that
+patches and handed to each function here that needs it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kymamesh.context import RunContext
@@ -33,6 +39,28 @@ from kymamesh.resources import load_yaml, patches_dir
 from kymamesh.steps.base import STAGES, Change, Step, StepContext, StepKind
 
 PHASE_PATCH = "phase 2: Kyma patch"
+
+
+@dataclass
+class PatchInputs:
+    """What phase 2 works from besides the patch list and the `RunContext` every command
+    shares. Made by the command or workflow that patches (`install`, `patch`, `upgrade
+    finish`; `status` makes one to check the steps against the remembered settings) and
+    handed to the functions that need it; each step gets its part in its `StepContext`."""
+
+    # --charts-dir, for the releases the patch installs (Dex)
+    charts_dir: Path | None = None
+    # secret values the identity file had read from files or the environment: for this
+    # run's steps only, never remembered or shown
+    secret_values: dict[str, str] = field(default_factory=dict, repr=False)
+    # the patch settings remembered from the former run, before this run's were merged in
+    # (set by `patch_list_for`)
+    remembered: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the patch settings to remember after a successful patch (set by `patch_list_for`;
+    # see kymamesh.settings); None: nothing to remember
+    to_remember: dict[str, dict[str, Any]] | None = None
+    # the control plane `install` makes (from the istiod values), for steps run before it exists
+    planned_control_plane: ControlPlane | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +123,15 @@ def known_params(spec: StepSpec) -> frozenset[str]:
 
 
 def patch_list_for(
-    ctx: RunContext, given: Mapping[str, Mapping[str, Any]], reset: bool = False
+    ctx: RunContext,
+    inputs: PatchInputs,
+    given: Mapping[str, Mapping[str, Any]],
+    reset: bool = False,
 ) -> list[StepSpec]:
     """The patch list for this cluster: defaults, then the settings remembered there
     (`kymamesh.settings`; none with `reset`), then the ones given now. Unknown given
-    steps or parameters are a usage error, raised before the cluster is contacted."""
+    steps or parameters are a usage error, raised before the cluster is contacted.
+    Sets `inputs.remembered` and `inputs.to_remember`."""
     from kymamesh import settings
 
     known = {spec.name: known_params(spec) for spec in load_patch_list(given)}
@@ -110,8 +142,8 @@ def patch_list_for(
         if name in known
     }
     merged = settings.effective(remembered, given)
-    ctx.remembered_settings = remembered
-    ctx.patch_settings = settings.to_remember(merged)
+    inputs.remembered = remembered
+    inputs.to_remember = settings.to_remember(merged)
     return load_patch_list(merged)
 
 
@@ -125,10 +157,10 @@ def image_hub(specs: list[StepSpec]) -> str | None:
     return None
 
 
-def _remember_settings(ctx: RunContext) -> None:
+def _remember_settings(ctx: RunContext, inputs: PatchInputs) -> None:
     from kymamesh import settings
 
-    wanted = ctx.patch_settings
+    wanted = inputs.to_remember
     if wanted is None or ctx.options.dry_run:
         return
     if not settings.differs(ctx.cluster, ctx.namespace, wanted):
@@ -141,12 +173,12 @@ def _remember_settings(ctx: RunContext) -> None:
     )
 
 
-def control_planes(ctx: RunContext) -> tuple[ControlPlane, ...]:
+def control_planes(ctx: RunContext, inputs: PatchInputs) -> tuple[ControlPlane, ...]:
     """The control planes the patch applies to: every revision in the cluster, and the
     one `install` is about to make when it is not there yet (from the istiod values);
     with neither, the default revision, not installed."""
     found = find_control_planes(ctx.cluster, ctx.namespace)
-    planned = ctx.planned_control_plane
+    planned = inputs.planned_control_plane
     if planned is not None and planned.istiod not in {p.istiod for p in found}:
         found.append(planned)
     return tuple(found) or (ControlPlane(ctx.namespace),)
@@ -154,6 +186,7 @@ def control_planes(ctx: RunContext) -> tuple[ControlPlane, ...]:
 
 def _context(
     ctx: RunContext,
+    inputs: PatchInputs,
     spec: StepSpec,
     specs: list[StepSpec],
     planes: tuple[ControlPlane, ...] | None = None,
@@ -164,27 +197,29 @@ def _context(
         params=spec.params,
         dry_run=ctx.options.dry_run,
         timeout=ctx.options.timeout,
-        planes=control_planes(ctx) if planes is None else planes,
+        planes=control_planes(ctx, inputs) if planes is None else planes,
         steps={s.name: s.params for s in specs},
         helm=lambda: ctx.helm,
-        charts_dir=ctx.charts_dir,
-        secret_values=ctx.secret_values,
-        remembered=ctx.remembered_settings.get(spec.name) or {},
+        charts_dir=inputs.charts_dir,
+        secret_values=inputs.secret_values,
+        remembered=inputs.remembered.get(spec.name) or {},
     )
 
 
-def step_context(ctx: RunContext, spec: StepSpec, specs: list[StepSpec]) -> StepContext:
+def step_context(
+    ctx: RunContext, inputs: PatchInputs, spec: StepSpec, specs: list[StepSpec]
+) -> StepContext:
     """What step `spec` of the patch list `specs` works on (for read-only use: `status`)."""
-    return _context(ctx, spec, specs)
+    return _context(ctx, inputs, spec, specs)
 
 
-def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
+def preflight(ctx: RunContext, inputs: PatchInputs, specs: list[StepSpec]) -> None:
     """Read-only checks of every step, and the confirmations they need, before any write."""
     kinds = step_kinds()
     questions = []
-    planes = control_planes(ctx)
+    planes = control_planes(ctx, inputs)
     for spec in specs:
-        question = kinds[spec.kind]().preflight(_context(ctx, spec, specs, planes))
+        question = kinds[spec.kind]().preflight(_context(ctx, inputs, spec, specs, planes))
         if question:
             questions.append(f"{spec.name}: {question}")
     if questions and not ctx.options.dry_run:
@@ -197,21 +232,25 @@ def preflight(ctx: RunContext, specs: list[StepSpec]) -> None:
 
 
 def check_all(
-    ctx: RunContext, specs: list[StepSpec], patch_list: list[StepSpec] | None = None
+    ctx: RunContext,
+    inputs: PatchInputs,
+    specs: list[StepSpec],
+    patch_list: list[StepSpec] | None = None,
 ) -> dict[str, list[Change]]:
     """The read-only check of every step of `specs` (used by `status`); `patch_list`, the
     whole list the steps belong to, when `specs` is a part of it."""
     kinds = step_kinds()
-    planes = control_planes(ctx)
+    planes = control_planes(ctx, inputs)
     whole = specs if patch_list is None else patch_list
     return {
-        spec.name: kinds[spec.kind]().check(_context(ctx, spec, whole, planes)) for spec in specs
+        spec.name: kinds[spec.kind]().check(_context(ctx, inputs, spec, whole, planes))
+        for spec in specs
     }
 
 
-def run_patch(ctx: RunContext, specs: list[StepSpec]) -> None:
+def run_patch(ctx: RunContext, inputs: PatchInputs, specs: list[StepSpec]) -> None:
     """Phase 2: run every step in order; raise PARTIAL at the end if one failed."""
-    PatchRun(ctx, specs).finish()
+    PatchRun(ctx, inputs, specs).finish()
 
 
 class PatchRun:
@@ -227,8 +266,9 @@ class PatchRun:
     that ran, also when phase 1 fails after some ran ahead.
     """
 
-    def __init__(self, ctx: RunContext, specs: list[StepSpec]) -> None:
+    def __init__(self, ctx: RunContext, inputs: PatchInputs, specs: list[StepSpec]) -> None:
         self.ctx = ctx
+        self.inputs = inputs
         self.specs = specs
         self._kinds = step_kinds()
         self._ran: dict[str, ItemResult] = {}  # the steps run ahead, by name
@@ -243,7 +283,7 @@ class PatchRun:
         ]
         if not todo:
             return
-        planes = control_planes(self.ctx)
+        planes = control_planes(self.ctx, self.inputs)
         phase = self.ctx.result.phase(PHASE_PATCH)
         for spec in todo:
             item = ItemResult(name=spec.name, outcome=Outcome.UNCHANGED)
@@ -273,7 +313,7 @@ class PatchRun:
             items.append(item)
             phase.items.append(item)
             if planes is None:  # once: no step adds a revision or moves the root namespace
-                planes = control_planes(ctx)
+                planes = control_planes(ctx, self.inputs)
             with ctx.progress.item(spec.name) as tracker:
                 try:
                     self._run(spec, planes, item)
@@ -288,7 +328,7 @@ class PatchRun:
         others = [i for i in phase.items if not _among(i, ours)]  # of an earlier run
         phase.items[:] = [*others, *items]  # in list order
         if not failed:
-            _remember_settings(ctx)
+            _remember_settings(ctx, self.inputs)
         if failed:
             raise PartialFailureError(
                 f"patch steps failed: {', '.join(failed)}",
@@ -300,7 +340,7 @@ class PatchRun:
         """One step; its failure is recorded on `item` (a lost lock is raised: no further
         step may write)."""
         ctx = self.ctx
-        sctx = _context(ctx, spec, self.specs, planes)
+        sctx = _context(ctx, self.inputs, spec, self.specs, planes)
         try:
             _run_step(ctx, self._kinds[spec.kind](), sctx, item)
         except LockLostError as exc:

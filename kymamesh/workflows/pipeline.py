@@ -10,6 +10,11 @@ the charts of one Istio release of the catalog (`kymamesh.istio.release`): the o
 can refuse (values, Kubernetes range, chart source, version gate) runs for all
 three releases before the first write. A release whose chart version and values
 are already deployed is left alone, so a re-run writes nothing.
+
+What a run works out for phase 1 (the release, the charts loaded for it) is its
+`ChartRun`, and what phase 2 works from is its `patching.PatchInputs`: each made by
+the workflow (or command) that starts the run and handed to the functions that need
+it; the `RunContext` carries only what every command shares.
 """
 
 from __future__ import annotations
@@ -55,10 +60,12 @@ from kymamesh.istio.versions import Version, check_upgrade
 from kymamesh.output import ItemResult, Outcome
 from kymamesh.steps.base import ONCE_CONFIG_WRITTEN, ONCE_ISTIOD_ANSWERS
 from kymamesh.waits import wait_until
+from kymamesh.workflows.patching import PatchInputs
 from kymamesh.workloads import restarts
 
 __all__ = [
     "ChartInputs",
+    "ChartRun",
     "adopt",
     "install",
     "pinned",
@@ -87,6 +94,16 @@ class ChartInputs:
     hub: str | None = None  # --hub: the image registry (default: the catalog's)
     compatibility_version: str | None = None  # --compatibility-version: the previous minor
     skip_version_check: bool = False  # --skip-version-check: the Kubernetes range
+
+
+@dataclass
+class ChartRun:
+    """What one run works out for phase 1: the Istio release it installs (set by
+    `resolve_release`; until then the default one) and the charts loaded for it, each
+    once per run. Made by the workflow that runs phase 1 (`install`, `upgrade finish`)."""
+
+    release: IstioRelease | None = None
+    loaded: dict[str, LoadedChart] = field(default_factory=dict)  # by chart name
 
 
 @dataclass
@@ -123,9 +140,9 @@ def build_values(inputs: ChartInputs, release: IstioRelease) -> ValueStack:
     return stack
 
 
-def the_release(ctx: RunContext) -> IstioRelease:
+def the_release(run: ChartRun) -> IstioRelease:
     """The Istio release of this run (`resolve_release`), or the default one."""
-    return ctx.release or pinned()
+    return run.release or pinned()
 
 
 def chart_sources(repos: tuple[str, ...], release: IstioRelease) -> tuple[str, ...]:
@@ -145,11 +162,13 @@ def chart_sources(repos: tuple[str, ...], release: IstioRelease) -> tuple[str, .
     return repos or release.chart_sources
 
 
-def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> LoadedChart:
+def load_chart(
+    ctx: RunContext, run: ChartRun, inputs: ChartInputs, row: ChartRelease
+) -> LoadedChart:
     """The chart for one release row, loaded once per run; refused unless its Chart.yaml
     names that chart. Remote charts come from the first source that serves them."""
-    release = the_release(ctx)
-    chart = ctx.loaded_charts.get(row.chart)
+    release = the_release(run)
+    chart = run.loaded.get(row.chart)
     if chart is None and inputs.charts_dir is not None:
         chart = ctx.helm.load_local(inputs.charts_dir, row.chart)
     elif chart is None:
@@ -161,7 +180,7 @@ def load_chart(ctx: RunContext, inputs: ChartInputs, row: ChartRelease) -> Loade
             hint=f"point the source at Istio's {row.chart} chart "
             "(`kymamesh charts pull --dest DIR` fetches them)",
         )
-    ctx.loaded_charts[row.chart] = chart
+    run.loaded[row.chart] = chart
     return chart
 
 
@@ -208,7 +227,9 @@ def from_first_source(
     )
 
 
-def _local_release(ctx: RunContext, inputs: ChartInputs, hub: str | None) -> IstioRelease:
+def _local_release(
+    ctx: RunContext, run: ChartRun, inputs: ChartInputs, hub: str | None
+) -> IstioRelease:
     """With --charts-dir, the Istio release is the charts' own version: one version for
     all three charts, of a supported minor, and the one --istio names if given."""
     assert inputs.charts_dir is not None
@@ -238,17 +259,19 @@ def _local_release(ctx: RunContext, inputs: ChartInputs, hub: str | None) -> Ist
                 "--charts-dir at the charts of the release you want",
             )
     for row in table.releases:
-        ctx.loaded_charts[row.chart] = charts[row.chart]
+        run.loaded[row.chart] = charts[row.chart]
     return release
 
 
-def resolve_release(ctx: RunContext, inputs: ChartInputs, hub: str | None = None) -> IstioRelease:
-    """The Istio release this run installs, set on `ctx.release`: refused when it is not
+def resolve_release(
+    ctx: RunContext, run: ChartRun, inputs: ChartInputs, hub: str | None = None
+) -> IstioRelease:
+    """The Istio release this run installs, set on `run.release`: refused when it is not
     of a supported minor, or (unless --skip-version-check) when the cluster's Kubernetes
     is outside that minor's range."""
     check_hub(hub)
     if inputs.charts_dir is not None:
-        release = _local_release(ctx, inputs, hub)
+        release = _local_release(ctx, run, inputs, hub)
     else:
         release = catalog().resolve(inputs.istio, hub)
         line = release.line
@@ -272,7 +295,7 @@ def resolve_release(ctx: RunContext, inputs: ChartInputs, hub: str | None = None
             hint="name the previous minor the charts ship a compatibility profile for, or "
             "leave the option out",
         )
-    ctx.release = release
+    run.release = release
     ctx.result.data["istioRelease"] = str(release.version)
     if not inputs.skip_version_check:
         check_kubernetes(ctx, release)
@@ -451,6 +474,7 @@ def _at(values: Mapping[str, Any], dotted: str) -> Any:
 def install(
     ctx: RunContext,
     inputs: ChartInputs,
+    patch_inputs: PatchInputs,
     given: PatchSettings,
     reset: bool,
     revision_based: bool = False,
@@ -460,6 +484,8 @@ def install(
     """`kymamesh install`: insecure values, unknown patch settings, an Istio release outside
     the catalog or the cluster's Kubernetes range, a foreign istiod and every step's
     preflight are refused before the first write; then phase 1, then phase 2.
+    `patch_inputs`: phase 2's (`--charts-dir`, which Dex's chart comes from too, and the
+    identity file's secrets; the rest is set here);
     `given` are the patch settings of this run; `reset` forgets the remembered ones;
     `revision_based` installs the release's istiod beside the one running (a canary, see
     `kymamesh.workflows.canary`); `take_over` adopts an Istio applied without Helm into the
@@ -467,41 +493,49 @@ def install(
     from kymamesh.workflows import patching, takeover
 
     stack = build_values(inputs, pinned())  # insecure values first, before the cluster
-    ctx.charts_dir = inputs.charts_dir  # Dex's chart comes from there too
-    specs = patching.patch_list_for(ctx, given, reset=reset)
+    run = ChartRun()
+    specs = patching.patch_list_for(ctx, patch_inputs, given, reset=reset)
     meshfile.refuse_module_manager(ctx.cluster)
-    release = resolve_release(ctx, inputs, patching.image_hub(specs))
+    release = resolve_release(ctx, run, inputs, patching.image_hub(specs))
     inputs = with_compatibility_mode(inputs, specs, release)
     stack = with_release_values(stack, release, inputs)
     stack = with_mesh_values(stack, specs)
     stack = with_identity_values(stack, specs)
     if revision_based:
         refuse_revision_value(stack, release)
-    layout = release_layout(ctx, stack, revision_based)
+    layout = release_layout(ctx, run, stack, revision_based)
     stack = layout.stack
-    ctx.planned_control_plane = planned_control_plane(stack)
+    planned = planned_control_plane(stack)
+    patch_inputs.planned_control_plane = planned
     if take_over and not layout.canary:
-        takeover.preflight(ctx, release, layout.istiod_release)
+        takeover.preflight(ctx, release, planned, layout.istiod_release)
     else:
-        refuse_foreign_istiod(ctx, layout.istiod_release)
+        refuse_foreign_istiod(ctx, planned, layout.istiod_release)
     ca_plan = _plan_ca(ctx, specs, ca_dir, release.namespace)
     if ca_dir is None and (unfinished := meshca.unfinished(ctx.cluster, release.namespace)):
         ctx.result.notes.append(unfinished)
-    patching.preflight(ctx, specs)
+    patching.preflight(ctx, patch_inputs, specs)
     if ca_plan is not None:  # before istiod starts: it signs with the CA it finds at start
         ca_plan = meshca.run(ctx, ca_plan, lambda: _plan_ca(ctx, specs, ca_dir, release.namespace))
     egress = meshfile.egress_enabled(_components(specs))
     rows = (*layout.rows, egress_row()) if egress and not layout.canary else layout.rows
-    patch = patching.PatchRun(ctx, specs)
+    patch = patching.PatchRun(ctx, patch_inputs, specs)
     # phase 2 overlaps phase 1's waits where it can (not beside a canary, a take-over or a
     # change of the mesh CA)
     alone = layout.canary or take_over or ca_plan is not None or ctx.options.dry_run
     ahead = None if alone else patch.run_ahead
     run_phase_charts(
-        ctx, inputs, stack, rows, revision_based=layout.canary, take_over=take_over, ahead=ahead
+        ctx,
+        run,
+        inputs,
+        stack,
+        rows,
+        revision_based=layout.canary,
+        take_over=take_over,
+        ahead=ahead,
     )
     if not egress and not layout.canary:
-        remove_egress_gateway(ctx)
+        remove_egress_gateway(ctx, run)
     if take_over:
         takeover.report_leftovers(ctx, release.namespace)
     if ca_plan is not None:  # a change of root: istiod takes the new one when it starts
@@ -539,10 +573,10 @@ def egress_row() -> ChartRelease:
     )
 
 
-def remove_egress_gateway(ctx: RunContext) -> None:
+def remove_egress_gateway(ctx: RunContext, run: ChartRun) -> None:
     """The egress gateway kymamesh installed goes when the mesh file no longer enables it
     (a release of that name kymamesh did not make is left alone)."""
-    namespace = the_release(ctx).namespace
+    namespace = the_release(run).namespace
     deployed = ctx.helm.deployed(meshfile.EGRESS_RELEASE, namespace)
     if deployed is None or not marked_by_kymamesh(deployed):
         return
@@ -557,14 +591,21 @@ def remove_egress_gateway(ctx: RunContext) -> None:
     item.outcome = Outcome.CHANGED
 
 
-def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bool) -> None:
+def adopt(
+    ctx: RunContext,
+    patch_inputs: PatchInputs,
+    given: PatchSettings,
+    reset: bool,
+    existing_istio: bool,
+) -> None:
     """`kymamesh patch`: the adoption preflight (an Istio kymamesh can patch, and, without
-    `existing_istio`, one kymamesh set up), every step's preflight, then phase 2."""
+    `existing_istio`, one kymamesh set up), every step's preflight, then phase 2.
+    `patch_inputs`: phase 2's (`--charts-dir`, the identity file's secrets)."""
     from kymamesh.istio.inventory import set_up_by_kymamesh
     from kymamesh.istio.preflight import adoption_preflight
     from kymamesh.workflows import patching
 
-    specs = patching.patch_list_for(ctx, given, reset=reset)
+    specs = patching.patch_list_for(ctx, patch_inputs, given, reset=reset)
     meshfile.refuse_module_manager(ctx.cluster)
     found = adoption_preflight(ctx.cluster, ctx.namespace)
     ctx.result.data["istio"] = found.to_json()
@@ -576,17 +617,18 @@ def adopt(ctx: RunContext, given: PatchSettings, reset: bool, existing_istio: bo
             "nor an object carrying kymamesh's label)",
             hint="to bring it to the Kyma state, run `kymamesh patch --existing-istio`",
         )
-    patching.preflight(ctx, specs)
+    patching.preflight(ctx, patch_inputs, specs)
     if meshfile.egress_enabled(_components(specs)):
         ctx.result.notes.append(
             "the mesh file enables the egress gateway: `kymamesh install` makes it (Helm "
             f"release {meshfile.EGRESS_RELEASE}); `patch` installs no Helm release"
         )
-    patching.run_patch(ctx, specs)
+    patching.run_patch(ctx, patch_inputs, specs)
 
 
 def plan_releases(
     ctx: RunContext,
+    run: ChartRun,
     inputs: ChartInputs,
     stack: ValueStack,
     rows: tuple[ChartRelease, ...] | None = None,
@@ -596,7 +638,7 @@ def plan_releases(
     releases kymamesh did not make first, before any chart is loaded.
     `rows`: the releases to plan (default: the release table); `revision_based`: the
     version gate of an upgrade by revisions (up to two minors)."""
-    release = the_release(ctx)
+    release = the_release(run)
     ctx.cluster  # noqa: B018 - connect now, so an unreachable cluster is reported first
     rows = release.releases if rows is None else rows
     found = {row.release: ctx.helm.deployed(row.release, release.namespace) for row in rows}
@@ -604,7 +646,7 @@ def plan_releases(
     marked = unverified.marks(ctx.cluster, release.namespace) if any(found.values()) else {}
     plans = []
     for row in rows:
-        chart = load_chart(ctx, inputs, row)
+        chart = load_chart(ctx, run, inputs, row)
         plans.append(
             PlannedRelease(
                 row=row,
@@ -853,6 +895,7 @@ def _runs(plane: ControlPlane, version: Version) -> bool:
 
 def release_layout(
     ctx: RunContext,
+    run: ChartRun,
     stack: ValueStack,
     revision_based: bool,
     gone: frozenset[str] = frozenset(),
@@ -866,7 +909,7 @@ def release_layout(
     later plain `install` converges on that one, or on the only revision kymamesh
     installed by revisions when it is named after another version (upgraded in place,
     within the version gate)."""
-    release = the_release(ctx)
+    release = the_release(run)
     target = tags.revision_name(release.version)
     planes = controlplane.find_control_planes(ctx.cluster, release.namespace)
     planes = [p for p in planes if p.revision not in gone]
@@ -917,15 +960,16 @@ def release_layout(
     return ReleaseLayout(rows=tuple(rows), stack=layered, revision=revision, others=tuple(others))
 
 
-def refuse_foreign_istiod(ctx: RunContext, release_name: str | None = None) -> None:
+def refuse_foreign_istiod(
+    ctx: RunContext, plane: ControlPlane, release_name: str | None = None
+) -> None:
     """An istiod that no release of ours made (istioctl, a vendor) is not ours to overwrite:
-    the Deployment of the revision `install` makes (`istiod`, or `istiod-REV`), which must
-    belong to `release_name` (default: the istiod row of the release table)."""
+    the Deployment of `plane`, the revision `install` makes (`istiod`, or `istiod-REV`),
+    which must belong to `release_name` (default: the istiod row of the release table)."""
     release = pinned()
     row = release.chart("istiod")
     if release_name is not None:
         row = replace(row, release=release_name)
-    plane = ctx.planned_control_plane or ControlPlane(release.namespace)
     live = ctx.cluster.get(plane.istiod_ref)
     if live is None:
         return
@@ -986,6 +1030,7 @@ _CLUSTER_SCOPED = (
 
 def run_phase_charts(
     ctx: RunContext,
+    run: ChartRun,
     inputs: ChartInputs,
     stack: ValueStack,
     rows: tuple[ChartRelease, ...] | None = None,
@@ -999,11 +1044,11 @@ def run_phase_charts(
     steps that need no more than `stage` (`kymamesh.steps.base.STAGES`), run in a thread
     beside phase 1's waits: once istiod's release is written, while istiod starts; once
     istiod answers, while the next releases install."""
-    release = the_release(ctx)
+    release = the_release(run)
     namespace = release.namespace
     phase = ctx.result.phase(PHASE_CHARTS)
     ctx.progress.phase(f"{PHASE_CHARTS} (Istio {release.version})")
-    plans = plan_releases(ctx, inputs, stack, rows, revision_based)
+    plans = plan_releases(ctx, run, inputs, stack, rows, revision_based)
     if take_over:
         from kymamesh.workflows import takeover
 
@@ -1012,7 +1057,9 @@ def run_phase_charts(
         ctx.helm.check()  # a helm that cannot install is refused before the first write
     if any(p.acts for p in plans) and not ctx.options.dry_run:
         ctx.before_write()
-        plans = plan_releases(ctx, inputs, stack, rows, revision_based)  # again, under the lock
+        plans = plan_releases(
+            ctx, run, inputs, stack, rows, revision_based
+        )  # again, under the lock
     ctx.result.notes.extend(behaviour_notes(release, plans))
     beside = Beside(None if ctx.options.dry_run else ahead)
     with beside:

@@ -25,7 +25,10 @@ Healthy, exit 0, when all of these hold; otherwise exit 7 (UNHEALTHY) and
   ConfigMap last changed (`kymamesh.istio.meshview`). An istiod that rejected the ConfigMap
   ("invalid mesh config, using last known state"), runs other values than it holds, or
   cannot be asked makes the mesh unhealthy; a difference within the two minutes a
-  changed ConfigMap takes to reach a Pod is advice.
+  changed ConfigMap takes to reach a Pod is advice;
+- no change of root is under way (Secret cacerts marked by `install --ca DIR
+  --restart-proxies` and not cleared: a run stopped before every workload moved to the
+  new root, so workloads of the two roots do not trust each other; `kymamesh.identity.meshca`).
 
 Each control plane revision is reported with its ConfigMaps and mesh root
 namespace; the patch steps check every revision, so a revision left unpatched
@@ -54,7 +57,7 @@ from kymamesh.adapters.cluster import Cluster, Obj
 from kymamesh.adapters.helm import DeployedRelease
 from kymamesh.context import RunContext
 from kymamesh.errors import ExitCode, IstiodUnreachableError, KymameshError
-from kymamesh.identity import meshidentity
+from kymamesh.identity import meshca, meshidentity
 from kymamesh.istio import inventory as inv
 from kymamesh.istio import meshview, sidecars
 from kymamesh.istio.controlplane import (
@@ -75,7 +78,7 @@ from kymamesh.meshfile import EGRESS_RELEASE
 from kymamesh.workflows.canary import CanaryState
 from kymamesh.workflows.canary import read_state as read_canary
 from kymamesh.workflows.multicluster import peer_entries
-from kymamesh.workflows.patching import StepSpec, check_all
+from kymamesh.workflows.patching import PatchInputs, StepSpec, check_all
 from kymamesh.workflows.pipeline import release_of as pipeline_release_of
 
 
@@ -312,8 +315,9 @@ def module_state(st: MeshStatus) -> tuple[str, str, list[dict[str, str]]]:
 # -- gathering ---------------------------------------------------------------
 
 
-def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
-    """Read everything `status` reports. `specs` is the patch list (`load_patch_list`)."""
+def inspect(ctx: RunContext, patch_inputs: PatchInputs, specs: list[StepSpec]) -> MeshStatus:
+    """Read everything `status` reports. `specs` is the patch list (`patch_list_for`, which
+    set the remembered settings in `patch_inputs` the steps are checked with)."""
     cluster = ctx.cluster
     release = pinned()
     namespace = release.namespace
@@ -337,7 +341,7 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
     planes = [d.plane for d in istiods if d.plane is not None]
     planes.sort(key=lambda p: (p.suffix != "", p.revision))
     mtls = mesh_mtls(cluster, planes[0].root_namespace if planes else namespace)
-    steps = check_steps(ctx, specs, istio_present=bool(istiods))
+    steps = check_steps(ctx, patch_inputs, specs, istio_present=bool(istiods))
     injectors = sidecars.read_injectors(cluster, namespace)
     pods = sidecars.list_pods(cluster)  # read once: the checks below share them
     namespaces = namespace_states(
@@ -362,7 +366,9 @@ def inspect(ctx: RunContext, specs: list[StepSpec]) -> MeshStatus:
         for m in running_mesh_configs(cluster, istiods)
     ]
     problems += [line for m in running if (line := m.problem())]
-    identity = identity_state(ctx, specs) if istiods else None
+    if istiods and (root_change := meshca.unfinished(cluster, namespace)):
+        problems.append(f"shared trust: {root_change}")
+    identity = identity_state(ctx, patch_inputs, specs) if istiods else None
     outdated = outdated_sidecars(cluster, namespace, specs) if istiods else []
     if identity and identity.get("enabled") and identity.get("ready") is False:
         problems.append(f"identity: Dex is not ready: {identity.get('notReady')}")
@@ -514,7 +520,9 @@ def outdated_sidecars(
     return plan_restarts(cluster, namespace, options).to_json()
 
 
-def identity_state(ctx: RunContext, specs: list[StepSpec]) -> dict[str, Any] | None:
+def identity_state(
+    ctx: RunContext, patch_inputs: PatchInputs, specs: list[StepSpec]
+) -> dict[str, Any] | None:
     """The identity part (Dex, issuer, connectors, policies); None without the step."""
     from kymamesh.steps.identity import describe
     from kymamesh.workflows.patching import step_context
@@ -522,7 +530,7 @@ def identity_state(ctx: RunContext, specs: list[StepSpec]) -> dict[str, Any] | N
     for spec in specs:
         if spec.kind == "identity":
             try:
-                return describe(step_context(ctx, spec, specs))
+                return describe(step_context(ctx, patch_inputs, spec, specs))
             except KymameshError as exc:  # the step's own check reports it as well
                 return {"enabled": None, "error": exc.message}
     return None
@@ -649,7 +657,9 @@ def mesh_mtls(cluster: Cluster, root: str) -> MtlsState:
     return MtlsState(mode, name, root)
 
 
-def check_steps(ctx: RunContext, specs: list[StepSpec], istio_present: bool) -> list[StepState]:
+def check_steps(
+    ctx: RunContext, patch_inputs: PatchInputs, specs: list[StepSpec], istio_present: bool
+) -> list[StepState]:
     """Each step's own read-only check; a step that wants no change is applied."""
     states = []
     for spec in specs:
@@ -659,7 +669,7 @@ def check_steps(ctx: RunContext, specs: list[StepSpec], istio_present: bool) -> 
             )
             continue
         try:
-            changes = check_all(ctx, [spec], specs)[spec.name]
+            changes = check_all(ctx, patch_inputs, [spec], specs)[spec.name]
         except KymameshError as exc:  # one failing check must not hide the others
             # (a bug, any other exception, is not a fact about the mesh: it ends the run
             # with exit 1, not 7)

@@ -87,8 +87,11 @@ _CLUSTER_SCOPED = frozenset(
 )
 
 
-def preflight(ctx: RunContext, release: IstioRelease, istiod_release: str) -> None:
-    """Read-only, before the first write: what `--take-over` needs."""
+def preflight(
+    ctx: RunContext, release: IstioRelease, plane: controlplane.ControlPlane, istiod_release: str
+) -> None:
+    """Read-only, before the first write: what `--take-over` needs; `plane` is the control
+    plane the install makes (its istiod is the one taken over)."""
     if ctx.helm.major < 4:
         raise PreconditionError(
             f"--take-over needs Helm 4 (found Helm {ctx.helm.version}): Helm 3 merges "
@@ -96,7 +99,6 @@ def preflight(ctx: RunContext, release: IstioRelease, istiod_release: str) -> No
             "installer, not by the release",
             hint="install Helm 4 (or pass --helm PATH to one) and re-run",
         )
-    plane = ctx.planned_control_plane or controlplane.ControlPlane(release.namespace)
     live = ctx.cluster.get(plane.istiod_ref)
     if live is None:
         return  # nothing to take over: a plain install
