@@ -5,6 +5,7 @@ the mesh installed from the stand-in charts. Then, on a second cluster, sidecar 
 
     python benchmarks/scale.py [--deployments 300] [--pods 2000] [--namespaces 50]
         [--outdated 300,3000] [--roll 1000] [--batch 10%] [--code DIR] [--before DIR]
+        [--repeat 1]
 
 The Deployments have 0 replicas (the patches and rollouts are measured, not Pods).
 The test cluster's one simulated node takes 250 Pods: the others stay Pending, which is
@@ -13,8 +14,10 @@ enough for `status` (it lists Pods, scheduled or not). --pods 0 skips the status
 Each figure comes with kymamesh's own CPU seconds, the CPU seconds the test cluster's
 processes (API server, etcd, controllers, kwok) used meanwhile, and the load average:
 on one machine both share the cores, so the two CPU figures bound the wall time.
-With --before, `inject-namespace` is undone (`--disable`) and done again by that tree,
-and `status` and the restart planning run again with it, on the same cluster.
+With --repeat N, `inject-namespace --all` runs N times (undone with `--disable` in
+between) and the median is printed. With --before, `inject-namespace` is undone
+(`--disable`) and done again by that tree, and `status` and the restart planning run
+again with it, on the same cluster.
 
 Restarts (--outdated, --roll; 0 skips them): Deployments of one replica each, spread over
 10 namespaces with injection on, so that istiod really injects every Pod (kwok runs them
@@ -33,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +107,11 @@ def _measure(fresh, tc, argv: list[str], env: dict[str, str], extra=None) -> str
     """Time, kymamesh's own CPU, the test cluster's CPU meanwhile (the API server and the
     controllers run on the same machine), requests, peak memory and the load average;
     `extra(measured)`: more of the run's figures, shown before the load."""
+    return _timed(fresh, tc, argv, env, extra)[0]
+
+
+def _timed(fresh, tc, argv: list[str], env: dict[str, str], extra=None) -> tuple[str, float]:  # type: ignore[no-untyped-def]
+    """`_measure`'s line and the wall time."""
     log = fresh.log
     mark = log.mark()
     cluster_cpu = cluster_cpu_seconds(fresh.directory)
@@ -110,11 +119,12 @@ def _measure(fresh, tc, argv: list[str], env: dict[str, str], extra=None) -> str
     cluster_cpu = cluster_cpu_seconds(fresh.directory) - cluster_cpu
     writes = log.writes_since(mark).total
     reads = log.writes_since(mark, verbs=tc.READ_VERBS).total
-    return (
+    line = (
         f"{measured.seconds:6.2f} s ({measured.cpu_seconds:.2f} s CPU, cluster "
         f"{cluster_cpu:.2f} s CPU), {writes} writes, {reads} reads, "
         f"peak {measured.peak_mib:.0f} MiB, " + (f"{extra(measured)}, " if extra else "") + _load()
     )
+    return line, measured.seconds
 
 
 # -- restarts ----------------------------------------------------------------------
@@ -336,6 +346,12 @@ def main() -> int:
     parser.add_argument("--batch", default="10%")
     parser.add_argument("--code", type=Path, default=None)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="inject-namespace --all this many times (--disable between), with the median",
+    )
+    parser.add_argument(
         "--before",
         type=Path,
         default=None,
@@ -365,12 +381,20 @@ def _mesh_cases(tc, args: argparse.Namespace) -> None:  # type: ignore[no-untype
             _apply([_namespace("scale")], env)
             _apply([_deployment(f"d{i:04d}", "scale", 0) for i in range(args.deployments)], env)
             argv = kymamesh("inject-namespace", "scale", "--all", "-y", "-o", "json")
-            shown = _measure(fresh, tc, argv, env)
+            off = kymamesh("inject-namespace", "scale", "--disable", "-y", "-o", "json")
+            shown, seconds = _timed(fresh, tc, argv, env)
             print(f"inject-namespace --all, {args.deployments} Deployments: {shown}")
             shown = _measure(fresh, tc, argv, env)
             print(f"  the same again (nothing to do):     {shown}", flush=True)
+            times = [seconds]
+            for _ in range(args.repeat - 1):  # out again, and in again: one more sample
+                _measure(fresh, tc, off, env)
+                shown, seconds = _timed(fresh, tc, argv, env)
+                times.append(seconds)
+                print(f"  again after --disable:              {shown}", flush=True)
+            if len(times) > 1:
+                print(f"  median of {len(times)}: {statistics.median(times):.2f} s", flush=True)
             if args.before:  # out again, then in with the other tree, on the same cluster
-                off = kymamesh("inject-namespace", "scale", "--disable", "-y", "-o", "json")
                 shown = _measure(fresh, tc, off, env)
                 print(f"  --disable:                          {shown}", flush=True)
                 _use(env, args.before)
