@@ -189,10 +189,17 @@ def probe_pod(namespace: str) -> dict[str, Any]:
 
 def injector_answers(api: Any, namespace: str) -> bool:
     """A Pod asking for a sidecar (dry run, in a namespace with injection on) gets one."""
+    return injector_probe(api, namespace)[0]
+
+
+def injector_probe(api: Any, namespace: str) -> tuple[bool, str]:
+    """`injector_answers`, and what the API server answered when it is not a sidecar."""
     code, body = api.request(
         "POST", f"/api/v1/namespaces/{namespace}/pods?dryRun=All", body=probe_pod(namespace),
         timeout=15,
     )  # fmt: skip
     if code != 201 or not isinstance(body, dict):
-        return False
-    return any(c.get("name") == "istio-proxy" for c in body["spec"].get("containers") or [])
+        message = body.get("message", "") if isinstance(body, dict) else str(body)
+        return False, f"{code} {message[:200]}"
+    names = [c.get("name") for c in body["spec"].get("containers") or []]
+    return "istio-proxy" in names, f"201, containers {names}"

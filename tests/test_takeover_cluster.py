@@ -19,6 +19,7 @@ from tests.support_module import (
     MODULE_ENV,
     PROBE_NAMESPACE,
     injector_answers,
+    injector_probe,
     install_module_shaped,
     validator_answers,
 )
@@ -42,8 +43,9 @@ class Prober(threading.Thread):
                 ok, seen = validator_answers(self.api)
                 if not ok:
                     self.misses.append(f"{at} validator: {seen}")
-                if not injector_answers(self.api, PROBE_NAMESPACE):
-                    self.misses.append(f"{at} injector: no sidecar")
+                ok, seen = injector_probe(self.api, PROBE_NAMESPACE)
+                if not ok:
+                    self.misses.append(f"{at} injector: no sidecar ({seen})")
             except Exception as exc:  # a probe that cannot be made is a miss too
                 self.misses.append(f"{at} {type(exc).__name__}: {exc}")
             self.polls += 1
