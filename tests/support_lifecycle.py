@@ -117,3 +117,21 @@ def install_as_an_earlier_kymamesh(
         )  # fmt: skip
     run = kymamesh(cluster, "patch", "-y", "--timeout", "180", *patch_args)
     assert run.code == 0, str(run)
+
+
+def schemaless_crd(group: str, kind: str, version: str = "v1") -> dict[str, Any]:
+    """A namespaced CustomResourceDefinition an API server accepts, of one served version
+    whose objects may hold anything (plural: the kind in lower case with an s)."""
+    plural = kind.lower() + "s"
+    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
+            "versions": [{"name": version, "served": True, "storage": True, "schema": schema}],
+        },
+    }

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from kymamesh.adapters.cluster import Cluster, Ref
+from tests.support_lifecycle import schemaless_crd
 
 DISCOVERY_PREFIXES = ("/api", "/apis", "/version")
 
@@ -21,33 +22,6 @@ def _discovery_reads(c: Any, mark: int) -> list[str]:
     reads = c.audit.writes_since(mark, user_agent_prefix="kymamesh", verbs=("get",))
     uris = [str(ev.get("requestURI", "")) for ev in reads.events]
     return [u for u in uris if u.startswith(DISCOVERY_PREFIXES) and u.count("/") <= 3]
-
-
-def _crd(group: str, kind: str) -> dict[str, Any]:
-    plural = kind.lower() + "s"
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
 
 
 def test_a_kind_installed_later_is_found_without_discovering_everything_again(
@@ -63,7 +37,7 @@ def test_a_kind_installed_later_is_found_without_discovering_everything_again(
         cl.list("v1", "ConfigMap", namespace)  # the core group known
         assert cl.list("apps/v1", "Deployment", namespace) == []  # apps known
         assert cl.list(f"{group}/v1", "Widget", namespace) == []  # not served yet
-        first = _crd(group, "Widget")
+        first = schemaless_crd(group, "Widget")
         cluster.kubectl("apply", "-f", "-", input=json.dumps(first))
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{first['metadata']['name']}")
 
@@ -73,7 +47,7 @@ def test_a_kind_installed_later_is_found_without_discovering_everything_again(
         assert cl.list("v1", "Secret", namespace) is not None
         assert _discovery_reads(cluster, mark) == ["/apis", f"/apis/{group}/v1"]
 
-        second = _crd(group, "Gadget")  # a new kind in a group already known
+        second = schemaless_crd(group, "Gadget")  # a new kind in a group already known
         cluster.kubectl("apply", "-f", "-", input=json.dumps(second))
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{second['metadata']['name']}")
         mark = cluster.audit.mark()

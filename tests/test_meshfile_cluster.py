@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from tests.support_lifecycle import schemaless_crd
 from tests.support_patch import CHARTS, get_json, kymamesh_json
 
 MESH = Path(__file__).resolve().parent / "fixtures" / "mesh"
@@ -64,34 +65,7 @@ def _workload(c: Any, namespace: str) -> None:
     )
 
 
-MODULE_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "istios.operator.kyma-project.io"},
-    "spec": {
-        "group": "operator.kyma-project.io",
-        "names": {
-            "kind": "Istio",
-            "plural": "istios",
-            "singular": "istio",
-            "listKind": "IstioList",
-        },
-        "scope": "Namespaced",
-        "versions": [
-            {
-                "name": "v1alpha2",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
+MODULE_CRD = schemaless_crd("operator.kyma-project.io", "Istio", "v1alpha2")
 
 
 def test_every_setting_of_the_mesh_file(fresh_cluster: Any, tmp_path: Path) -> None:
